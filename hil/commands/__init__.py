@@ -1,0 +1,1 @@
+"""Subcommands of the ``hil`` CLI, one module each."""

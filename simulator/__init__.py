@@ -1,0 +1,7 @@
+"""Differentiable optics for hybrid optical neural networks: fields, propagation, meta-optic PSFs,
+incoherent optical convolution, display and sensor models, fabrication errors. Pure torch."""
+
+from .errors import ConfigError, HilError, InputError, SamplingError
+from .field import Field, Grid
+
+__all__ = ["ConfigError", "HilError", "InputError", "SamplingError", "Field", "Grid"]

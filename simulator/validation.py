@@ -1,0 +1,63 @@
+"""Argument checks shared by the simulator's public functions; each raises :class:`InputError` naming
+the argument, what it got and what was expected."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+from .errors import InputError
+
+
+def check_positive(name: str, value: float, *, allow_zero: bool = False) -> float:
+    """Return ``value`` as float if it is finite and > 0 (or >= 0 with ``allow_zero``)."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"{name} must be a real number, got {value!r}") from None
+    if not math.isfinite(v) or v < 0 or (v == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise InputError(f"{name} must be finite and {bound}, got {value!r}")
+    return v
+
+
+def check_tensor(
+    name: str,
+    x,
+    *,
+    ndim: int | Sequence[int] | None = None,
+    min_ndim: int | None = None,
+    complex_ok: bool = False,
+    real_ok: bool = True,
+    finite: bool = True,
+) -> torch.Tensor:
+    """Validate a tensor argument: type, number of dims, real/complex floating dtype, finiteness."""
+    if not isinstance(x, torch.Tensor):
+        raise InputError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if ndim is not None:
+        allowed = (ndim,) if isinstance(ndim, int) else tuple(ndim)
+        if x.ndim not in allowed:
+            raise InputError(f"{name} must have {' or '.join(map(str, allowed))} dims, got shape {tuple(x.shape)}")
+    if min_ndim is not None and x.ndim < min_ndim:
+        raise InputError(f"{name} must have at least {min_ndim} dims, got shape {tuple(x.shape)}")
+    is_complex = x.is_complex()
+    if is_complex and not complex_ok:
+        raise InputError(f"{name} must be a real floating tensor, got {x.dtype}")
+    if not is_complex and (not real_ok or not x.is_floating_point()):
+        kinds = "complex" if not real_ok else ("real or complex floating" if complex_ok else "real floating")
+        raise InputError(f"{name} must be a {kinds} tensor, got {x.dtype}")
+    if finite and not bool(torch.isfinite(x).all()):
+        raise InputError(f"{name} contains NaN or inf")
+    return x
+
+
+def complex_dtype_for(dtype: torch.dtype) -> torch.dtype:
+    """The complex dtype matching a real floating dtype (float32 -> complex64, float64 -> complex128)."""
+    return torch.complex128 if dtype in (torch.float64, torch.complex128) else torch.complex64
+
+
+def real_dtype_for(dtype: torch.dtype) -> torch.dtype:
+    """The real dtype matching a (complex or real) floating dtype."""
+    return torch.float64 if dtype in (torch.float64, torch.complex128) else torch.float32
