@@ -1,0 +1,211 @@
+"""Camera sensor model: photons on a fine optical grid -> digital numbers (DN) in a frame.
+
+Input units
+-----------
+The input is the **expected number of photons** reaching each input sample during the exposure
+(irradiance x sample area x exposure time / photon energy), shape ``(*batch, rows, cols)``.
+
+Stages, in order (each has an off switch; defaults are an ideal, noiseless, unquantised sensor):
+
+1. **Resampling** to the sensor pixel pitch by area integration (``input_pitch_m`` and
+   ``pixel_pitch_m`` both set, else off): a sensor pixel collects the photons of the part of every
+   input sample it covers, so the total is preserved. An integer pitch ratio is plain binning;
+   any other ratio splits input samples between pixels by overlapping area (separable, per axis).
+   The output has ``ceil(n / ratio)`` pixels per axis; the part of the last pixel beyond the input
+   receives no light.
+2. **Quantum efficiency** ``quantum_efficiency`` (e-/photon) and **dark current**
+   ``dark_current_e_per_s * exposure_s`` (e-) give the expected electrons.
+3. **Shot noise**: Poisson draw of the electrons (photo and dark), if ``noise`` and ``shot_noise``.
+4. **Full-well saturation**: electrons clipped at ``full_well_e`` (off when None).
+5. **Read noise**: Gaussian, standard deviation ``read_noise_e`` (e-), if ``noise``.
+6. **Gain and offset**: ``DN = electrons / gain_e_per_dn + offset_dn``.
+7. **ADC** (off when ``bit_depth`` is None): rounding to the nearest code (``floor(DN + 0.5)``),
+   clipping to ``[0, 2**bit_depth - 1]`` and justification in a ``container_bits`` word:
+   ``justify="left"`` multiplies the code by ``2**(container_bits - bit_depth)`` (a 12-bit ADC in a
+   16-bit container gives multiples of 16 up to 65520, as most machine-vision cameras' Mono16 formats);
+   ``"right"`` keeps the code.
+
+Gradients
+---------
+Linear stages (resampling, QE, gain, offset, additive read noise) have their exact gradients; the
+clipping stages (full well, ADC range) have the exact a.e. gradient (0 where clipped). Where the
+physics is not differentiable -- the Poisson draw and the rounding -- the gradient is the
+**straight-through identity**: ``d out / d in`` is taken as 1 through those stages (the output
+equals ``mean + (sample - mean).detach()``), so the gradient is that of the noiseless, unrounded
+sensor.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from .errors import InputError
+from .validation import check_positive, check_tensor
+
+JUSTIFY = ("left", "right")
+#: Tolerated negative input, relative to the largest magnitude (round-off of FFT convolutions);
+#: values in that band are taken as 0 photons, more negative ones are an error.
+NEGATIVE_ROUNDOFF_RTOL = 1e-5
+
+
+def _straight_through(value: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``target`` in the forward pass, gradient of ``value`` (identity) in the backward pass."""
+    return value + (target - value).detach()
+
+
+def area_resample_matrix(size_in: int, ratio: float, dtype=torch.float64, device=None) -> torch.Tensor:
+    """Area-overlap matrix ``A`` of shape (ceil(size_in / ratio), size_in) for one axis.
+
+    ``A[o, i]`` is the length (in input samples) of input sample ``i``'s interval ``[i, i + 1)`` that
+    lies in output pixel ``o``'s interval ``[o ratio, (o + 1) ratio)``; ``ratio`` = output pitch /
+    input pitch. Each column sums to 1, so ``A @ x`` preserves the sum of ``x``.
+    """
+    ratio = check_positive("pitch ratio", ratio)
+    size_out = math.ceil(size_in / ratio - 1e-9)
+    edges_in = torch.arange(size_in + 1, dtype=torch.float64, device=device)
+    edges_out = torch.arange(size_out + 1, dtype=torch.float64, device=device) * ratio
+    low = torch.maximum(edges_out[:-1, None], edges_in[None, :-1])
+    high = torch.minimum(edges_out[1:, None], edges_in[None, 1:])
+    return (high - low).clamp(min=0).to(dtype)
+
+
+def area_resample(values: torch.Tensor, ratio: float) -> torch.Tensor:
+    """Integrate ``values`` (*batch, rows, cols) (a quantity per sample, e.g. photons) over pixels
+    ``ratio`` times the input pitch on both axes; integer ratios that divide the size are binned."""
+    rows, cols = values.shape[-2:]
+    r = round(ratio)
+    if abs(ratio - r) < 1e-9 and r >= 1 and rows % r == 0 and cols % r == 0:
+        return values.reshape(*values.shape[:-2], rows // r, r, cols // r, r).sum(dim=(-3, -1))
+    a_rows = area_resample_matrix(rows, ratio, values.dtype, values.device)
+    a_cols = area_resample_matrix(cols, ratio, values.dtype, values.device)
+    return a_rows @ values @ a_cols.T
+
+
+@dataclass(frozen=True)
+class SensorModel:
+    """Photons per input sample -> DN per sensor pixel; see the module docstring for the stages.
+
+    Parameters
+    ----------
+    exposure_s : float
+        Exposure time (s); scales the dark current only (the input is already per exposure).
+    input_pitch_m, pixel_pitch_m : float or None
+        Sample pitch of the input and the sensor's pixel pitch (m); resampling is off unless both set.
+    quantum_efficiency : float
+        Electrons per photon, in (0, 1].
+    dark_current_e_per_s : float
+        Dark current (e-/s per sensor pixel), >= 0.
+    shot_noise : bool
+        Poisson noise on/off (also off when ``noise`` is False).
+    read_noise_e : float
+        Read-noise standard deviation (e-), >= 0.
+    full_well_e : float or None
+        Full-well capacity (e-); None: no saturation.
+    gain_e_per_dn : float
+        Electrons per DN (> 0).
+    offset_dn : float
+        Black level added before the ADC (DN).
+    bit_depth : int or None
+        ADC bits (1..32); None: no quantisation or clipping (continuous DN).
+    container_bits : int or None
+        Bits of the word that stores a pixel (bit_depth..32); None: same as ``bit_depth``.
+    justify : "left" | "right"
+        Where the ADC code sits in the container (see module docstring).
+    noise : bool
+        Master switch: False renders deterministically (expected values, still quantised).
+    """
+
+    exposure_s: float = 1.0
+    input_pitch_m: float | None = None
+    pixel_pitch_m: float | None = None
+    quantum_efficiency: float = 1.0
+    dark_current_e_per_s: float = 0.0
+    shot_noise: bool = True
+    read_noise_e: float = 0.0
+    full_well_e: float | None = None
+    gain_e_per_dn: float = 1.0
+    offset_dn: float = 0.0
+    bit_depth: int | None = None
+    container_bits: int | None = None
+    justify: str = "left"
+    noise: bool = True
+
+    def __post_init__(self):
+        check_positive("exposure_s", self.exposure_s)
+        for name in ("input_pitch_m", "pixel_pitch_m", "full_well_e"):
+            if getattr(self, name) is not None:
+                check_positive(name, getattr(self, name))
+        qe = check_positive("quantum_efficiency", self.quantum_efficiency)
+        if qe > 1:
+            raise InputError(f"quantum_efficiency must be in (0, 1] e-/photon, got {self.quantum_efficiency!r}")
+        check_positive("dark_current_e_per_s", self.dark_current_e_per_s, allow_zero=True)
+        check_positive("read_noise_e", self.read_noise_e, allow_zero=True)
+        check_positive("gain_e_per_dn", self.gain_e_per_dn)
+        offset = float(self.offset_dn)
+        if not math.isfinite(offset):
+            raise InputError(f"offset_dn must be finite, got {self.offset_dn!r}")
+        if self.bit_depth is not None:
+            _check_bits("bit_depth", self.bit_depth, 1)
+            if self.container_bits is not None:
+                _check_bits("container_bits", self.container_bits, self.bit_depth)
+        elif self.container_bits is not None:
+            raise InputError("container_bits needs bit_depth to be set (the ADC is off when bit_depth is None)")
+        if self.justify not in JUSTIFY:
+            raise InputError(f"justify must be one of {JUSTIFY}, got {self.justify!r}")
+
+    @property
+    def resample_ratio(self) -> float | None:
+        """Sensor pixel pitch / input pitch, or None when resampling is off."""
+        if self.input_pitch_m is None or self.pixel_pitch_m is None:
+            return None
+        return self.pixel_pitch_m / self.input_pitch_m
+
+    @property
+    def max_dn(self) -> float | None:
+        """Largest output value (after justification), or None without an ADC."""
+        if self.bit_depth is None:
+            return None
+        return float((2**self.bit_depth - 1) * self._justify_scale())
+
+    def _justify_scale(self) -> int:
+        container = self.container_bits or self.bit_depth
+        return 2 ** (container - self.bit_depth) if self.justify == "left" else 1
+
+    def forward(self, photons: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Expected photons per input sample (*batch, rows, cols) -> DN per sensor pixel.
+
+        ``generator`` (on the tensor's device) seeds shot and read noise; the global RNG otherwise.
+        """
+        check_tensor("photons", photons, min_ndim=2)
+        if photons.numel():
+            tolerance = -NEGATIVE_ROUNDOFF_RTOL * float(photons.detach().abs().max())
+            if float(photons.detach().min()) < tolerance:
+                raise InputError(f"photons must be >= 0, got minimum {float(photons.min())!r}")
+        photons = photons.clamp(min=0)
+        ratio = self.resample_ratio
+        if ratio is not None:
+            photons = area_resample(photons, ratio)
+        electrons = photons * self.quantum_efficiency + self.dark_current_e_per_s * self.exposure_s
+        if self.noise and self.shot_noise:
+            electrons = _straight_through(electrons, torch.poisson(electrons.detach(), generator=generator))
+        if self.full_well_e is not None:
+            electrons = electrons.clamp(max=self.full_well_e)
+        if self.noise and self.read_noise_e > 0:
+            draw = torch.randn(electrons.shape, generator=generator, dtype=electrons.dtype, device=electrons.device)
+            electrons = electrons + self.read_noise_e * draw
+        dn = electrons / self.gain_e_per_dn + self.offset_dn
+        if self.bit_depth is None:
+            return dn
+        codes = _straight_through(dn, torch.floor(dn.detach() + 0.5)).clamp(0, 2**self.bit_depth - 1)
+        return codes * self._justify_scale()
+
+    __call__ = forward
+
+
+def _check_bits(name: str, value, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= 32:
+        raise InputError(f"{name} must be an int in [{minimum}, 32], got {value!r}")
+    return value

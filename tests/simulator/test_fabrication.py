@@ -1,0 +1,293 @@
+"""Fabrication-error model: identity, analytic geometric transforms, blur, aberration, gradients,
+persistence and seeding."""
+
+import math
+
+import pytest
+import torch
+
+from simulator.errors import ConfigError, InputError
+from simulator.fabrication import (
+    AberrationOptics,
+    ErrorSpec,
+    FabricationErrors,
+    aberration_transfer,
+    apply_frame_errors,
+    apply_psf_errors,
+)
+from simulator.field import Grid
+from simulator.layout import TileLayout
+from simulator.pupil import circular_pupil
+from simulator.zernike import zernike_wavefront
+
+D = torch.float64
+
+
+def gaussian(k, sigma, centre=(0.0, 0.0)):
+    axis = torch.arange(k, dtype=D) - k // 2
+    y, x = axis[:, None] - centre[0], axis[None, :] - centre[1]
+    return torch.exp(-(y**2 + x**2) / (2 * sigma**2))
+
+
+def random_psfs(p=3, c=2, k=9, seed=0):
+    return torch.rand((p, c, k, k), generator=torch.Generator().manual_seed(seed), dtype=D)
+
+
+def full_spec():
+    return ErrorSpec(brightness_rel_std=0.1, shift_std_px=0.4, rotation_std_rad=0.02, magnification_rel_std=0.02,
+                     blur_sigma_max_px=0.6, zernike_std_m=(0.0, 2e-8, 2e-8, 5e-8), kernel_error_rms=0.05,
+                     crosstalk=0.01, vignetting_poly=(-0.1, 0.02), vignetting_tan_edge=0.3, background=2.5,
+                     background_gradient_std=0.01)
+
+
+def test_identity_errors_leave_psfs_and_frames_bit_exact():
+    psfs = random_psfs()
+    errors = FabricationErrors.identity(3)
+    assert torch.equal(apply_psf_errors(psfs, errors), psfs)
+    layout = TileLayout.for_count(3, (5, 6), gap_px=2)
+    frame = torch.rand((2, *layout.frame_shape), dtype=D)
+    assert torch.equal(apply_frame_errors(frame, errors, layout), frame)
+
+
+@pytest.mark.parametrize("method", ["bilinear", "fourier"])
+def test_integer_shift_is_a_translation_on_the_interior(method):
+    psfs = random_psfs(p=1, c=1, k=11)
+    errors = FabricationErrors(1, shift_px=torch.tensor([[2.0, -3.0]]), shift_method=method)
+    out = apply_psf_errors(psfs, errors)
+    expected = psfs[..., :-2, 3:]
+    got = out[..., 2:, :-3]
+    if method == "bilinear":
+        assert torch.equal(got, expected)
+        assert torch.all(out[..., :2, :] == 0) and torch.all(out[..., :, -3:] == 0)
+    else:
+        torch.testing.assert_close(got, expected, atol=1e-12, rtol=0)
+
+
+def test_subpixel_fourier_shift_of_band_limited_gaussian_is_analytic():
+    shift = (0.37, -0.61)
+    psf = gaussian(31, 2.0)[None, None]  # spectrum at Nyquist ~3e-9, tails at the window edge ~1e-12
+    errors = FabricationErrors(1, shift_px=torch.tensor([shift], dtype=D), shift_method="fourier")
+    out = apply_psf_errors(psf, errors)[0, 0]
+    torch.testing.assert_close(out, gaussian(31, 2.0, centre=shift), atol=1e-8, rtol=0)
+    # the bilinear sampler moves the centroid exactly, but is only accurate to second order in shape
+    bilinear = apply_psf_errors(psf, FabricationErrors(1, shift_px=torch.tensor([shift], dtype=D)))[0, 0]
+    axis = torch.arange(31, dtype=D) - 15
+    centroid = ((bilinear.sum(1) * axis).sum() / bilinear.sum(), (bilinear.sum(0) * axis).sum() / bilinear.sum())
+    torch.testing.assert_close(torch.stack(centroid), torch.tensor(shift, dtype=D), atol=1e-9, rtol=0)
+    # linear-interpolation bound: h^2/8 max|f''| per axis, f'' <= 1/sigma^2 for a unit-peak Gaussian
+    assert (bilinear - gaussian(31, 2.0, centre=shift)).abs().max() < 2 * (1 / 8) * (1 / 2.0**2)
+
+
+def test_rotation_by_90_degrees_equals_rot90():
+    psfs = random_psfs(p=2, c=1, k=9)
+    errors = FabricationErrors(2, rotation_rad=torch.tensor([math.pi / 2, -math.pi / 2], dtype=D))
+    out = apply_psf_errors(psfs, errors)
+    torch.testing.assert_close(out[0], torch.rot90(psfs[0], 1, dims=(-2, -1)), atol=1e-12, rtol=0)
+    torch.testing.assert_close(out[1], torch.rot90(psfs[1], -1, dims=(-2, -1)), atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("m", [0.8, 1.3])
+def test_magnification_preserves_energy_and_scales_the_second_moment(m):
+    psf = gaussian(41, 3.0)[None, None]
+    out = apply_psf_errors(psf, FabricationErrors(1, magnification=torch.tensor([m])))[0, 0]
+    assert abs(out.sum() / psf.sum() - 1) < 1e-3
+    axis = torch.arange(41, dtype=D) - 20
+    r2 = axis[:, None] ** 2 + axis[None, :] ** 2
+    var_in, var_out = (r2 * psf[0, 0]).sum() / psf.sum(), (r2 * out).sum() / out.sum()
+    assert abs(var_out / var_in - m**2) < 0.02 * m**2
+
+
+def test_brightness_scales_energy_exactly():
+    psfs = random_psfs()
+    alpha = torch.tensor([0.5, 1.25, 2.0], dtype=D)
+    out = apply_psf_errors(psfs, FabricationErrors(3, brightness=alpha))
+    torch.testing.assert_close(out.sum(dim=(1, 2, 3)), alpha * psfs.sum(dim=(1, 2, 3)), rtol=1e-15, atol=0)
+
+
+def test_gaussian_blur_of_a_delta_is_the_normalised_gaussian():
+    k, sigma = 11, 1.3
+    delta = torch.zeros((1, 1, k, k), dtype=D)
+    delta[..., k // 2, k // 2] = 1
+    out = apply_psf_errors(delta, FabricationErrors(1, blur_sigma_px=torch.tensor([sigma], dtype=D)))[0, 0]
+    # normalised over the (2K-1)^2 lag window the filter spans (module docstring)
+    lags = torch.arange(-(k - 1), k, dtype=D)
+    norm = torch.exp(-(lags[:, None] ** 2 + lags[None, :] ** 2) / (2 * sigma**2)).sum()
+    torch.testing.assert_close(out, gaussian(k, sigma) / norm, atol=1e-12, rtol=0)
+
+
+NYQUIST_OPTICS = AberrationOptics(wavelengths_m=(500e-9,), f_number=4.0, pixel_pitch_m=1e-6)
+
+
+def test_zernike_with_zero_coefficients_is_identity_even_when_trainable():
+    psfs = random_psfs(p=2, c=1, k=7)
+    errors = FabricationErrors(2, num_zernike=6, aberration=NYQUIST_OPTICS).make_trainable("zernike_m")
+    out = apply_psf_errors(psfs, errors)
+    torch.testing.assert_close(out, psfs, atol=1e-13, rtol=0)
+
+
+def test_defocus_broadens_the_psf_monotonically_and_conserves_energy():
+    # pixel = lambda F#: the whole pixel-frequency grid lies inside the pupil's cutoff
+    optics = AberrationOptics(wavelengths_m=(500e-9,), f_number=2.0, pixel_pitch_m=1e-6)
+    k = 15
+    delta = torch.zeros((1, 1, k, k), dtype=D)
+    delta[..., k // 2, k // 2] = 1
+    axis = torch.arange(k, dtype=D) - k // 2
+    r2 = axis[:, None] ** 2 + axis[None, :] ** 2
+    moments = []
+    for defocus_waves in (0.0, 0.1, 0.2, 0.3):
+        z = torch.zeros((1, 4), dtype=D)
+        z[0, 3] = defocus_waves * 500e-9  # Noll j=4: defocus
+        out = apply_psf_errors(delta, FabricationErrors(1, zernike_m=z, num_zernike=4, aberration=optics))[0, 0]
+        transfer = aberration_transfer(z, optics, 1, k, D)
+        torch.testing.assert_close(transfer[..., 0, 0], torch.ones((1, 1), dtype=torch.complex128))  # energy
+        assert float(transfer.abs().max()) <= 1 + 1e-9  # the aberrated MTF never beats the clear pupil's
+        moments.append(float((r2 * out).sum()))
+    assert moments[0] < 1e-12
+    assert all(b > a for a, b in zip(moments, moments[1:])), moments
+
+
+def test_aberration_of_a_diffraction_limited_psf_gives_the_aberrated_psf():
+    """The case where the cascade is exact: design PSF = clear-pupil PSF (module docstring)."""
+    wavelength, f_number, pitch = 500e-9, 2.5, 0.5e-6  # lambda F# = 2.5 pixels: no aliasing
+    n = 512
+    grid = Grid.square(n, 2.0 / (n * pitch / (wavelength * f_number)))  # focal sampling = one pixel
+    pupil = circular_pupil(grid, 1.0, dtype=D)
+
+    def sampled_psf(coeffs):
+        field = pupil * torch.exp(2j * math.pi * zernike_wavefront(coeffs, grid, 1.0) / wavelength)
+        intensity = torch.fft.fftshift(torch.fft.fft2(torch.fft.ifftshift(field))).abs() ** 2
+        window = slice(n // 2 - 15, n // 2 + 16)
+        return (intensity / intensity.sum())[window, window]
+
+    z = torch.zeros((1, 6), dtype=D)
+    z[0, 3], z[0, 5] = 0.07 * wavelength, 0.04 * wavelength  # defocus and astigmatism
+    clear, aberrated = sampled_psf(torch.zeros(6, dtype=D)), sampled_psf(z[0])
+    errors = FabricationErrors(1, zernike_m=z, num_zernike=6, aberration=AberrationOptics((wavelength,), f_number, pitch))
+    out = apply_psf_errors(clear[None, None], errors)[0, 0]
+    assert float((clear - aberrated).abs().max()) > 0.2 * float(aberrated.max())  # the aberration matters
+    assert float((out - aberrated).abs().max()) < 0.01 * float(aberrated.max())  # measured 0.4 %
+
+
+def test_aberration_needs_one_wavelength_per_channel():
+    errors = FabricationErrors(1, zernike_m=torch.tensor([[0.0, 0.0, 0.0, 1e-8]]), num_zernike=4,
+                               aberration=AberrationOptics(wavelengths_m=(450e-9, 532e-9)))
+    with pytest.raises(InputError, match="wavelengths_m"):
+        apply_psf_errors(random_psfs(p=1, c=3, k=5), errors)
+
+
+def test_gradcheck_every_psf_error_parameter_and_the_psfs():
+    p, c, k = 2, 1, 5
+    psfs = (random_psfs(p, c, k) + 0.1).requires_grad_()
+    args = dict(
+        brightness=torch.tensor([1.1, 0.9], dtype=D),
+        shift_px=torch.tensor([[0.3, -0.2], [0.15, 0.4]], dtype=D),
+        rotation_rad=torch.tensor([0.1, -0.05], dtype=D),
+        magnification=torch.tensor([1.05, 0.97], dtype=D),
+        blur_sigma_px=torch.tensor([0.7, 0.4], dtype=D),
+        kernel_error=0.05 * random_psfs(p, c, k, seed=3) - 0.025,
+    )
+    names, leaves = list(args), [v.clone().requires_grad_() for v in args.values()]
+    zernike = torch.tensor([[0.0, 1.0, -1.0, 3.0], [0.0, 0.0, 2.0, 1.0]], dtype=D, requires_grad=True)  # x 1e-8 m
+
+    def every_stage(psfs, *values):
+        errors = FabricationErrors(p, **dict(zip(names, values)))
+        return apply_psf_errors(psfs, errors)
+
+    def aberration_with_blur(psfs, zernike_1e8, blur):
+        errors = FabricationErrors(p, zernike_m=zernike_1e8 * 1e-8, num_zernike=4, blur_sigma_px=blur,
+                                   aberration=NYQUIST_OPTICS)
+        return apply_psf_errors(psfs, errors)
+
+    def fourier(psfs, shift):
+        return apply_psf_errors(psfs, FabricationErrors(p, shift_px=shift, shift_method="fourier"))
+
+    assert torch.autograd.gradcheck(every_stage, (psfs, *leaves), eps=1e-6, atol=1e-7, fast_mode=True)
+    assert torch.autograd.gradcheck(aberration_with_blur, (psfs, zernike, leaves[names.index("blur_sigma_px")]),
+                                    eps=1e-6, atol=1e-7, fast_mode=True)
+    assert torch.autograd.gradcheck(fourier, (psfs, leaves[names.index("shift_px")]), eps=1e-6, atol=1e-7,
+                                    fast_mode=True)
+
+
+def test_gradcheck_every_frame_error_parameter():
+    layout = TileLayout(2, 2, (3, 4), gap_px=1)
+    frame = torch.rand((1, *layout.frame_shape), dtype=D, generator=torch.Generator().manual_seed(1)).requires_grad_()
+    values = [torch.tensor(v, dtype=D, requires_grad=True) for v in (0.02, [-0.1, 0.03], 0.3, 1.5, [0.01, -0.02])]
+    names = ["crosstalk", "vignetting_poly", "vignetting_tan_edge", "background", "background_gradient"]
+
+    def fn(frame, *vals):
+        return apply_frame_errors(frame, FabricationErrors(4, **dict(zip(names, vals))), layout)
+
+    assert torch.autograd.gradcheck(fn, (frame, *values), eps=1e-6, atol=1e-8)
+
+
+def test_crosstalk_conserves_energy_and_leaks_into_neighbours_only():
+    layout = TileLayout(2, 3, (2, 2), gap_px=1)
+    tiles = torch.zeros((1, 6, 2, 2), dtype=D)
+    tiles[0, 0] = 1.0  # top-left tile lit; neighbours: tile 1 (right) and tile 3 (below)
+    out = apply_frame_errors(layout.assemble(tiles), FabricationErrors(6, crosstalk=torch.tensor(0.1)), layout)
+    got = layout.extract(out)[0, :, 0, 0]
+    torch.testing.assert_close(got, torch.tensor([0.8, 0.1, 0.0, 0.1, 0.0, 0.0], dtype=D))
+    torch.testing.assert_close(out.sum(), torch.tensor(4.0, dtype=D))
+
+
+def test_vignetting_and_background_follow_their_formulas():
+    layout = TileLayout(1, 1, (5, 7))
+    frame = torch.ones((1, 5, 7), dtype=D)
+    errors = FabricationErrors(1, vignetting_tan_edge=torch.tensor(0.5), vignetting_poly=torch.tensor([-0.2, 0.0]),
+                               background=torch.tensor(3.0), background_gradient=torch.tensor([0.1, 0.0]))
+    out = apply_frame_errors(frame, errors, layout)[0]
+    assert out[2, 3] == pytest.approx(1.0 + 3.0)  # centre: no vignetting, no gradient
+    corner = (1 - 0.2) / (1 + 0.25) ** 2 + 3.0 + 0.1 * 2  # rho = 1 at the corner, row offset +2
+    assert out[4, 6] == pytest.approx(corner)
+
+
+def test_yaml_round_trip_is_exact(tmp_path):
+    errors = FabricationErrors.sample(4, full_spec(), seed=7, kernel_shape=(1, 7, 7), shift_method="fourier",
+                                      aberration=AberrationOptics((633e-9,), 3.3, 2.2e-6))
+    errors.to_yaml(tmp_path / "errors.yaml")
+    back = FabricationErrors.from_yaml(tmp_path / "errors.yaml")
+    assert back.shift_method == "fourier" and back.aberration == errors.aberration
+    assert set(back.tensors()) == set(errors.tensors())
+    for name, tensor in errors.tensors().items():
+        assert torch.equal(back.tensors()[name], tensor), name
+
+
+def test_sampling_is_seeded():
+    a = FabricationErrors.sample(5, full_spec(), seed=1, kernel_shape=(1, 7, 7))
+    b = FabricationErrors.sample(5, full_spec(), seed=1, kernel_shape=(1, 7, 7))
+    c = FabricationErrors.sample(5, full_spec(), seed=2, kernel_shape=(1, 7, 7))
+    for name in a.tensors():
+        assert torch.equal(a.tensors()[name], b.tensors()[name]), name
+    assert not torch.equal(a.shift_px, c.shift_px) and not torch.equal(a.kernel_error, c.kernel_error)
+    assert float(a.kernel_error.std()) == pytest.approx(0.05, rel=0.2)
+
+
+def test_make_trainable_exposes_parameters_for_a_fit():
+    errors = FabricationErrors.identity(2).make_trainable("shift_px", "brightness")
+    assert {n for n, _ in errors.named_parameters()} == {"shift_px", "brightness"}
+    given = FabricationErrors(2, rotation_rad=torch.nn.Parameter(torch.zeros(2, dtype=D)))
+    assert [n for n, _ in given.named_parameters()] == ["rotation_rad"]
+    loss = apply_psf_errors(random_psfs(p=2, c=1, k=5), errors).sum()
+    loss.backward()
+    assert errors.brightness.grad is not None and errors.shift_px.grad is not None
+
+
+def test_bad_input_names_the_field():
+    with pytest.raises(ConfigError, match="fabrication.errors.brightness"):
+        FabricationErrors.from_dict({"num_psfs": 2, "errors": {"brightness": [1.0, 2.0, 3.0]}})
+    with pytest.raises(ConfigError, match="fabrication.errors.bogus"):
+        FabricationErrors.from_dict({"num_psfs": 2, "errors": {"bogus": 1.0}})
+    with pytest.raises(ConfigError, match="fabrication.num_psfs"):
+        FabricationErrors.from_dict({"num_psfs": 0})
+    with pytest.raises(ConfigError, match=r"fabrication\.aberration.*f_number"):
+        FabricationErrors.from_dict({"num_psfs": 1, "aberration": {"f_number": -2.0}})
+    with pytest.raises(ConfigError, match="shift_std_px"):
+        ErrorSpec.from_dict({"shift_std_px": -1.0})
+    with pytest.raises(InputError, match=r"wavelengths_m\[1\]"):
+        AberrationOptics(wavelengths_m=(5e-7, -1.0))
+    with pytest.raises(InputError, match="psfs hold 3"):
+        apply_psf_errors(random_psfs(), FabricationErrors.identity(2))
+    with pytest.raises(InputError, match="kernel_shape"):
+        FabricationErrors.sample(2, ErrorSpec(kernel_error_rms=0.1), seed=0)
+    with pytest.raises(InputError, match="rotation_rad"):
+        FabricationErrors(2, rotation_rad=torch.zeros(3))
