@@ -1,1 +1,43 @@
-"""drivers package."""
+"""Camera and SLM drivers, the Bench that couples them, and their backends.
+
+Open a bench from YAML and measure::
+
+    from drivers import open_bench
+
+    with open_bench("examples/bench_sim.yaml") as bench:
+        m = bench.measure(image)      # shows, waits until settled, captures a fresh frame
+        m.frame.image, m.frame.exposure_s
+
+Backends (``hil devices`` lists them) are classes derived from :class:`Camera` / :class:`SLM`; see
+:mod:`drivers.base` for the hooks a backend fills in and :mod:`drivers.registry` for adding one.
+"""
+
+from .base import SLM, Camera, Device, Frame, OpenContext, RawFrame
+from .bench import Bench, Measurement
+from .clock import Clock, RealClock, VirtualClock
+from .config import BenchConfig, open_bench, open_device
+from .errors import (
+    ConfigError,
+    DeviceClosed,
+    DeviceDisconnected,
+    DeviceError,
+    DeviceFault,
+    DeviceNotFound,
+    DeviceTimeout,
+    HilError,
+    InputError,
+    MissingDependency,
+    StaleFrame,
+    UnsupportedFeature,
+)
+from .faults import FaultConfig
+from .lut import LUT
+from .registry import ENTRY_POINT_GROUP, available_backends, load_backend, register_backend
+
+__all__ = [
+    "LUT", "SLM", "Bench", "BenchConfig", "Camera", "Clock", "ConfigError", "Device", "DeviceClosed",
+    "DeviceDisconnected", "DeviceError", "DeviceFault", "DeviceNotFound", "DeviceTimeout", "ENTRY_POINT_GROUP",
+    "FaultConfig", "Frame", "HilError", "InputError", "Measurement", "MissingDependency", "OpenContext",
+    "RawFrame", "RealClock", "StaleFrame", "UnsupportedFeature", "VirtualClock", "available_backends",
+    "load_backend", "open_bench", "open_device", "register_backend",
+]

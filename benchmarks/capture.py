@@ -1,0 +1,140 @@
+"""Capture throughput of the Bench on simulated devices with realistic timing, on the REAL clock.
+
+Each ``Bench.measure`` shows an image, waits for the SLM to settle and captures a software-triggered
+frame, so the device-limited time per measurement is ``latency + settle + exposure + readout``. We report
+
+- ``efficiency``: achieved measurements per second / device-limited rate (goal >= 0.95);
+- ``overhead_us_per_frame``: (elapsed - N x device time) / N on the real clock: the toolkit's code plus
+  the operating system's wake-up delays (two sleeps per measurement: settle, then exposure + readout);
+- ``overhead_us_per_frame_median`` and ``efficiency_median``: the same from the median duration of one
+  measurement, which leaves out the rare long wake-ups of a loaded machine;
+- ``toolkit_cpu_us_per_frame``: wall time per measurement of the same loop on a virtual clock (no
+  sleeping at all): the toolkit's own code path alone;
+- ``sleep_reference_efficiency``: a bare loop of the same two ``time.sleep`` calls, measured in the
+  same run: the best a sleeping Python loop reaches on this machine (the reference to compare with).
+
+Frames are 64 x 64 through the ideal ``direct`` render, so the optics simulation does not count as
+overhead. Prints a table and, last, one line of JSON; writes benchmarks/results/capture.json.
+
+Each loop is run ``--repeats`` times, interleaved (so load changes hit them alike), and the median kept.
+On a shared machine the OS wake-up delays dominate the overhead: compare with the bare sleep loop.
+
+Usage: python benchmarks/capture.py [--n 300] [--repeats 3] [--exposure-s 0.01] [--settle-s 0.005]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from drivers import Bench, RealClock, VirtualClock  # noqa: E402
+from drivers.simulated import SimulatedCamera, SimulatedSLM, direct_render  # noqa: E402
+from simulator.files import atomic_write  # noqa: E402
+
+SHAPE = (64, 64)
+
+
+def make_bench(clock, args) -> Bench:
+    slm = SimulatedSLM(shape=SHAPE, bit_depth=8, pixel_pitch_m=8e-6, latency_s=args.latency_s, settle_s=args.settle_s, clock=clock)
+    camera = SimulatedCamera(slm, direct_render(1000.0), exposure_s=args.exposure_s, readout_s=args.readout_s, clock=clock)
+    return Bench(slm, camera)
+
+
+def run_loop(clock, args, images) -> tuple[float, np.ndarray]:
+    """Wall seconds for len(images) measurements, and the duration (s) of each."""
+    durations = np.empty(len(images))
+    with make_bench(clock, args) as bench:
+        bench.measure(images[0])  # warm-up
+        start = time.perf_counter()
+        for i, image in enumerate(images):
+            t = time.perf_counter()
+            m = bench.measure(image)
+            durations[i] = time.perf_counter() - t
+            assert m.frame.meta["slm_frame_id"] == m.slm_frame_id
+        return time.perf_counter() - start, durations
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=300, help="measurements per run")
+    parser.add_argument("--exposure-s", type=float, default=0.010)
+    parser.add_argument("--settle-s", type=float, default=0.005)
+    parser.add_argument("--latency-s", type=float, default=0.001)
+    parser.add_argument("--readout-s", type=float, default=0.001)
+    parser.add_argument("--repeats", type=int, default=3, help="runs per variant (the median is reported)")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "capture.json")
+    args = parser.parse_args(argv)
+
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, SHAPE).astype(np.uint8) for _ in range(args.n)]
+    device_s = args.latency_s + args.settle_s + args.exposure_s + args.readout_s
+
+    def efficiency_of(seconds: float) -> float:
+        return args.n * device_s / seconds
+
+    real_s, virtual_s, sleep_s, per_measure = [], [], [], []
+    for _ in range(args.repeats):  # interleaved, so load changes hit every variant alike
+        total, durations = run_loop(RealClock(), args, images)
+        real_s.append(total)
+        per_measure.append(durations)
+        virtual_s.append(run_loop(VirtualClock(), args, images)[0])
+        start = time.perf_counter()
+        for _ in range(args.n):  # the same two waits as a measurement, nothing else
+            time.sleep(args.latency_s + args.settle_s)
+            time.sleep(args.exposure_s + args.readout_s)
+        sleep_s.append(time.perf_counter() - start)
+    real, virtual, sleep = (float(np.median(v)) for v in (real_s, virtual_s, sleep_s))
+    typical_s = float(np.median(np.concatenate(per_measure)))
+
+    result = {
+        "benchmark": "capture",
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": {"platform": platform.platform(), "python": platform.python_version(),
+                    "processor": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+                    "load_average_1min": os.getloadavg()[0]},
+        "n": args.n,
+        "repeats": args.repeats,
+        "frame_shape": list(SHAPE),
+        "latency_s": args.latency_s, "settle_s": args.settle_s, "exposure_s": args.exposure_s, "readout_s": args.readout_s,
+        "device_limited_hz": 1.0 / device_s,
+        "achieved_hz": args.n / real,
+        "efficiency": efficiency_of(real),
+        "efficiency_runs": [efficiency_of(v) for v in real_s],
+        "overhead_us_per_frame": (real - args.n * device_s) / args.n * 1e6,
+        "overhead_us_per_frame_median": (typical_s - device_s) * 1e6,
+        "efficiency_median": device_s / typical_s,
+        "toolkit_cpu_us_per_frame": virtual / args.n * 1e6,
+        "sleep_reference_efficiency": efficiency_of(sleep),
+    }
+    rows = [
+        ("device-limited rate", f"{result['device_limited_hz']:.2f} /s", f"{device_s * 1e3:.1f} ms per measurement"),
+        ("achieved rate (real clock)", f"{result['achieved_hz']:.2f} /s", f"median of {args.repeats} x {args.n} measurements"),
+        ("efficiency", f"{result['efficiency']:.4f}", "goal >= 0.95"),
+        ("overhead per frame", f"{result['overhead_us_per_frame']:.0f} us", "toolkit + OS wake-up delays"),
+        ("median overhead per frame", f"{result['overhead_us_per_frame_median']:.0f} us", "typical measurement (load spikes excluded)"),
+        ("efficiency of the median", f"{result['efficiency_median']:.4f}", "device time / median measurement time"),
+        ("toolkit CPU per frame", f"{result['toolkit_cpu_us_per_frame']:.0f} us", "same loop, virtual clock"),
+        ("bare sleep loop efficiency", f"{result['sleep_reference_efficiency']:.4f}", "same two sleeps, nothing else"),
+    ]
+    for name, value, note in rows:
+        print(f"{name:<28} {value:>14}   {note}")
+    with atomic_write(args.out, "w") as fh:
+        json.dump(result, fh, indent=2)
+        fh.write("\n")
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()

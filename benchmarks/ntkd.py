@@ -1,0 +1,300 @@
+"""NTKD benchmark: teacher, no transfer, KD and NTKD optical students on Fashion-MNIST (classification)
+and on the Fashion-MNIST masking task (segmentation, mIoU); mean +- std over seeds, and the step time
+of NTKD over that of KD measured in one process.
+
+Every training run goes through the toolkit's Python API (:func:`hil.api.train`), so each cell leaves
+its ``config.yaml``, ``metrics.json`` and checkpoints under ``--work-dir``. The benchmark is resumable
+per (task, method, seed) cell: finished cells are read back from the partial results JSON (written
+after every cell) and interrupted runs resume from their last checkpoint.
+
+Budget (documented in the JSON under ``settings``): the teacher of each task is trained once per
+teacher seed to (near) convergence with early stopping; the students, all with the same architecture,
+budget (epochs, training subset, batch) and optimiser, differ only in the loss. Hyper-parameters of KD
+(T, mix) and NTKD (a, b, discrepancy, kernel batch) are fixed a priori (see ``settings``), not tuned
+per method: the budget on 2 shared CPU cores does not allow a sweep.
+
+Usage::
+
+    python benchmarks/ntkd.py                 # full configured run -> benchmarks/results/ntkd.json
+    python benchmarks/ntkd.py --quick --out /tmp/ntkd_quick.json --work-dir /tmp/ntkd_quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime
+import json
+import logging
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from hil.api import build_datasets, build_model, load_teacher, resolve_config, train  # noqa: E402
+from hil.losses import build_objective  # noqa: E402
+from hil.trainer import fetch_batch  # noqa: E402
+from simulator.config import to_plain  # noqa: E402
+from simulator.files import atomic_write  # noqa: E402
+
+log = logging.getLogger("benchmarks.ntkd")
+
+METHODS = ("no_transfer", "kd", "ntkd")
+
+#: The paper-like 8-kernel 7x7 mono optical student, 2 FC layers (METHOD.md reference configuration).
+CLASSIFICATION = {
+    "teacher": {
+        "job": "teacher", "task": "classification",
+        "model": {"name": "lenet"},
+        "data": {"dataset": "fashion_mnist", "val_size": 5000, "batch_size": 128},
+        "optim": {"name": "adam", "lr": 2e-3, "schedule": "cosine"},
+        "train": {"epochs": 8, "early_stopping_patience": 2, "progress": False},
+    },
+    "student": {
+        "job": "student", "task": "classification",
+        "model": {"name": "optical_student", "num_kernels": 8, "kernel_size": 7, "hidden": [32], "pool": 2},
+        "data": {"dataset": "fashion_mnist", "val_size": 5000, "train_subset": 10000, "batch_size": 128},
+        "optim": {"name": "adam", "lr": 3e-3, "schedule": "cosine"},
+        "train": {"epochs": 4, "progress": False},
+    },
+    "losses": {
+        "no_transfer": {"method": "task"},
+        "kd": {"method": "kd", "temperature": 4.0, "kd_mix": 0.5},
+        "ntkd": {"method": "ntkd", "task_weight": 1.0, "ntk_weight": 1.0, "discrepancy": "cka", "kernel_batch": 16,
+                 "student_method": "sum_of_logits", "teacher_method": "sum_of_logits"},
+    },
+}
+
+#: Fashion-MNIST masking (garment vs background), an up-convolution decoder behind 8 optical kernels.
+SEGMENTATION = {
+    "teacher": {
+        "job": "teacher", "task": "segmentation",
+        "model": {"name": "unet", "base_channels": 8, "depth": 2},
+        "data": {"dataset": "fashion_masking", "val_size": 1000, "train_subset": 8000, "test_subset": 2000,
+                 "batch_size": 32},
+        "optim": {"name": "adam", "lr": 2e-3, "schedule": "cosine"},
+        "train": {"epochs": 8, "early_stopping_patience": 2, "progress": False},
+    },
+    "student": {
+        "job": "student", "task": "segmentation",
+        "model": {"name": "optical_student", "num_kernels": 8, "kernel_size": 7, "backend": "upconv",
+                  "decoder_widths": [8, 16]},
+        "data": {"dataset": "fashion_masking", "val_size": 1000, "train_subset": 1024, "test_subset": 2000,
+                 "batch_size": 32},
+        "optim": {"name": "adam", "lr": 3e-3, "schedule": "cosine"},
+        "train": {"epochs": 3, "progress": False},
+    },
+    "losses": {
+        "no_transfer": {"method": "task"},
+        "kd": {"method": "kd", "temperature": 2.0, "kd_mix": 0.5},
+        "ntkd": {"method": "ntkd", "task_weight": 1.0, "ntk_weight": 1.0, "discrepancy": "cka", "kernel_batch": 8,
+                 "student_method": "sum_of_logits", "teacher_method": "sum_of_logits"},
+    },
+}
+
+TASKS = {"classification": CLASSIFICATION, "segmentation": SEGMENTATION}
+
+
+def quick(settings: dict) -> dict:
+    """A tiny version of a task's settings (smoke test of the script, not a measurement)."""
+    s = copy.deepcopy(settings)
+    for role in ("teacher", "student"):
+        s[role]["data"].update({"train_subset": 256, "val_size": 128, "test_subset": 256})
+        s[role]["train"].update({"epochs": 1})
+    return s
+
+
+def with_seed(mapping: dict, seed: int) -> dict:
+    out = copy.deepcopy(mapping)
+    out["seed"] = seed
+    if out["model"]["name"] == "optical_student":
+        out["model"]["seed"] = seed  # the optics' initial kernels follow the run seed
+    return out
+
+
+def summary(values: list[float]) -> dict:
+    """``{mean, std, seeds}`` in percent; std is the sample standard deviation (0 for one seed)."""
+    pct = [100.0 * v for v in values]
+    return {"mean": statistics.fmean(pct), "std": statistics.stdev(pct) if len(pct) > 1 else 0.0, "values": pct}
+
+
+class Results:
+    """The results JSON, rewritten atomically after every finished cell.
+
+    Cells of an earlier run are kept when that task's settings are unchanged (and so are cells of
+    tasks this run does not touch), so runs of separate tasks can share one file.
+    """
+
+    def __init__(self, path: Path, fresh: dict):
+        self.path = path
+        self.data = fresh
+        if not path.is_file():
+            return
+        old = json.loads(path.read_text())
+        old_tasks = old.get("settings", {}).get("tasks", {})
+        tasks = fresh["settings"]["tasks"]
+        if old.get("settings", {}).get("quick") != fresh["settings"]["quick"]:
+            return
+        keep = {t for t, s in old_tasks.items() if tasks.get(t, s) == s}
+        for task in keep - set(tasks):
+            tasks[task] = old_tasks[task]
+        self.data["cells"] = {k: v for k, v in old.get("cells", {}).items() if k.split("/")[0] in keep}
+        if "classification" in keep:
+            self.data["timing"] = old.get("timing", {})
+
+    def cell(self, key: str):
+        return self.data["cells"].get(key)
+
+    def put(self, key: str, value) -> None:
+        self.data["cells"][key] = value
+        self.write()
+
+    def write(self) -> None:
+        with atomic_write(self.path, "w") as fh:
+            json.dump(self.data, fh, indent=1)
+
+
+def run_cell(results: Results, key: str, mapping: dict, out_dir: Path, monitor: str) -> dict:
+    """Train one (task, role/method, seed) cell unless already done; returns its record."""
+    done = results.cell(key)
+    if done is not None:
+        log.info("%s: done before (%s %.4f)", key, monitor, done["test"])
+        return done
+    start = time.perf_counter()
+    result = train(mapping, out_dir)
+    record = {"test": result.test_metrics[monitor], "best_val": result.best_metric, "best_epoch": result.best_epoch,
+              "epochs": result.epochs_completed, "steps": result.steps, "mean_step_s": result.mean_step_s,
+              "wall_s": time.perf_counter() - start, "out_dir": str(out_dir)}
+    log.info("%s: test %s %.4f (%.0f s)", key, monitor, record["test"], record["wall_s"])
+    results.put(key, record)
+    return record
+
+
+def step_time_ratio(student_mapping: dict, losses: dict, teacher_checkpoint: Path, steps: int = 12) -> dict:
+    """Median wall time of one optimiser step with the NTKD objective over that with KD, measured in
+    this one process on the same batches, alternating KD and NTKD steps."""
+    cfg = resolve_config(with_seed({**student_mapping, "teacher": {"checkpoint": str(teacher_checkpoint)}}, 0))
+    train_set, _, _, _ = build_datasets(cfg)
+    teacher = load_teacher(teacher_checkpoint)
+    student = build_model(cfg.model)
+    optimizer = torch.optim.Adam(student.parameters(), lr=cfg.optim.lr)
+    objectives = {m: build_objective(losses[m], cfg.task, teacher) for m in ("kd", "ntkd")}
+    times = {"kd": [], "ntkd": []}
+    b = cfg.data.batch_size
+    for step in range(steps + 1):
+        idx = [i % len(train_set) for i in range(step * b, (step + 1) * b)]
+        x, y = fetch_batch(train_set, idx)
+        for method, objective in objectives.items():
+            start = time.perf_counter()
+            terms = objective(student, x, y, indices=torch.tensor(idx))
+            optimizer.zero_grad(set_to_none=True)
+            terms.total.backward()
+            optimizer.step()
+            if step:  # the first step warms up
+                times[method].append(time.perf_counter() - start)
+    kd, ntkd = statistics.median(times["kd"]), statistics.median(times["ntkd"])
+    return {"kd_step_s": kd, "ntkd_step_s": ntkd, "ntkd_over_kd": ntkd / kd, "steps": steps,
+            "batch_size": b, "threads": torch.get_num_threads()}
+
+
+def run_task(task: str, settings: dict, seeds: list[int], teacher_seeds: list[int], work: Path, results: Results,
+             teachers_only: bool = False, methods=METHODS) -> None:
+    monitor = "accuracy" if task == "classification" else "miou"
+    for seed in seeds if methods == ("no_transfer",) else ():  # needs no teacher
+        mapping = {**with_seed(settings["student"], seed), "loss": settings["losses"]["no_transfer"]}
+        run_cell(results, f"{task}/no_transfer/{seed}", mapping, work / task / "no_transfer" / f"seed{seed}", monitor)
+    if methods == ("no_transfer",):
+        return
+    teachers = {}
+    for seed in teacher_seeds:
+        out = work / task / "teacher" / f"seed{seed}"
+        run_cell(results, f"{task}/teacher/{seed}", with_seed(settings["teacher"], seed), out, monitor)
+        teachers[seed] = out / "checkpoints" / "best.pt"
+    teacher_ckpt = teachers[teacher_seeds[0]]
+    if teachers_only:
+        return
+    if task == "classification" and not results.data["timing"]:
+        results.data["timing"] = step_time_ratio(settings["student"], settings["losses"], teacher_ckpt)
+        results.write()
+        log.info("step time NTKD / KD: %.2f", results.data["timing"]["ntkd_over_kd"])
+    for seed in seeds:
+        for method in methods:
+            mapping = with_seed(settings["student"], seed)
+            mapping["loss"] = settings["losses"][method]
+            if method != "no_transfer":
+                mapping["teacher"] = {"checkpoint": str(teacher_ckpt)}
+            run_cell(results, f"{task}/{method}/{seed}", mapping, work / task / method / f"seed{seed}", monitor)
+
+
+def aggregate(results: Results, tasks: list[str]) -> None:
+    data = results.data
+    for task in tasks:
+        table = {}
+        for method in ("teacher",) + METHODS:
+            prefix = f"{task}/{method}/"
+            cells = {int(k[len(prefix):]): v for k, v in data["cells"].items() if k.startswith(prefix)}
+            if cells:
+                seeds = sorted(cells)
+                table[method] = {**summary([cells[s]["test"] for s in seeds]), "seeds": seeds}
+        data[task] = table
+    data["ntkd_step_over_kd_step"] = data["timing"].get("ntkd_over_kd")
+    results.write()
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--teacher-seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("--work-dir", default=str(REPO / "runs" / "bench_ntkd"))
+    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "ntkd.json"))
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--quick", action="store_true", help="tiny smoke-test configuration")
+    parser.add_argument("--teachers-only", action="store_true", help="train (or finish) the teachers, then stop")
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS),
+                        help="student methods to run (no_transfer alone needs no teacher)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    torch.set_num_threads(args.threads)
+    settings = {t: (quick(TASKS[t]) if args.quick else TASKS[t]) for t in args.tasks}
+    fresh = {
+        "benchmark": "ntkd", "status": "running",
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
+                    "cpu_count": os.cpu_count(), "threads": args.threads, "device": "cpu"},
+        "settings": {"tasks": to_plain(settings), "seeds": args.seeds, "teacher_seeds": args.teacher_seeds,
+                     "quick": args.quick,
+                     "metric": {"classification": "test accuracy (%)", "segmentation": "test mIoU (%), 2 classes"},
+                     "selection": "each run's model at its best validation epoch",
+                     "tuning": "none: one a-priori setting per method (see losses); students share every other setting"},
+        "cells": {}, "timing": {},
+    }
+    results = Results(Path(args.out), fresh)
+    work = Path(args.work_dir)
+    for task in args.tasks:
+        run_task(task, settings[task], args.seeds, args.teacher_seeds, work, results, args.teachers_only,
+                 tuple(args.methods))
+        aggregate(results, list(results.data["settings"]["tasks"]))
+    all_tasks = list(results.data["settings"]["tasks"])
+    expected = {f"{t}/{m}/{s}" for t in TASKS for m in METHODS for s in args.seeds} | {
+        f"{t}/teacher/{s}" for t in TASKS for s in args.teacher_seeds}
+    results.data["status"] = "complete" if expected <= set(results.data["cells"]) else "partial"
+    aggregate(results, all_tasks)
+    print(f"{'task':15s} {'method':12s} {'mean':>7s} {'std':>6s}  seeds")
+    for task in all_tasks:
+        for method, row in results.data[task].items():
+            print(f"{task:15s} {method:12s} {row['mean']:7.2f} {row['std']:6.2f}  {row['seeds']}")
+    print(f"NTKD step / KD step: {results.data['ntkd_step_over_kd_step']}")
+    print(json.dumps({t: results.data[t] for t in all_tasks} | {"ntkd_step_over_kd_step": results.data["ntkd_step_over_kd_step"]}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,256 @@
+"""Speed of the differentiable optical simulator, as ratios against references measured in the same run.
+
+(a) Optical convolution, forward + backward (gradient w.r.t. the kernels), batch 128, 28x28 mono input,
+    16 signed kernels (= 32 non-negative PSFs) of size K x K, for a sweep of K: our
+    ``IncoherentConv2d`` (paths ``fft``, ``direct`` and ``auto``) against
+    ``torch.nn.functional.conv2d`` with the same 16 signed kernels (the electronic layer it replaces).
+    Figures: throughput ratio ``conv_speedup_vs_conv2d`` (auto path) per K, and the crossover kernel
+    size from which the FFT path beats the direct path (the source of ``simulator.conv.CROSSOVER_KERNEL_SIZE``).
+(b) Angular-spectrum propagation of a 1024 x 1024 complex64 field (padded to 2048 x 2048) with
+    ``simulator.propagation.propagate_asm`` against a plain numpy FFT implementation of the same
+    band-limited formula written here. Both use a precomputed transfer function (the simulator caches
+    it); the uncached figure (transfer function built in every call) is reported too.
+
+Times are medians of repeats after warm-up. Prints a table and, last, one line of JSON; writes
+``benchmarks/results/simulator.json``. Usage: ``python benchmarks/simulator.py [--quick] [--device cuda]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+# This script is named like the package it measures; keep its own folder off the import path so that
+# ``import simulator`` finds the package, not this file.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from simulator import conv as conv_module  # noqa: E402
+from simulator.conv import IncoherentConv2d  # noqa: E402
+from simulator.field import Field, Grid  # noqa: E402
+from simulator.propagation import clear_transfer_function_cache, propagate_asm  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results" / "simulator.json"
+BATCH, IMAGE, KERNELS = 128, 28, 16
+SIZES = (3, 5, 7, 9, 11, 13, 15, 19, 23, 31, 43, 63)
+QUICK_SIZES = (3, 7, 15, 31, 63)
+ASM_N, ASM_SPACING_M, ASM_WAVELENGTH_M, ASM_DISTANCE_M = 1024, 586e-9, 532e-9, 0.5e-3
+
+
+def median_seconds(steps: dict, device, *, warmup: int, repeats: int, min_total_s: float) -> dict:
+    """Median wall time of each callable in ``steps``: ``warmup`` untimed rounds, then rounds that time
+    every step once, interleaved, so that a change of machine load hits all of them alike; at least
+    ``repeats`` rounds, more (up to 4x) while a round-trip total is below ``min_total_s``."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    for _ in range(warmup):
+        for step in steps.values():
+            step()
+    sync()
+    times = {name: [] for name in steps}
+    while True:
+        for name, step in steps.items():
+            start = time.perf_counter()
+            step()
+            sync()
+            times[name].append(time.perf_counter() - start)
+        rounds, total = len(times[name]), sum(sum(t) for t in times.values())
+        if rounds >= 4 * repeats or (rounds >= repeats and total >= min_total_s):
+            return {name: statistics.median(t) for name, t in times.items()}
+
+
+def conv_rows(sizes, device, timing) -> list[dict]:
+    """Images/s of forward + backward for conv2d and our layer's three paths, per kernel size."""
+    generator = torch.Generator().manual_seed(0)
+    images = torch.rand(BATCH, 1, IMAGE, IMAGE, generator=generator).to(device)
+    rows = []
+    for k in sizes:
+        kernels = (torch.rand(KERNELS, 1, k, k, generator=generator) - 0.5).to(device)
+        reference = kernels.clone().requires_grad_()
+
+        def conv2d_step():
+            reference.grad = None
+            F.conv2d(images, reference, padding=k // 2).sum().backward()
+
+        steps = {"conv2d": conv2d_step}
+        for method in ("fft", "direct", "auto"):
+            layer = IncoherentConv2d.from_kernels(kernels, method=method)
+
+            def layer_step(layer=layer):
+                layer.zero_grad(set_to_none=True)
+                layer(images).sum().backward()
+
+            steps[method] = layer_step
+        seconds = median_seconds(steps, device, **timing)
+        row = {"kernel_size": k, **{f"{name}_img_s": BATCH / t for name, t in seconds.items()}}
+        rows.append(row)
+        print(
+            f"K={k:3d}  conv2d {row['conv2d_img_s']:10.0f} img/s | ours fft {row['fft_img_s']:10.0f}"
+            f"  direct {row['direct_img_s']:10.0f}  auto {row['auto_img_s']:10.0f} | auto/conv2d "
+            f"{row['auto_img_s'] / row['conv2d_img_s']:6.3f}",
+            flush=True,
+        )
+    return rows
+
+
+def crossover(rows) -> int | None:
+    """Smallest measured K from which the FFT path is faster than the direct path at every larger K."""
+    found = None
+    for row in reversed(rows):
+        if row["fft_img_s"] <= row["direct_img_s"]:
+            break
+        found = row["kernel_size"]
+    return found
+
+
+def numpy_transfer_function(n_pad, spacing_m, wavelength_m, distance_m) -> np.ndarray:
+    """Band-limited angular-spectrum transfer function, written independently in numpy (complex64)."""
+    f = np.fft.fftfreq(n_pad, d=spacing_m)
+    f2 = f[:, None] ** 2 + f[None, :] ** 2
+    arg = 1.0 / wavelength_m**2 - f2
+    limit = 1.0 / (wavelength_m * math.sqrt((2 * distance_m / (n_pad * spacing_m)) ** 2 + 1))
+    keep = (arg > 0) & (np.abs(f)[:, None] <= limit) & (np.abs(f)[None, :] <= limit)
+    return (keep * np.exp(2j * np.pi * distance_m * np.sqrt(np.maximum(arg, 0)))).astype(np.complex64)
+
+
+def numpy_propagate(field: np.ndarray, transfer: np.ndarray) -> np.ndarray:
+    n, n_pad = field.shape[0], transfer.shape[0]
+    return np.fft.ifft2(np.fft.fft2(field, s=(n_pad, n_pad)) * transfer)[:n, :n]
+
+
+def asm_figures(device, timing) -> dict:
+    generator = np.random.default_rng(0)
+    amplitude = generator.random((ASM_N, ASM_N)) * np.exp(2j * np.pi * generator.random((ASM_N, ASM_N)))
+    amplitude = amplitude.astype(np.complex64)
+    grid = Grid.square(ASM_N, ASM_SPACING_M)
+    field = Field(torch.from_numpy(amplitude)[None].to(device), grid, ASM_WAVELENGTH_M)
+    n_pad = 2 * ASM_N  # fast_fft_size(2048) = 2048, the simulator's default padding
+    transfer = numpy_transfer_function(n_pad, ASM_SPACING_M, ASM_WAVELENGTH_M, ASM_DISTANCE_M)
+
+    torch_out = propagate_asm(field, ASM_DISTANCE_M).data[0].cpu().numpy()
+    numpy_out = numpy_propagate(amplitude, transfer)
+    max_abs_difference = float(np.abs(torch_out - numpy_out).max())
+
+    def torch_uncached_step():
+        clear_transfer_function_cache()
+        propagate_asm(field, ASM_DISTANCE_M)
+
+    seconds = median_seconds(
+        {
+            "torch": lambda: propagate_asm(field, ASM_DISTANCE_M),
+            "numpy": lambda: numpy_propagate(amplitude, transfer),
+            "torch_uncached": torch_uncached_step,
+            "numpy_uncached": lambda: numpy_propagate(
+                amplitude, numpy_transfer_function(n_pad, ASM_SPACING_M, ASM_WAVELENGTH_M, ASM_DISTANCE_M)
+            ),
+        },
+        device,
+        **timing,
+    )
+    t_torch, t_numpy = seconds["torch"], seconds["numpy"]
+    t_torch_cold, t_numpy_cold = seconds["torch_uncached"], seconds["numpy_uncached"]
+    figures = {
+        "field_shape": [ASM_N, ASM_N],
+        "padded_shape": [n_pad, n_pad],
+        "dtype": "complex64",
+        "spacing_m": ASM_SPACING_M,
+        "wavelength_m": ASM_WAVELENGTH_M,
+        "distance_m": ASM_DISTANCE_M,
+        "torch_s": t_torch,
+        "numpy_s": t_numpy,
+        "torch_uncached_s": t_torch_cold,
+        "numpy_uncached_s": t_numpy_cold,
+        "asm_speedup_vs_numpy": t_numpy / t_torch,
+        "asm_speedup_vs_numpy_uncached": t_numpy_cold / t_torch_cold,
+        "max_abs_difference_vs_numpy": max_abs_difference,
+        "max_abs_field": float(np.abs(numpy_out).max()),
+        "agrees_with_numpy": max_abs_difference <= 1e-4 * float(np.abs(numpy_out).max()),
+    }
+    print(
+        f"ASM {ASM_N}x{ASM_N} (pad {n_pad}): torch {t_torch * 1e3:8.1f} ms, numpy {t_numpy * 1e3:8.1f} ms, "
+        f"speedup {figures['asm_speedup_vs_numpy']:.2f}; uncached torch {t_torch_cold * 1e3:8.1f} ms, "
+        f"numpy {t_numpy_cold * 1e3:8.1f} ms, speedup {figures['asm_speedup_vs_numpy_uncached']:.2f}; "
+        f"max |difference| {max_abs_difference:.2e} (max |field| {figures['max_abs_field']:.2f})",
+        flush=True,
+    )
+    return figures
+
+
+def machine(device) -> dict:
+    info = {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch_version": torch.__version__,
+        "numpy_version": np.__version__,
+        "python_version": platform.python_version(),
+        "device": str(device),
+    }
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    try:
+        info["load_average_1_5_15min"] = list(os.getloadavg())
+    except OSError:
+        pass
+    return info
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer kernel sizes and repeats (a smoke run)")
+    parser.add_argument("--device", default="cpu", help="torch device (cpu or cuda)")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="where to write the JSON results")
+    parser.add_argument("--note", default="", help="free text stored with the results (e.g. machine load)")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    if args.quick:
+        timing = {"warmup": 1, "repeats": 3, "min_total_s": 0.5}
+    else:
+        timing = {"warmup": 2, "repeats": 7, "min_total_s": 2.0}
+    sizes = QUICK_SIZES if args.quick else SIZES
+    print(f"optical conv, forward+backward: batch {BATCH}, {IMAGE}x{IMAGE} mono, {KERNELS} signed kernels "
+          f"({2 * KERNELS} PSFs), float32, {device}, {torch.get_num_threads()} torch threads", flush=True)
+    rows = conv_rows(sizes, device, timing)
+    measured_crossover = crossover(rows)
+    results = {
+        "benchmark": "simulator",
+        "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine(device),
+        "settings": {"quick": args.quick, **timing, "statistic": "median", "dtype": "float32"},
+        "note": args.note,
+        "conv": {
+            "batch": BATCH,
+            "image_hw": [IMAGE, IMAGE],
+            "signed_kernels": KERNELS,
+            "psfs": 2 * KERNELS,
+            "pass": "forward + backward (grad w.r.t. kernels)",
+            "reference": "torch.nn.functional.conv2d with the 16 signed kernels, padding K//2",
+            "rows": rows,
+            "conv_speedup_vs_conv2d": {str(r["kernel_size"]): r["auto_img_s"] / r["conv2d_img_s"] for r in rows},
+            "fft_speedup_vs_conv2d": {str(r["kernel_size"]): r["fft_img_s"] / r["conv2d_img_s"] for r in rows},
+            "crossover_kernel_size": measured_crossover,
+            "crossover_constant_in_code": conv_module.CROSSOVER_KERNEL_SIZE,
+        },
+        "asm": asm_figures(device, timing),
+    }
+    print(f"crossover (fft faster than direct from K =) {measured_crossover}; "
+          f"simulator.conv.CROSSOVER_KERNEL_SIZE = {conv_module.CROSSOVER_KERNEL_SIZE}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    print(json.dumps(results))
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,118 @@
+"""Opening devices and benches from YAML.
+
+A bench config names a backend per device, with its settings, plus the clock and the bench's retry
+policy::
+
+    clock: real                # or virtual (simulated devices only: nothing waits for real)
+    bench: {retries: 3, timeout_s: 1.0}
+    slm:
+      backend: simulated-slm   # a name from `hil devices` (the default: simulated)
+      shape: [64, 64]
+      settle_s: 5e-3
+    camera:
+      backend: simulated-camera
+      exposure_s: 10e-3
+      frontend: frontend.yaml  # relative paths are relative to this file
+
+The SLM is opened first, then the camera (which may need it: a simulated camera looks at the simulated
+SLM). A bad field raises :class:`~simulator.errors.ConfigError` naming its YAML path
+(``camera.exposure_s``); if the camera fails to open, the SLM is closed again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from simulator.config import build, load_yaml, to_plain
+from simulator.errors import ConfigError
+
+from .base import Device, OpenContext
+from .bench import Bench
+from .clock import Clock, make_clock
+from .errors import DeviceNotFound
+from .registry import available_backends, load_backend
+
+#: Backend used for a device whose config names none.
+DEFAULT_BACKENDS = {"slm": "simulated-slm", "camera": "simulated-camera"}
+
+
+@dataclass
+class BenchSettings:
+    """The ``bench:`` section: retries after transient failures, per-frame timeout (s), stale reads."""
+
+    retries: int = 3
+    timeout_s: float | None = None
+    max_stale_reads: int = 4
+
+
+@dataclass
+class BenchConfig:
+    """A whole bench config (the device sections are validated by their backends)."""
+
+    slm: dict[str, Any] = field(default_factory=dict)
+    camera: dict[str, Any] = field(default_factory=dict)
+    clock: Literal["real", "virtual"] = "real"
+    bench: BenchSettings = field(default_factory=BenchSettings)
+
+
+def load_bench_config(config) -> tuple[BenchConfig, Path]:
+    """Validate a bench config given as a YAML path, a mapping or a :class:`BenchConfig`.
+
+    Returns the config and the folder relative paths are resolved against.
+    """
+    if isinstance(config, BenchConfig):
+        return config, Path.cwd()
+    if isinstance(config, (str, Path)):
+        path = Path(config)
+        return build(BenchConfig, load_yaml(path), ""), path.resolve().parent
+    if isinstance(config, dict):
+        return build(BenchConfig, config, ""), Path.cwd()
+    raise ConfigError("<root>", type(config).__name__, "a YAML file path, a mapping or a BenchConfig")
+
+
+def open_device(kind: str, settings: dict, context: OpenContext, path: str | None = None) -> Device:
+    """Open one device of role ``kind`` ("slm" or "camera") from its settings mapping.
+
+    ``settings["backend"]`` names the backend (default :data:`DEFAULT_BACKENDS`); the rest goes to the
+    backend's :meth:`~drivers.base.Device.from_config`. ``path`` (default ``kind``) prefixes errors.
+    """
+    path = path or kind
+    if not isinstance(settings, dict):
+        raise ConfigError(path, settings, "a mapping of device settings")
+    settings = dict(settings)
+    name = settings.pop("backend", DEFAULT_BACKENDS.get(kind))
+    known = available_backends()
+    if not isinstance(name, str) or name not in known:
+        raise ConfigError(f"{path}.backend", name, f"one of the backends {sorted(known)}")
+    cls = load_backend(name)
+    if not (isinstance(cls, type) and issubclass(cls, Device)):
+        raise DeviceNotFound(f"backend {name!r} ({known[name].target}) is not a drivers.base.Device subclass")
+    if cls.kind != kind:
+        raise ConfigError(f"{path}.backend", name, f"a {kind} backend (this one is a {cls.kind})")
+    return cls.from_config(settings, context, path)
+
+
+def open_bench(config, *, clock: Clock | None = None) -> Bench:
+    """Open a :class:`~drivers.bench.Bench` from a bench config (YAML path, mapping or
+    :class:`BenchConfig`); ``clock`` overrides the config's ``clock``.
+
+    The bench's ``config`` attribute holds the resolved config (to save next to outputs).
+    """
+    cfg, base_dir = load_bench_config(config)
+    context = OpenContext(clock=clock if clock is not None else make_clock(cfg.clock), base_dir=base_dir)
+    slm = open_device("slm", cfg.slm, context)
+    context.peers["slm"] = slm
+    try:
+        camera = open_device("camera", cfg.camera, context)
+    except BaseException:
+        slm.close()
+        raise
+    try:
+        return Bench(slm, camera, retries=cfg.bench.retries, timeout_s=cfg.bench.timeout_s,
+                     max_stale_reads=cfg.bench.max_stale_reads, config=to_plain(cfg))
+    except BaseException:
+        slm.close()
+        camera.close()
+        raise

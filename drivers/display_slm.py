@@ -1,0 +1,203 @@
+"""A display used as an amplitude SLM: a borderless OpenCV window showing frames pixel for pixel.
+
+The window is an OpenCV HighGUI window (``WINDOW_AUTOSIZE | WINDOW_GUI_NORMAL``: no toolbar, no status
+bar, no scaling, window size = frame size) moved to ``position`` = the top-left corner of the chosen
+monitor in desktop coordinates (e.g. ``(1920, 0)`` for a monitor right of a 1920-pixel-wide one).
+Each :meth:`~drivers.base.SLM.show` draws the frame and pumps the GUI event loop (``cv2.waitKey(1)``,
+``pump_events`` times) so it reaches the screen before ``show`` returns; after that the X server has
+the frame (the monitor's own latency is ``latency_s``).
+
+Verified (tests/drivers/test_display_slm.py) under Xvfb with opencv-python's Qt5 backend, by reading
+the framebuffer back: the frame lands pixel-exact at ``position``, gray and RGB, after ``blank()`` and
+after later shows. Without a window manager there is no decoration; under a window manager set
+``fullscreen: true`` so the window manager drops its border (OpenCV's ``WND_PROP_FULLSCREEN``); the
+constructor checks that the image area sits where configured and fails loudly otherwise. Qt's
+windows are at least 69x69 pixels: a smaller frame would be centred or scaled, so it is refused.
+
+Frames are (rows, cols) gray or (rows, cols, 3) in **R, G, B** order, 8 bits. OpenCV's GUI must be
+driven from the thread that created the window.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import sys
+from dataclasses import dataclass
+
+import numpy as np
+
+from simulator.errors import InputError
+from simulator.validation import check_positive
+
+from .base import SLM
+from .clock import Clock
+from .errors import DeviceDisconnected, DeviceFault, DeviceNotFound
+from .lut import LUT
+
+__all__ = ["DisplaySLM", "DisplaySLMConfig"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DisplaySLMConfig:
+    """Bench-YAML settings of a ``display`` SLM (see :class:`DisplaySLM`)."""
+
+    shape: tuple[int, ...]
+    pixel_pitch_m: float
+    position: tuple[int, int] = (0, 0)
+    fullscreen: bool = False
+    window_name: str = "onn-hil-slm"
+    pump_events: int = 3
+    open_wait_s: float = 0.1
+    latency_s: float = 0.0
+    settle_s: float = 0.0
+
+
+def x_display_reachable(display: str) -> bool:
+    """True when an X server listens at ``display`` (``":N"``, ``"host:N"``, ``":N.S"``).
+
+    Qt aborts the whole process when it cannot connect, so the driver checks first.
+    """
+    host, _, rest = display.rpartition(":")
+    try:
+        number = int(rest.split(".")[0])
+    except ValueError:
+        return False
+    try:
+        if host in ("", "unix"):
+            with socket.socket(socket.AF_UNIX) as s:
+                s.settimeout(1.0)
+                s.connect(f"/tmp/.X11-unix/X{number}")
+        else:
+            with socket.create_connection((host, 6000 + number), timeout=1.0):
+                pass
+    except OSError:
+        return False
+    return True
+
+
+class DisplaySLM(SLM):
+    """A monitor (or projector, OLED micro-display) shown a frame in a borderless window.
+
+    Parameters
+    ----------
+    shape : (rows, cols) or (rows, cols, 3)
+        Frame shape = window size in pixels (3 channels: colour, R, G, B).
+    pixel_pitch_m : float
+        The display's pixel pitch (m).
+    position : (x, y)
+        Desktop coordinates (pixels) of the window's top-left corner: the monitor's origin.
+    fullscreen : bool
+        Ask the window manager for a full-screen (borderless) window on that monitor.
+    window_name : str
+        Title of the OpenCV window (unique per display).
+    pump_events : int
+        ``cv2.waitKey(1)`` calls after each frame, so it is painted before ``show`` returns.
+    open_wait_s : float
+        Time (s) the GUI event loop runs after the window is created, for the window system to map
+        it and the first (dark) frame to be painted.
+    lut : LUT, optional
+        Gray level -> relative intensity (default: linear; measure the display's gamma).
+    latency_s, settle_s : float
+        The monitor's delay before a new frame appears and its settling time (s).
+    name, clock, default_timeout_s
+        See :class:`~drivers.base.Device`.
+    """
+
+    Config = DisplaySLMConfig
+
+    def __init__(self, shape, pixel_pitch_m: float, *, position=(0, 0), fullscreen: bool = False,
+                 window_name: str = "onn-hil-slm", pump_events: int = 3, open_wait_s: float = 0.1, lut: LUT | None = None,
+                 latency_s: float = 0.0, settle_s: float = 0.0, name: str | None = None,
+                 clock: Clock | None = None, default_timeout_s: float = 1.0):
+        super().__init__(shape=shape, bit_depth=8, pixel_pitch_m=pixel_pitch_m, modulation="amplitude",
+                         lut=lut, latency_s=latency_s, settle_s=settle_s, name=name, clock=clock,
+                         default_timeout_s=default_timeout_s)
+        if len(self.shape) == 3 and self.shape[2] != 3:
+            raise InputError(f"shape must be (rows, cols) or (rows, cols, 3), got {shape!r}")
+        try:
+            x, y = (int(v) for v in position)
+        except (TypeError, ValueError):
+            raise InputError(f"position must be two integers (x, y), got {position!r}") from None
+        if isinstance(pump_events, bool) or not isinstance(pump_events, int) or pump_events < 1:
+            raise InputError(f"pump_events must be an integer >= 1, got {pump_events!r}")
+        if not isinstance(window_name, str) or not window_name:
+            raise InputError(f"window_name must be a non-empty string, got {window_name!r}")
+        self.position = (x, y)
+        self.fullscreen = bool(fullscreen)
+        self.window_name = window_name
+        self.pump_events = pump_events
+        self.open_wait_s = check_positive("open_wait_s", open_wait_s)
+        self._window_open = False
+        self._check_display_available()
+        self._open_window()
+
+    # ------------------------------------------------------------------------------ window
+    def _check_display_available(self) -> None:
+        if sys.platform.startswith("linux"):
+            display = os.environ.get("DISPLAY", "")
+            if not display and not os.environ.get("WAYLAND_DISPLAY"):
+                raise DeviceNotFound("no display: DISPLAY is not set (start an X server, e.g. Xvfb)", device=self.name)
+            if display and not x_display_reachable(display):
+                raise DeviceNotFound(f"no X server answers at DISPLAY={display}", device=self.name)
+
+    def _open_window(self) -> None:
+        import cv2
+
+        with self._errors("open window"):
+            cv2.namedWindow(self.window_name, cv2.WINDOW_AUTOSIZE | cv2.WINDOW_GUI_NORMAL)
+            self._window_open = True
+            cv2.moveWindow(self.window_name, *self.position)
+            if self.fullscreen:
+                cv2.setWindowProperty(self.window_name, cv2.WND_PROP_FULLSCREEN, cv2.WINDOW_FULLSCREEN)
+            self._paint(np.zeros(self.shape, dtype=self.dtype))
+            cv2.waitKey(max(1, round(self.open_wait_s * 1000)))  # runs the event loop that long
+            x, y, w, h = cv2.getWindowImageRect(self.window_name)
+        rows, cols = self.shape[:2]
+        if (x, y, w, h) != (*self.position, cols, rows):
+            self._close()
+            raise DeviceFault(
+                f"the window's image area is {w}x{h} at ({x}, {y}), expected {cols}x{rows} at {self.position}: "
+                "the window manager moved, decorated or resized it (try fullscreen: true), or the frame is smaller "
+                "than the GUI's smallest window (69x69 pixels for opencv-python's Qt5 windows)", device=self.name)
+        log.info("%s: window %r at %s, %dx%d", self.name, self.window_name, self.position, cols, rows)
+
+    def _paint(self, frame: np.ndarray) -> None:
+        import cv2
+
+        bgr = frame[..., ::-1] if frame.ndim == 3 else frame
+        cv2.imshow(self.window_name, np.ascontiguousarray(bgr))
+        for _ in range(self.pump_events):
+            cv2.waitKey(1)
+
+    def window_rect(self) -> tuple[int, int, int, int]:
+        """``(x, y, width, height)`` of the image area on the desktop, as the GUI reports it."""
+        import cv2
+
+        self._check_open()
+        with self._errors("read window geometry"):
+            return tuple(int(v) for v in cv2.getWindowImageRect(self.window_name))
+
+    # ------------------------------------------------------------------------------ hooks
+    def _show(self, frame: np.ndarray) -> None:
+        import cv2
+
+        if cv2.getWindowProperty(self.window_name, cv2.WND_PROP_VISIBLE) < 1:
+            raise DeviceDisconnected(f"window {self.window_name!r} was closed", device=self.name)
+        self._paint(frame)
+
+    def _close(self) -> None:
+        import cv2
+
+        if self._window_open:
+            self._window_open = False
+            cv2.destroyWindow(self.window_name)
+            cv2.waitKey(1)
+
+    def settings(self) -> dict:
+        s = super().settings()
+        s.update(position=list(self.position), fullscreen=self.fullscreen, window_name=self.window_name)
+        return s

@@ -1,0 +1,256 @@
+"""Adapters that put slmsuite's camera and SLM drivers behind this toolkit's interfaces.
+
+slmsuite (optional extra: ``pip install onn-hil[slmsuite]``) ships drivers for many vendors (Thorlabs,
+Basler, FLIR, Allied Vision, Hamamatsu, Holoeye, Meadowlark, Santec, ...). Wrap an opened slmsuite object:
+
+>>> from slmsuite.hardware.slms.simulated import SimulatedSLM          # doctest: +SKIP
+>>> slm = SlmsuiteSLM(SimulatedSLM((1920, 1080), pitch_um=(8, 8)))     # doctest: +SKIP
+
+or name its class in a bench YAML (``backend: slmsuite-slm`` / ``slmsuite-camera``)::
+
+    slm:    {backend: slmsuite-slm, device_class: "slmsuite.hardware.slms.holoeye:Holoeye",
+             device_kwargs: {preselect: "index:0"}}
+    camera: {backend: slmsuite-camera, device_class: "slmsuite.hardware.cameras.thorlabs:ThorCam",
+             pixel_pitch_m: 3.45e-6}
+
+A camera whose class takes the SLM first (slmsuite's ``SimulatedCamera``) sets ``pass_slm: true`` and
+gets the bench's SLM (which must be an ``slmsuite-slm``).
+
+Mapping: the SLM shows integer frames through slmsuite's ``set_phase`` (integer data is sent
+unchanged, never re-quantised) with ``settle=False`` -- waiting is the bench's job, from
+``settle_s`` (default slmsuite's ``settle_time_s``). The camera reads ``get_image(timeout_s)``, sets
+``set_exposure`` (read back), crops its ROI in software and has no gain control (slmsuite has no
+common gain API). slmsuite's exceptions are chained into :class:`~drivers.errors.DeviceError`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from simulator.config import build
+from simulator.errors import ConfigError, InputError
+
+from .base import Camera, OpenContext, RawFrame, SLM
+from .clock import Clock
+from .errors import DeviceFault, MissingDependency, backend_errors
+
+__all__ = ["SlmsuiteCamera", "SlmsuiteCameraConfig", "SlmsuiteSLM", "SlmsuiteSLMConfig"]
+
+log = logging.getLogger(__name__)
+
+_INSTALL = "pip install 'onn-hil[slmsuite]'"
+#: Default exposure range (s) when the slmsuite camera declares none.
+DEFAULT_EXPOSURE_LIMITS_S = (1e-6, 10.0)
+
+
+def _require_slmsuite(device: str | None = None):
+    try:
+        return importlib.import_module("slmsuite")
+    except ImportError as exc:
+        raise MissingDependency("slmsuite", _INSTALL, device=device) from exc
+
+
+def _as_numpy(array) -> np.ndarray:
+    """slmsuite arrays may live on a GPU (cupy); bring them to the host."""
+    get = getattr(array, "get", None)
+    return np.asarray(get() if callable(get) else array)
+
+
+def _import_device_class(target: str, path: str):
+    """Import ``"module:Class"`` from slmsuite for a bench config (only slmsuite modules are allowed)."""
+    module_name, _, attr = target.partition(":")
+    if not module_name.startswith("slmsuite.") or not attr:
+        raise ConfigError(path, target, "'slmsuite.<module>:<Class>', e.g. 'slmsuite.hardware.slms.simulated:SimulatedSLM'")
+    _require_slmsuite()
+    try:
+        return getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(path, target, f"an importable slmsuite class ({exc})") from exc
+
+
+def _pitch_m(pitch_um, device_name: str) -> float | None:
+    if pitch_um is None:
+        return None
+    x_um, y_um = (float(v) for v in np.broadcast_to(np.asarray(pitch_um, dtype=float), (2,)))
+    if x_um != y_um:
+        log.warning("%s: non-square pixels (%g x %g um); using the x pitch", device_name, x_um, y_um)
+    return x_um * 1e-6
+
+
+# ================================================================================================ SLM
+@dataclass
+class SlmsuiteSLMConfig:
+    """Bench-YAML settings of an ``slmsuite-slm`` (see :class:`SlmsuiteSLM`)."""
+
+    device_class: str
+    device_kwargs: dict[str, Any] = field(default_factory=dict)
+    latency_s: float = 0.0
+    settle_s: float | None = None
+
+
+class SlmsuiteSLM(SLM):
+    """A slmsuite SLM (``slmsuite.hardware.slms.slm.SLM`` subclass) as a phase :class:`~drivers.base.SLM`.
+
+    Parameters
+    ----------
+    device : slmsuite SLM
+        An opened slmsuite SLM; closed with this adapter.
+    latency_s : float
+        Delay before a new frame starts to appear (s).
+    settle_s : float, optional
+        Liquid-crystal settling time (s); default: the device's ``settle_time_s``.
+    name, clock
+        See :class:`~drivers.base.Device`.
+    """
+
+    Config = SlmsuiteSLMConfig
+
+    def __init__(self, device, *, latency_s: float = 0.0, settle_s: float | None = None,
+                 name: str | None = None, clock: Clock | None = None):
+        _require_slmsuite(name)
+        for attribute in ("set_phase", "shape", "bitdepth", "display", "close"):
+            if not hasattr(device, attribute):
+                raise InputError(f"device must be a slmsuite SLM (lacks '{attribute}'), got {type(device).__name__}")
+        self.device = device
+        label = name or type(self).__name__
+        pitch_m = _pitch_m(getattr(device, "pitch_um", None), label)
+        if pitch_m is None:
+            raise InputError(f"{label}: the slmsuite SLM has no pitch_um; set it on the device")
+        wav_um = getattr(device, "wav_um", None)
+        super().__init__(shape=tuple(int(v) for v in device.shape), bit_depth=int(device.bitdepth),
+                         pixel_pitch_m=pitch_m, modulation="phase",
+                         wavelength_m=None if wav_um is None else float(wav_um) * 1e-6, latency_s=latency_s,
+                         settle_s=float(getattr(device, "settle_time_s", 0.0)) if settle_s is None else settle_s,
+                         name=name, clock=clock)
+        if np.dtype(device.dtype) != self.dtype:
+            raise InputError(f"{self.name}: slmsuite frames are {device.dtype}, expected {self.dtype} "
+                             f"for {self.bit_depth} bits")
+
+    @classmethod
+    def from_config(cls, settings, context: OpenContext, path: str = ""):
+        """Build the slmsuite SLM named by ``device_class`` with ``device_kwargs``, then wrap it."""
+        config = build(cls.Config, dict(settings), path)
+        device_class = _import_device_class(config.device_class, f"{path}.device_class" if path else "device_class")
+        with backend_errors(f"open {config.device_class}", path or None):
+            device = device_class(**config.device_kwargs)
+        return cls(device, latency_s=config.latency_s, settle_s=config.settle_s, name=path or None,
+                   clock=context.clock)
+
+    def _show(self, frame: np.ndarray) -> None:
+        shown = self.device.set_phase(frame, settle=False)
+        if not np.array_equal(_as_numpy(shown), frame):
+            raise DeviceFault("slmsuite displayed other data than the frame sent", device=self.name)
+
+    def _close(self) -> None:
+        self.device.close()
+
+    def settings(self) -> dict:
+        s = super().settings()
+        s.update(device_class=f"{type(self.device).__module__}:{type(self.device).__qualname__}",
+                 device_name=str(getattr(self.device, "name", "")))
+        return s
+
+
+# ============================================================================================= camera
+@dataclass
+class SlmsuiteCameraConfig:
+    """Bench-YAML settings of an ``slmsuite-camera`` (see :class:`SlmsuiteCamera`)."""
+
+    device_class: str
+    device_kwargs: dict[str, Any] = field(default_factory=dict)
+    pass_slm: bool = False
+    pixel_pitch_m: float | None = None
+    exposure_limits_s: tuple[float, float] | None = None
+    timeout_s: float = 1.0
+
+
+class SlmsuiteCamera(Camera):
+    """A slmsuite camera (``slmsuite.hardware.cameras.camera.Camera`` subclass) as a
+    :class:`~drivers.base.Camera`.
+
+    Parameters
+    ----------
+    device : slmsuite Camera
+        An opened slmsuite camera; closed with this adapter.
+    pixel_pitch_m : float, optional
+        Pixel pitch (m); default from the device's ``pitch_um`` (required when it has none).
+    exposure_limits_s : (float, float), optional
+        Default: the device's ``exposure_bounds_s``, else :data:`DEFAULT_EXPOSURE_LIMITS_S`.
+    timeout_s : float
+        Default timeout (s) of a frame, beyond the exposure.
+    name, clock
+        See :class:`~drivers.base.Device`.
+    """
+
+    Config = SlmsuiteCameraConfig
+
+    def __init__(self, device, *, pixel_pitch_m: float | None = None, exposure_limits_s=None,
+                 timeout_s: float = 1.0, name: str | None = None, clock: Clock | None = None):
+        _require_slmsuite(name)
+        for attribute in ("get_image", "set_exposure", "get_exposure", "shape", "bitdepth", "close"):
+            if not hasattr(device, attribute):
+                raise InputError(f"device must be a slmsuite camera (lacks '{attribute}'), got {type(device).__name__}")
+        self.device = device
+        label = name or type(self).__name__
+        if pixel_pitch_m is None:
+            pixel_pitch_m = _pitch_m(getattr(device, "pitch_um", None), label)
+            if pixel_pitch_m is None:
+                raise InputError(f"{label}: pass pixel_pitch_m (the slmsuite camera has no pitch_um)")
+        if exposure_limits_s is None:
+            bounds = getattr(device, "exposure_bounds_s", None)
+            exposure_limits_s = DEFAULT_EXPOSURE_LIMITS_S if bounds is None else tuple(float(b) for b in bounds)
+        with backend_errors("read exposure", label):
+            exposure_s = float(device.get_exposure())
+        super().__init__(sensor_shape=tuple(int(v) for v in device.shape), bit_depth=int(device.bitdepth),
+                         pixel_pitch_m=pixel_pitch_m, exposure_s=exposure_s, exposure_limits_s=exposure_limits_s,
+                         dtype=getattr(device, "dtype", None),
+                         name=name, clock=clock, default_timeout_s=timeout_s)
+
+    @classmethod
+    def from_config(cls, settings, context: OpenContext, path: str = ""):
+        """Build the slmsuite camera named by ``device_class``; with ``pass_slm`` its first argument is
+        the bench's SLM (an :class:`SlmsuiteSLM`, opened before the camera)."""
+        config = build(cls.Config, dict(settings), path)
+        device_class = _import_device_class(config.device_class, f"{path}.device_class" if path else "device_class")
+        args = ()
+        if config.pass_slm:
+            peer = context.peers.get("slm")
+            if not isinstance(peer, SlmsuiteSLM):
+                raise ConfigError(f"{path}.pass_slm" if path else "pass_slm", True,
+                                  f"a bench SLM of backend slmsuite-slm, found {type(peer).__name__}")
+            args = (peer.device,)
+        with backend_errors(f"open {config.device_class}", path or None):
+            device = device_class(*args, **config.device_kwargs)
+        return cls(device, pixel_pitch_m=config.pixel_pitch_m, exposure_limits_s=config.exposure_limits_s,
+                   timeout_s=config.timeout_s, name=path or None, clock=context.clock)
+
+    def _snap(self, timeout_s: float) -> RawFrame:
+        image = _as_numpy(self.device.get_image(timeout_s=timeout_s))
+        if image.shape[:2] != self.sensor_shape or image.dtype != self.dtype:
+            raise DeviceFault(f"slmsuite returned a {image.dtype} {image.shape} frame, expected "
+                              f"{self.dtype} {self.sensor_shape}", device=self.name)
+        r0, c0, rows, cols = self.roi
+        return RawFrame(np.ascontiguousarray(image[r0 : r0 + rows, c0 : c0 + cols]))
+
+    def _set_exposure(self, exposure_s: float) -> float:
+        return float(self.device.set_exposure(exposure_s))
+
+    def _set_roi(self, roi):
+        return roi  # applied as a crop in _snap
+
+    def _flush(self) -> int:
+        self.device.flush(timeout_s=self.default_timeout_s)
+        return 0  # slmsuite does not report how many frames it dropped
+
+    def _close(self) -> None:
+        self.device.close()
+
+    def _extra_settings(self) -> dict:
+        return {"device_class": f"{type(self.device).__module__}:{type(self.device).__qualname__}",
+                "device_name": str(getattr(self.device, "name", ""))}
+

@@ -1,0 +1,185 @@
+"""Python API of training for bench scripts: ``train(config_or_path, out_dir) -> TrainResult``.
+
+This is what ``hil train`` runs. It seeds everything, builds the datasets, the model (and, for a
+student, the frozen teacher from its checkpoint), the objective (task loss, KD or NTKD), optimiser and
+schedule, trains with :class:`hil.trainer.Trainer` (resuming from ``out_dir/checkpoints/last.pt``),
+then evaluates the best model on the test split and adds the result to ``metrics.json``.
+Under ``torchrun`` (``WORLD_SIZE > 1`` in the environment) it joins the process group (gloo on CPU,
+NCCL on CUDA) and trains data-parallel.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import Subset
+
+from simulator.errors import ConfigError
+
+from .checkpoint import load_checkpoint
+from .config import RunConfig, load_run_config, parse_run_config, run_config_to_dict
+from .trainer import Objective, Trainer, TrainResult, freeze_parts, trainable_parameters
+
+log = logging.getLogger(__name__)
+
+
+def resolve_config(config_or_path) -> RunConfig:
+    """A :class:`RunConfig` from a config object, a plain mapping or a YAML path."""
+    if isinstance(config_or_path, RunConfig):
+        return config_or_path
+    if isinstance(config_or_path, dict):
+        return parse_run_config(config_or_path)
+    return load_run_config(config_or_path)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch, numpy and Python's global generators."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA if available else CPU; ``cuda`` under torchrun -> this process's local GPU."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("train.device", name, "'cpu' (no CUDA device is available)")
+    if name == "cuda" and "LOCAL_RANK" in os.environ:
+        name = f"cuda:{int(os.environ['LOCAL_RANK'])}"
+    return torch.device(name)
+
+
+def split_train_val(dataset, val_size: int, train_subset: int | None, seed: int):
+    """Seeded disjoint ``(train, val)`` subsets of a training split: ``val_size`` samples held out, and
+    at most ``train_subset`` of the rest kept."""
+    n = len(dataset)
+    if val_size >= n:
+        raise ConfigError("data.val_size", val_size, f"fewer than the {n} training samples")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    val, train = order[:val_size], order[val_size:]
+    if train_subset is not None:
+        train = train[:train_subset]
+    return Subset(dataset, sorted(train)), (Subset(dataset, sorted(val)) if val else None)
+
+
+def build_datasets(cfg: RunConfig, datasets=None):
+    """``(train, val, test, num_classes)``: the config's dataset (see :mod:`hil.data`), or the given
+    ``datasets = (train_split, test_split or None, num_classes)``, split by ``cfg.data``."""
+    if datasets is None:
+        from . import data
+
+        datasets = data.build_datasets(cfg.data, cfg.task)
+    train_full, test, num_classes = datasets
+    train, val = split_train_val(train_full, cfg.data.val_size, cfg.data.train_subset, cfg.seed)
+    if test is not None and cfg.data.test_subset is not None:
+        test = Subset(test, list(range(min(cfg.data.test_subset, len(test)))))
+    return train, val, test, num_classes
+
+
+def build_model(model_cfg: dict) -> nn.Module:
+    """The model named by a ``model`` config section (see :func:`hil.models.build_model`)."""
+    from . import models
+
+    return models.build_model(model_cfg)
+
+
+def load_teacher(checkpoint_path, device="cpu") -> nn.Module:
+    """Rebuild a frozen teacher (eval mode, no gradients) from a checkpoint of a ``job: teacher`` run."""
+    state = load_checkpoint(checkpoint_path, map_location=device)
+    config = state.get("config") or {}
+    if "model" not in config:
+        raise ConfigError("teacher.checkpoint", str(checkpoint_path), "a checkpoint written by `hil train` "
+                          "(it stores the model config)")
+    teacher = build_model(config["model"])
+    teacher.load_state_dict(state["model"])
+    teacher.to(device).eval().requires_grad_(False)
+    return teacher
+
+
+def build_objective(cfg: RunConfig, teacher: nn.Module | None) -> Objective:
+    """The training objective of a run: task loss, KD or NTKD (:func:`hil.losses.build_objective`)."""
+    from . import losses
+
+    return losses.build_objective(cfg.loss, cfg.task, teacher)
+
+
+def build_optimizer(cfg: RunConfig, model: nn.Module, total_steps: int):
+    """Optimiser over the trainable parameters and its per-step schedule."""
+    params = trainable_parameters(model)
+    o = cfg.optim
+    if o.name == "sgd":
+        optimizer = torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+    elif o.name == "adamw":
+        optimizer = torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay)
+    else:
+        optimizer = torch.optim.Adam(params, lr=o.lr, weight_decay=o.weight_decay)
+    scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(total_steps, 1))
+                 if o.schedule == "cosine" else None)
+    return optimizer, scheduler
+
+
+def _init_distributed(device: torch.device) -> bool:
+    """Join the torchrun process group if launched by torchrun and not yet joined; True if joined here."""
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or not dist.is_available() or dist.is_initialized():
+        return False
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return True
+
+
+def train(config_or_path, out_dir=None, *, resume: bool = True, callbacks=(), datasets=None) -> TrainResult:
+    """Run one training job; returns its :class:`TrainResult` (with ``test_metrics``).
+
+    ``config_or_path``: a :class:`RunConfig`, a plain mapping or a YAML path. ``out_dir`` (default: the
+    config's ``out_dir``) receives ``config.yaml``, ``metrics.json`` and ``checkpoints/``; ``None`` in
+    both places trains without writing files. ``datasets``: optional ``(train_split, test_split or
+    None, num_classes)`` of ``(input, target)`` items used instead of ``cfg.data.dataset`` (e.g. a
+    bench script's own data); ``cfg.data`` still sets the validation split and batch sizes.
+    ``callbacks``: called as ``callback(trainer)`` after every optimiser step.
+    """
+    cfg = resolve_config(config_or_path)
+    out_dir = Path(out_dir) if out_dir is not None else (Path(cfg.out_dir) if cfg.out_dir else None)
+    if cfg.train.threads is not None:
+        torch.set_num_threads(cfg.train.threads)
+    device = resolve_device(cfg.train.device)
+    joined = _init_distributed(device)
+    was_deterministic = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(cfg.train.deterministic, warn_only=True)
+    try:
+        seed_everything(cfg.seed)
+        train_set, val_set, test_set, num_classes = build_datasets(cfg, datasets)
+        model = build_model(cfg.model)
+        freeze_parts(model, cfg.train.freeze)
+        teacher = load_teacher(cfg.teacher.checkpoint, device) if cfg.teacher is not None else None
+        objective = build_objective(cfg, teacher)
+        steps_per_epoch = len(train_set) // cfg.data.batch_size
+        total = cfg.train.epochs * steps_per_epoch
+        total = min(total, cfg.train.max_steps) if cfg.train.max_steps else total
+        optimizer, scheduler = build_optimizer(cfg, model, total)
+        trainer = Trainer(
+            model, objective, train_set, val_data=val_set, task=cfg.task, num_classes=num_classes,
+            optimizer=optimizer, scheduler=scheduler, batch_size=cfg.data.batch_size,
+            eval_batch_size=cfg.data.eval_batch_size, epochs=cfg.train.epochs, max_steps=cfg.train.max_steps,
+            seed=cfg.seed, out_dir=out_dir, checkpoint_every_steps=cfg.train.checkpoint_every_steps,
+            early_stopping_patience=cfg.train.early_stopping_patience, monitor=cfg.monitor, device=device,
+            progress=cfg.train.progress, config=run_config_to_dict(cfg), callbacks=callbacks)
+        result = trainer.fit(resume=resume)
+        if test_set is not None:
+            result.test_metrics = trainer.evaluate(test_set)
+            trainer.write_metrics({"test": result.test_metrics, "mean_step_s": result.mean_step_s})
+            log.info("test %s = %.4f", cfg.monitor, result.test_metrics[cfg.monitor])
+        return result
+    finally:
+        torch.use_deterministic_algorithms(was_deterministic)
+        if joined:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()

@@ -1,0 +1,104 @@
+"""Training checkpoints: full state, written atomically, loaded without unpickling code.
+
+A checkpoint is a plain dict of tensors and plain Python values (so it loads with
+``torch.load(..., weights_only=True)``): model, optimiser and scheduler state dicts, the random
+number generator states of torch, numpy and Python (encoded as tensors), the sampler position, the
+resolved config and the metrics history. :func:`save_checkpoint` writes to a temporary file in the
+destination folder and renames it over the target (:func:`simulator.files.atomic_write`), so a kill at
+any moment leaves either the previous or the new checkpoint, never a torn one.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from simulator.errors import HilError, InputError
+from simulator.files import atomic_write
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = "hil-checkpoint"
+CHECKPOINT_VERSION = 1
+
+
+class CheckpointError(HilError):
+    """A checkpoint file is missing, unreadable or not a toolkit checkpoint."""
+
+
+def capture_rng_state() -> dict:
+    """The global RNG states of torch (CPU and CUDA), numpy and Python as tensors and plain values."""
+    np_kind, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    py_version, py_internal, py_gauss = random.getstate()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"kind": str(np_kind), "keys": torch.from_numpy(np_keys.astype(np.int64)), "pos": int(np_pos),
+                  "has_gauss": int(np_has_gauss), "cached_gaussian": float(np_gauss)},
+        "python": {"version": int(py_version), "internal": torch.tensor(py_internal, dtype=torch.int64),
+                   "gauss": py_gauss},
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict) -> None:
+    """Inverse of :func:`capture_rng_state`."""
+    torch.set_rng_state(state["torch"].cpu())
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(int(v) for v in p["internal"].tolist()), p["gauss"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(path, state: dict) -> Path:
+    """Write ``state`` (tensors and plain values only) to ``path`` atomically; returns the path."""
+    path = Path(path)
+    payload = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **state}
+    with atomic_write(path, "wb") as fh:
+        torch.save(payload, fh)
+    log.debug("wrote checkpoint %s", path)
+    return path
+
+
+def load_checkpoint(path, map_location="cpu") -> dict:
+    """Read a checkpoint written by :func:`save_checkpoint` with ``weights_only=True``.
+
+    Raises :class:`CheckpointError` naming the file if it is missing, corrupt or of another format.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, OSError) as exc:
+        raise CheckpointError(f"checkpoint {path} cannot be read safely ({exc})") from exc
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path} is not a {CHECKPOINT_FORMAT} file")
+    if state.get("version") != CHECKPOINT_VERSION:
+        raise CheckpointError(f"checkpoint {path} has version {state.get('version')}, expected {CHECKPOINT_VERSION}")
+    return state
+
+
+def model_state_from(path_or_state, part: str | None = None) -> dict:
+    """The model ``state_dict`` in a checkpoint (a path or a loaded dict); ``part`` selects a submodule
+    prefix such as ``"backend"`` (keys returned without the prefix)."""
+    state = path_or_state if isinstance(path_or_state, dict) else load_checkpoint(path_or_state)
+    model_state = state.get("model")
+    if not isinstance(model_state, dict):
+        raise CheckpointError("checkpoint holds no 'model' state dict")
+    if part is None:
+        return model_state
+    prefix = part + "."
+    selected = {k[len(prefix):]: v for k, v in model_state.items() if k.startswith(prefix)}
+    if not selected:
+        raise InputError(f"checkpoint model has no parameters under {part!r}")
+    return selected

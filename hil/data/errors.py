@@ -1,0 +1,7 @@
+"""The error raised when data is missing or malformed."""
+
+from simulator.errors import HilError
+
+
+class DatasetError(HilError):
+    """Data is missing, unreadable or malformed; the message names the file and how to fix it."""

@@ -1,0 +1,430 @@
+"""Empirical neural tangent kernels (NTK) of a network on a batch: exact, and estimators that scale.
+
+Definition
+----------
+For a network ``f(x; theta)`` with ``C`` outputs per sample (logits, or every pixel of a dense output,
+flattened) and a batch ``x_1 .. x_n``, the empirical NTK restricted to a parameter subset ``S`` is the
+``n x n`` matrix (outputs and parameters contracted)::
+
+    Theta_ij = sum_c sum_{p in S} d f_c(x_i) / d theta_p * d f_c(x_j) / d theta_p  =  (J J^T)_ij
+
+with ``J_i`` the ``C x |S|`` Jacobian of sample ``i``, so ``Theta = sum_c J_c J_c^T``. Teacher and
+student with different parameter and output counts give comparable ``n x n`` matrices. ``S`` is chosen
+by :func:`select_parameters`: all parameters, the trainable ones (``requires_grad``), or a named block
+(``"frontend"``, ``"backend"``: the NTK of that block alone, "per-block kernels").
+
+Differentiability: every function here follows autograd. When grad mode is on and parameters of the
+model require grad, the returned kernel is differentiable with respect to **all** of them
+(second order: ``torch.func`` transforms compose with ``torch.autograd``); wrap the call in
+``torch.no_grad()`` for a constant kernel (the frozen teacher's).
+
+Methods (``method=`` of :func:`empirical_ntk`)
+-----------------------------------------------
+``"exact"``
+    Per-sample Jacobians ``J_i`` by ``torch.func.jacrev`` (``vmap`` over samples, or a Python loop when
+    the model does data-dependent checks that ``vmap`` refuses -- e.g. a sensor model that tests its
+    input's values; the loop is several times slower), then ``Theta = sum_p J_p J_p^T`` per parameter
+    tensor. Cost: ``n C`` backward passes of one sample, memory ``n C |S|`` numbers. The reference;
+    fine for small students and LeNet-size teachers with a few classes.
+``"jvp_projection"`` (random sketch of parameter space)
+    ``Theta = J J^T = E_u[(J u)(J u)^T]`` for ``u ~ N(0, I_|S|)``. ``J u`` for the whole batch is one
+    forward-mode pass (``torch.func.jvp``). With ``m`` draws, ``phi_i = [J_i u_1, ..., J_i u_m] /
+    sqrt(m)`` (``m C`` numbers per sample) and ``Theta ~ Phi Phi^T``: unbiased, relative error
+    ``~ 1 / sqrt(m)``. Cost ``m`` forward-mode passes on the batch, independent of ``|S|`` and ``C``
+    -- it scales to big teachers and dense (segmentation) outputs. ``output_sketch_dim=k`` further
+    multiplies each ``J_i u`` by a Gaussian ``C x k`` matrix ``R / sqrt(k)``, a fresh one per direction
+    (``E[R R^T] / k = I``: still unbiased), so a per-sample feature holds ``m k`` numbers whatever ``C`` is.
+``"finite_difference"`` (the NTK-SAP route)
+    As ``"jvp_projection"`` but ``J u`` is taken from outputs under random parameter perturbations,
+    ``(f(theta + eps u) - f(theta - eps u)) / (2 eps)`` (error ``O(eps^2)`` plus round-off ``~
+    machine_eps |f| / eps``). Needs only forward passes (any model, no forward-mode AD support) and a
+    deterministic model (no noise: both passes must see the same randomness).
+``"output_projection"`` (random sketch of output space)
+    ``Theta = E_v[G_v G_v^T]`` with ``G_v[i] = d (v . f(x_i)) / d theta`` and ``v ~ N(0, I_C)`` shared by
+    all samples: per-sample gradients of one scalar per projection, ``m`` vmapped backward passes.
+    Suits dense outputs of models with few parameters (a differentiable student kernel).
+``"sum_of_logits"``
+    ``G[i] = d (sum_c f_c(x_i)) / d theta``, ``Theta' = G G^T`` = ``sum_{c,c'} <df_c, df_c'>``: not the NTK
+    (it adds the cross-class terms), deterministic and ``C`` times cheaper than exact.
+
+Cost of the teacher
+-------------------
+(METHOD.md: with per-sample gradients for both kernels, an NTKD step cost ~3x a KD step, ~40 % of the
+kernel work being the frozen teacher's.)
+The teacher and the data are fixed, so its kernel needs no recomputation: :class:`TeacherKernel`
+caches the exact kernel per batch (keyed by the dataset indices of the batch, for fixed kernel
+batches) or, for the sketch methods, the per-sample features ``phi_i`` (keyed by dataset index; the
+sketch directions are fixed by a seed): any later batch's kernel is then one ``Phi Phi^T`` product.
+The cache holds ``m C'`` numbers per sample (``m = 64``, ``C = 10``: 2.5 kB, 140 MB for 55 000
+samples); its sketch error is fixed per sample pair (the same directions every epoch), not redrawn.
+
+Caveat: single linear layers
+----------------------------
+If the parameters the kernel is taken over are those of **one linear layer** ``f = W h + b`` whose
+input ``h`` does not depend on them, then ``d f_c / d W_ck = h_k`` and ``d f_c / d b_c = 1``, so
+``Theta_ij = C (h_i . h_j + 1)`` does not depend on ``W`` or ``b`` at all: an NTK-matching loss gives
+that layer **no gradient** (only the task loss trains it). E.g. with a frozen optical frontend and a
+one-layer backend, NTKD reduces to the task loss. Use a backend with a hidden layer (or train the
+frontend too) for the NTK term to act.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import weakref
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+from torch.func import functional_call, grad, jacrev, jvp, vmap
+
+from simulator.errors import InputError
+from simulator.validation import check_positive
+
+log = logging.getLogger(__name__)
+
+METHODS = ("exact", "jvp_projection", "finite_difference", "output_projection", "sum_of_logits")
+#: Methods whose kernel is ``Phi Phi^T`` of per-sample features of fixed size (cacheable per sample).
+FEATURE_METHODS = ("jvp_projection", "finite_difference")
+
+ParamSpec = None | str | Sequence[str] | Callable[[str], bool]
+
+# Models on which vmap over samples failed (data-dependent checks in forward): use the loop.
+_VMAP_REFUSED: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()
+
+
+def select_parameters(model: nn.Module, params: ParamSpec = None) -> dict[str, torch.Tensor]:
+    """The named parameters the kernel is taken over.
+
+    Parameters
+    ----------
+    model : nn.Module
+    params : None | "trainable" | str | sequence of str | callable
+        ``None``: all parameters. ``"trainable"``: those with ``requires_grad``. A name or a sequence of
+        names: a parameter is kept when its name equals one of them or starts with ``name + "."``
+        (so ``"backend"`` selects the whole backend block). A callable ``name -> bool``: a filter.
+
+    Returns
+    -------
+    dict name -> parameter tensor (the model's own tensors, in ``named_parameters`` order).
+    """
+    named = dict(model.named_parameters())
+    if params is None:
+        chosen = named
+    elif isinstance(params, str) and params == "trainable":
+        chosen = {k: p for k, p in named.items() if p.requires_grad}
+    elif callable(params):
+        chosen = {k: p for k, p in named.items() if params(k)}
+    else:
+        prefixes = [params] if isinstance(params, str) else list(params)
+        if not all(isinstance(s, str) for s in prefixes):
+            raise InputError(f"params must be None, 'trainable', names, or a callable; got {params!r}")
+        chosen = {k: p for k, p in named.items() if any(k == s or k.startswith(s + ".") for s in prefixes)}
+    if not chosen:
+        raise InputError(
+            f"params={params!r} selects no parameter of {type(model).__name__}; "
+            f"its parameters are {sorted(named)[:8]}{'...' if len(named) > 8 else ''}"
+        )
+    return chosen
+
+
+def _flat_outputs(out: torch.Tensor, n: int) -> torch.Tensor:
+    """(n, ...) model output -> (n, C)."""
+    if not isinstance(out, torch.Tensor) or out.ndim < 1 or out.shape[0] != n:
+        raise InputError(f"model output must be a tensor with the batch ({n}) on dim 0, got {getattr(out, 'shape', out)}")
+    return out.reshape(n, -1)
+
+
+def _gram(jacobians: dict[str, torch.Tensor], n: int) -> torch.Tensor:
+    """sum over parameter tensors of J J^T, each J of shape (n, ..., *param_shape) flattened to (n, -1)."""
+    kernel = None
+    for jac in jacobians.values():
+        flat = jac.reshape(n, -1)
+        term = flat @ flat.T
+        kernel = term if kernel is None else kernel + term
+    return kernel
+
+
+def ntk_exact(model: nn.Module, x: torch.Tensor, *, params: ParamSpec = None, per_sample: str = "auto") -> torch.Tensor:
+    """Exact empirical NTK ``Theta_ij = sum_c <df_c(x_i)/dtheta, df_c(x_j)/dtheta>`` (n x n).
+
+    ``per_sample``: ``"vmap"`` (vectorised over samples), ``"loop"`` (one ``jacrev`` per sample, for
+    models with data-dependent control flow in forward) or ``"auto"`` (vmap, falling back to the loop
+    once per model if vmap refuses). See the module docstring for differentiability and cost.
+    """
+    chosen = select_parameters(model, params)
+    n = x.shape[0]
+
+    def single(p, xi):
+        return functional_call(model, p, (xi.unsqueeze(0),)).reshape(-1)
+
+    jac_fn = jacrev(single)
+    if per_sample not in ("auto", "vmap", "loop"):
+        raise InputError(f"per_sample must be 'auto', 'vmap' or 'loop', got {per_sample!r}")
+    use_vmap = per_sample == "vmap" or (per_sample == "auto" and model not in _VMAP_REFUSED)
+    if use_vmap:
+        try:
+            jacobians = vmap(jac_fn, in_dims=(None, 0), randomness="same")(chosen, x)
+            return _gram(jacobians, n)
+        except RuntimeError as exc:
+            if per_sample == "vmap":
+                raise
+            log.info("vmap over samples refused by %s (%s); using a per-sample loop", type(model).__name__, exc)
+            _VMAP_REFUSED.add(model)
+    rows = [jac_fn(chosen, x[i]) for i in range(n)]
+    jacobians = {k: torch.stack([r[k] for r in rows]) for k in chosen}
+    return _gram(jacobians, n)
+
+
+def _directions(chosen: dict[str, torch.Tensor], generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """One Gaussian direction u ~ N(0, I) in the selected parameter space (drawn on the CPU, then moved)."""
+    return {
+        k: torch.randn(p.shape, generator=generator, dtype=torch.float64).to(dtype=p.dtype, device=p.device)
+        for k, p in chosen.items()
+    }
+
+
+def ntk_features(
+    model: nn.Module,
+    x: torch.Tensor,
+    *,
+    method: str = "jvp_projection",
+    num_projections: int = 64,
+    seed: int = 0,
+    params: ParamSpec = None,
+    epsilon: float = 1e-3,
+    output_sketch_dim: int | None = None,
+) -> torch.Tensor:
+    """Per-sample sketch features ``Phi`` (n, m * C') with ``Theta ~ Phi Phi^T`` (unbiased).
+
+    Parameters
+    ----------
+    method : "jvp_projection" | "finite_difference"
+        How ``J u`` is obtained (forward-mode AD, or central differences with step ``epsilon`` along
+        ``u``, in parameter units: the perturbation of each parameter is ``epsilon * u_p``).
+    num_projections : int
+        ``m``, the number of Gaussian directions ``u`` (error ``~ 1/sqrt(m)``).
+    seed : int
+        Seeds the directions (and the output sketch): the same seed gives the same features for the
+        same sample, so features of different batches can be cached and combined.
+    output_sketch_dim : int or None
+        ``C' = k`` (a fixed Gaussian projection of the ``C`` outputs), or ``None``: ``C' = C``.
+    """
+    if method not in FEATURE_METHODS:
+        raise InputError(f"method must be one of {FEATURE_METHODS} for features, got {method!r}")
+    m = int(num_projections)
+    if m < 1:
+        raise InputError(f"num_projections must be an int >= 1, got {num_projections!r}")
+    if output_sketch_dim is not None and (isinstance(output_sketch_dim, bool) or int(output_sketch_dim) < 1):
+        raise InputError(f"output_sketch_dim must be None or an int >= 1, got {output_sketch_dim!r}")
+    eps = check_positive("epsilon", epsilon)
+    chosen = select_parameters(model, params)
+    n = x.shape[0]
+    generator = torch.Generator().manual_seed(int(seed))
+    directions = [_directions(chosen, generator) for _ in range(m)]
+
+    def forward(p):
+        return functional_call(model, p, (x,))
+
+    def directional(u):  # J u, (n, C)
+        if method == "jvp_projection":
+            return _flat_outputs(jvp(forward, (chosen,), (u,))[1], n)
+        plus = forward({k: p + eps * u[k] for k, p in chosen.items()})
+        minus = forward({k: p - eps * u[k] for k, p in chosen.items()})
+        return _flat_outputs((plus - minus) / (2 * eps), n)
+
+    columns = _map_directions(model, directional, directions)  # (m, n, C)
+    if output_sketch_dim is not None:  # a fresh Gaussian output sketch per direction keeps the average unbiased
+        k = int(output_sketch_dim)
+        sketch = torch.randn((m, columns.shape[2], k), generator=generator, dtype=torch.float64) / math.sqrt(k)
+        columns = torch.bmm(columns, sketch.to(dtype=columns.dtype, device=columns.device))
+    return columns.permute(1, 0, 2).reshape(n, -1) / math.sqrt(m)
+
+
+def _map_directions(model: nn.Module, fn, directions: list[dict], chunk: int = 16) -> torch.Tensor:
+    """``stack([fn(u) for u in directions])``, vectorised by ``vmap`` in chunks of ``chunk`` directions
+    (a Python loop for models on which vmap fails)."""
+    if model not in _VMAP_REFUSED:
+        try:
+            out = []
+            for start in range(0, len(directions), chunk):
+                part = directions[start : start + chunk]
+                stacked = {k: torch.stack([u[k] for u in part]) for k in part[0]}
+                out.append(vmap(fn, randomness="same")(stacked))
+            return torch.cat(out)
+        except RuntimeError as exc:
+            log.info("vmap over directions refused by %s (%s); using a loop", type(model).__name__, exc)
+            _VMAP_REFUSED.add(model)
+    return torch.stack([fn(u) for u in directions])
+
+
+def _per_sample_gradients(model, chosen, x, weights: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    """Per-sample gradients of ``weights . f(x_i)`` (``weights=None``: plain sum over outputs)."""
+
+    def scalar(p, xi):
+        out = functional_call(model, p, (xi.unsqueeze(0),)).reshape(-1)
+        return out.sum() if weights is None else (out * weights).sum()
+
+    g = grad(scalar)
+    if model not in _VMAP_REFUSED:
+        try:
+            return vmap(g, in_dims=(None, 0), randomness="same")(chosen, x)
+        except RuntimeError as exc:
+            log.info("vmap over samples refused by %s (%s); using a per-sample loop", type(model).__name__, exc)
+            _VMAP_REFUSED.add(model)
+    rows = [g(chosen, x[i]) for i in range(x.shape[0])]
+    return {k: torch.stack([r[k] for r in rows]) for k in chosen}
+
+
+def ntk_output_projection(
+    model: nn.Module, x: torch.Tensor, *, num_projections: int = 8, seed: int = 0, params: ParamSpec = None
+) -> torch.Tensor:
+    """Unbiased NTK estimate from ``m`` Gaussian projections ``v`` of the output space (see module doc)."""
+    m = int(num_projections)
+    if m < 1:
+        raise InputError(f"num_projections must be an int >= 1, got {num_projections!r}")
+    chosen = select_parameters(model, params)
+    n = x.shape[0]
+    with torch.no_grad():
+        num_outputs = _flat_outputs(model(x[:1]), 1).shape[1]
+    generator = torch.Generator().manual_seed(int(seed))
+    projections = [
+        {"v": torch.randn(num_outputs, generator=generator, dtype=torch.float64).to(dtype=x.dtype, device=x.device)}
+        for _ in range(m)
+    ]
+    terms = _map_directions(model, lambda d: _gram(_per_sample_gradients(model, chosen, x, d["v"]), n), projections)
+    return terms.mean(0)
+
+
+def ntk_sum_of_logits(model: nn.Module, x: torch.Tensor, *, params: ParamSpec = None) -> torch.Tensor:
+    """``G G^T`` with ``G[i]`` the gradient of the summed outputs of sample ``i`` (not the NTK: adds the
+    cross-output terms ``<df_c, df_c'>``; see module docstring)."""
+    chosen = select_parameters(model, params)
+    return _gram(_per_sample_gradients(model, chosen, x, None), x.shape[0])
+
+
+def empirical_ntk(
+    model: nn.Module,
+    x: torch.Tensor,
+    *,
+    method: str = "exact",
+    params: ParamSpec = None,
+    num_projections: int = 64,
+    seed: int = 0,
+    epsilon: float = 1e-3,
+    output_sketch_dim: int | None = None,
+) -> torch.Tensor:
+    """The (estimated) empirical NTK of ``model`` on the batch ``x`` (n, ...), an (n, n) tensor.
+
+    ``method`` is one of :data:`METHODS` (see the module docstring); ``params`` as for
+    :func:`select_parameters`; ``num_projections``, ``seed``, ``epsilon``, ``output_sketch_dim`` are used
+    by the estimators that need them. Differentiable when grad mode is on and parameters require grad.
+    """
+    if not isinstance(x, torch.Tensor) or x.ndim < 1 or x.shape[0] < 1:
+        raise InputError(f"x must be a tensor with a non-empty batch dim 0, got {getattr(x, 'shape', x)!r}")
+    if method == "exact":
+        return ntk_exact(model, x, params=params)
+    if method in FEATURE_METHODS:
+        phi = ntk_features(
+            model, x, method=method, num_projections=num_projections, seed=seed, params=params,
+            epsilon=epsilon, output_sketch_dim=output_sketch_dim,
+        )
+        return phi @ phi.T
+    if method == "output_projection":
+        return ntk_output_projection(model, x, num_projections=num_projections, seed=seed, params=params)
+    if method == "sum_of_logits":
+        return ntk_sum_of_logits(model, x, params=params)
+    raise InputError(f"method must be one of {METHODS}, got {method!r}")
+
+
+class TeacherKernel:
+    """The frozen teacher's NTK on batches, computed without gradient and cached.
+
+    Parameters
+    ----------
+    teacher : nn.Module
+        Put in eval mode here; its kernel is taken over ``params`` (default: all its parameters, frozen
+        or not).
+    method, num_projections, seed, epsilon, output_sketch_dim : see :func:`empirical_ntk`.
+    cache : bool
+        With ``indices`` given to :meth:`__call__`: for the sketch methods (``"jvp_projection"``,
+        ``"finite_difference"``) cache each sample's features by dataset index (``m * C'`` numbers per
+        sample, on the CPU), so any batch of already-seen samples costs one matrix product; for the
+        other methods cache whole kernels keyed by the tuple of indices (helps when kernel batches
+        repeat), at most ``max_cached_batches`` of them (least recently used dropped).
+    """
+
+    def __init__(
+        self,
+        teacher: nn.Module,
+        *,
+        method: str = "exact",
+        params: ParamSpec = None,
+        num_projections: int = 64,
+        seed: int = 0,
+        epsilon: float = 1e-3,
+        output_sketch_dim: int | None = None,
+        cache: bool = True,
+        max_cached_batches: int = 1024,
+    ):
+        if method not in METHODS:
+            raise InputError(f"method must be one of {METHODS}, got {method!r}")
+        self.teacher = teacher.eval()
+        self.method, self.params, self.seed = method, params, int(seed)
+        self.num_projections, self.epsilon, self.output_sketch_dim = num_projections, epsilon, output_sketch_dim
+        self.cache, self.max_cached_batches = bool(cache), int(max_cached_batches)
+        self._features: dict[int, torch.Tensor] = {}
+        self._kernels: OrderedDict[tuple, torch.Tensor] = OrderedDict()
+        self.hits = self.misses = 0
+
+    def _compute(self, x: torch.Tensor) -> torch.Tensor:
+        """Features (sketch methods) or the kernel (others) of ``x``, without gradient."""
+        with torch.no_grad():
+            if self.method in FEATURE_METHODS:
+                return ntk_features(
+                    self.teacher, x, method=self.method, num_projections=self.num_projections, seed=self.seed,
+                    params=self.params, epsilon=self.epsilon, output_sketch_dim=self.output_sketch_dim,
+                )
+            return empirical_ntk(
+                self.teacher, x, method=self.method, params=self.params,
+                num_projections=self.num_projections, seed=self.seed,
+            )
+
+    def __call__(self, x: torch.Tensor, indices: torch.Tensor | Sequence[int] | None = None) -> torch.Tensor:
+        """Kernel (n, n) of the teacher on ``x``; ``indices`` (n,) are the samples' dataset indices."""
+        if self.teacher.training:
+            self.teacher.eval()
+        if indices is None or not self.cache:
+            out = self._compute(x)
+            return out @ out.T if self.method in FEATURE_METHODS else out
+        keys = [int(i) for i in (indices.tolist() if isinstance(indices, torch.Tensor) else indices)]
+        if len(keys) != x.shape[0]:
+            raise InputError(f"indices has {len(keys)} entries but the batch has {x.shape[0]} samples")
+        if self.method in FEATURE_METHODS:
+            missing = [j for j, k in enumerate(keys) if k not in self._features]
+            self.hits += len(keys) - len(missing)
+            self.misses += len(missing)
+            if missing:
+                fresh = self._compute(x[missing]).cpu()
+                for j, row in zip(missing, fresh):
+                    self._features[keys[j]] = row
+            phi = torch.stack([self._features[k] for k in keys]).to(device=x.device)
+            return phi @ phi.T
+        key = tuple(keys)
+        if key in self._kernels:
+            self.hits += 1
+            self._kernels.move_to_end(key)
+            return self._kernels[key].to(device=x.device)
+        self.misses += 1
+        kernel = self._compute(x)
+        self._kernels[key] = kernel.cpu()
+        if len(self._kernels) > self.max_cached_batches:
+            self._kernels.popitem(last=False)
+        return kernel
+
+    def clear(self) -> None:
+        """Forget every cached feature and kernel (e.g. after the teacher changed)."""
+        self._features.clear()
+        self._kernels.clear()

@@ -1,0 +1,391 @@
+"""A small, exactly resumable training loop for teachers and optical students.
+
+The loop is generic: it trains any ``nn.Module`` with an *objective* ``objective(model, inputs,
+targets, indices=...) -> terms`` whose ``terms.total`` is the loss to minimise and ``terms.parts`` a
+dict of named floats to log (the objectives of :mod:`hil.losses`: task loss, classic KD, NTKD;
+``indices`` are the dataset indices of the batch, so a frozen teacher's per-sample results can be
+cached), on a map-style dataset whose items are ``(input, target)``.
+
+Exact resumption: the batch order of epoch ``e`` is a permutation drawn from ``seed + e`` alone
+(:class:`BatchOrder`), and a checkpoint records the model, optimiser, scheduler, global RNG states,
+the epoch and the batch position inside it, the running loss of the epoch, the early-stopping state
+and the metrics history. Training N steps straight and training k steps, being killed, and resuming
+to N give bit-identical weights on the same machine and thread count.
+
+Data parallel: when ``torch.distributed`` is initialised with more than one process (e.g. under
+``torchrun``), the model is wrapped in ``DistributedDataParallel`` and each global batch of the
+permutation is split evenly over the processes (rank ``r`` takes every ``world``-th sample), so the
+averaged gradient equals that of single-process training on the same global batch. Only rank 0 writes
+files.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import Subset, default_collate
+
+from simulator.config import save_yaml
+from simulator.errors import ConfigError, HilError, InputError
+from simulator.files import atomic_write
+
+from .checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
+from .metrics import ConfusionAccumulator, predictions
+
+log = logging.getLogger(__name__)
+
+Objective = Callable[..., "hil.losses.LossTerms"]
+StepCallback = Callable[["Trainer"], None]
+
+
+class TrainingDiverged(HilError):
+    """The training loss became NaN or infinite (lower the learning rate or check the data)."""
+
+
+def _dist():
+    import torch.distributed as dist
+
+    return dist if dist.is_available() and dist.is_initialized() else None
+
+
+def process_rank_and_world() -> tuple[int, int]:
+    """``(rank, world_size)`` of the default process group, ``(0, 1)`` when not distributed."""
+    dist = _dist()
+    return (dist.get_rank(), dist.get_world_size()) if dist else (0, 1)
+
+
+class BatchOrder:
+    """Deterministic mini-batches: epoch ``e`` visits ``randperm(n, seed + e)`` in global batches of
+    ``batch_size`` (the incomplete last batch is dropped, so every step sees the same batch size).
+
+    With ``world_size > 1`` each global batch is split: rank ``r`` gets its samples ``r, r + world, ...``.
+    """
+
+    def __init__(self, num_samples: int, batch_size: int, seed: int, *, shuffle: bool = True,
+                 rank: int = 0, world_size: int = 1):
+        if batch_size < 1 or num_samples < batch_size:
+            raise InputError(f"batch_size must be in [1, {num_samples}] (the number of samples), got {batch_size}")
+        if batch_size % world_size:
+            raise InputError(f"batch_size {batch_size} must be divisible by the number of processes {world_size}")
+        self.num_samples, self.batch_size, self.seed = num_samples, batch_size, seed
+        self.shuffle, self.rank, self.world_size = shuffle, rank, world_size
+
+    def __len__(self) -> int:
+        return self.num_samples // self.batch_size
+
+    def batches(self, epoch: int, start: int = 0) -> Iterator[list[int]]:
+        """This rank's sample indices of the batches ``start, start + 1, ...`` of ``epoch``."""
+        if self.shuffle:
+            gen = torch.Generator().manual_seed(self.seed + epoch)
+            order = torch.randperm(self.num_samples, generator=gen)
+        else:
+            order = torch.arange(self.num_samples)
+        for b in range(start, len(self)):
+            batch = order[b * self.batch_size:(b + 1) * self.batch_size]
+            yield batch[self.rank::self.world_size].tolist()
+
+
+def fetch_batch(dataset, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack the items ``indices`` of a map-style dataset of ``(input, target)`` pairs."""
+    while isinstance(dataset, Subset):
+        indices = [dataset.indices[i] for i in indices]
+        dataset = dataset.dataset
+    tensors = getattr(dataset, "tensors", None)
+    if tensors is not None and len(tensors) == 2:
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        return tensors[0][idx], tensors[1][idx]
+    inputs, targets = default_collate([dataset[i] for i in indices])
+    return inputs, targets
+
+
+def freeze_parts(model: nn.Module, parts: Sequence[str]) -> None:
+    """Stop training the parameters of the named submodules (e.g. ``["frontend"]``)."""
+    for i, name in enumerate(parts):
+        part = getattr(model, name, None)
+        if not isinstance(part, nn.Module):
+            children = [n for n, _ in model.named_children()]
+            raise ConfigError(f"train.freeze[{i}]", name, f"a submodule of {type(model).__name__}: one of {children}")
+        part.requires_grad_(False)
+
+
+def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The parameters that require gradients; raises if there are none."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise InputError(f"{type(model).__name__} has no trainable parameters (is everything frozen?)")
+    return params
+
+
+@dataclass
+class TrainResult:
+    """What a finished run returns (and writes to ``metrics.json``)."""
+
+    steps: int
+    epochs_completed: int
+    stopped_early: bool
+    best_epoch: int | None
+    best_metric: float | None
+    history: list[dict] = field(default_factory=list)
+    test_metrics: dict | None = None
+    out_dir: Path | None = None
+    mean_step_s: float | None = None
+
+
+class Trainer:
+    """Train ``model`` with ``objective`` on ``train_data``; evaluate on ``val_data`` every epoch.
+
+    Parameters
+    ----------
+    task : ``"classification"`` or ``"segmentation"`` (how outputs become labels for the metrics).
+    num_classes : classes of the confusion matrix (2 for a binary mask).
+    batch_size : global batch size (samples per optimiser step, over all processes).
+    max_steps : stop after that many optimiser steps in total (``None``: ``epochs`` epochs).
+    checkpoint_every_steps : also write ``checkpoints/last.pt`` every that many steps (0: per epoch).
+    early_stopping_patience : stop after that many epochs without a better ``monitor`` on ``val_data``.
+    callbacks : called as ``callback(trainer)`` after every optimiser step (and its checkpoint).
+    config : the resolved config (plain dict) stored in checkpoints; with ``out_dir`` also written as
+        ``config.yaml``.
+    """
+
+    def __init__(self, model: nn.Module, objective: Objective, train_data, *, task: str, num_classes: int,
+                 optimizer: torch.optim.Optimizer, scheduler=None, val_data=None, batch_size: int = 128,
+                 eval_batch_size: int = 500, epochs: int = 1, max_steps: int | None = None, seed: int = 0,
+                 out_dir=None, checkpoint_every_steps: int = 0, early_stopping_patience: int | None = None,
+                 monitor: str = "accuracy", device="cpu", progress: bool = False, config: dict | None = None,
+                 callbacks: Sequence[StepCallback] = (), restore_best: bool = True):
+        if task not in ("classification", "segmentation"):
+            raise InputError(f"task must be 'classification' or 'segmentation', got {task!r}")
+        self.device = torch.device(device)
+        self.model = model.to(self.device)
+        self.objective, self.train_data, self.val_data = objective, train_data, val_data
+        self.task, self.num_classes = task, int(num_classes)
+        self.optimizer, self.scheduler = optimizer, scheduler
+        self.epochs, self.max_steps, self.seed = int(epochs), max_steps, int(seed)
+        self.eval_batch_size = int(eval_batch_size)
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.checkpoint_every_steps = int(checkpoint_every_steps)
+        self.patience, self.monitor = early_stopping_patience, monitor
+        self.progress, self.config, self.callbacks = progress, config, list(callbacks)
+        self.restore_best = restore_best
+        self.rank, self.world_size = process_rank_and_world()
+        self.order = BatchOrder(len(train_data), batch_size, self.seed, rank=self.rank, world_size=self.world_size)
+        self.trained_model = self._wrap_data_parallel(self.model)
+        # Progress state (all of it goes into the checkpoint).
+        self.step = 0
+        self.epoch = 0
+        self.batch_in_epoch = 0
+        self.epoch_loss_sum = 0.0
+        self.epoch_logs_sum: dict[str, float] = {}
+        self.history: list[dict] = []
+        self.best_metric: float | None = None
+        self.best_epoch: int | None = None
+        self.evals_without_improvement = 0
+        self.stopped_early = False
+        self._best_state: dict | None = None
+        self._step_times: list[float] = []
+
+    # ----------------------------------------------------------------------------------- files
+    @property
+    def last_checkpoint_path(self) -> Path | None:
+        return self.out_dir / "checkpoints" / "last.pt" if self.out_dir else None
+
+    @property
+    def best_checkpoint_path(self) -> Path | None:
+        return self.out_dir / "checkpoints" / "best.pt" if self.out_dir else None
+
+    def _is_writer(self) -> bool:
+        return self.out_dir is not None and self.rank == 0
+
+    def _wrap_data_parallel(self, model: nn.Module) -> nn.Module:
+        if self.world_size == 1:
+            return model
+        from torch.nn.parallel import DistributedDataParallel
+
+        device_ids = [self.device.index] if self.device.type == "cuda" else None
+        return DistributedDataParallel(model, device_ids=device_ids)
+
+    def state_dict(self) -> dict:
+        """The full training state (tensors and plain values)."""
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "rng": capture_rng_state(),
+            "progress": {
+                "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
+                "epoch_loss_sum": self.epoch_loss_sum, "epoch_logs_sum": dict(self.epoch_logs_sum),
+                "best_metric": self.best_metric, "best_epoch": self.best_epoch,
+                "evals_without_improvement": self.evals_without_improvement, "stopped_early": self.stopped_early,
+                "seed": self.seed, "batch_size": self.order.batch_size,
+            },
+            "history": copy.deepcopy(self.history),
+            "config": self.config,
+            "task": self.task,
+            "num_classes": self.num_classes,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what :meth:`state_dict` saved (the model and optimiser must be built the same way)."""
+        progress = state["progress"]
+        if progress["seed"] != self.seed or progress["batch_size"] != self.order.batch_size:
+            raise InputError(f"checkpoint was written with seed {progress['seed']} and batch_size "
+                             f"{progress['batch_size']}, this run has seed {self.seed} and batch_size "
+                             f"{self.order.batch_size}: cannot resume exactly")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None and state["scheduler"] is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        restore_rng_state(state["rng"])
+        self.step, self.epoch = progress["step"], progress["epoch"]
+        self.batch_in_epoch = progress["batch_in_epoch"]
+        self.epoch_loss_sum = progress["epoch_loss_sum"]
+        self.epoch_logs_sum = dict(progress["epoch_logs_sum"])
+        self.best_metric, self.best_epoch = progress["best_metric"], progress["best_epoch"]
+        self.evals_without_improvement = progress["evals_without_improvement"]
+        self.stopped_early = progress["stopped_early"]
+        self.history = list(state["history"])
+        best = self.best_checkpoint_path
+        if best is not None and best.is_file():
+            self._best_state = load_checkpoint(best, map_location=self.device)["model"]
+
+    def save(self) -> None:
+        """Write ``checkpoints/last.pt`` (rank 0 with an ``out_dir`` only)."""
+        if self._is_writer():
+            save_checkpoint(self.last_checkpoint_path, self.state_dict())
+
+    def write_metrics(self, extra: dict | None = None) -> None:
+        """Write ``metrics.json`` (history, best epoch, plus ``extra`` entries) atomically (rank 0)."""
+        if not self._is_writer():
+            return
+        import json
+
+        payload = {"task": self.task, "monitor": self.monitor, "steps": self.step, "best_epoch": self.best_epoch,
+                   "best_metric": self.best_metric, "stopped_early": self.stopped_early, "history": self.history}
+        payload.update(extra or {})
+        with atomic_write(self.out_dir / "metrics.json", "w") as fh:
+            json.dump(payload, fh, indent=1, allow_nan=True)
+
+    # ----------------------------------------------------------------------------------- loop
+    def _finished(self) -> bool:
+        return (self.stopped_early or self.epoch >= self.epochs
+                or (self.max_steps is not None and self.step >= self.max_steps))
+
+    def fit(self, resume: bool = True) -> TrainResult:
+        """Train until ``epochs``, ``max_steps`` or early stopping; resume from ``last.pt`` if present."""
+        if resume and self.last_checkpoint_path is not None and self.last_checkpoint_path.is_file():
+            self.load_state_dict(load_checkpoint(self.last_checkpoint_path, map_location=self.device))
+            log.info("resumed from %s at step %d (epoch %d, batch %d)", self.last_checkpoint_path, self.step,
+                     self.epoch, self.batch_in_epoch)
+        if self._is_writer() and self.config is not None:
+            save_yaml(self.config, self.out_dir / "config.yaml")
+        from tqdm.auto import tqdm
+
+        while not self._finished():
+            bar = tqdm(total=len(self.order), initial=self.batch_in_epoch, desc=f"epoch {self.epoch + 1}/{self.epochs}",
+                       disable=not self.progress or self.rank != 0, leave=False, dynamic_ncols=True)
+            for indices in self.order.batches(self.epoch, self.batch_in_epoch):
+                loss = self._train_step(indices)
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.4f}")
+                if self.checkpoint_every_steps and self.step % self.checkpoint_every_steps == 0:
+                    self.save()
+                for callback in self.callbacks:
+                    callback(self)
+                if self.max_steps is not None and self.step >= self.max_steps:
+                    break
+            bar.close()
+            if self.batch_in_epoch == len(self.order):
+                self._end_epoch()
+            self.save()
+        if self.restore_best and self._best_state is not None:
+            self.model.load_state_dict(self._best_state)
+        self.write_metrics()
+        return TrainResult(steps=self.step, epochs_completed=self.epoch, stopped_early=self.stopped_early,
+                           best_epoch=self.best_epoch, best_metric=self.best_metric, history=list(self.history),
+                           out_dir=self.out_dir, mean_step_s=self.mean_step_s)
+
+    @property
+    def mean_step_s(self) -> float | None:
+        """Mean wall time of an optimiser step in this process so far (s), first step excluded."""
+        times = self._step_times[1:] or self._step_times
+        return sum(times) / len(times) if times else None
+
+    def _train_step(self, indices: list[int]) -> float:
+        start = time.perf_counter()
+        inputs, targets = fetch_batch(self.train_data, indices)
+        inputs, targets = inputs.to(self.device), targets.to(self.device)
+        self.trained_model.train()
+        terms = self.objective(self.trained_model, inputs, targets, indices=torch.as_tensor(indices, dtype=torch.long))
+        loss, logs = terms.total, terms.parts
+        if not torch.isfinite(loss):
+            raise TrainingDiverged(f"training loss became {float(loss.detach())} at step {self.step + 1} "
+                                   f"(epoch {self.epoch + 1}); lower optim.lr or check the data")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        if self.scheduler is not None:
+            self.scheduler.step()
+        self.step += 1
+        self.batch_in_epoch += 1
+        value = float(loss.detach())
+        self.epoch_loss_sum += value
+        for key, v in logs.items():
+            self.epoch_logs_sum[key] = self.epoch_logs_sum.get(key, 0.0) + float(v)
+        self._step_times.append(time.perf_counter() - start)
+        return value
+
+    def _end_epoch(self) -> None:
+        steps = max(self.batch_in_epoch, 1)
+        entry = {"epoch": self.epoch + 1, "step": self.step, "train_loss": self.epoch_loss_sum / steps,
+                 **{f"train_{k}": v / steps for k, v in self.epoch_logs_sum.items()}}
+        if self.val_data is not None:
+            metrics = self.evaluate(self.val_data)
+            entry.update({f"val_{k}": metrics[k] for k in ("accuracy", "miou")})
+            value = metrics[self.monitor]
+            if self.best_metric is None or value > self.best_metric:
+                self.best_metric, self.best_epoch = value, self.epoch + 1
+                self.evals_without_improvement = 0
+                self._best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+                if self._is_writer():
+                    save_checkpoint(self.best_checkpoint_path, {"model": self._best_state, "config": self.config,
+                                                                "task": self.task, "num_classes": self.num_classes,
+                                                                "epoch": self.epoch + 1, "metrics": metrics})
+            else:
+                self.evals_without_improvement += 1
+                if self.patience is not None and self.evals_without_improvement >= self.patience:
+                    self.stopped_early = True
+                    log.info("early stop after epoch %d: no better val %s for %d epochs", self.epoch + 1,
+                             self.monitor, self.patience)
+        self.history.append(entry)
+        log.info("epoch %d: %s", self.epoch + 1, ", ".join(f"{k}={v:.4g}" for k, v in entry.items()
+                                                            if isinstance(v, float)))
+        self.epoch += 1
+        self.batch_in_epoch = 0
+        self.epoch_loss_sum = 0.0
+        self.epoch_logs_sum = {}
+        self.write_metrics()
+
+    @torch.no_grad()
+    def evaluate(self, data, model: nn.Module | None = None) -> dict:
+        """Accuracy, mIoU, per-class IoU and confusion matrix of ``model`` (default: the trained one)
+        on ``data``, summed over all processes."""
+        model = model or self.model
+        was_training = model.training
+        model.eval()
+        acc = ConfusionAccumulator(self.num_classes)
+        mine = list(range(len(data)))[self.rank::self.world_size]
+        for start in range(0, len(mine), self.eval_batch_size):
+            inputs, targets = fetch_batch(data, mine[start:start + self.eval_batch_size])
+            output = model(inputs.to(self.device))
+            labels = predictions(output, self.task)
+            acc.update(labels.cpu(), targets.long().cpu())
+        acc.all_reduce()
+        model.train(was_training)
+        return acc.compute()

@@ -1,0 +1,204 @@
+"""The display SLM in a real X server (Xvfb), checked by reading the framebuffer back pixel for pixel;
+and the XWD reader that does the reading, against XWD bytes built by hand."""
+
+import shutil
+import struct
+import subprocess
+import time
+
+import numpy as np
+import pytest
+
+from drivers.base import OpenContext
+from drivers.clock import RealClock
+from drivers.display_slm import DisplaySLM, x_display_reachable
+from drivers.errors import DeviceClosed, DeviceFault, DeviceNotFound
+from drivers.registry import load_backend
+from drivers.xwd import parse_xwd
+from simulator.errors import ConfigError, InputError
+from tests.drivers.conformance import check_slm
+from tests.drivers.xvfb import x_display, xvfb  # noqa: F401  (fixtures)
+
+PITCH_M = 8e-6
+
+
+def _region(screen: np.ndarray, position, shape) -> np.ndarray:
+    x, y = position
+    return screen[y : y + shape[0], x : x + shape[1]]
+
+
+def _as_rgb(frame: np.ndarray) -> np.ndarray:
+    return np.repeat(frame[..., None], 3, axis=-1) if frame.ndim == 2 else frame
+
+
+def _assert_on_screen(server, frame, position, deadline_s: float = 5.0) -> None:
+    """The screen holds ``frame`` exactly at ``position`` and nothing (black) anywhere else.
+
+    The X server draws asynchronously from the client, so the framebuffer is polled (without touching
+    the GUI) until it matches or ``deadline_s`` passes; a mismatch then fails with the first bad pixel.
+    """
+    expected = None
+    stop = time.monotonic() + deadline_s
+    while True:
+        screen = server.screen()
+        if expected is None:
+            expected = np.zeros_like(screen)
+            x, y = position
+            expected[y : y + frame.shape[0], x : x + frame.shape[1]] = _as_rgb(frame)
+        if np.array_equal(screen, expected) or time.monotonic() > stop:
+            break
+        time.sleep(0.002)
+    bad = np.argwhere((screen != expected).any(-1))
+    assert bad.size == 0, (f"{len(bad)} pixels differ, first at (row, col) {tuple(bad[0])}: "
+                           f"screen {screen[tuple(bad[0])]}, expected {expected[tuple(bad[0])]}")
+
+
+# --------------------------------------------------------------------------- XWD reader (no X server)
+
+def _xwd_bytes(rgb: np.ndarray, *, bpp: int, msb_first: bool, pad_to: int = 4, name: bytes = b"test\0") -> bytes:
+    rows, cols, _ = rgb.shape
+    value = (rgb[..., 0].astype(np.uint32) << 16) | (rgb[..., 1].astype(np.uint32) << 8) | rgb[..., 2]
+    nbytes = bpp // 8
+    shifts = [8 * k for k in range(nbytes)]
+    if msb_first:
+        shifts.reverse()
+    pixel_bytes = np.stack([(value >> s) & 0xFF for s in shifts], axis=-1).astype(np.uint8)
+    stride = -(-cols * nbytes // pad_to) * pad_to
+    body = np.full((rows, stride), 0xAB, np.uint8)  # padding that must be ignored
+    body[:, : cols * nbytes] = pixel_bytes.reshape(rows, -1)
+    ncolors = 2
+    header_size = 100 + len(name)
+    fields = [header_size, 7, 2, 24, cols, rows, 0, int(msb_first), 32, int(msb_first), 32, bpp, stride, 4,
+              0xFF0000, 0xFF00, 0xFF, 8, 256, ncolors, cols, rows, 0, 0, 0]
+    return struct.pack(">25I", *fields) + name + bytes(12 * ncolors) + body.tobytes()
+
+
+@pytest.mark.parametrize("bpp, msb_first", [(32, False), (32, True), (24, False), (24, True)])
+def test_xwd_reader_round_trip(bpp, msb_first):
+    rgb = np.random.default_rng(1).integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    header, decoded = parse_xwd(_xwd_bytes(rgb, bpp=bpp, msb_first=msb_first))
+    assert (header.pixmap_width, header.pixmap_height, header.bits_per_pixel) == (7, 5, bpp)
+    assert np.array_equal(decoded, rgb)
+
+
+def test_xwd_reader_rejects_what_it_cannot_read():
+    good = _xwd_bytes(np.zeros((2, 2, 3), np.uint8), bpp=32, msb_first=False)
+    with pytest.raises(InputError, match="too short"):
+        parse_xwd(good[:50])
+    with pytest.raises(InputError, match="truncated"):
+        parse_xwd(good[:-1])
+    with pytest.raises(InputError, match="file version 6"):
+        parse_xwd(good[:4] + struct.pack(">I", 6) + good[8:])
+    with pytest.raises(InputError, match="bits_per_pixel 16"):
+        parse_xwd(good[:44] + struct.pack(">I", 16) + good[48:])
+
+
+# --------------------------------------------------------------------------- without an X server
+
+def test_unreachable_display_is_not_found(monkeypatch, tmp_path):
+    monkeypatch.setenv("DISPLAY", ":4093")  # nothing listens there
+    assert not x_display_reachable(":4093")
+    with pytest.raises(DeviceNotFound, match="DISPLAY=:4093"):
+        DisplaySLM((4, 4), PITCH_M)
+    monkeypatch.delenv("DISPLAY")
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    with pytest.raises(DeviceNotFound, match="DISPLAY is not set"):
+        DisplaySLM((4, 4), PITCH_M)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"shape": (4, 4, 2)}, "shape"),
+    ({"position": (1,)}, "position"),
+    ({"pump_events": 0}, "pump_events"),
+    ({"window_name": ""}, "window_name"),
+])
+def test_bad_arguments_are_refused_before_any_window(kwargs, match):
+    args = {"shape": (4, 4), "pixel_pitch_m": PITCH_M, **kwargs}
+    with pytest.raises(InputError, match=match):
+        DisplaySLM(**args)
+
+
+# --------------------------------------------------------------------------- in Xvfb
+
+@pytest.mark.display
+def test_gray_frames_land_pixel_exact_then_blank_then_next(x_display):
+    position, shape = (37, 21), (71, 83)  # odd sizes: no row padding luck
+    rng = np.random.default_rng(7)
+    with DisplaySLM(shape, PITCH_M, position=position, window_name="slm-gray") as slm:
+        _assert_on_screen(x_display, np.zeros(shape, np.uint8), position)  # opens dark
+        first = rng.integers(0, 256, shape, dtype=np.uint8)
+        slm.show(first)
+        _assert_on_screen(x_display, first, position)
+        slm.blank()
+        _assert_on_screen(x_display, np.zeros(shape, np.uint8), position)
+        second = rng.integers(0, 256, shape, dtype=np.uint8)
+        slm.show(second)
+        _assert_on_screen(x_display, second, position)
+        assert slm.window_rect() == (*position, shape[1], shape[0])
+    _assert_on_screen(x_display, np.zeros((0, 0), np.uint8), (0, 0))  # closed: the window is gone
+
+
+@pytest.mark.display
+def test_rgb_and_float_frames(x_display):
+    position, shape = (300, 200), (70, 96, 3)
+    with DisplaySLM(shape, PITCH_M, position=position, window_name="slm-rgb") as slm:
+        rgb = np.zeros(shape, np.uint8)
+        rgb[..., 0] = np.arange(96, dtype=np.uint8)[None, :] * 2  # red ramps along columns
+        rgb[..., 1] = np.arange(70, dtype=np.uint8)[:, None] * 3  # green along rows
+        rgb[..., 2] = 201
+        slm.show(rgb)
+        _assert_on_screen(x_display, rgb, position)
+        ramp = np.linspace(0, 1, 70 * 96 * 3).reshape(shape)
+        shown = slm.show(ramp)
+        assert np.array_equal(shown, np.rint(ramp * 255).astype(np.uint8))
+        _assert_on_screen(x_display, shown, position)
+
+
+@pytest.mark.display
+@pytest.mark.skipif(shutil.which("xwd") is None, reason="xwd (Debian package x11-apps) not installed")
+def test_window_read_back_with_xwd(x_display, monkeypatch):
+    shape = (70, 75)
+    frame = np.random.default_rng(3).integers(0, 256, shape, dtype=np.uint8)
+    with DisplaySLM(shape, PITCH_M, position=(5, 6), window_name="slm-xwd-id") as slm:
+        slm.show(frame)
+        ids = subprocess.run(["xdotool", "search", "--name", "^slm-xwd-id$"], capture_output=True, text=True,
+                             env={"DISPLAY": x_display.display}) if shutil.which("xdotool") else None
+        if ids is None or not ids.stdout.split():
+            pytest.skip("xdotool cannot find the window id")
+        raw = subprocess.run(["xwd", "-silent", "-id", ids.stdout.split()[0]], capture_output=True, check=True,
+                             env={"DISPLAY": x_display.display}).stdout
+    header, window = parse_xwd(raw)
+    assert (header.window_x, header.window_y) == (5, 6)
+    assert np.array_equal(window, _as_rgb(frame))
+
+
+@pytest.mark.display
+def test_show_after_close_and_from_config(x_display):
+    cls = load_backend("display")
+    assert cls is DisplaySLM
+    context = OpenContext(clock=RealClock())
+    slm = cls.from_config({"shape": [70, 72], "pixel_pitch_m": PITCH_M, "position": [10, 20],
+                           "window_name": "slm-config"}, context, "slm")
+    assert slm.name == "slm" and slm.position == (10, 20) and slm.shape == (70, 72)
+    slm.show(np.full((70, 72), 99, np.uint8))
+    _assert_on_screen(x_display, np.full((70, 72), 99, np.uint8), (10, 20))
+    assert slm.settings()["position"] == [10, 20]
+    slm.close()
+    slm.close()
+    with pytest.raises(DeviceClosed):
+        slm.show(np.zeros((70, 72), np.uint8))
+    with pytest.raises(ConfigError, match="slm.position"):
+        cls.from_config({"shape": [70, 72], "pixel_pitch_m": PITCH_M, "position": "left"}, context, "slm")
+
+
+@pytest.mark.display
+def test_display_slm_conforms(x_display):
+    check_slm(lambda: DisplaySLM((72, 80), PITCH_M, position=(64, 32), window_name="slm-conformance"))
+
+
+@pytest.mark.display
+def test_frame_smaller_than_the_smallest_window_is_refused(x_display):
+    # Qt centres (or scales) frames below its 69x69 minimum window: not pixel-exact, so refused.
+    with pytest.raises(DeviceFault, match="image area is"):
+        DisplaySLM((16, 24), PITCH_M, position=(64, 32), window_name="slm-too-small")
+    _assert_on_screen(x_display, np.zeros((0, 0), np.uint8), (0, 0))  # and no window is left behind

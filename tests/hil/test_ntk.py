@@ -1,0 +1,227 @@
+"""Empirical NTK: exact kernel against a naive autograd loop, estimators' convergence, per-block
+kernels, the teacher cache, and the gradient the NTK term gives (or, for one linear layer, does not)."""
+
+import pytest
+import torch
+from torch import nn
+
+from hil.losses import kernel_discrepancy
+from hil.models import FCBackend, IncoherentFrontend, OpticalStudent, build_model
+from hil.ntk import TeacherKernel, empirical_ntk, ntk_exact, ntk_features, select_parameters
+from simulator.conv import IncoherentConv2d
+from simulator.errors import InputError
+
+
+def small_cnn(seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv2d(1, 3, 3, padding=1), nn.Tanh(), nn.Flatten(), nn.Linear(3 * 36, 8), nn.Tanh(), nn.Linear(8, 4)
+    ).double()
+
+
+def small_student(hidden=(6,), seed=0):
+    conv = IncoherentConv2d(1, 2, 3, seed=seed, dtype=torch.float64)
+    torch.manual_seed(seed)
+    return OpticalStudent(IncoherentFrontend(conv), FCBackend((2, 6, 6), 4, hidden, pool=1).double())
+
+
+def naive_ntk(model, x, params=None, weights=None):
+    """Theta_ij = sum_c <df_c(x_i)/dtheta, df_c(x_j)/dtheta> by one autograd.grad per (sample, output);
+    with ``weights`` the scalar per sample is ``weights . f(x_i)`` instead (one gradient per sample)."""
+    chosen = list(select_parameters(model, params).values())
+    rows = []
+    for i in range(x.shape[0]):
+        out = model(x[i : i + 1]).reshape(-1)
+        scalars = [out[c] for c in range(out.numel())] if weights is None else [(out * weights).sum()]
+        grads = []
+        for s in scalars:
+            g = torch.autograd.grad(s, chosen, retain_graph=True, allow_unused=True)
+            grads.append(torch.cat([(torch.zeros_like(p) if gi is None else gi).reshape(-1) for p, gi in zip(chosen, g)]))
+        rows.append(torch.stack(grads))
+    jac = torch.stack(rows)  # (n, C, P)
+    return torch.einsum("ncp,mcp->nm", jac, jac)
+
+
+@pytest.fixture
+def batch():
+    return torch.randn(5, 1, 6, 6, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+
+
+@pytest.mark.parametrize("per_sample", ["vmap", "loop"])
+def test_exact_kernel_equals_naive_loop(batch, per_sample):
+    model = small_cnn()
+    expected = naive_ntk(model, batch)
+    got = ntk_exact(model, batch, per_sample=per_sample)
+    assert got.shape == (5, 5)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5 * float(expected.abs().max()))
+    torch.testing.assert_close(got, got.T)
+    assert float(torch.linalg.eigvalsh(got.detach()).min()) > -1e-8 * float(expected.abs().max())
+
+
+def test_exact_kernel_of_optical_student_equals_naive_loop(batch):
+    student = small_student()
+    expected = naive_ntk(student, batch)
+    got = empirical_ntk(student, batch)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5 * float(expected.abs().max()))
+
+
+def test_per_block_kernels_add_up_and_match_naive(batch):
+    student = small_student()
+    full = empirical_ntk(student, batch)
+    front = empirical_ntk(student, batch, params="frontend")
+    back = empirical_ntk(student, batch, params=["backend"])
+    torch.testing.assert_close(front + back, full)
+    torch.testing.assert_close(front, naive_ntk(student, batch, params="frontend"))
+    assert float(front.detach().abs().max()) > 0 and float(back.detach().abs().max()) > 0
+
+
+def test_sum_of_logits_kernel_is_gram_of_summed_output_gradients(batch):
+    model = small_cnn()
+    ones = torch.ones(4, dtype=torch.float64)
+    torch.testing.assert_close(empirical_ntk(model, batch, method="sum_of_logits"), naive_ntk(model, batch, weights=ones))
+
+
+@pytest.mark.parametrize(
+    "method, extra",
+    [("jvp_projection", {}), ("finite_difference", {"epsilon": 1e-4}), ("output_projection", {}),
+     ("jvp_projection", {"output_sketch_dim": 3})],
+)
+def test_estimators_converge_like_inverse_sqrt_samples(batch, method, extra):
+    model = small_cnn()
+    exact = ntk_exact(model, batch).detach()
+
+    def mean_error(samples):
+        errors = []
+        for seed in range(4):
+            with torch.no_grad():
+                est = empirical_ntk(model, batch, method=method, num_projections=samples, seed=seed, **extra)
+            errors.append(float(torch.linalg.matrix_norm(est - exact) / torch.linalg.matrix_norm(exact)))
+        return sum(errors) / len(errors)
+
+    coarse, fine = mean_error(4), mean_error(64)
+    # 16x more samples: error / 4 expected for an unbiased Monte-Carlo estimate; allow noise.
+    assert 2.5 < coarse / fine < 7
+    assert fine < 0.25
+
+
+def test_estimator_is_reproducible_for_a_seed_and_varies_across_seeds(batch):
+    model = small_cnn()
+    with torch.no_grad():
+        a = empirical_ntk(model, batch, method="jvp_projection", num_projections=4, seed=3)
+        b = empirical_ntk(model, batch, method="jvp_projection", num_projections=4, seed=3)
+        c = empirical_ntk(model, batch, method="jvp_projection", num_projections=4, seed=4)
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert not torch.allclose(a, c)
+
+
+def test_teacher_kernel_caches_features_per_sample(batch):
+    teacher = small_cnn()
+    cached = TeacherKernel(teacher, method="jvp_projection", num_projections=16, seed=0)
+    first = cached(batch, torch.arange(5))
+    assert (cached.hits, cached.misses) == (0, 5)
+    order = torch.tensor([4, 0, 2])
+    again = cached(batch[order], order)
+    assert (cached.hits, cached.misses) == (3, 5)
+    torch.testing.assert_close(again, first[order][:, order])
+    fresh = TeacherKernel(teacher, method="jvp_projection", num_projections=16, seed=0, cache=False)(batch[order])
+    torch.testing.assert_close(again, fresh)
+    assert not again.requires_grad
+
+
+def test_teacher_kernel_caches_exact_kernels_per_batch(batch):
+    teacher = small_cnn()
+    cached = TeacherKernel(teacher, method="exact")
+    first = cached(batch, [0, 1, 2, 3, 4])
+    second = cached(batch, [0, 1, 2, 3, 4])
+    assert (cached.hits, cached.misses) == (1, 1)
+    torch.testing.assert_close(first, second)
+    torch.testing.assert_close(first, naive_ntk(teacher, batch))
+
+
+def test_ntk_term_gradient_reaches_backend_and_optics(batch):
+    student = small_student()
+    target = empirical_ntk(small_cnn(seed=1), batch).detach()
+    loss = kernel_discrepancy("cka", target, empirical_ntk(student, batch, params="trainable"))
+    loss.backward()
+    for name, p in student.named_parameters():
+        if name == "backend.layers.3.bias":  # the output bias: d f_c / d b_c = 1 whatever the weights
+            assert p.grad is None or float(p.grad.abs().max()) == 0
+        else:
+            assert p.grad is not None and float(p.grad.abs().max()) > 0, name
+    assert float(student.frontend.conv.weight.grad.norm()) > 1e-8
+    assert float(student.backend.layers[1].weight.grad.norm()) > 1e-8
+
+
+def test_single_linear_layer_gets_no_ntk_gradient(batch):
+    """With the optics frozen and one linear layer f = W h + b training, Theta_ij = C (h_i.h_j + 1)
+    does not depend on W or b: the NTK term's gradient vanishes (to round-off), while a hidden layer
+    does get one."""
+    target = empirical_ntk(small_cnn(seed=1), batch).detach()
+
+    def grads(hidden, discrepancy):
+        student = small_student(hidden=hidden).freeze("frontend")
+        kernel = empirical_ntk(student, batch, params="trainable")
+        weights = [p for p in student.parameters() if p.requires_grad]
+        distance = kernel_discrepancy(discrepancy, target, kernel)
+        # autograd may see no path at all from the weights to the kernel: the gradient is exactly zero
+        ntk_grads = torch.autograd.grad(distance, weights, allow_unused=True) if distance.requires_grad else []
+        task_grads = torch.autograd.grad(student(batch).square().mean(), weights)
+        ntk_norm = sum(float(g.norm()) for g in ntk_grads if g is not None)
+        return ntk_norm / sum(float(g.norm()) for g in task_grads), kernel, student
+
+    for discrepancy in ("mse", "cka"):
+        ratio, kernel, student = grads((), discrepancy)
+        assert ratio < 1e-10
+        h = student.frontend(batch).flatten(1)
+        torch.testing.assert_close(kernel, 4 * (h @ h.T + 1))
+        ratio_hidden, _, _ = grads((6,), discrepancy)
+        assert ratio_hidden > 1e-4
+
+
+def test_kernel_from_build_model_student_with_noise_and_fabrication_errors():
+    student = build_model({"name": "optical_student", "image_size": 8, "num_kernels": 2, "kernel_size": 3,
+                           "hidden": [4], "pool": 2, "sensor": {"read_noise_e": 1.0}, "photons_per_unit": 100.0,
+                           "fabrication": {"brightness_rel_std": 0.1, "shift_std_px": 0.2}})
+    x = torch.rand(3, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    from hil.models import hold_random_draws
+
+    with hold_random_draws(student):
+        kernel = empirical_ntk(student, x)
+    assert student.frontend.conv.psf_transform.draws == 1
+    assert kernel.shape == (3, 3) and bool(torch.isfinite(kernel).all())
+    kernel.trace().backward()
+    assert float(student.frontend.conv.weight.grad.abs().sum()) > 0
+
+
+def test_bad_arguments_raise_clear_errors(batch):
+    model = small_cnn()
+    with pytest.raises(InputError, match="selects no parameter"):
+        empirical_ntk(model, batch, params="backend")
+    with pytest.raises(InputError, match="method must be one of"):
+        empirical_ntk(model, batch, method="magic")
+    with pytest.raises(InputError, match="num_projections"):
+        ntk_features(model, batch, num_projections=0)
+    with pytest.raises(InputError, match="indices has 2 entries"):
+        TeacherKernel(model, method="jvp_projection", num_projections=2)(batch, [0, 1])
+
+
+def test_sketched_student_kernel_has_unbiased_gradients(batch, method="jvp_projection"):
+    """The sketches are linear in Phi Phi^T, so the gradient of a linear functional <W, K_hat> is an
+    unbiased estimate of that of the exact kernel: it converges as the number of projections grows."""
+    model = small_cnn()
+    weights = torch.randn(5, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(7))
+    params = list(model.parameters())[:-1]  # the output bias has no gradient (see test above)
+
+    def gradient(**kwargs):
+        g = torch.autograd.grad((empirical_ntk(model, batch, **kwargs) * weights).sum(), params)
+        return torch.cat([t.reshape(-1) for t in g])
+
+    exact = gradient(method="exact")
+
+    def error(samples):
+        errors = [float((gradient(method=method, num_projections=samples, seed=s) - exact).norm() / exact.norm())
+                  for s in range(2)]
+        return sum(errors) / 2
+
+    coarse, fine = error(4), error(64)
+    assert coarse / fine > 2 and fine < 0.8  # 16x more projections: error / 4 expected
