@@ -6,18 +6,14 @@ exceptions into :mod:`drivers.errors` and record metadata. A backend subclasses 
 *current* state (shape, bit depth, exposure read back from the hardware, ...), and fills in a few small
 hooks:
 
-=======================  ===============================================================  ========
-hook                     does                                                             required
-=======================  ===============================================================  ========
-``Camera._snap(t)``      return one :class:`RawFrame` within ``t`` seconds (exposure       yes
-                         included) or raise ``TimeoutError``/:class:`DeviceTimeout`
-``Camera._set_exposure`` apply an exposure in seconds; return the value read back          yes
-``Camera._set_gain``     apply a gain; return the value read back                          no
-``Camera._set_black_level``, ``_set_roi``, ``_set_trigger_mode``: the same idea             no
-``Camera._flush()``      drop buffered frames; return how many                             no
-``SLM._show(frame)``     send an integer frame (already validated) to the device           yes
-``_close()``             release the hardware (called once)                               no
-=======================  ===============================================================  ========
+- ``Camera._snap(timeout_s)`` (required): return one :class:`RawFrame` within ``timeout_s`` seconds
+  (exposure included) or raise ``TimeoutError`` / :class:`DeviceTimeout`;
+- ``Camera._set_exposure(exposure_s)`` (required): apply an exposure (s); return the value read back;
+- ``Camera._set_gain``, ``_set_black_level``, ``_set_roi``, ``_set_trigger_mode`` (optional): the same
+  idea for the other settings;
+- ``Camera._flush()`` (optional): drop buffered frames; return how many;
+- ``SLM._show(frame)`` (required): send an integer frame (already validated) to the device;
+- ``_close()`` (optional): release the hardware (called once).
 
 Hooks may raise anything: the base class re-raises it as the matching :class:`DeviceError` chained
 to the original. Hooks that are not implemented raise :class:`UnsupportedFeature`.
@@ -296,7 +292,8 @@ class Camera(Device):
         super().__init__(name=name, clock=clock, default_timeout_s=default_timeout_s)
         self.sensor_shape = _check_shape("sensor_shape", sensor_shape)
         self.dtype = np.dtype(dtype) if dtype is not None else integer_dtype_for(bit_depth)
-        integer_dtype_for(bit_depth)  # validates bit_depth
+        if self.dtype.kind != "u" or integer_dtype_for(bit_depth).itemsize > self.dtype.itemsize:
+            raise InputError(f"dtype must be an unsigned integer type holding {bit_depth} bits, got {self.dtype}")
         self.bit_depth = int(bit_depth)
         self.pixel_pitch_m = check_positive("pixel_pitch_m", pixel_pitch_m)
         self.exposure_limits_s = self._check_limits("exposure_limits_s", exposure_limits_s)

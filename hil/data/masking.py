@@ -63,31 +63,35 @@ class MaskingOptions:
 def compose_scenes(garments: torch.Tensor, options: MaskingOptions, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """Inputs (N, 1, H, W) float32 in [0, 1] and masks (N, 1, H, W) uint8 from clean garments
     (N, 1, H, W) float in [0, 1], drawing every random quantity from ``rng``."""
-    g = garments.double()
+    g = garments.float()
     n, _, h, w = g.shape
     o = options
     masks = (g > o.mask_level).to(torch.uint8)
-    coarse = torch.from_numpy(rng.uniform(0, 1, (n, 1, 4, 4)))
+    coarse = _f32(rng.uniform(0, 1, (n, 1, 4, 4)))
     field = F.interpolate(coarse, size=(h, w), mode="bicubic", align_corners=True)
     fmin, fmax = field.amin((2, 3), keepdim=True), field.amax((2, 3), keepdim=True)
     field = (field - fmin) / (fmax - fmin).clamp(min=1e-12)
-    low = torch.from_numpy(rng.uniform(0, o.background_max / 2, (n, 1, 1, 1)))
-    span = torch.from_numpy(rng.uniform(0.2, 1.0, (n, 1, 1, 1))) * o.background_max / 2
-    yy, xx = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64), indexing="ij")
-    angle = torch.from_numpy(rng.uniform(0, np.pi, (n, 1, 1, 1)))
-    period = torch.from_numpy(rng.uniform(3, 8, (n, 1, 1, 1)))
-    phase = torch.from_numpy(rng.uniform(0, 2 * np.pi, (n, 1, 1, 1)))
-    amplitude = torch.from_numpy(rng.uniform(0, o.grating_max, (n, 1, 1, 1)))
+    low = _f32(rng.uniform(0, o.background_max / 2, (n, 1, 1, 1)))
+    span = _f32(rng.uniform(0.2, 1.0, (n, 1, 1, 1))) * o.background_max / 2
+    yy, xx = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
+    angle = _f32(rng.uniform(0, np.pi, (n, 1, 1, 1)))
+    period = _f32(rng.uniform(3, 8, (n, 1, 1, 1)))
+    phase = _f32(rng.uniform(0, 2 * np.pi, (n, 1, 1, 1)))
+    amplitude = _f32(rng.uniform(0, o.grating_max, (n, 1, 1, 1)))
     grating = amplitude * 0.5 * (1 + torch.sin(2 * np.pi * (xx * torch.cos(angle) + yy * torch.sin(angle)) / period + phase))
     background = low + span * field + grating
     alpha = (g / o.mask_level).clamp(0, 1)
     scene = g + (1 - alpha) * background
-    direction = torch.from_numpy(rng.uniform(0, 2 * np.pi, (n, 1, 1, 1)))
-    strength = torch.from_numpy(rng.uniform(0, o.gradient_max, (n, 1, 1, 1)))
+    direction = _f32(rng.uniform(0, 2 * np.pi, (n, 1, 1, 1)))
+    strength = _f32(rng.uniform(0, o.gradient_max, (n, 1, 1, 1)))
     u, v = xx / max(w - 1, 1) - 0.5, yy / max(h - 1, 1) - 0.5
     scene = scene * (1 + strength * (torch.cos(direction) * u + torch.sin(direction) * v))
-    scene = scene + o.noise_std * torch.from_numpy(rng.standard_normal((n, 1, h, w)))
-    return scene.clamp(0, 1).float(), masks
+    scene = scene + o.noise_std * _f32(rng.standard_normal((n, 1, h, w)))
+    return scene.clamp(0, 1), masks
+
+
+def _f32(values: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(values).float()
 
 
 class MaskingDataset(Dataset):
