@@ -17,6 +17,8 @@ Usage::
 
     python benchmarks/ntkd.py                 # full configured run -> benchmarks/results/ntkd.json
     python benchmarks/ntkd.py --timing-variants   # + NTKD/KD step time of other kernel choices
+    python benchmarks/ntkd.py --tune --tasks classification --work-dir runs/bench_ntkd_tuned \
+        --teacher-work-dir runs/bench_ntkd --out benchmarks/results/ntkd_tuned.json   # equal tuning
     python benchmarks/ntkd.py --long --tasks classification --work-dir runs/bench_ntkd_long \
         --teacher-work-dir runs/bench_ntkd --out benchmarks/results/ntkd_long.json   # students 4x longer
     python benchmarks/ntkd.py --quick --out /tmp/ntkd_quick.json --work-dir /tmp/ntkd_quick
@@ -109,6 +111,59 @@ SEGMENTATION = {
 TASKS = {"classification": CLASSIFICATION, "segmentation": SEGMENTATION}
 
 
+#: ``--tune``: the same number of candidates per student method (changes to the student run, dotted
+#: paths), each trained on seed 0 and picked by the best validation accuracy; then all seeds.
+TUNING = {
+    "classification": {
+        "no_transfer": [{"optim.lr": 1e-3}, {"optim.lr": 3e-3}, {"optim.lr": 1e-2}],
+        "kd": [{"loss.temperature": 2.0, "loss.kd_mix": 0.5}, {"loss.temperature": 4.0, "loss.kd_mix": 0.5},
+               {"loss.temperature": 4.0, "loss.kd_mix": 0.2}],
+        "ntkd": [{"loss.ntk_weight": 0.3}, {"loss.ntk_weight": 1.0}, {"loss.ntk_weight": 3.0}],
+    },
+}
+
+
+def apply_changes(mapping: dict, changes: dict) -> dict:
+    """A copy of a run mapping with dotted-path changes (``{"optim.lr": 0.01}``)."""
+    out = copy.deepcopy(mapping)
+    for dotted, value in changes.items():
+        node = out
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    return out
+
+
+def student_mapping(settings: dict, method: str, seed: int, teacher_ckpt: Path, changes: dict | None = None) -> dict:
+    """The run mapping of a student cell."""
+    mapping = with_seed(settings["student"], seed)
+    mapping["loss"] = settings["losses"][method]
+    if method != "no_transfer":
+        mapping["teacher"] = {"checkpoint": str(teacher_ckpt)}
+    return apply_changes(mapping, changes or {})
+
+
+def tune_and_run(task: str, settings: dict, seeds: list[int], teacher_ckpt: Path, work: Path, results: Results) -> None:
+    """Equal tuning: every method's candidates on seed 0 (picked by validation), then every seed."""
+    monitor = "accuracy" if task == "classification" else "miou"
+    choice = results.data.setdefault("tuning_choice", {}).setdefault(task, {})
+    for method, candidates in TUNING[task].items():
+        vals = []
+        for i, change in enumerate(candidates):
+            mapping = student_mapping(settings, method, 0, teacher_ckpt, change)
+            record = run_cell(results, f"{task}/tune/{method}/{i}", mapping, work / task / "tune" / method / f"cand{i}",
+                              monitor)
+            vals.append(record["best_val"])
+        best = max(range(len(candidates)), key=vals.__getitem__)
+        choice[method] = {"candidate": best, "change": candidates[best], "val": vals}
+        results.write()
+        for seed in seeds:
+            out = work / task / "tune" / method / f"cand{best}" if seed == 0 else work / task / method / f"seed{seed}"
+            run_cell(results, f"{task}/{method}/{seed}", student_mapping(settings, method, seed, teacher_ckpt,
+                                                                       candidates[best]), out, monitor)
+
+
 def long_students(settings: dict) -> dict:
     """The ``--long`` profile: students trained 4x longer (twice the subset, 10 epochs), same teacher."""
     s = copy.deepcopy(settings)
@@ -127,6 +182,7 @@ def quick(settings: dict) -> dict:
 
 
 def with_seed(mapping: dict, seed: int) -> dict:
+    """A copy of a run mapping with the run seed (and an optical student's initial kernels) set."""
     out = copy.deepcopy(mapping)
     out["seed"] = seed
     if out["model"]["name"] == "optical_student":
@@ -135,7 +191,7 @@ def with_seed(mapping: dict, seed: int) -> dict:
 
 
 def summary(values: list[float]) -> dict:
-    """``{mean, std, seeds}`` in percent; std is the sample standard deviation (0 for one seed)."""
+    """``{mean, std, values}`` in percent; std is the sample standard deviation (0 for one seed)."""
     pct = [100.0 * v for v in values]
     return {"mean": statistics.fmean(pct), "std": statistics.stdev(pct) if len(pct) > 1 else 0.0, "values": pct}
 
@@ -237,7 +293,8 @@ def measure_timing_variants(results: Results, settings: dict, work: Path) -> Non
 
 
 def run_task(task: str, settings: dict, seeds: list[int], teacher_seeds: list[int], work: Path, results: Results,
-             teachers_only: bool = False, methods=METHODS, teacher_work: Path | None = None) -> None:
+             teachers_only: bool = False, methods=METHODS, teacher_work: Path | None = None,
+             tune: bool = False) -> None:
     monitor = "accuracy" if task == "classification" else "miou"
     for seed in seeds if methods == ("no_transfer",) else ():  # needs no teacher
         mapping = {**with_seed(settings["student"], seed), "loss": settings["losses"]["no_transfer"]}
@@ -256,20 +313,21 @@ def run_task(task: str, settings: dict, seeds: list[int], teacher_seeds: list[in
         results.data["timing"] = step_time_ratio(settings["student"], settings["losses"], teacher_ckpt)
         results.write()
         log.info("step time NTKD / KD: %.2f", results.data["timing"]["ntkd_over_kd"])
+    if tune:
+        tune_and_run(task, settings, seeds, teacher_ckpt, work, results)
+        return
     for seed in seeds:
         for method in [m for m in settings["losses"] if m in methods or m not in METHODS]:
-            mapping = with_seed(settings["student"], seed)
-            mapping["loss"] = settings["losses"][method]
-            if method != "no_transfer":
-                mapping["teacher"] = {"checkpoint": str(teacher_ckpt)}
-            run_cell(results, f"{task}/{method}/{seed}", mapping, work / task / method / f"seed{seed}", monitor)
+            run_cell(results, f"{task}/{method}/{seed}", student_mapping(settings, method, seed, teacher_ckpt),
+                     work / task / method / f"seed{seed}", monitor)
 
 
 def aggregate(results: Results, tasks: list[str]) -> None:
     data = results.data
     for task in tasks:
         table = {}
-        for method in ("teacher",) + METHODS + tuple(m for m in data["settings"]["tasks"][task]["losses"] if m not in METHODS):
+        extra = tuple(m for m in data["settings"]["tasks"][task]["losses"] if m not in METHODS)
+        for method in ("teacher",) + METHODS + extra:
             prefix = f"{task}/{method}/"
             cells = {int(k[len(prefix):]): v for k, v in data["cells"].items() if k.startswith(prefix)}
             if cells:
@@ -290,6 +348,7 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="tiny smoke-test configuration")
     parser.add_argument("--long", action="store_true", help="students trained 4x longer (see long_students)")
+    parser.add_argument("--tune", action="store_true", help="equal tuning of every student method (see TUNING)")
     parser.add_argument("--teacher-work-dir", help="where the teachers' runs are (default: --work-dir)")
     parser.add_argument("--teachers-only", action="store_true", help="train (or finish) the teachers, then stop")
     parser.add_argument("--timing-variants", action="store_true",
@@ -308,7 +367,7 @@ def main(argv=None) -> int:
         "machine": {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
                     "cpu_count": os.cpu_count(), "threads": args.threads, "device": "cpu"},
         "settings": {"tasks": to_plain(settings), "seeds": args.seeds, "teacher_seeds": args.teacher_seeds,
-                     "quick": args.quick,
+                     "quick": args.quick, "tuning_grid": TUNING if args.tune else None,
                      "metric": {"classification": "test accuracy (%)", "segmentation": "test mIoU (%), 2 classes"},
                      "selection": "each run's model at its best validation epoch",
                      "tuning": "none: one a-priori setting per method (see losses); students share every other "
@@ -326,7 +385,7 @@ def main(argv=None) -> int:
         measure_timing_variants(results, settings["classification"], work)
     for task in [] if args.timing_variants else args.tasks:
         run_task(task, settings[task], args.seeds, args.teacher_seeds, work, results, args.teachers_only,
-                 tuple(args.methods), Path(args.teacher_work_dir) if args.teacher_work_dir else None)
+                 tuple(args.methods), Path(args.teacher_work_dir) if args.teacher_work_dir else None, args.tune)
         aggregate(results, list(results.data["settings"]["tasks"]))
     all_tasks = list(results.data["settings"]["tasks"])
     expected = {f"{t}/{m}/{s}" for t in all_tasks for m in METHODS for s in args.seeds} | {
@@ -338,7 +397,8 @@ def main(argv=None) -> int:
         for method, row in results.data[task].items():
             print(f"{task:15s} {method:12s} {row['mean']:7.2f} {row['std']:6.2f}  {row['seeds']}")
     print(f"NTKD step / KD step: {results.data['ntkd_step_over_kd_step']}")
-    print(json.dumps({t: results.data[t] for t in all_tasks} | {"ntkd_step_over_kd_step": results.data["ntkd_step_over_kd_step"]}))
+    print(json.dumps({t: results.data[t] for t in all_tasks}
+                     | {"ntkd_step_over_kd_step": results.data["ntkd_step_over_kd_step"]}))
     return 0
 
 

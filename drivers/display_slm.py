@@ -4,13 +4,15 @@ The window is an OpenCV HighGUI window (``WINDOW_AUTOSIZE | WINDOW_GUI_NORMAL``:
 bar, no scaling, window size = frame size) moved to ``position`` = the top-left corner of the chosen
 monitor in desktop coordinates (e.g. ``(1920, 0)`` for a monitor right of a 1920-pixel-wide one).
 Each :meth:`~drivers.base.SLM.show` draws the frame and pumps the GUI event loop (``cv2.waitKey(1)``,
-``pump_events`` times) so it reaches the screen before ``show`` returns; after that the X server has
-the frame (the monitor's own latency is ``latency_s``).
+``pump_events`` times) so it normally reaches the window system before ``show`` returns;
+:meth:`DisplaySLM.wait_settled` (which the bench calls) keeps the event loop running until
+``latency_s + settle_s`` have passed, so a late expose of the window is painted too.
 
 Verified (tests/drivers/test_display_slm.py) under Xvfb with opencv-python's Qt5 backend, by reading
 the framebuffer back: the frame lands pixel-exact at ``position``, gray and RGB, after ``blank()`` and
 after later shows. Without a window manager there is no decoration; under a window manager set
-``fullscreen: true`` so the window manager drops its border (OpenCV's ``WND_PROP_FULLSCREEN``); the
+``fullscreen: true`` so the window manager drops its border (OpenCV's ``WND_PROP_FULLSCREEN``; verified
+under openbox with a monitor-sized frame, which then fills the screen pixel-exactly); the
 constructor checks that the image area sits where configured and fails loudly otherwise. Qt's
 windows are at least 69x69 pixels: a smaller frame would be centred or scaled, so it is refused.
 
@@ -21,9 +23,11 @@ driven from the thread that created the window.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket
 import sys
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,7 +36,7 @@ from simulator.errors import InputError
 from simulator.validation import check_positive
 
 from .base import SLM
-from .clock import Clock
+from .clock import Clock, RealClock
 from .errors import DeviceDisconnected, DeviceFault, DeviceNotFound
 from .lut import LUT
 
@@ -51,8 +55,8 @@ class DisplaySLMConfig:
     fullscreen: bool = False
     window_name: str = "onn-hil-slm"
     pump_events: int = 3
-    open_wait_s: float = 0.1
-    latency_s: float = 0.0
+    open_wait_s: float = 0.5
+    latency_s: float = 0.05
     settle_s: float = 0.0
 
 
@@ -97,12 +101,13 @@ class DisplaySLM(SLM):
     pump_events : int
         ``cv2.waitKey(1)`` calls after each frame, so it is painted before ``show`` returns.
     open_wait_s : float
-        Time (s) the GUI event loop runs after the window is created, for the window system to map
-        it and the first (dark) frame to be painted.
+        Time (s) the GUI event loop runs after the window got its geometry, for the window system to
+        map it (and a window manager to act on it) and the first (dark) frame to be painted.
     lut : LUT, optional
         Gray level -> relative intensity (default: linear; measure the display's gamma).
     latency_s, settle_s : float
-        The monitor's delay before a new frame appears and its settling time (s).
+        The delay before a new frame appears (s; default 50 ms: GUI paint, compositor and about
+        three refreshes at 60 Hz -- measure yours) and its settling time (s).
     name, clock, default_timeout_s
         See :class:`~drivers.base.Device`.
     """
@@ -110,8 +115,8 @@ class DisplaySLM(SLM):
     Config = DisplaySLMConfig
 
     def __init__(self, shape, pixel_pitch_m: float, *, position=(0, 0), fullscreen: bool = False,
-                 window_name: str = "onn-hil-slm", pump_events: int = 3, open_wait_s: float = 0.1, lut: LUT | None = None,
-                 latency_s: float = 0.0, settle_s: float = 0.0, name: str | None = None,
+                 window_name: str = "onn-hil-slm", pump_events: int = 3, open_wait_s: float = 0.5,
+                 lut: LUT | None = None, latency_s: float = 0.05, settle_s: float = 0.0, name: str | None = None,
                  clock: Clock | None = None, default_timeout_s: float = 1.0):
         super().__init__(shape=shape, bit_depth=8, pixel_pitch_m=pixel_pitch_m, modulation="amplitude",
                          lut=lut, latency_s=latency_s, settle_s=settle_s, name=name, clock=clock,
@@ -147,6 +152,8 @@ class DisplaySLM(SLM):
     def _open_window(self) -> None:
         import cv2
 
+        rows, cols = self.shape[:2]
+        expected = (*self.position, cols, rows)
         with self._errors("open window"):
             cv2.namedWindow(self.window_name, cv2.WINDOW_AUTOSIZE | cv2.WINDOW_GUI_NORMAL)
             self._window_open = True
@@ -154,10 +161,14 @@ class DisplaySLM(SLM):
             if self.fullscreen:
                 cv2.setWindowProperty(self.window_name, cv2.WND_PROP_FULLSCREEN, cv2.WINDOW_FULLSCREEN)
             self._paint(np.zeros(self.shape, dtype=self.dtype))
-            cv2.waitKey(max(1, round(self.open_wait_s * 1000)))  # runs the event loop that long
+            # The window system works in real time: run the GUI until the window has its geometry
+            # (bounded by the timeout), then a while longer for a window manager to act on it.
+            deadline = time.monotonic() + self.default_timeout_s
+            while tuple(cv2.getWindowImageRect(self.window_name)) != expected and time.monotonic() < deadline:
+                cv2.waitKey(1)
+            cv2.waitKey(max(1, round(self.open_wait_s * 1000)))
             x, y, w, h = cv2.getWindowImageRect(self.window_name)
-        rows, cols = self.shape[:2]
-        if (x, y, w, h) != (*self.position, cols, rows):
+        if (x, y, w, h) != expected:
             self._close()
             raise DeviceFault(
                 f"the window's image area is {w}x{h} at ({x}, {y}), expected {cols}x{rows} at {self.position}: "
@@ -180,6 +191,22 @@ class DisplaySLM(SLM):
         self._check_open()
         with self._errors("read window geometry"):
             return tuple(int(v) for v in cv2.getWindowImageRect(self.window_name))
+
+    def wait_settled(self) -> None:
+        """Wait until the last frame has settled, running the GUI event loop meanwhile.
+
+        A window paints only while its event loop runs (e.g. when the window system exposes it
+        late), so the wait pumps ``cv2.waitKey`` instead of sleeping; on a virtual clock it pumps
+        once and sleeps on the clock.
+        """
+        import cv2
+
+        self._check_open()
+        cv2.waitKey(1)
+        if isinstance(self.clock, RealClock):
+            while (remaining_s := self.settled_at_s - self.clock.now()) > 0:
+                cv2.waitKey(max(1, min(10, math.ceil(remaining_s * 1000))))
+        super().wait_settled()
 
     # ------------------------------------------------------------------------------ hooks
     def _show(self, frame: np.ndarray) -> None:

@@ -19,8 +19,8 @@ exposure limits are ``(e, e)``; gain is unsupported (:class:`UnsupportedFeature`
 set exposure through ``CAP_PROP_EXPOSURE`` (manual mode, units of 100 us) and gain through
 ``CAP_PROP_GAIN`` (device units) within the configured limits; a device that refuses raises
 :class:`UnsupportedFeature`. ROI is applied in software (a crop). Every blocking capture call runs in
-one worker thread and is abandoned after the timeout (:class:`DeviceTimeout`; the next call first
-collects the late result). :meth:`~drivers.base.Camera.flush` drops a live source's buffered frames.
+its own daemon thread, one at a time, and is abandoned after the timeout (:class:`DeviceTimeout`;
+the next call first waits for the late one). :meth:`~drivers.base.Camera.flush` drops a live source's buffered frames.
 OpenCV errors (``cv2.error``) are chained into :class:`~drivers.errors.DeviceError`.
 """
 
@@ -29,6 +29,7 @@ from __future__ import annotations
 import concurrent.futures
 import logging
 import re
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -87,6 +88,22 @@ def _source_kind(source) -> str:
     if _PATTERN.search(text):
         return "sequence"
     return "file"
+
+
+def _run_in_daemon_thread(fn) -> concurrent.futures.Future:
+    """Run ``fn()`` in a new daemon thread (a capture call that never returns must not keep the
+    interpreter from exiting, as a pool's worker would)."""
+    future: concurrent.futures.Future = concurrent.futures.Future()
+
+    def run():
+        if future.set_running_or_notify_cancel():
+            try:
+                future.set_result(fn())
+            except BaseException as exc:  # handed to the caller through the future
+                future.set_exception(exc)
+
+    threading.Thread(target=run, name="opencv-camera-call", daemon=True).start()
+    return future
 
 
 class OpenCVCamera(Camera):
@@ -154,7 +171,6 @@ class OpenCVCamera(Camera):
         if self._kind == "sequence" and not Path(self.source).parent.is_dir():
             raise DeviceNotFound(f"folder of image sequence {self.source!r} does not exist", device=self.name)
 
-        self._worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="opencv-camera")
         self._pending: concurrent.futures.Future | None = None
         self._cap = None
         self._source_frame = 0  # frames read from a recorded source since its start
@@ -249,7 +265,7 @@ class OpenCVCamera(Camera):
             except Exception as exc:  # its caller already got a timeout; its late outcome is dropped
                 log.debug("%s: late failure of an abandoned capture call: %r", self.name, exc)
             self._pending = None
-        future = self._worker.submit(fn)
+        future = _run_in_daemon_thread(fn)
         try:
             return future.result(timeout=timeout_s)
         except concurrent.futures.TimeoutError as exc:
@@ -369,14 +385,12 @@ class OpenCVCamera(Camera):
 
     def _release(self) -> None:
         cap, self._cap = self._cap, None
-        if cap is not None:
-            future = self._worker.submit(cap.release)
-            try:
-                future.result(timeout=2.0)
-            except concurrent.futures.TimeoutError:
-                log.warning("%s: releasing %s is still blocked; left to finish in the background",
-                            self.name, self.source)
-        self._worker.shutdown(wait=False)
+        if cap is None:
+            return
+        if self._pending is not None and not self._pending.done():
+            log.warning("%s: a capture call to %s is still blocked; the capture is left to it", self.name, self.source)
+            return
+        cap.release()
 
     def _close(self) -> None:
         self._release()

@@ -116,8 +116,8 @@ class SerialTransport:
         if port is not None:
             try:
                 port.close()
-            except Exception as exc:  # a vanished port may fail to restore its settings
-                log.debug("%s: error while closing %s ignored after unplug: %r", self.name, self.url, exc)
+            except Exception as exc:  # a vanished port may fail to restore its settings; closing goes on
+                log.warning("%s: closing %s failed (port gone?): %r", self.name, self.url, exc)
 
     def _require_port(self):
         if self._port is None:
@@ -136,7 +136,10 @@ class SerialTransport:
         """Send ``text`` (ASCII, no terminator inside) followed by the terminator."""
         import serial
 
-        data = text.encode("ascii")
+        try:
+            data = text.encode("ascii")
+        except (UnicodeEncodeError, AttributeError):
+            raise InputError(f"command must be an ASCII string, got {text!r}") from None
         if self.terminator in data:
             raise InputError(f"command {text!r} must not contain the terminator {self.terminator!r}")
         port = self._require_port()

@@ -281,8 +281,8 @@ class Trainer:
         """Train until ``epochs``, ``max_steps`` or early stopping; resume from ``last.pt`` if present."""
         if resume and self.last_checkpoint_path is not None and self.last_checkpoint_path.is_file():
             self.load_state_dict(load_checkpoint(self.last_checkpoint_path, map_location=self.device))
-            log.info("resumed from %s at step %d (epoch %d, batch %d)", self.last_checkpoint_path, self.step,
-                     self.epoch, self.batch_in_epoch)
+            log.info("resumed from %s at step %d (%d epochs done, batch %d of the next)",
+                     self.last_checkpoint_path, self.step, self.epoch, self.batch_in_epoch)
         if self._is_writer() and self.config is not None:
             save_yaml(self.config, self.out_dir / "config.yaml")
         from tqdm.auto import tqdm

@@ -6,6 +6,7 @@ import struct
 import subprocess
 import time
 
+import cv2
 import numpy as np
 import pytest
 
@@ -17,7 +18,7 @@ from drivers.registry import load_backend
 from drivers.xwd import parse_xwd
 from simulator.errors import ConfigError, InputError
 from tests.drivers.conformance import check_slm
-from tests.drivers.xvfb import x_display, xvfb  # noqa: F401  (fixtures)
+from tests.drivers.xvfb import window_manager, x_display, xvfb  # noqa: F401  (fixtures)
 
 PITCH_M = 8e-6
 
@@ -34,8 +35,10 @@ def _as_rgb(frame: np.ndarray) -> np.ndarray:
 def _assert_on_screen(server, frame, position, deadline_s: float = 5.0) -> None:
     """The screen holds ``frame`` exactly at ``position`` and nothing (black) anywhere else.
 
-    The X server draws asynchronously from the client, so the framebuffer is polled (without touching
-    the GUI) until it matches or ``deadline_s`` passes; a mismatch then fails with the first bad pixel.
+    Qt and the X server paint asynchronously (a window is painted only once the X server has exposed
+    it, which can take long for the first window of a busy process), so the framebuffer is polled,
+    with the GUI event loop running as in a bench's settle wait, until it matches or ``deadline_s``
+    passes; a mismatch then fails with the first bad pixel.
     """
     expected = None
     stop = time.monotonic() + deadline_s
@@ -47,7 +50,7 @@ def _assert_on_screen(server, frame, position, deadline_s: float = 5.0) -> None:
             expected[y : y + frame.shape[0], x : x + frame.shape[1]] = _as_rgb(frame)
         if np.array_equal(screen, expected) or time.monotonic() > stop:
             break
-        time.sleep(0.002)
+        cv2.waitKey(2)
     bad = np.argwhere((screen != expected).any(-1))
     assert bad.size == 0, (f"{len(bad)} pixels differ, first at (row, col) {tuple(bad[0])}: "
                            f"screen {screen[tuple(bad[0])]}, expected {expected[tuple(bad[0])]}")
@@ -128,11 +131,14 @@ def test_gray_frames_land_pixel_exact_then_blank_then_next(x_display):
         _assert_on_screen(x_display, np.zeros(shape, np.uint8), position)  # opens dark
         first = rng.integers(0, 256, shape, dtype=np.uint8)
         slm.show(first)
+        slm.wait_settled()  # as the bench does: the GUI runs while the frame settles
         _assert_on_screen(x_display, first, position)
         slm.blank()
+        slm.wait_settled()  # as the bench does: the GUI runs while the frame settles
         _assert_on_screen(x_display, np.zeros(shape, np.uint8), position)
         second = rng.integers(0, 256, shape, dtype=np.uint8)
         slm.show(second)
+        slm.wait_settled()  # as the bench does: the GUI runs while the frame settles
         _assert_on_screen(x_display, second, position)
         assert slm.window_rect() == (*position, shape[1], shape[0])
     _assert_on_screen(x_display, np.zeros((0, 0), np.uint8), (0, 0))  # closed: the window is gone
@@ -147,9 +153,11 @@ def test_rgb_and_float_frames(x_display):
         rgb[..., 1] = np.arange(70, dtype=np.uint8)[:, None] * 3  # green along rows
         rgb[..., 2] = 201
         slm.show(rgb)
+        slm.wait_settled()  # as the bench does: the GUI runs while the frame settles
         _assert_on_screen(x_display, rgb, position)
         ramp = np.linspace(0, 1, 70 * 96 * 3).reshape(shape)
         shown = slm.show(ramp)
+        slm.wait_settled()  # as the bench does: the GUI runs while the frame settles
         assert np.array_equal(shown, np.rint(ramp * 255).astype(np.uint8))
         _assert_on_screen(x_display, shown, position)
 
@@ -161,6 +169,7 @@ def test_window_read_back_with_xwd(x_display, monkeypatch):
     frame = np.random.default_rng(3).integers(0, 256, shape, dtype=np.uint8)
     with DisplaySLM(shape, PITCH_M, position=(5, 6), window_name="slm-xwd-id") as slm:
         slm.show(frame)
+        slm.wait_settled()  # as the bench does: the GUI runs while the frame settles
         ids = subprocess.run(["xdotool", "search", "--name", "^slm-xwd-id$"], capture_output=True, text=True,
                              env={"DISPLAY": x_display.display}) if shutil.which("xdotool") else None
         if ids is None or not ids.stdout.split():
@@ -181,12 +190,14 @@ def test_show_after_close_and_from_config(x_display):
                            "window_name": "slm-config"}, context, "slm")
     assert slm.name == "slm" and slm.position == (10, 20) and slm.shape == (70, 72)
     slm.show(np.full((70, 72), 99, np.uint8))
+    slm.wait_settled()  # as the bench does: the GUI runs while the frame settles
     _assert_on_screen(x_display, np.full((70, 72), 99, np.uint8), (10, 20))
     assert slm.settings()["position"] == [10, 20]
     slm.close()
     slm.close()
     with pytest.raises(DeviceClosed):
         slm.show(np.zeros((70, 72), np.uint8))
+        slm.wait_settled()  # as the bench does: the GUI runs while the frame settles
     with pytest.raises(ConfigError, match="slm.position"):
         cls.from_config({"shape": [70, 72], "pixel_pitch_m": PITCH_M, "position": "left"}, context, "slm")
 
@@ -202,3 +213,19 @@ def test_frame_smaller_than_the_smallest_window_is_refused(x_display):
     with pytest.raises(DeviceFault, match="image area is"):
         DisplaySLM((16, 24), PITCH_M, position=(64, 32), window_name="slm-too-small")
     _assert_on_screen(x_display, np.zeros((0, 0), np.uint8), (0, 0))  # and no window is left behind
+
+
+@pytest.mark.display
+def test_under_a_window_manager_fullscreen_is_pixel_exact_and_a_decorated_window_is_refused(window_manager):
+    rows, cols = window_manager.shape
+    with pytest.raises(DeviceFault, match="window manager moved, decorated or resized it"):
+        DisplaySLM((100, 120), PITCH_M, position=(40, 30), window_name="slm-decorated")
+    frame = np.random.default_rng(5).integers(0, 256, (rows, cols, 3), dtype=np.uint8)
+    with DisplaySLM((rows, cols, 3), PITCH_M, position=(0, 0), fullscreen=True, window_name="slm-fullscreen") as slm:
+        assert slm.window_rect() == (0, 0, cols, rows)
+        slm.show(frame)
+        slm.wait_settled()  # as the bench does: the GUI runs while the frame settles
+        _assert_on_screen(window_manager, frame, (0, 0))
+        slm.blank()
+        slm.wait_settled()  # as the bench does: the GUI runs while the frame settles
+        _assert_on_screen(window_manager, np.zeros_like(frame), (0, 0))

@@ -138,3 +138,34 @@ def x_display(xvfb, monkeypatch):
     monkeypatch.setenv("QT_QPA_PLATFORM", "xcb")
     return xvfb
 
+
+
+@pytest.fixture
+def window_manager(x_display, tmp_path):
+    """Run the ``openbox`` window manager on the session's Xvfb for one test (skips without openbox).
+
+    Waits until openbox has started (its ``--startup`` command touches a file), stops it afterwards.
+    """
+    exe = shutil.which("openbox")
+    if exe is None:
+        pytest.skip("openbox is not installed (Debian package openbox)")
+    ready = tmp_path / "wm-ready"
+    proc = subprocess.Popen([exe, "--sm-disable", "--startup", f"touch {ready}"],
+                            env={**os.environ, "DISPLAY": x_display.display},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_for(ready.exists, timeout_s=10.0, what="openbox to start")
+        yield x_display
+    finally:
+        proc.terminate()
+        proc.wait(timeout=5)
+
+
+def _wait_for(condition, *, timeout_s: float, what: str) -> None:
+    import time
+
+    stop = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > stop:
+            raise RuntimeError(f"timed out after {timeout_s} s waiting for {what}")
+        time.sleep(0.01)
