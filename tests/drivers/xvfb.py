@@ -7,9 +7,9 @@ depth-24 windows of Qt clients packed at 3 bytes per pixel, shifted and colour-r
 framebuffer and ``xwd -id WINDOW`` hold the right pixels.)
 
 Use the ``xvfb`` fixture (one server per test session) together with ``x_display``, which points
-``DISPLAY`` at it for one test. Qt connects to the display once per process, at the first window, so
+``DISPLAY`` at it for one test; ``window_manager`` also runs openbox on it for one test. Qt connects to the display once per process, at the first window, so
 every display test of a session shares the server. Tests skip only when Xvfb is not installed or
-cannot start; CI installs it (Debian package ``xvfb``).
+cannot start; CI installs it (Debian package ``xvfb``; ``openbox`` for the window-manager test).
 """
 
 from __future__ import annotations
