@@ -38,8 +38,9 @@ from .validation import check_tensor
 
 #: Kernel size (max of the two sides) from which ``method="auto"`` uses the FFT path; smaller kernels go
 #: through ``torch.nn.functional.conv2d``. Measured with ``benchmarks/simulator.py`` (forward + backward,
-#: batch 128, 28x28 mono input, 16 signed kernels = 32 PSFs, float32, 2 CPU threads): see
-#: ``benchmarks/results/simulator.json`` field ``crossover_kernel_size``.
+#: batch 128, 28x28 mono input, 16 signed kernels, float32, 2 shared CPU cores, torch 2.13): the FFT path
+#: was faster than the direct one from K = 15 on (at 13: 480 vs 696 img/s, at 15: 444 vs 151) in both full
+#: sweeps on 2026-11-23 (noisy shared machine); see ``crossover_kernel_size`` in benchmarks/results/simulator.json.
 CROSSOVER_KERNEL_SIZE = 15
 
 MODES = ("same", "full", "valid")
@@ -47,23 +48,16 @@ METHODS = ("auto", "fft", "direct")
 OUTPUTS = ("features", "frame")
 
 
-def _check_real(name: str, x, ndim: int | None = None) -> None:
-    """:func:`check_tensor`; the NaN/inf check is skipped inside ``torch.func`` transforms (``vmap``
-    cannot branch on values), so that per-sample Jacobians (NTK) can be vectorised."""
-    transformed = isinstance(x, torch.Tensor) and torch._C._functorch.is_functorch_wrapped_tensor(x)
-    check_tensor(name, x, ndim=ndim, finite=not transformed)
-
-
 def split_signed(kernels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Split signed kernels into the two non-negative PSFs that realise them:
     ``k+ = relu(k)``, ``k- = relu(-k)``, so that ``k = k+ - k-``."""
-    _check_real("kernels", kernels)
+    check_tensor("kernels", kernels)
     return torch.relu(kernels), torch.relu(-kernels)
 
 
 def _check_conv_args(images, psfs, mode: str) -> None:
-    _check_real("images", images, ndim=4)
-    _check_real("psfs", psfs, ndim=4)
+    check_tensor("images", images, ndim=4)
+    check_tensor("psfs", psfs, ndim=4)
     if mode not in MODES:
         raise InputError(f"mode must be one of {MODES}, got {mode!r}")
     if images.shape[1] != psfs.shape[1]:
@@ -235,7 +229,7 @@ class IncoherentConv2d(nn.Module):
     def from_kernels(cls, kernels: torch.Tensor, **kwargs) -> "IncoherentConv2d":
         """A layer holding a copy of ``kernels`` (m, c, k1, k2), in their dtype and device; ``kwargs`` as
         for the constructor (except the shape arguments, dtype and device)."""
-        _check_real("kernels", kernels, ndim=4)
+        check_tensor("kernels", kernels, ndim=4)
         m, c, k1, k2 = kernels.shape
         if kernels.dtype not in (torch.float32, torch.float64):
             raise InputError(f"kernels must be float32 or float64, got {kernels.dtype}")

@@ -93,6 +93,7 @@ from torch import nn
 
 from . import config as config_io
 from .errors import ConfigError, InputError
+from .fft import ifft2
 from .field import Grid
 from .layout import TileLayout
 from .pupil import circular_pupil
@@ -483,7 +484,7 @@ def aberration_transfer(zernike_m: torch.Tensor, optics: AberrationOptics, chann
 def _autocorrelation(pupil: torch.Tensor) -> torch.Tensor:
     """Circular autocorrelation ``sum_u P(u + s) conj(P(u))`` by FFT (zero-padded by the caller)."""
     spectrum = torch.fft.fft2(pupil)
-    return torch.fft.ifft2(spectrum.real**2 + spectrum.imag**2)
+    return ifft2(spectrum.real**2 + spectrum.imag**2)
 
 
 def filter_psfs(psfs: torch.Tensor, transfer: torch.Tensor) -> torch.Tensor:
@@ -492,7 +493,7 @@ def filter_psfs(psfs: torch.Tensor, transfer: torch.Tensor) -> torch.Tensor:
     k = psfs.shape[-1]
     m = _filter_size(k)
     spectrum = torch.fft.fft2(psfs, s=(m, m)) * transfer
-    return torch.fft.ifft2(spectrum).real[..., :k, :k].to(psfs.dtype)
+    return ifft2(spectrum).real[..., :k, :k].to(psfs.dtype)
 
 
 def affine_resample(psfs: torch.Tensor, rotation_rad: torch.Tensor, magnification: torch.Tensor,
@@ -543,7 +544,7 @@ def fourier_shift(psfs: torch.Tensor, shift_px: torch.Tensor) -> torch.Tensor:
 
     ramp = ramp(shift_px[:, 0])[:, :, None] * ramp(shift_px[:, 1])[:, None, :]
     spectrum = torch.fft.fft2(psfs, s=(n, n)) * ramp[:, None]
-    return torch.fft.ifft2(spectrum).real[..., :k, :k]
+    return ifft2(spectrum).real[..., :k, :k]
 
 
 # ---------------------------------------------------------------------------------------- frame stages

@@ -18,6 +18,7 @@ import torch
 
 from .errors import InputError, SamplingError
 from .field import Field, Grid
+from .fft import ifft2
 from .sampling import (
     as_wavelengths,
     asm_frequency_limit,
@@ -150,7 +151,7 @@ def _apply_transfer_function(data: torch.Tensor, kernel: torch.Tensor, padded_sh
     zero-pad at the far end (by the FFT itself), multiply, crop the original window."""
     ny, nx = data.shape[-2:]
     spectrum = torch.fft.fft2(data, s=padded_shape)
-    out = torch.fft.ifft2(spectrum * kernel)
+    out = ifft2(spectrum * kernel)
     return out[..., :ny, :nx]
 
 

@@ -43,7 +43,7 @@ from dataclasses import dataclass
 import torch
 
 from .errors import InputError
-from .validation import check_positive, check_tensor
+from .validation import check_positive, check_tensor, is_transformed
 
 JUSTIFY = ("left", "right")
 #: Tolerated negative input, relative to the largest magnitude (round-off of FFT convolutions);
@@ -180,7 +180,7 @@ class SensorModel:
         ``generator`` (on the tensor's device) seeds shot and read noise; the global RNG otherwise.
         """
         check_tensor("photons", photons, min_ndim=2)
-        if photons.numel():
+        if photons.numel() and not is_transformed(photons):
             tolerance = -NEGATIVE_ROUNDOFF_RTOL * float(photons.detach().abs().max())
             if float(photons.detach().min()) < tolerance:
                 raise InputError(f"photons must be >= 0, got minimum {float(photons.min())!r}")

@@ -33,7 +33,8 @@ def check_tensor(
     real_ok: bool = True,
     finite: bool = True,
 ) -> torch.Tensor:
-    """Validate a tensor argument: type, number of dims, real/complex floating dtype, finiteness."""
+    """Validate a tensor argument: type, number of dims, real/complex floating dtype, finiteness
+    (the last not inside ``torch.func`` transforms, see :func:`is_transformed`)."""
     if not isinstance(x, torch.Tensor):
         raise InputError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if ndim is not None:
@@ -48,9 +49,16 @@ def check_tensor(
     if not is_complex and (not real_ok or not x.is_floating_point()):
         kinds = "complex" if not real_ok else ("real or complex floating" if complex_ok else "real floating")
         raise InputError(f"{name} must be a {kinds} tensor, got {x.dtype}")
-    if finite and not bool(torch.isfinite(x).all()):
+    if finite and not is_transformed(x) and not bool(torch.isfinite(x).all()):
         raise InputError(f"{name} contains NaN or inf")
     return x
+
+
+def is_transformed(x: torch.Tensor) -> bool:
+    """True inside ``torch.func`` transforms (``vmap``, ``grad``, ``jacrev``), where checks that read
+    values cannot run; value checks are skipped there so per-sample Jacobians (the NTK) vectorise."""
+    wrapped = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", None)
+    return bool(wrapped is not None and wrapped(x))
 
 
 def complex_dtype_for(dtype: torch.dtype) -> torch.dtype:
