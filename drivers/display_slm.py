@@ -167,14 +167,25 @@ class DisplaySLM(SLM):
             while tuple(cv2.getWindowImageRect(self.window_name)) != expected and time.monotonic() < deadline:
                 cv2.waitKey(1)
             cv2.waitKey(max(1, round(self.open_wait_s * 1000)))
-            x, y, w, h = cv2.getWindowImageRect(self.window_name)
-        if (x, y, w, h) != expected:
+        try:
+            self._check_geometry()
+        except DeviceFault:
             self._close()
+            raise
+        log.info("%s: window %r at %s, %dx%d", self.name, self.window_name, self.position, cols, rows)
+
+    def _check_geometry(self) -> None:
+        """Raise :class:`DeviceFault` unless the image area sits exactly where it was asked to."""
+        import cv2
+
+        rows, cols = self.shape[:2]
+        with self._errors("read window geometry"):
+            x, y, w, h = cv2.getWindowImageRect(self.window_name)
+        if (x, y, w, h) != (*self.position, cols, rows):
             raise DeviceFault(
                 f"the window's image area is {w}x{h} at ({x}, {y}), expected {cols}x{rows} at {self.position}: "
                 "the window manager moved, decorated or resized it (try fullscreen: true), or the frame is smaller "
                 "than the GUI's smallest window (69x69 pixels for opencv-python's Qt5 windows)", device=self.name)
-        log.info("%s: window %r at %s, %dx%d", self.name, self.window_name, self.position, cols, rows)
 
     def _paint(self, frame: np.ndarray) -> None:
         import cv2
@@ -215,6 +226,7 @@ class DisplaySLM(SLM):
         if cv2.getWindowProperty(self.window_name, cv2.WND_PROP_VISIBLE) < 1:
             raise DeviceDisconnected(f"window {self.window_name!r} was closed", device=self.name)
         self._paint(frame)
+        self._check_geometry()  # a window manager may act on the window late
 
     def _close(self) -> None:
         import cv2
