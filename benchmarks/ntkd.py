@@ -60,7 +60,9 @@ CLASSIFICATION = {
         "model": {"name": "lenet"},
         "data": {"dataset": "fashion_mnist", "val_size": 5000, "batch_size": 128},
         "optim": {"name": "adam", "lr": 2e-3, "schedule": "cosine"},
-        "train": {"epochs": 8, "early_stopping_patience": 2, "progress": False},
+        # 8 epochs left the LeNet still improving (89.35 %, best at the last epoch); 25 with patience 4
+        # let it converge, as distillation from an under-trained teacher can do worse than no transfer.
+        "train": {"epochs": 25, "early_stopping_patience": 4, "progress": False},
     },
     "student": {
         "job": "student", "task": "classification",

@@ -18,7 +18,8 @@ def atomic_write(path, mode: str = "wb"):
     """Context manager yielding an open temporary file that replaces ``path`` on a clean exit.
 
     On an exception the temporary file is removed and ``path`` is left untouched. ``mode`` is ``"wb"``
-    or ``"w"`` (text, UTF-8).
+    or ``"w"`` (text, UTF-8). The new file gets the permissions a plain ``open`` would give it
+    (``0o666`` less the umask), not ``mkstemp``'s owner-only ``0o600``.
     """
     if mode not in ("wb", "w"):
         raise ValueError(f"atomic_write mode must be 'wb' or 'w', got {mode!r}")
@@ -26,6 +27,7 @@ def atomic_write(path, mode: str = "wb"):
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())
         with os.fdopen(fd, mode, **({"encoding": "utf-8"} if mode == "w" else {})) as fh:
             yield fh
             fh.flush()
@@ -35,3 +37,9 @@ def atomic_write(path, mode: str = "wb"):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it; put it straight back
+    os.umask(mask)
+    return mask

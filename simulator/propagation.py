@@ -128,6 +128,14 @@ def asm_transfer_function(
     Tensor (L, Py, Px), complex, in unshifted FFT frequency order. Cached results are shared: do not
     modify them in place.
     """
+    return _transfer_function(_asm_kernel, _asm_kernel_cached, grid, wavelengths_m, distance_m, padded_shape,
+                              band_limit, dtype, device)
+
+
+def _transfer_function(kernel, cached_kernel, grid, wavelengths_m, distance_m, padded_shape, band_limit, dtype,
+                       device) -> torch.Tensor:
+    """Build a transfer function with ``kernel`` -- uncached and differentiable when ``distance_m`` is a
+    tensor requiring grad -- or take it from ``cached_kernel`` (keyed on every argument)."""
     wavelengths = as_wavelengths(wavelengths_m)
     padded = tuple(int(n) for n in (padded_shape or default_padded_shape(grid.shape)))
     cdtype = complex_dtype_for(dtype)
@@ -135,9 +143,9 @@ def asm_transfer_function(
     if isinstance(distance_m, torch.Tensor) and distance_m.requires_grad:
         check_distance("distance_m", distance_m)
         z = distance_m.reshape(()).to(device=device, dtype=torch.float64)
-        return _asm_kernel(grid, wavelengths, z, padded, band_limit, cdtype, device)
+        return kernel(grid, wavelengths, z, padded, band_limit, cdtype, device)
     z = check_distance("distance_m", distance_m)
-    return _asm_kernel_cached(grid.spacing_m, wavelengths, z, padded, bool(band_limit), cdtype, device)
+    return cached_kernel(grid.spacing_m, wavelengths, z, padded, bool(band_limit), cdtype, device)
 
 
 def clear_transfer_function_cache() -> None:
@@ -261,16 +269,8 @@ def fresnel_transfer_function(grid: Grid, wavelengths_m, distance_m, padded_shap
     (L, Py, Px), unshifted FFT order, zero beyond ``|f| = S_pad / (2 lambda |z|)`` with ``band_limit``
     (where the chirp aliases); cached like :func:`asm_transfer_function` (differentiable and uncached when
     ``distance_m`` is a tensor requiring grad)."""
-    wavelengths = as_wavelengths(wavelengths_m)
-    padded = tuple(int(n) for n in (padded_shape or default_padded_shape(grid.shape)))
-    cdtype = complex_dtype_for(dtype)
-    device = torch.device(device) if device is not None else torch.device("cpu")
-    if isinstance(distance_m, torch.Tensor) and distance_m.requires_grad:
-        check_distance("distance_m", distance_m)
-        z = distance_m.reshape(()).to(device=device, dtype=torch.float64)
-        return _fresnel_kernel(grid, wavelengths, z, padded, band_limit, cdtype, device)
-    z = check_distance("distance_m", distance_m)
-    return _fresnel_kernel_cached(grid.spacing_m, wavelengths, z, padded, bool(band_limit), cdtype, device)
+    return _transfer_function(_fresnel_kernel, _fresnel_kernel_cached, grid, wavelengths_m, distance_m,
+                              padded_shape, band_limit, dtype, device)
 
 
 def propagate_fresnel(

@@ -91,3 +91,11 @@ def test_atomic_write_keeps_old_file_on_failure(tmp_path):
     with atomic_write(target) as fh:
         fh.write(b"new")
     assert target.read_bytes() == b"new"
+
+
+def test_atomic_write_gives_the_permissions_of_a_plain_open(tmp_path):
+    with open(tmp_path / "plain.txt", "w") as fh:
+        fh.write("x")
+    with atomic_write(tmp_path / "atomic.txt", "w") as fh:
+        fh.write("x")
+    assert (tmp_path / "atomic.txt").stat().st_mode == (tmp_path / "plain.txt").stat().st_mode
