@@ -38,10 +38,11 @@ from .validation import check_tensor
 
 #: Kernel size (max of the two sides) from which ``method="auto"`` uses the FFT path; smaller kernels go
 #: through ``torch.nn.functional.conv2d``. Measured with ``benchmarks/simulator.py`` (forward + backward,
-#: batch 128, 28x28 mono input, 16 signed kernels, float32, 2 shared CPU cores, torch 2.13): the FFT path
-#: was faster than the direct one from K = 15 on (at 13: 480 vs 696 img/s, at 15: 444 vs 151) in both full
-#: sweeps on 2026-11-23 (noisy shared machine); see ``crossover_kernel_size`` in benchmarks/results/simulator.json.
-CROSSOVER_KERNEL_SIZE = 15
+#: batch 128, 28x28 mono input, 16 signed kernels, float32, 2 CPU cores, torch 2.13): on the quietest
+#: run (2026-11-23 16:24 UTC) the direct path won up to K = 19 (2132 vs 1701 img/s) and the FFT path from
+#: K = 23 on (1464 vs 1198; at 31: 591 vs 155). Runs on a loaded machine put the crossover at 15 to 31.
+#: See ``crossover_kernel_size`` in benchmarks/results/simulator.json.
+CROSSOVER_KERNEL_SIZE = 23
 
 MODES = ("same", "full", "valid")
 METHODS = ("auto", "fft", "direct")

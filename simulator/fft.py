@@ -4,7 +4,8 @@ torch 2.13's CPU ``ifft2`` returns a wrong result (about ``1/N^2`` of the true o
 complex64 array when more than one thread is used -- exactly the padded size of a 1024 x 1024
 propagation. The forward transform is unaffected, so :func:`ifft2` computes the inverse through it:
 ``ifft2(x) = conj(fft2(conj(x))) / (rows * cols)``, which is exact algebra and costs two conjugations.
-``tests/simulator/test_fft.py`` checks both against numpy at the affected size.
+``tests/simulator/test_fft.py`` checks both against numpy at the affected size, and checks that the
+1-D ``torch.fft.ifft`` (which :mod:`simulator.propagation` uses axis by axis) is sound there.
 """
 
 from __future__ import annotations

@@ -18,7 +18,6 @@ import torch
 
 from .errors import InputError, SamplingError
 from .field import Field, Grid
-from .fft import ifft2
 from .sampling import (
     as_wavelengths,
     asm_frequency_limit,
@@ -156,11 +155,18 @@ def clear_transfer_function_cache() -> None:
 
 def _apply_transfer_function(data: torch.Tensor, kernel: torch.Tensor, padded_shape) -> torch.Tensor:
     """Linear convolution of ``data`` (..., L, ny, nx) with the transfer function ``kernel`` (L, Py, Px):
-    zero-pad at the far end (by the FFT itself), multiply, crop the original window."""
+    zero-pad at the far end, multiply, crop the original window.
+
+    The 2-D transforms are done one axis at a time so that nothing is computed on zeros or thrown away:
+    forward along x on the ``ny`` data rows only, then along y; inverse along y, crop to ``ny`` rows,
+    then along x. Same result as ``ifft2(fft2(data, s=padded_shape) * kernel)[..., :ny, :nx]`` with about
+    a quarter fewer operations when the padding doubles each side.
+    """
     ny, nx = data.shape[-2:]
-    spectrum = torch.fft.fft2(data, s=padded_shape)
-    out = ifft2(spectrum * kernel)
-    return out[..., :ny, :nx]
+    py, px = padded_shape
+    spectrum = torch.fft.fft(torch.fft.fft(data, n=px, dim=-1), n=py, dim=-2)
+    rows = torch.fft.ifft(spectrum * kernel, dim=-2)[..., :ny, :]  # 1-D: not hit by the ifft2 bug (simulator.fft)
+    return torch.fft.ifft(rows, dim=-1)[..., :nx]
 
 
 def _spectrum_outside(data, grid, padded_shape, f_limits) -> torch.Tensor:

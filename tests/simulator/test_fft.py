@@ -25,6 +25,20 @@ def test_ifft2_matches_numpy(shape, dtype):
     assert np.abs(ours - ref).max() <= tol * np.abs(ref).max()
 
 
+@pytest.mark.parametrize("dim", [0, 1])
+def test_torch_1d_ifft_is_sound_at_2048(dim):
+    """simulator.propagation inverts axis by axis with torch's own 1-D ifft: guard it at the bad size."""
+    x = torch.randn(2048, 2048, dtype=torch.complex64, generator=torch.Generator().manual_seed(2))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        ours = torch.fft.ifft(x, dim=dim).numpy()
+    finally:
+        torch.set_num_threads(threads)
+    ref = np.fft.ifft(x.numpy(), axis=dim)
+    assert np.abs(ours - ref).max() <= 1e-5 * np.abs(ref).max()
+
+
 def test_ifft2_inverts_fft2_and_carries_gradients():
     x = torch.randn(4, 6, dtype=torch.complex128, requires_grad=True)
     assert torch.allclose(ifft2(torch.fft.fft2(x)), x, atol=1e-13)
