@@ -4,7 +4,8 @@
 field against its type annotation. A bad field raises :class:`~simulator.errors.ConfigError` naming its
 dotted YAML path (``camera.exposure_s``), the value found and what was expected. Supported annotations:
 ``int``, ``float``, ``str``, ``bool``, ``Any``, ``Literal[...]``, ``Optional[X]`` / ``X | None``,
-``tuple[X, ...]``, ``tuple[X, Y]``, ``list[X]``, ``dict[str, X]`` and nested dataclasses. Errors raised
+``tuple[X, ...]``, ``tuple[X, Y]``, ``list[X]``, ``dict[str, X]``, ``torch.Tensor`` (from nested lists
+of numbers, float64; written back as lists by :func:`to_plain`) and nested dataclasses. Errors raised
 by a dataclass's own ``__post_init__`` checks (``InputError``/``ValueError``) are re-raised as
 ``ConfigError`` at that dataclass's path. Numbers written like ``10e-3`` (which YAML 1.1 reads as strings) are accepted
 for ``float`` fields.
@@ -18,6 +19,7 @@ import typing
 from pathlib import Path
 from typing import Any, Literal, Union
 
+import torch
 import yaml
 
 from .errors import ConfigError, InputError
@@ -49,7 +51,7 @@ def save_yaml(data, path) -> None:
 
 
 def to_plain(obj):
-    """Dataclasses, tuples and paths -> plain dicts, lists and strings that ``yaml.safe_dump`` accepts."""
+    """Dataclasses, tuples, tensors and paths -> plain dicts, lists and strings for ``yaml.safe_dump``."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return {f.name: to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
     if isinstance(obj, dict):
@@ -58,6 +60,8 @@ def to_plain(obj):
         return [to_plain(v) for v in obj]
     if isinstance(obj, Path):
         return str(obj)
+    if isinstance(obj, torch.Tensor):
+        return obj.tolist()
     return obj
 
 
@@ -138,6 +142,11 @@ def _convert(value, hint, where: str):
         if not isinstance(value, str):
             raise ConfigError(where, value, "a string")
         return value
+    if hint is torch.Tensor:
+        try:
+            return torch.tensor(value, dtype=torch.float64)
+        except (TypeError, ValueError, RuntimeError):
+            raise ConfigError(where, value, "a (nested) list of numbers") from None
     if hint is Path:
         if not isinstance(value, str):
             raise ConfigError(where, value, "a path string")

@@ -119,7 +119,8 @@ class DisplayModel:
         floating for interpolated levels). Integer input gives ``dtype``; floating input keeps its dtype."""
         gray = _float_gray(_check_gray(gray, self.levels), dtype)
         if self.lut is None:
-            relative = (gray / (self.levels - 1)) ** self.gamma
+            # clamp: (0)**gamma has an infinite slope for gamma < 1; the value at 0 is unchanged
+            relative = (gray / (self.levels - 1)).clamp_min(torch.finfo(gray.dtype).tiny) ** self.gamma
         else:
             relative = _interpolate(self.lut.to(dtype=gray.dtype, device=gray.device), gray)
         return self.max_radiance_w_sr_m2 * relative

@@ -236,7 +236,7 @@ class FabricatedFrontend(nn.Module):
             "photons_per_radiance": self.photons_per_radiance,
             "seed": self.seed,
             "dtype": str(self.design_psfs.dtype).removeprefix("torch."),
-            "display": {k: v for k, v in config_io.to_plain(self.display).items() if k != "lut"},
+            "display": config_io.to_plain(self.display),
             "sensor": config_io.to_plain(self.sensor),
             "errors": self.errors.to_dict(),
         }

@@ -277,6 +277,7 @@ def design_psf(target_kernel: torch.Tensor, wavelengths_m, *, aperture_px: int, 
     k = batched.shape[-1]
     n = max(aperture_px, k * magnification_px)
     grid = Grid.square(n, spacing_m)
+    device = torch.device(device) if device is not None else target.device
     goal = (batched / batched.sum(dim=(-2, -1), keepdim=True)).to(dtype=dtype, device=device)
     mask = PhaseMask(grid, wavelengths_m, aperture_px, batch=batched.shape[0], parametrisation=parametrisation,
                      atom_model=atom_model, init_focal_length_m=distance_m if init == "lens" else None, seed=seed,

@@ -85,6 +85,7 @@ def _asm_kernel(grid, wavelengths, distance, padded_shape, band_limit, dtype, de
 
 
 @functools.lru_cache(maxsize=_CACHE_SIZE)
+@torch.inference_mode(False)
 def _asm_kernel_cached(spacing, wavelengths, distance, padded_shape, band_limit, dtype, device):
     return _asm_kernel(Grid((1, 1), spacing), wavelengths, distance, padded_shape, band_limit, dtype, device)
 
@@ -124,17 +125,18 @@ def asm_transfer_function(
 
     Returns
     -------
-    Tensor (L, Py, Px), complex, in unshifted FFT frequency order. Cached results are shared: do not
-    modify them in place.
+    Tensor (L, Py, Px), complex, in unshifted FFT frequency order. A copy of the cached result: changing it
+    does not affect later propagations.
     """
     return _transfer_function(_asm_kernel, _asm_kernel_cached, grid, wavelengths_m, distance_m, padded_shape,
-                              band_limit, dtype, device)
+                              band_limit, dtype, device).clone()
 
 
 def _transfer_function(kernel, cached_kernel, grid, wavelengths_m, distance_m, padded_shape, band_limit, dtype,
                        device) -> torch.Tensor:
     """Build a transfer function with ``kernel`` -- uncached and differentiable when ``distance_m`` is a
-    tensor requiring grad -- or take it from ``cached_kernel`` (keyed on every argument)."""
+    tensor requiring grad -- or take it from ``cached_kernel`` (keyed on every argument; shared, so
+    internal callers must not modify it; the public builders return copies)."""
     wavelengths = as_wavelengths(wavelengths_m)
     padded = tuple(int(n) for n in (padded_shape or default_padded_shape(grid.shape)))
     cdtype = complex_dtype_for(dtype)
@@ -243,8 +245,8 @@ def propagate_asm(
     f_limits = check_asm_sampling(field.grid, field.wavelengths_m, distance_m, padded)
     if not band_limit:
         _refuse_aliased_spectrum(field, padded, f_limits, distance_m, max_aliased_energy, "propagate_asm")
-    kernel = asm_transfer_function(field.grid, field.wavelengths_m, distance_m, padded, band_limit,
-                                   field.data.dtype, field.data.device)
+    kernel = _transfer_function(_asm_kernel, _asm_kernel_cached, field.grid, field.wavelengths_m, distance_m,
+                                padded, band_limit, field.data.dtype, field.data.device)
     return field.replace(data=_apply_transfer_function(field.data, kernel, padded))
 
 
@@ -265,6 +267,7 @@ def _fresnel_kernel(grid, wavelengths, distance, padded_shape, band_limit, dtype
 
 
 @functools.lru_cache(maxsize=_CACHE_SIZE)
+@torch.inference_mode(False)
 def _fresnel_kernel_cached(spacing, wavelengths, distance, padded_shape, band_limit, dtype, device):
     return _fresnel_kernel(Grid((1, 1), spacing), wavelengths, distance, padded_shape, band_limit, dtype, device)
 
@@ -276,7 +279,7 @@ def fresnel_transfer_function(grid: Grid, wavelengths_m, distance_m, padded_shap
     (where the chirp aliases); cached like :func:`asm_transfer_function` (differentiable and uncached when
     ``distance_m`` is a tensor requiring grad)."""
     return _transfer_function(_fresnel_kernel, _fresnel_kernel_cached, grid, wavelengths_m, distance_m,
-                              padded_shape, band_limit, dtype, device)
+                              padded_shape, band_limit, dtype, device).clone()
 
 
 def propagate_fresnel(
@@ -313,8 +316,8 @@ def propagate_fresnel(
     if error > max_paraxial_phase_error_rad:
         logger.warning("propagate_fresnel: paraxial phase error up to %.3g rad at distance_m=%.6g m over a "
                        "%.6g m half-diagonal; prefer propagate_asm", error, z, half_diagonal)
-    kernel = fresnel_transfer_function(grid, field.wavelengths_m, distance_m, padded, band_limit,
-                                       field.data.dtype, field.data.device)
+    kernel = _transfer_function(_fresnel_kernel, _fresnel_kernel_cached, grid, field.wavelengths_m, distance_m,
+                                padded, band_limit, field.data.dtype, field.data.device)
     return field.replace(data=_apply_transfer_function(field.data, kernel, padded))
 
 

@@ -82,10 +82,11 @@ def circular_pupil(grid: Grid, radius_m: float, antialias: bool = True, *, cente
 def _normalize(psf: torch.Tensor, normalize: str | None) -> torch.Tensor:
     if normalize is None:
         return psf
-    if normalize == "sum":
-        return psf / psf.sum(dim=(-2, -1), keepdim=True)
-    if normalize == "peak":
-        return psf / psf.amax(dim=(-2, -1), keepdim=True)
+    if normalize in ("sum", "peak"):
+        scale = psf.sum(dim=(-2, -1), keepdim=True) if normalize == "sum" else psf.amax(dim=(-2, -1), keepdim=True)
+        if not bool((scale > 0).all()):
+            raise InputError(f"cannot normalise by the {normalize}: a PSF is zero everywhere (is the pupil blocked?)")
+        return psf / scale
     raise InputError(f"normalize must be 'sum', 'peak' or None, got {normalize!r}")
 
 

@@ -126,6 +126,7 @@ def zernike_polynomial(j: int, rho: torch.Tensor, theta: torch.Tensor) -> torch.
 
 
 @functools.lru_cache(maxsize=16)
+@torch.inference_mode(False)  # a cache filled under inference_mode must still serve autograd later
 def _basis_cached(num_modes, shape, spacing, center, radius_m, pupil_center, clip, dtype, device):
     grid = Grid(shape, spacing, center)
     y, x = grid.mesh(torch.float64, device)
@@ -154,7 +155,14 @@ def zernike_basis(num_modes: int, grid: Grid, radius_m: float, *, center_m=(0.0,
         Pupil centre (y, x) in metres.
     clip_to_disk : bool
         Zero outside ``rho <= 1``. Turn off to extend the polynomials over anti-aliased edge pixels.
+
+    Returns a copy of the cached basis.
     """
+    return _basis(num_modes, grid, radius_m, center_m, clip_to_disk, dtype, device).clone()
+
+
+def _basis(num_modes, grid, radius_m, center_m, clip_to_disk, dtype, device) -> torch.Tensor:
+    """The cached basis itself (shared: callers must not modify it)."""
     num_modes = _index("number of Zernike modes", num_modes, 1)
     radius = check_positive("radius_m", radius_m)
     device = torch.device(device) if device is not None else torch.device("cpu")
@@ -183,8 +191,7 @@ def zernike_wavefront(coeffs_m: torch.Tensor, grid: Grid, radius_m: float, *, ce
     Tensor (..., rows, cols), same dtype and device as ``coeffs_m``.
     """
     check_tensor("coeffs_m", coeffs_m, min_ndim=1)
-    basis = zernike_basis(coeffs_m.shape[-1], grid, radius_m, center_m=center_m, clip_to_disk=clip_to_disk,
-                          dtype=coeffs_m.dtype, device=coeffs_m.device)
+    basis = _basis(coeffs_m.shape[-1], grid, radius_m, center_m, clip_to_disk, coeffs_m.dtype, coeffs_m.device)
     return torch.tensordot(coeffs_m, basis, dims=([-1], [0]))
 
 

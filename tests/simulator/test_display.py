@@ -117,3 +117,16 @@ def test_bad_gray_is_named():
         display.render(torch.zeros(2, 2, dtype=torch.int64), 0)
     with pytest.raises(InputError, match="radians"):
         slm.phase_to_gray(torch.tensor([1, 2]))
+
+
+def test_lut_survives_a_config_round_trip_and_gamma_below_one_has_finite_slope():
+    from simulator.config import build, to_plain
+
+    display = build(DisplayModel, {"pixel_pitch_m": 8e-6, "bit_depth": 2, "lut": [0.0, 1 / 3, 2 / 3, 1.0]})
+    again = build(DisplayModel, to_plain(display))
+    gray = torch.tensor([0, 1, 2, 3])
+    assert torch.equal(again.forward(gray, torch.float64), display.forward(gray, torch.float64))
+    assert float(again.forward(torch.tensor([1]), torch.float64)) == pytest.approx(1 / 3)
+    levels = torch.tensor([0.0, 2.0], dtype=torch.float64, requires_grad=True)
+    DisplayModel(pixel_pitch_m=8e-6, gamma=0.5).forward(levels).sum().backward()
+    assert bool(torch.isfinite(levels.grad).all())

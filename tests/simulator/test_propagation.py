@@ -113,12 +113,17 @@ def test_transfer_function_values_band_limit_and_cache():
     f_lim = 1 / (WAVELENGTH * math.sqrt((2 * z / (padded[1] * grid.spacing_m[1])) ** 2 + 1))
     inside = (fx.abs() <= f_lim) & (fy.abs() <= f_lim) & ~evanescent
     assert torch.equal(limited[0] != 0, inside)
-    # cached on every argument: same call -> same object; any change -> a new one
-    assert asm_transfer_function(grid, WAVELENGTH, z, padded, band_limit=True, dtype=torch.complex128) is limited
+    # cached on every argument: same call -> a cache hit (handed out as a copy); any change -> a miss
+    from simulator.propagation import _asm_kernel_cached
+
+    before = _asm_kernel_cached.cache_info()
+    again = asm_transfer_function(grid, WAVELENGTH, z, padded, band_limit=True, dtype=torch.complex128)
+    assert torch.equal(again, limited) and again.data_ptr() != limited.data_ptr()
+    assert _asm_kernel_cached.cache_info().hits == before.hits + 1
     assert asm_transfer_function(grid, WAVELENGTH, z, padded, band_limit=True, dtype=torch.complex64).dtype \
         == torch.complex64
-    assert asm_transfer_function(grid, WAVELENGTH, 2 * z, padded, band_limit=True, dtype=torch.complex128) \
-        is not limited
+    farther = asm_transfer_function(grid, WAVELENGTH, 2 * z, padded, band_limit=True, dtype=torch.complex128)
+    assert _asm_kernel_cached.cache_info().misses == before.misses + 2 and not torch.equal(farther, limited)
 
 
 def test_exact_fourier_transform_of_gaussian_in_front_focal_plane():
@@ -146,3 +151,26 @@ def test_gradcheck_propagate_asm_field_and_distance():
         return propagate_asm(Field(d, grid, (WAVELENGTH,)), s * 1e-6).data
 
     assert torch.autograd.gradcheck(run, (data, distance_scaled), eps=1e-6, atol=1e-7, fast_mode=True)
+
+
+def test_cached_transfer_functions_and_bases_survive_callers():
+    """Public builders hand out copies, and a cache first filled under inference_mode still serves autograd."""
+    from simulator.propagation import asm_transfer_function, clear_transfer_function_cache
+    from simulator.zernike import zernike_basis, zernike_wavefront
+
+    clear_transfer_function_cache()
+    grid = Grid.square(32, 1e-6)
+    field = Field(torch.ones(1, 32, 32, dtype=torch.complex128), grid, (500e-9,))
+    with torch.inference_mode():
+        reference = propagate_asm(field, 20e-6).power()
+        zernike_wavefront(torch.zeros(4, dtype=torch.float64), grid, 10e-6)
+    asm_transfer_function(grid, (500e-9,), 20e-6, (64, 64), dtype=torch.complex128).mul_(0)
+    zernike_basis(4, grid, 10e-6).zero_()
+    data = torch.ones(1, 32, 32, dtype=torch.complex128, requires_grad=True)
+    out = propagate_asm(Field(data, grid, (500e-9,)), 20e-6)
+    assert torch.allclose(out.power(), reference)
+    out.power().sum().backward()
+    assert data.grad is not None and float(data.grad.abs().sum()) > 0
+    coeffs = torch.tensor([0.0, 0.0, 0.0, 1e-7], dtype=torch.float64, requires_grad=True)
+    zernike_wavefront(coeffs, grid, 10e-6).pow(2).sum().backward()
+    assert float(coeffs.grad[3]) > 0
