@@ -176,7 +176,8 @@ class Bench:
                     stale += self.max_stale_reads
                 last_error = exc
                 log.info("measure attempt %d/%d failed: %s", attempt, self.retries + 1, exc)
-        last_error.add_note(f"Bench.measure gave up after {self.retries + 1} attempts")
+        if hasattr(last_error, "add_note"):  # Python >= 3.11
+            last_error.add_note(f"Bench.measure gave up after {self.retries + 1} attempts")
         raise last_error
 
     def _fresh_frame(self, settled_at_s: float, timeout_s: float | None) -> tuple[Frame, int]:

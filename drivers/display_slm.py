@@ -154,22 +154,22 @@ class DisplaySLM(SLM):
 
         rows, cols = self.shape[:2]
         expected = (*self.position, cols, rows)
-        with self._errors("open window"):
-            cv2.namedWindow(self.window_name, cv2.WINDOW_AUTOSIZE | cv2.WINDOW_GUI_NORMAL)
-            self._window_open = True
-            cv2.moveWindow(self.window_name, *self.position)
-            if self.fullscreen:
-                cv2.setWindowProperty(self.window_name, cv2.WND_PROP_FULLSCREEN, cv2.WINDOW_FULLSCREEN)
-            self._paint(np.zeros(self.shape, dtype=self.dtype))
-            # The window system works in real time: run the GUI until the window has its geometry
-            # (bounded by the timeout), then a while longer for a window manager to act on it.
-            deadline = time.monotonic() + self.default_timeout_s
-            while tuple(cv2.getWindowImageRect(self.window_name)) != expected and time.monotonic() < deadline:
-                cv2.waitKey(1)
-            cv2.waitKey(max(1, round(self.open_wait_s * 1000)))
-        try:
+        try:  # whatever goes wrong (geometry, GUI error, Ctrl-C), no window is left behind
+            with self._errors("open window"):
+                cv2.namedWindow(self.window_name, cv2.WINDOW_AUTOSIZE | cv2.WINDOW_GUI_NORMAL)
+                self._window_open = True
+                cv2.moveWindow(self.window_name, *self.position)
+                if self.fullscreen:
+                    cv2.setWindowProperty(self.window_name, cv2.WND_PROP_FULLSCREEN, cv2.WINDOW_FULLSCREEN)
+                self._paint(np.zeros(self.shape, dtype=self.dtype))
+                # The window system works in real time: run the GUI until the window has its geometry
+                # (bounded by the timeout), then a while longer for a window manager to act on it.
+                deadline = time.monotonic() + self.default_timeout_s
+                while tuple(cv2.getWindowImageRect(self.window_name)) != expected and time.monotonic() < deadline:
+                    cv2.waitKey(1)
+                cv2.waitKey(max(1, round(self.open_wait_s * 1000)))
             self._check_geometry()
-        except DeviceFault:
+        except BaseException:
             self._close()
             raise
         log.info("%s: window %r at %s, %dx%d", self.name, self.window_name, self.position, cols, rows)

@@ -138,8 +138,8 @@ class SlmsuiteSLM(SLM):
         device_class = _import_device_class(config.device_class, f"{path}.device_class" if path else "device_class")
         with backend_errors(f"open {config.device_class}", path or None):
             device = device_class(**config.device_kwargs)
-        return cls(device, latency_s=config.latency_s, settle_s=config.settle_s, name=path or None,
-                   clock=context.clock)
+        return _wrap_or_close(device, lambda: cls(device, latency_s=config.latency_s, settle_s=config.settle_s,
+                                                  name=path or None, clock=context.clock))
 
     def _show(self, frame: np.ndarray) -> None:
         shown = self.device.set_phase(frame, settle=False)
@@ -226,11 +226,14 @@ class SlmsuiteCamera(Camera):
             args = (peer.device,)
         with backend_errors(f"open {config.device_class}", path or None):
             device = device_class(*args, **config.device_kwargs)
-        return cls(device, pixel_pitch_m=config.pixel_pitch_m, exposure_limits_s=config.exposure_limits_s,
-                   timeout_s=config.timeout_s, name=path or None, clock=context.clock)
+        return _wrap_or_close(device, lambda: cls(device, pixel_pitch_m=config.pixel_pitch_m,
+                                                  exposure_limits_s=config.exposure_limits_s,
+                                                  timeout_s=config.timeout_s, name=path or None, clock=context.clock))
 
     def _snap(self, timeout_s: float) -> RawFrame:
-        image = _as_numpy(self.device.get_image(timeout_s=timeout_s))
+        # timeout_s already includes the exposure (Camera.snap); slmsuite adds it again, so take it off
+        wait_s = max(timeout_s - self.exposure_s, 1e-3)
+        image = _as_numpy(self.device.get_image(timeout_s=wait_s, hdr=False, averaging=False))
         if image.shape[:2] != self.sensor_shape or image.dtype != self.dtype:
             raise DeviceFault(f"slmsuite returned a {image.dtype} {image.shape} frame, expected "
                               f"{self.dtype} {self.sensor_shape}", device=self.name)
@@ -254,3 +257,11 @@ class SlmsuiteCamera(Camera):
         return {"device_class": f"{type(self.device).__module__}:{type(self.device).__qualname__}",
                 "device_name": str(getattr(self.device, "name", ""))}
 
+
+def _wrap_or_close(device, wrap):
+    """``wrap()`` the opened slmsuite ``device``; close the device if wrapping fails, then re-raise."""
+    try:
+        return wrap()
+    except BaseException:
+        device.close()
+        raise

@@ -131,7 +131,11 @@ def _init_distributed(device: torch.device) -> bool:
 
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or not dist.is_available() or dist.is_initialized():
         return False
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        dist.init_process_group("cpu:gloo,cuda:nccl")  # metrics are reduced as CPU tensors
+    else:
+        dist.init_process_group("gloo")
     return True
 
 

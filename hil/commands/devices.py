@@ -89,6 +89,8 @@ def write_image(path: Path, image) -> None:
 
     if image.dtype not in (np.uint8, np.uint16):
         raise InputError(f"{path.suffix} files hold 8/16-bit frames, got {image.dtype}; use .npy")
+    if image.ndim == 3:  # frames are RGB(A); OpenCV writes BGR(A)
+        image = cv2.cvtColor(image, cv2.COLOR_RGBA2BGRA if image.shape[2] == 4 else cv2.COLOR_RGB2BGR)
     try:
         ok = cv2.imwrite(str(path), image)
     except cv2.error as exc:
