@@ -45,6 +45,16 @@ def test_bad_fields_name_their_yaml_path(change, path):
     assert err.value.path == path
 
 
+def test_distillation_on_captured_frames_is_refused():
+    """KD/NTKD on captures would feed the teacher camera frames instead of the raw images (METHOD stage 3)."""
+    from hil.api import build_objective
+
+    cfg = parse_run_config({**STUDENT, "data": {"dataset": "captures"}})
+    with pytest.raises(ConfigError) as err:
+        build_objective(cfg, teacher=torch.nn.Linear(2, 2))
+    assert err.value.path == "loss.method" and "raw images" in str(err.value)
+
+
 def hil_train(argv):
     """Parse and run ``hil train ARGV`` through this command's own parser (as hil.cli does)."""
     parser = argparse.ArgumentParser(prog="hil")
