@@ -38,10 +38,10 @@ from .validation import check_tensor
 
 #: Kernel size (max of the two sides) from which ``method="auto"`` uses the FFT path; smaller kernels go
 #: through ``torch.nn.functional.conv2d``. Measured with ``benchmarks/simulator.py`` (forward + backward,
-#: batch 128, 28x28 mono input, 16 signed kernels, float32, 2 CPU cores, torch 2.13): on the quietest
-#: run (2026-11-23 16:24 UTC) the direct path won up to K = 19 (2132 vs 1701 img/s) and the FFT path from
-#: K = 23 on (1464 vs 1198; at 31: 591 vs 155). Runs on a loaded machine put the crossover at 15 to 31.
-#: See ``crossover_kernel_size`` in benchmarks/results/simulator.json.
+#: batch 128, 28x28 mono input, 16 signed kernels, float32, 2 CPU cores, torch 2.13): on the two quietest
+#: runs (2026-11-23) the FFT path overtook the direct one at K = 19 and at K = 23 (at 31: 984 vs 568 img/s);
+#: runs on a loaded machine put the crossover anywhere from 15 to 31. See ``crossover_kernel_size`` in
+#: benchmarks/results/simulator.json.
 CROSSOVER_KERNEL_SIZE = 23
 
 MODES = ("same", "full", "valid")
