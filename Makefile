@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-all bench clean
+.PHONY: install demo test test-all bench bench-ntkd clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,11 @@ test-all: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/simulator.py
+	$(BIN)/python benchmarks/capture.py
+
+bench-ntkd: $(STAMP)
+	$(BIN)/python benchmarks/ntkd.py --long --tasks classification --out benchmarks/results/ntkd_long.json
+	$(BIN)/python benchmarks/ntkd.py --long --tasks segmentation --out benchmarks/results/ntkd_long_segmentation.json
 
 clean:
 	rm -rf $(VENV) out build *.egg-info
