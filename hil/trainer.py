@@ -352,7 +352,9 @@ class Trainer:
             if self.best_metric is None or value > self.best_metric:
                 self.best_metric, self.best_epoch = value, self.epoch + 1
                 self.evals_without_improvement = 0
-                self._best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+                # state_dict values are tensors, or plain extra state (e.g. the fabrication-draw counter)
+                self._best_state = {k: v.detach().clone() if torch.is_tensor(v) else copy.deepcopy(v)
+                                    for k, v in self.model.state_dict().items()}
                 if self._is_writer():
                     save_checkpoint(self.best_checkpoint_path, {"model": self._best_state, "config": self.config,
                                                                 "task": self.task, "num_classes": self.num_classes,

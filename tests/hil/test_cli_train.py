@@ -87,8 +87,11 @@ def test_teacher_then_students_through_the_api(tmp_path):
     teacher = train({**common, "job": "teacher", "model": {"name": "lenet", "num_classes": 3, "image_size": 16}},
                     tmp_path / "teacher", datasets=data)
     assert teacher.steps == 2 * (48 // 16)
+    # as in examples/train_fmnist_ntkd.yaml: sensor noise and fabrication errors redrawn every step (the
+    # draw counter is plain extra state in the model's state_dict, kept with the best epoch's weights)
     student_model = {"name": "optical_student", "image_size": 16, "num_kernels": 2, "kernel_size": 3,
-                     "num_classes": 3, "hidden": [8]}
+                     "num_classes": 3, "hidden": [8], "sensor": {"read_noise_e": 2.0}, "photons_per_unit": 1000.0,
+                     "fabrication": {"brightness_rel_std": 0.05, "shift_std_px": 0.2}}
     for method in ("kd", "ntkd"):
         out = tmp_path / method
         result = train({**common, "model": student_model, "loss": {"method": method, "kernel_batch": 4},
