@@ -240,14 +240,22 @@ def propagate_asm(
         Distance too long for the padded window (see :func:`simulator.sampling.check_asm_sampling`), or
         (``band_limit=False``) a field whose spectrum reaches where ``H`` aliases.
     """
+    return _propagate(field, distance_m, check_asm_sampling, _asm_kernel, _asm_kernel_cached, band_limit, pad,
+                      padded_shape, max_aliased_energy, "propagate_asm")
+
+
+def _propagate(field, distance_m, check_sampling, kernel, cached_kernel, band_limit, pad, padded_shape,
+               max_aliased_energy, method: str) -> Field:
+    """The steps shared by :func:`propagate_asm` and :func:`propagate_fresnel`: check the field and the
+    sampling, refuse an aliasing spectrum when not band-limiting, apply the transfer function."""
     field = _check_field(field)
     padded = _resolve_padding(field.grid, pad, padded_shape)
-    f_limits = check_asm_sampling(field.grid, field.wavelengths_m, distance_m, padded)
+    f_limits = check_sampling(field.grid, field.wavelengths_m, distance_m, padded)
     if not band_limit:
-        _refuse_aliased_spectrum(field, padded, f_limits, distance_m, max_aliased_energy, "propagate_asm")
-    kernel = _transfer_function(_asm_kernel, _asm_kernel_cached, field.grid, field.wavelengths_m, distance_m,
-                                padded, band_limit, field.data.dtype, field.data.device)
-    return field.replace(data=_apply_transfer_function(field.data, kernel, padded))
+        _refuse_aliased_spectrum(field, padded, f_limits, distance_m, max_aliased_energy, method)
+    transfer = _transfer_function(kernel, cached_kernel, field.grid, field.wavelengths_m, distance_m, padded,
+                                  band_limit, field.data.dtype, field.data.device)
+    return field.replace(data=_apply_transfer_function(field.data, transfer, padded))
 
 
 def _fresnel_kernel(grid, wavelengths, distance, padded_shape, band_limit, dtype, device):
@@ -305,20 +313,14 @@ def propagate_fresnel(
     Parameters are as for :func:`propagate_asm`; the output has the input's grid.
     """
     field = _check_field(field)
-    grid = field.grid
-    padded = _resolve_padding(grid, pad, padded_shape)
-    f_limits = check_fresnel_sampling(grid, field.wavelengths_m, distance_m, padded)
-    if not band_limit:
-        _refuse_aliased_spectrum(field, padded, f_limits, distance_m, max_aliased_energy, "propagate_fresnel")
     z = check_distance("distance_m", distance_m)
-    half_diagonal = 0.5 * math.hypot(*grid.extent_m)
+    half_diagonal = 0.5 * math.hypot(*field.grid.extent_m)
     error = fresnel_validity(half_diagonal, z, min(field.wavelengths_m)) if z != 0 else 0.0
     if error > max_paraxial_phase_error_rad:
         logger.warning("propagate_fresnel: paraxial phase error up to %.3g rad at distance_m=%.6g m over a "
                        "%.6g m half-diagonal; prefer propagate_asm", error, z, half_diagonal)
-    kernel = _transfer_function(_fresnel_kernel, _fresnel_kernel_cached, grid, field.wavelengths_m, distance_m,
-                                padded, band_limit, field.data.dtype, field.data.device)
-    return field.replace(data=_apply_transfer_function(field.data, kernel, padded))
+    return _propagate(field, distance_m, check_fresnel_sampling, _fresnel_kernel, _fresnel_kernel_cached,
+                      band_limit, pad, padded_shape, max_aliased_energy, "propagate_fresnel")
 
 
 def focal_plane_grid(grid: Grid, wavelength_m: float, focal_length_m: float) -> Grid:
