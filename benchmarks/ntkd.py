@@ -127,6 +127,16 @@ TUNING = {
         "ntkd": [{"loss.ntk_weight": 0.3}, {"loss.ntk_weight": 1.0}, {"loss.ntk_weight": 3.0},
                  {"loss.ntk_weight": 1.0, "optim.lr": 1e-2}],
     },
+    # Segmentation's NTK term outweighs the task loss at initialisation (b = 1 collapsed once), so the
+    # NTKD grid sits lower; every method gets 4 candidates, one of them at a larger learning rate.
+    "segmentation": {
+        "no_transfer": [{"optim.lr": 1e-3}, {"optim.lr": 3e-3}, {"optim.lr": 1e-2}, {"optim.lr": 3e-2}],
+        "kd": [{"loss.temperature": 2.0, "loss.kd_mix": 0.5}, {"loss.temperature": 4.0, "loss.kd_mix": 0.5},
+               {"loss.temperature": 2.0, "loss.kd_mix": 0.2},
+               {"loss.temperature": 2.0, "loss.kd_mix": 0.5, "optim.lr": 1e-2}],
+        "ntkd": [{"loss.ntk_weight": 0.03}, {"loss.ntk_weight": 0.1}, {"loss.ntk_weight": 0.3},
+                 {"loss.ntk_weight": 0.1, "optim.lr": 1e-2}],
+    },
 }
 
 
