@@ -653,6 +653,11 @@ class SLM(Device):
         """Sleep on the clock until the last frame shown has settled."""
         self.clock.sleep_until(self.settled_at_s)
 
+    def hold(self, duration_s: float) -> None:
+        """Keep the current frame displayed for ``duration_s`` seconds (a backend whose display needs
+        servicing, e.g. a GUI window's event loop, services it meanwhile)."""
+        self.clock.sleep(check_positive("duration_s", duration_s, allow_zero=True))
+
     def settings(self) -> dict:
         s = super().settings()
         s.update(

@@ -219,6 +219,20 @@ class DisplaySLM(SLM):
                 cv2.waitKey(max(1, min(10, math.ceil(remaining_s * 1000))))
         super().wait_settled()
 
+    def hold(self, duration_s: float) -> None:
+        """Keep the frame on screen for ``duration_s`` seconds, running the GUI event loop (so the window
+        is repainted when exposed); on a virtual clock it pumps once and sleeps on the clock."""
+        import cv2
+
+        self._check_open()
+        duration_s = check_positive("duration_s", duration_s, allow_zero=True)
+        if not isinstance(self.clock, RealClock):
+            cv2.waitKey(1)
+            return super().hold(duration_s)
+        end_s = self.clock.now() + duration_s
+        while (remaining_s := end_s - self.clock.now()) > 0:
+            cv2.waitKey(max(1, min(20, math.ceil(remaining_s * 1000))))
+
     # ------------------------------------------------------------------------------ hooks
     def _show(self, frame: np.ndarray) -> None:
         import cv2

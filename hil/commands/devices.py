@@ -142,11 +142,11 @@ def cmd_show(args) -> int:
         print(f"showing {args.image} on {bench.slm.name} ({shown.shape}, {shown.dtype}); "
               + ("Ctrl-C to stop" if hold_s is None else f"for {hold_s:g} s"), file=sys.stderr)
         if hold_s is not None or isinstance(bench.clock, VirtualClock):
-            bench.clock.sleep(hold_s or 0.0)
+            bench.slm.hold(hold_s or 0.0)
         else:
             try:
                 while True:
-                    bench.clock.sleep(0.1)
+                    bench.slm.hold(0.1)  # a display window keeps servicing its GUI meanwhile
             except KeyboardInterrupt:
                 pass
     return 0

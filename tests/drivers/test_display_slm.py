@@ -133,6 +133,10 @@ def test_gray_frames_land_pixel_exact_then_blank_then_next(x_display):
         slm.show(first)
         slm.wait_settled()  # as the bench does: the GUI runs while the frame settles
         _assert_on_screen(x_display, first, position)
+        start = time.monotonic()
+        slm.hold(0.2)  # as `hil show` does: the frame stays, the GUI keeps running
+        assert time.monotonic() - start >= 0.2
+        _assert_on_screen(x_display, first, position)
         slm.blank()
         slm.wait_settled()  # as the bench does: the GUI runs while the frame settles
         _assert_on_screen(x_display, np.zeros(shape, np.uint8), position)
