@@ -30,8 +30,8 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/capture.py
 
 bench-ntkd: $(STAMP)
-	$(BIN)/python benchmarks/ntkd.py --long --tasks classification --out benchmarks/results/ntkd_long.json
-	$(BIN)/python benchmarks/ntkd.py --long --tasks segmentation --out benchmarks/results/ntkd_long_segmentation.json
+	$(BIN)/python benchmarks/ntkd.py --long --tune --tasks classification --out benchmarks/results/ntkd_tuned_long.json
+	$(BIN)/python benchmarks/ntkd.py --long --tune --tasks segmentation --out benchmarks/results/ntkd_tuned_segmentation.json
 
 clean:
 	rm -rf $(VENV) out build *.egg-info
