@@ -77,13 +77,6 @@ class Grid:
         fx = torch.fft.fftfreq(nx, d=self.spacing_m[1], dtype=dtype, device=device)
         return torch.meshgrid(fy, fx, indexing="ij")
 
-    def with_shape(self, shape: tuple[int, int]) -> "Grid":
-        return replace(self, shape=tuple(shape))
-
-    def with_spacing(self, spacing_m) -> "Grid":
-        return replace(self, spacing_m=spacing_m if _is_pair(spacing_m) else (spacing_m, spacing_m))
-
-
 @dataclass(frozen=True)
 class Field:
     """Complex scalar field ``data`` of shape ``(*batch, L, rows, cols)`` sampled on ``grid`` at the
@@ -115,18 +108,8 @@ class Field:
         data = torch.ones((len(wl), *grid.shape), dtype=complex_dtype_for(dtype), device=device)
         return cls(data, grid, wl)
 
-    @classmethod
-    def from_amplitude(cls, amplitude: torch.Tensor, grid: Grid, wavelengths_m) -> "Field":
-        """Wrap a real or complex tensor ``(*batch, L, rows, cols)`` as a field."""
-        data = amplitude if amplitude.is_complex() else amplitude.to(complex_dtype_for(amplitude.dtype))
-        return cls(data, grid, wavelengths_m)
-
     def replace(self, **changes) -> "Field":
         return replace(self, **changes)
-
-    def wavelength_tensor(self) -> torch.Tensor:
-        """Wavelengths as a real tensor of shape (L, 1, 1), ready to broadcast against ``data``."""
-        return torch.tensor(self.wavelengths_m, dtype=self.data.real.dtype, device=self.data.device).view(-1, 1, 1)
 
     @property
     def intensity(self) -> torch.Tensor:
