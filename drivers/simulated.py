@@ -1,8 +1,9 @@
 """Simulated SLM and camera: a bench without hardware, with realistic timing and injected faults.
 
-The :class:`SimulatedCamera` looks at a :class:`SimulatedSLM` through a fabricated optical frontend
-(:class:`simulator.frontend.FabricatedFrontend`: the design, seeded fabrication errors, sensor noise), or
-through any ``render(gray, exposure_s) -> frame`` callable. Both run on one clock (a
+The :class:`SimulatedCamera` looks at a :class:`SimulatedSLM` through an optical system
+(:class:`simulator.system.OpticalSystem`: the design, seeded fabrication errors, display, sensor; the one
+description training and calibration use too), or through any ``render(gray, exposure_s) -> frame``
+callable. The camera holds no physics: it asks the system for the frame at its exposure. Both run on one clock (a
 :class:`~drivers.clock.VirtualClock` in tests, so nothing sleeps for real).
 
 Timing model
@@ -26,7 +27,6 @@ in ``slm_mix`` ({frame id: fraction of the exposure}).
 from __future__ import annotations
 
 import collections
-import dataclasses
 import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal
@@ -209,7 +209,7 @@ class SimulatedCamera(Camera):
         The SLM it looks at (same clock).
     render : callable ``(gray, exposure_s) -> frame``
         The optics and sensor: SLM gray image (the SLM's shape and dtype) and exposure (s) -> camera
-        frame (rows, cols) of an unsigned integer dtype. See :func:`frontend_render`.
+        frame (rows, cols) of an unsigned integer dtype, e.g. ``OpticalSystem.render``.
     exposure_s, exposure_limits_s, exposure_step_s : float, (float, float), float
         Exposure (s), its limits and its resolution (the read-back value is rounded to it).
     readout_s : float
@@ -232,11 +232,11 @@ class SimulatedCamera(Camera):
 
     @dataclass
     class Config:
-        render: Literal["frontend", "direct"] = "frontend"
-        frontend: Any = None
+        render: Literal["optics", "direct"] = "optics"
+        optics: Any = None
         direct_dn_per_level_s: float = 1000.0
-        pixel_pitch_m: float = 3.45e-6
-        exposure_s: float = 0.010
+        pixel_pitch_m: float | None = None
+        exposure_s: float | None = None
         exposure_limits_s: tuple[float, float] = (1e-5, 10.0)
         exposure_step_s: float = 1e-5
         readout_s: float = 0.002
@@ -260,7 +260,7 @@ class SimulatedCamera(Camera):
         trigger_mode: str = "software",
         buffer_frames: int = 4,
         bit_depth: int | None = None,
-        pixel_pitch_m: float = 5e-6,
+        pixel_pitch_m: float = 3.45e-6,
         saturation_dn: float | None = None,
         native_black_level_dn: float = 0.0,
         gain_limits=(1.0, 16.0),
@@ -305,30 +305,39 @@ class SimulatedCamera(Camera):
     def from_config(cls, settings, context: OpenContext, path: str = ""):
         from simulator.config import build
 
+        if "frontend" in settings:
+            raise ConfigError(f"{path}.frontend", settings["frontend"], "no such field: the optical system is now "
+                              f"{path}.optics (an optics YAML, see examples/optics.yaml; README 'Migrating frontend files')")
         cfg = build(cls.Config, dict(settings), path)
         slm = context.peers.get("slm")
         if not isinstance(slm, SimulatedSLM):
             raise ConfigError(f"{path}.backend" if path else "backend", "simulated-camera",
                               "a real camera backend, or slm.backend: simulated-slm (a simulated camera can only look at a simulated SLM)")
         if cfg.render == "direct":
-            if cfg.frontend is not None:
-                raise ConfigError(f"{path}.frontend", cfg.frontend, "null with render: direct (no optics simulated)")
+            if cfg.optics is not None:
+                raise ConfigError(f"{path}.optics", cfg.optics, "null with render: direct (no optics simulated)")
             if not cfg.direct_dn_per_level_s > 0:
                 raise ConfigError(f"{path}.direct_dn_per_level_s", cfg.direct_dn_per_level_s, "a number > 0")
             render, bit_depth, saturation_dn, black = direct_render(cfg.direct_dn_per_level_s), 16, 65535.0, 0.0
+            pixel_pitch_m = cfg.pixel_pitch_m if cfg.pixel_pitch_m is not None else slm.pixel_pitch_m
+            exposure_s = cfg.exposure_s if cfg.exposure_s is not None else 0.010
         else:
-            frontend = load_frontend(cfg.frontend, context, f"{path}.frontend" if path else "frontend")
-            if tuple(frontend.image_shape) != tuple(slm.shape[:2]):
-                raise ConfigError(f"{path}.frontend", cfg.frontend, f"a frontend for the SLM's {slm.shape[:2]} images "
-                                  f"(its image_shape is {tuple(frontend.image_shape)}; or change slm.shape)")
-            render = frontend_render(frontend)
-            bit_depth, saturation_dn, black = frontend_sensor_format(frontend)
-        kwargs = {k: getattr(cfg, k) for k in ("exposure_s", "exposure_limits_s", "exposure_step_s", "readout_s", "frame_period_s",
-                                               "trigger_mode", "buffer_frames", "gain_limits", "default_timeout_s", "faults",
-                                               "pixel_pitch_m")}
+            optics_path = f"{path}.optics" if path else "optics"
+            system = load_optics(cfg.optics, context, optics_path)
+            check_slm_matches_optics(slm, system, optics_path)
+            pixel_pitch_m = system.geometry.sensor_pixel_pitch_m
+            if cfg.pixel_pitch_m is not None and cfg.pixel_pitch_m != pixel_pitch_m:
+                raise ConfigError(f"{path}.pixel_pitch_m", cfg.pixel_pitch_m,
+                                  f"null or {optics_path}.geometry.sensor_pixel_pitch_m = {pixel_pitch_m!r} (one source)")
+            render = system.render
+            bit_depth, saturation_dn, black = sensor_format(system.sensor, optics_path)
+            exposure_s = cfg.exposure_s if cfg.exposure_s is not None else system.photometry.exposure_s
+        kwargs = {k: getattr(cfg, k) for k in ("exposure_limits_s", "exposure_step_s", "readout_s", "frame_period_s",
+                                               "trigger_mode", "buffer_frames", "gain_limits", "default_timeout_s", "faults")}
         try:
             return cls(slm, render, bit_depth=bit_depth, saturation_dn=saturation_dn, native_black_level_dn=black, name=path or None,
-                       clock=context.clock, **kwargs)
+                       clock=context.clock, pixel_pitch_m=pixel_pitch_m,
+                       exposure_s=exposure_s, **kwargs)
         except ValueError as exc:
             raise ConfigError(path or "<root>", dict(settings), str(exc)) from exc
 
@@ -465,17 +474,29 @@ class SimulatedCamera(Camera):
         return {"readout_s": self.readout_s, "frame_period_s": self.frame_period_s, "buffer_frames": self.buffer_frames}
 
 
-# ============================================================================================ frontend
-def load_frontend(spec, context: OpenContext, path: str):
-    """A :class:`simulator.frontend.FabricatedFrontend` from a YAML path (relative to the bench file) or
-    an inline mapping (relative design files resolve against the bench file's folder)."""
-    from simulator.frontend import FabricatedFrontend
+# ============================================================================================ optics
+def load_optics(spec, context: OpenContext, path: str):
+    """A :class:`simulator.system.OpticalSystem` (eval mode) from a YAML path (relative to the bench file)
+    or an inline mapping (relative design files resolve against the bench file's folder)."""
+    from simulator.system import OpticalSystem
 
     if isinstance(spec, str):
-        return FabricatedFrontend.from_yaml(context.resolve(spec))
+        return OpticalSystem.from_yaml(context.resolve(spec)).eval()
     if isinstance(spec, dict):
-        return FabricatedFrontend.from_config(spec, base_dir=context.base_dir, path=path)
-    raise ConfigError(path, spec, "a path to a frontend YAML file (e.g. frontend.yaml) or a mapping (render: frontend)")
+        return OpticalSystem.from_config(spec, base_dir=context.base_dir, path=path).eval()
+    raise ConfigError(path, spec, "a path to an optics YAML file (e.g. optics.yaml) or a mapping (render: optics)")
+
+
+def check_slm_matches_optics(slm: SLM, system, path: str) -> None:
+    """Refuse an SLM whose shape, bit depth or pixel pitch contradicts the optical system, naming both
+    fields (``slm.*`` and ``path.*``)."""
+    checks = (("shape", tuple(slm.shape[:2]), "image_shape", tuple(system.image_shape)),
+              ("bit_depth", slm.bit_depth, "display.bit_depth", system.display.bit_depth),
+              ("pixel_pitch_m", slm.pixel_pitch_m, "geometry.display_pixel_pitch_m", system.geometry.display_pixel_pitch_m))
+    for slm_field, slm_value, optics_field, optics_value in checks:
+        if slm_value != optics_value:
+            raise ConfigError(f"slm.{slm_field}", list(slm_value) if isinstance(slm_value, tuple) else slm_value,
+                              f"{path}.{optics_field} = {optics_value!r} (the SLM and the optics describe one display)")
 
 
 def direct_render(dn_per_level_s: float) -> Render:
@@ -493,32 +514,13 @@ def direct_render(dn_per_level_s: float) -> Render:
     return render
 
 
-def frontend_render(frontend) -> Render:
-    """The camera's ``render(gray, exposure_s)`` through a fabricated frontend.
-
-    The frontend's ``photons_per_radiance`` holds at its sensor's ``exposure_s`` (the reference
-    exposure); the camera's exposure scales it by ``exposure_s / reference`` and sets the sensor's
-    exposure (dark current). Stray light (``background``) is not scaled.
-    """
-    reference_s = frontend.sensor.exposure_s
-    photons_ref = frontend.photons_per_radiance
-    sensor_ref = frontend.sensor
-
-    def render(gray: np.ndarray, exposure_s: float) -> np.ndarray:
-        if frontend.sensor.exposure_s != exposure_s:
-            frontend.photons_per_radiance = photons_ref * exposure_s / reference_s
-            frontend.sensor = dataclasses.replace(sensor_ref, exposure_s=exposure_s)
-        return frontend.render(gray)
-
-    return render
-
-
-def frontend_sensor_format(frontend) -> tuple[int, float, float]:
-    """(bit depth, saturated DN, black level DN) of the uint16 frames a frontend renders."""
-    sensor = frontend.sensor
+def sensor_format(sensor, path: str = "optics") -> tuple[int, float, float]:
+    """(bit depth, saturated DN, black level DN) of the uint16 frames a simulated sensor delivers.
+    Saturation is where clipping may start: the ADC's maximum or the full well's level
+    (:attr:`simulator.sensor.SensorModel.saturation_dn`), whichever is lower."""
     if sensor.bit_depth is None:
-        return 16, 65535.0, float(sensor.offset_dn)
-    bits = min(int(sensor.bit_depth), 16)
-    container = min(int(sensor.container_bits or bits), 16)
-    scale = 2 ** (container - bits) if sensor.justify == "left" else 1
-    return bits, float((2**bits - 1) * scale), float(round(sensor.offset_dn) * scale)
+        return 16, float(sensor.saturation_dn or 65535.0), float(sensor.offset_dn)
+    if sensor.max_dn > 65535:
+        raise ConfigError(f"{path}.sensor.container_bits", sensor.container_bits or sensor.bit_depth,
+                          "at most 16 bits in total (the simulated camera delivers uint16 frames)")
+    return int(sensor.bit_depth), float(sensor.saturation_dn), float(round(sensor.offset_dn) * sensor.justify_scale)

@@ -3,17 +3,17 @@
     python examples/simulator_demo.py --out out/demo        (``make demo``)
 
 Steps:
-1. 8 seeded signed 7x7 kernels (the reference design of ``examples/frontend.yaml``) -> 16 non-negative
+1. 8 seeded signed 7x7 kernels (the reference design of ``examples/optics.yaml``) -> 16 non-negative
    target PSFs ``[k1+, k1-, ...]``.
 2. Design one phase mask per target with :func:`simulator.metaoptic.design_psf` (all 16 in one batched
    Adam run) on a small grid so that it runs in about a minute on 2 CPU cores (the paper's 1600 px
    aperture is far larger; see ``--aperture-px``).
-3. Build a :class:`simulator.frontend.FabricatedFrontend` from ``examples/frontend.yaml`` with the
-   designed PSFs (scaled to each target's energy) and its reference fabrication errors.
+3. Build the :class:`simulator.system.OpticalSystem` of ``examples/optics.yaml`` with the designed PSFs
+   (scaled to each target's energy) and its reference fabrication errors.
 4. Render the camera frame of a Fashion-MNIST test image (``/usr/share/datasets/fashion-mnist``), or
    of a synthetic test pattern when the dataset is missing (logged warning).
 5. Save ``psfs_target_vs_designed.png``, ``psfs_design_vs_fabricated.png``, ``camera_frame.png``,
-   ``summary.json`` (nrmse per PSF and kernel, efficiencies, settings) and ``frontend_resolved.yaml``.
+   ``summary.json`` (nrmse per PSF and kernel, efficiencies, settings) and ``optics_resolved.yaml``.
 """
 
 from __future__ import annotations
@@ -31,7 +31,8 @@ import numpy as np
 import torch
 
 from simulator.config import load_yaml, save_yaml
-from simulator.frontend import FabricatedFrontend, random_signed_kernels, signed_kernels_to_psfs
+from simulator.design import random_signed_kernels, signed_kernels_to_psfs
+from simulator.system import OpticalSystem
 from simulator.metaoptic import design_psf
 
 logger = logging.getLogger("simulator_demo")
@@ -85,7 +86,7 @@ def montage(ax_row, stack: np.ndarray, title: str, *, signed: bool = False) -> N
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="output folder")
-    parser.add_argument("--config", type=Path, default=HERE / "frontend.yaml", help="frontend YAML")
+    parser.add_argument("--config", type=Path, default=HERE / "optics.yaml", help="optics YAML")
     parser.add_argument("--steps", type=int, default=500, help="Adam steps of the design")
     parser.add_argument("--lr", type=float, default=5e-3, help="Adam learning rate")
     parser.add_argument("--aperture-px", type=int, default=48, help="sub-optic aperture, cells")
@@ -128,12 +129,14 @@ def main(argv=None) -> int:
     design_s = time.perf_counter() - started
     designed = result.psf[:, :1].double() * targets.sum(dim=(-2, -1))[:, None, None, None]  # (16, 1, 7, 7)
 
-    frontend_cfg = {**config, "design": {"generator": "inline", "signed": False, "psfs": designed.tolist()}}
-    frontend = FabricatedFrontend.from_config(frontend_cfg, base_dir=args.config.parent)
+    optics_cfg = {**config, "design": {"generator": "inline", "signed": False, "psfs": designed.tolist()}}
+    system = OpticalSystem.from_config(optics_cfg, base_dir=args.config.parent).eval()
     image, description = sample_image(args.image_index)
-    frame = frontend.render(image)
+    frame = system.render(image)
     with torch.no_grad():
-        fabricated = frontend.fabricated_psfs().double()[:, 0].numpy()
+        fabricated = system.fabricated_psfs().double()[:, 0].numpy()
+    margin = system.geometry.psf_margin_px  # the fabricated PSFs sit on a window widened by this margin
+    design_window = np.pad(designed[:, 0].numpy(), ((0, 0), (margin, margin), (margin, margin)))
 
     fig, axes = plt.subplots(2, 16, figsize=(16, 2.6))
     montage(axes[0], targets.numpy(), "target")
@@ -142,10 +145,10 @@ def main(argv=None) -> int:
     fig.savefig(args.out / "psfs_target_vs_designed.png", dpi=120)
     plt.close(fig)
     fig, axes = plt.subplots(3, 16, figsize=(16, 3.8))
-    montage(axes[0], designed[:, 0].numpy(), "design")
+    montage(axes[0], design_window, "design")
     montage(axes[1], fabricated, "fabricated")
-    montage(axes[2], fabricated - designed[:, 0].numpy(), "difference", signed=True)
-    fig.suptitle("Design vs fabricated PSFs (reference errors of frontend.yaml)", fontsize=9)
+    montage(axes[2], fabricated - design_window, "difference", signed=True)
+    fig.suptitle("Design vs fabricated PSFs (reference errors of optics.yaml)", fontsize=9)
     fig.savefig(args.out / "psfs_design_vs_fabricated.png", dpi=120)
     plt.close(fig)
     fig, (ax_in, ax_frame) = plt.subplots(1, 2, figsize=(10, 5), gridspec_kw={"width_ratios": [1, 2.5]})
@@ -157,7 +160,7 @@ def main(argv=None) -> int:
     fig.savefig(args.out / "camera_frame.png", dpi=120)
     plt.close(fig)
     np.save(args.out / "camera_frame.npy", frame)
-    save_yaml(frontend.to_config(), args.out / "frontend_resolved.yaml")
+    save_yaml(system.to_config(), args.out / "optics_resolved.yaml")
 
     # the signed kernel realised by the designed PSF pair vs the target kernel
     realised = designed[0::2, 0] - designed[1::2, 0]

@@ -3,11 +3,12 @@
 Teachers are electronic networks trained with the task loss; students are
 :class:`OpticalStudent` ``(frontend, backend)``:
 
-* frontends: :class:`IncoherentFrontend` (the meta-optic: trainable signed kernels realised as PSF
-  pairs by :class:`simulator.conv.IncoherentConv2d`, an optional sensor with noise, optional random
-  fabrication errors redrawn at every training forward for robustness) and :class:`FourFFrontend`
-  (a second optical system: pairs of 4f systems with trainable Fourier-plane filters, whose incoherent
-  PSFs are the kernels). Both map images (N, C, H, W) to signed feature maps (N, m, H, W).
+* frontends: a :class:`simulator.system.OpticalSystem` -- the same forward model the simulated bench
+  renders and calibration fits -- whose design is trainable: signed kernels realised as PSF pairs
+  (:class:`simulator.design.KernelDesign`, the meta-optic) or pairs of 4f systems with trainable
+  Fourier-plane filters (:class:`FourFDesign`). It maps images (N, C, H, W) in [0, 1] to signed feature
+  maps (N, m, H s, W s), through the display, the sensor (noise in training mode) and optional random
+  fabrication errors redrawn at every training forward (robustness).
 * backends: :class:`FCBackend` (2 or 3 fully connected layers, classification) and
   :class:`UpConvDecoder` (up-convolution decoder, segmentation logits (N, 1, H, W)).
 
@@ -18,8 +19,6 @@ Outputs are logits: (N, classes) for classification, (N, 1, H, W) for binary seg
 
 from __future__ import annotations
 
-import math
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -27,8 +26,8 @@ import torch
 from torch import nn
 
 from simulator.config import build
-from simulator.conv import IncoherentConv2d, optical_conv2d
 from simulator.errors import ConfigError, InputError
+from simulator.system import hold_random_draws  # noqa: F401  (re-exported: losses hold draws for NTKs)
 
 # ------------------------------------------------------------------------------------------- teachers
 
@@ -103,102 +102,17 @@ class UNet(nn.Module):
 # ------------------------------------------------------------------------------------------ frontends
 
 
-class RandomFabricationErrors(nn.Module):
-    """A ``psf_transform`` for :class:`IncoherentConv2d`: in training mode every call applies freshly
-    drawn fabrication errors (:meth:`simulator.fabrication.FabricationErrors.sample` with magnitudes
-    ``spec``, seed ``seed + draws``) so that the kernels learn to be robust to them; in eval mode the
-    design PSFs pass unchanged. ``draws`` is saved in the state dict (extra state), so a resumed run
-    continues the same sequence. While ``hold`` is True (see :func:`hold_random_draws`) the last draw is
-    reused, so that several forward passes (e.g. the per-sample passes of an NTK) see one device."""
-
-    def __init__(self, num_psfs: int, spec: dict | Any, seed: int = 0, kernel_shape: tuple[int, int, int] | None = None):
-        super().__init__()
-        from simulator.fabrication import ErrorSpec
-
-        self.num_psfs, self.seed, self.kernel_shape = int(num_psfs), int(seed), kernel_shape
-        self.spec = spec if isinstance(spec, ErrorSpec) else ErrorSpec.from_dict(dict(spec), "model.fabrication")
-        self.draws, self.hold = 0, False
-        self._set_current(None)
-
-    def _set_current(self, errors) -> None:
-        """The draw in use, kept out of the module tree (it is redrawn, never saved)."""
-        self.__dict__["_errors"] = errors
-
-    def forward(self, psfs: torch.Tensor) -> torch.Tensor:
-        if not self.training:
-            return psfs
-        from simulator.fabrication import FabricationErrors, apply_psf_errors
-
-        if self._errors is None or not self.hold:
-            self._set_current(FabricationErrors.sample(
-                self.num_psfs, self.spec, self.seed + self.draws, kernel_shape=self.kernel_shape
-            ))
-            self.draws += 1
-        return apply_psf_errors(psfs, self._errors)
-
-    def get_extra_state(self) -> dict:
-        return {"draws": self.draws}
-
-    def set_extra_state(self, state: dict) -> None:
-        self.draws = int(state["draws"])
-        self._set_current(None)
-
-
-@contextmanager
-def hold_random_draws(model: nn.Module):
-    """Within the block, every :class:`RandomFabricationErrors` of ``model`` reuses one draw (the first
-    one made in the block)."""
-    modules = [m for m in model.modules() if isinstance(m, RandomFabricationErrors)]
-    for m in modules:
-        m.hold = True
-        m._set_current(None)
-    try:
-        yield model
-    finally:
-        for m in modules:
-            m.hold = False
-
-
-class IncoherentFrontend(nn.Module):
-    """The meta-optic frontend: images (N, C, H, W), intensities in [0, 1] -> signed features (N, m, H, W).
-
-    The scene is scaled to ``photons_per_unit`` expected photons per input sample at intensity 1, imaged
-    through the PSF pairs by ``conv`` (sensor noise and fabrication errors included if ``conv`` has
-    them), and the features are divided by ``photons_per_unit`` again, so that their unit is that of
-    the noiseless ``images * kernels`` whatever the light level (with the sensor's gain 1 e-/DN).
-    """
-
-    def __init__(self, conv: IncoherentConv2d, photons_per_unit: float = 1.0):
-        super().__init__()
-        if not isinstance(conv, IncoherentConv2d) or conv.output != "features":
-            raise InputError("conv must be a simulator.conv.IncoherentConv2d with output='features'")
-        if not (math.isfinite(float(photons_per_unit)) and float(photons_per_unit) > 0):
-            raise InputError(f"photons_per_unit must be > 0, got {photons_per_unit!r}")
-        self.conv, self.photons_per_unit = conv, float(photons_per_unit)
-
-    @property
-    def num_features(self) -> int:
-        return self.conv.weight.shape[0]
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        if self.photons_per_unit == 1.0:
-            return self.conv(images)
-        return self.conv(images * self.photons_per_unit) / self.photons_per_unit
-
-
-class FourFFrontend(nn.Module):
-    """A second optical system: ``2 m`` 4f systems (:class:`simulator.lens.FourF`) with trainable
-    Fourier-plane filters, in pairs; the incoherent PSF of system ``2i`` minus that of ``2i + 1`` is
-    signed kernel ``i``. Images (N, C, H, W) -> features (N, m, H, W) (``mode="same"`` convolution).
-
-    Each PSF is the 4f system's ``intensity_psf()`` on a ``kernel_size x kernel_size`` input grid of
-    pitch ``pixel_pitch_m`` (one slice per wavelength; ``len(wavelengths_m)`` must equal ``C``),
-    multiplied by ``psf_gain`` (the PSFs of passive filters sum to <= 1; the gain stands for exposure).
-    """
+class FourFDesign(nn.Module):
+    """A design (:mod:`simulator.design`) made of ``2 m`` 4f systems (:class:`simulator.lens.FourF`)
+    with trainable Fourier-plane filters, in pairs: the incoherent PSF of system ``2i`` minus that of
+    ``2i + 1`` is signed kernel ``i``. Each PSF is the 4f system's ``intensity_psf()`` on a
+    ``kernel_size x kernel_size`` grid of pitch ``pixel_pitch_m`` (one slice per wavelength;
+    ``len(wavelengths_m)`` must equal ``C``). Passive filters give PSFs that sum to <= 1: the light
+    level is the optical system's photometry, not a gain."""
 
     def __init__(self, in_channels: int = 1, num_kernels: int = 8, kernel_size: int = 7, *,
                  wavelengths_m=(532e-9,), pixel_pitch_m: float = 8e-6, f1_m: float = 0.05, f2_m: float = 0.05,
-                 filter_mode: str = "complex", psf_gain: float = 1.0, seed: int = 0):
+                 filter_mode: str = "complex", seed: int = 0):
         super().__init__()
         from simulator.field import Grid
         from simulator.lens import FourF
@@ -208,26 +122,16 @@ class FourFFrontend(nn.Module):
         _check_int("kernel_size", kernel_size, 1)
         wavelengths = tuple(float(w) for w in (wavelengths_m if isinstance(wavelengths_m, (list, tuple)) else (wavelengths_m,)))
         if len(wavelengths) != in_channels:
-            raise InputError(f"FourFFrontend needs one wavelength per input channel ({in_channels}), got {wavelengths}")
+            raise InputError(f"FourFDesign needs one wavelength per input channel ({in_channels}), got {wavelengths}")
         grid = Grid.square(kernel_size, pixel_pitch_m)
         generator = torch.Generator().manual_seed(int(seed))
         self.systems = nn.ModuleList(
             FourF(grid, list(wavelengths), f1_m, f2_m, mode=filter_mode, generator=generator) for _ in range(2 * num_kernels)
         )
-        self.psf_gain = float(psf_gain)
-
-    @property
-    def num_features(self) -> int:
-        return len(self.systems) // 2
 
     def psfs(self) -> torch.Tensor:
-        """Non-negative PSF stack (2m, C, k, k), ``[k1+, k1-, k2+, ...]`` as for IncoherentConv2d."""
-        return torch.stack([s.intensity_psf() for s in self.systems]) * self.psf_gain
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        psfs = self.psfs().to(images.dtype)
-        intensities = optical_conv2d(images, psfs, mode="same")
-        return intensities[:, 0::2] - intensities[:, 1::2]
+        """Non-negative PSF stack (2m, C, k, k), ``[k1+, k1-, k2+, ...]``."""
+        return torch.stack([s.intensity_psf() for s in self.systems])
 
 
 # ------------------------------------------------------------------------------------------- backends
@@ -302,8 +206,7 @@ class OpticalStudent(nn.Module):
         for part in parts:
             if part not in ("frontend", "backend"):
                 raise InputError(f"part must be 'frontend' or 'backend', got {part!r}")
-            for p in getattr(self, part).parameters():
-                p.requires_grad_(not frozen)
+            getattr(self, part).requires_grad_(not frozen)
         return self
 
 
@@ -336,14 +239,15 @@ class UNetSpec:
 class OpticalStudentSpec:
     """``model: {name: optical_student, ...}``.
 
-    frontend: ``incoherent_conv`` (meta-optic) or ``fourf`` (4f systems). in_channels, image_size
-    (pixels, square input). num_kernels signed kernels of kernel_size pixels (2 PSFs each).
-    sensor: None or :class:`simulator.sensor.SensorModel` fields (noise etc.); photons_per_unit: expected
-    photons per input sample at intensity 1 (sets the shot-noise level). fabrication: None or
-    :class:`simulator.fabrication.ErrorSpec` fields: random errors redrawn each training forward.
-    fourf: extra :class:`FourFFrontend` keyword arguments (wavelengths_m, pixel_pitch_m, f1_m, f2_m,
-    filter_mode, psf_gain). backend: ``fc`` (hidden: one size -> 2 FC layers, two -> 3 FC layers;
-    pool: average pooling of the features, pixels; num_classes) or ``upconv`` (decoder_widths,
+    frontend: ``incoherent_conv`` (a meta-optic: trainable signed kernels) or ``fourf`` (4f systems with
+    trainable Fourier filters, :class:`FourFDesign`; ``fourf``: its keyword arguments). in_channels,
+    image_size (display pixels, square input), num_kernels signed kernels of kernel_size pixels (2 PSFs
+    each). optics: the optical system's description (:meth:`simulator.system.OpticalSystem.from_config`:
+    geometry, photometry, display, sensor; the same section a bench's ``camera.optics`` holds, without
+    ``design``, which the trained kernels are, and without ``errors``); null: ideal optics.
+    fabrication: None or :class:`simulator.fabrication.ErrorSpec` fields: random PSF errors drawn at
+    every training forward (robustness). backend: ``fc`` (hidden: one size -> 2 FC layers, two -> 3 FC
+    layers; pool: average pooling of the features, pixels; num_classes) or ``upconv`` (decoder_widths,
     out_channels). seed: initial kernels and draws.
     """
 
@@ -353,8 +257,7 @@ class OpticalStudentSpec:
     image_size: int = 28
     num_kernels: int = 8
     kernel_size: int = 7
-    sensor: dict[str, Any] | None = None
-    photons_per_unit: float = 1.0
+    optics: dict[str, Any] | None = None
     fabrication: dict[str, Any] | None = None
     fourf: dict[str, Any] = field(default_factory=dict)
     backend: Literal["fc", "upconv"] = "fc"
@@ -366,41 +269,50 @@ class OpticalStudentSpec:
     seed: int = 0
 
 
+#: Student fields of earlier versions, with where their role lives now.
+_MOVED_STUDENT_FIELDS = {
+    "sensor": "model.optics.sensor",
+    "photons_per_unit": "model.optics.photometry (photons_per_s x exposure_s = photons per unit intensity)",
+}
+
 _SPECS = {"lenet": TeacherSpec, "unet": UNetSpec, "optical_student": OpticalStudentSpec}
 
 
-def _frontend(spec: OpticalStudentSpec) -> nn.Module:
+def _frontend(spec: OpticalStudentSpec):
+    """The student's optical system: its design (trainable kernels or 4f filters) in the described optics."""
+    from simulator.design import KernelDesign
+    from simulator.system import OpticalSystem
+
     if spec.frontend == "fourf":
-        known = {"wavelengths_m", "pixel_pitch_m", "f1_m", "f2_m", "filter_mode", "psf_gain"}
+        known = {"wavelengths_m", "pixel_pitch_m", "f1_m", "f2_m", "filter_mode"}
+        if "psf_gain" in spec.fourf:
+            raise ConfigError("model.fourf.psf_gain", spec.fourf["psf_gain"],
+                              "no gain: the light level is model.optics.photometry (photons_per_s, exposure_s)")
         unknown = sorted(set(spec.fourf) - known)
         if unknown:
             raise ConfigError(f"model.fourf.{unknown[0]}", spec.fourf[unknown[0]], f"one of {sorted(known)}")
-        return FourFFrontend(spec.in_channels, spec.num_kernels, spec.kernel_size, seed=spec.seed, **spec.fourf)
-    sensor = None
-    if spec.sensor is not None:
-        from simulator.sensor import SensorModel
-
-        sensor = build(SensorModel, spec.sensor, "model.sensor")
-    transform = None
-    if spec.fabrication is not None:
-        transform = RandomFabricationErrors(
-            2 * spec.num_kernels, spec.fabrication, seed=spec.seed,
-            kernel_shape=(spec.in_channels, spec.kernel_size, spec.kernel_size),
-        )
-    conv = IncoherentConv2d(spec.in_channels, spec.num_kernels, spec.kernel_size, output="features",
-                            psf_transform=transform, sensor=sensor, seed=spec.seed)
-    return IncoherentFrontend(conv, spec.photons_per_unit)
+        design = FourFDesign(spec.in_channels, spec.num_kernels, spec.kernel_size, seed=spec.seed, **spec.fourf)
+    else:
+        _check_int("kernel_size", spec.kernel_size, 1)
+        design = KernelDesign(shape=(spec.num_kernels, spec.in_channels, spec.kernel_size, spec.kernel_size),
+                              seed=spec.seed)
+    optics = dict(spec.optics or {})
+    shape = [spec.image_size, spec.image_size]
+    if optics.setdefault("image_shape", shape) != shape:
+        raise ConfigError("model.optics.image_shape", optics["image_shape"], f"{shape} (model.image_size)")
+    optics.setdefault("seed", spec.seed)
+    return OpticalSystem.from_config(optics, path="model.optics", design=design, robustness=spec.fabrication)
 
 
-def _backend(spec: OpticalStudentSpec) -> nn.Module:
+def _backend(spec: OpticalStudentSpec, in_shape: tuple[int, int, int]) -> nn.Module:
+    """The digital backend reading features of shape ``in_shape`` = (channels, rows, cols)."""
     if spec.backend == "fc":
         if not 1 <= len(spec.hidden) <= 2:
             raise ConfigError("model.hidden", spec.hidden, "one or two layer sizes (2 or 3 FC layers)")
-        shape = (spec.num_kernels, spec.image_size, spec.image_size)
-        return FCBackend(shape, spec.num_classes, tuple(spec.hidden), spec.pool)
+        return FCBackend(in_shape, spec.num_classes, tuple(spec.hidden), spec.pool)
     if len(spec.decoder_widths) != 2:
         raise ConfigError("model.decoder_widths", spec.decoder_widths, "two channel counts [w0, w1]")
-    return UpConvDecoder(spec.num_kernels, spec.out_channels, tuple(spec.decoder_widths))
+    return UpConvDecoder(in_shape[0], spec.out_channels, tuple(spec.decoder_widths))
 
 
 def build_model(cfg: dict) -> nn.Module:
@@ -410,6 +322,10 @@ def build_model(cfg: dict) -> nn.Module:
     if not isinstance(cfg, dict) or cfg.get("name") not in _SPECS:
         name = cfg.get("name") if isinstance(cfg, dict) else cfg
         raise ConfigError("model.name", name, f"one of {sorted(_SPECS)}")
+    if cfg["name"] == "optical_student":
+        for key, home in _MOVED_STUDENT_FIELDS.items():
+            if key in cfg:
+                raise ConfigError(f"model.{key}", cfg[key], f"no value here: set {home}")
     spec = build(_SPECS[cfg["name"]], cfg, "model")
     try:
         if isinstance(spec, TeacherSpec):
@@ -418,7 +334,8 @@ def build_model(cfg: dict) -> nn.Module:
             return UNet(spec.in_channels, spec.out_channels, spec.base_channels, spec.depth)
         with torch.random.fork_rng(devices=[]):  # backend initialisation draws from the global RNG
             torch.manual_seed(spec.seed)
-            return OpticalStudent(_frontend(spec), _backend(spec))
+            frontend = _frontend(spec)
+            return OpticalStudent(frontend, _backend(spec, (frontend.num_features, *frontend.feature_shape)))
     except InputError as exc:
         if isinstance(exc, ConfigError):
             raise

@@ -56,6 +56,13 @@ def split_signed(kernels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.relu(kernels), torch.relu(-kernels)
 
 
+def psf_pairs(kernels: torch.Tensor) -> torch.Tensor:
+    """Signed kernels (m, c, k1, k2) -> the PSF stack (2m, c, k1, k2) ``[k1+, k1-, k2+, k2-, ...]`` that
+    realises them (PSF ``2i`` is the positive part of kernel ``i``, PSF ``2i + 1`` its negative part)."""
+    positive, negative = split_signed(kernels)
+    return torch.stack((positive, negative), dim=1).flatten(0, 1)
+
+
 def _check_conv_args(images, psfs, mode: str) -> None:
     check_tensor("images", images, ndim=4)
     check_tensor("psfs", psfs, ndim=4)
@@ -247,8 +254,7 @@ class IncoherentConv2d(nn.Module):
     def psfs(self) -> torch.Tensor:
         """Non-negative PSF stack (2m, c, k1, k2) ordered ``[k1+, k1-, k2+, k2-, ...]`` (PSF ``2i`` is the
         positive part of kernel ``i``, PSF ``2i + 1`` its negative part), after ``psf_transform``."""
-        positive, negative = split_signed(self.weight)
-        stack = torch.stack((positive, negative), dim=1).flatten(0, 1)
+        stack = psf_pairs(self.weight)
         return stack if self.psf_transform is None else self.psf_transform(stack)
 
     def forward(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -21,7 +21,8 @@ name                   shape        meaning (identity value)
 ``kernel_error``       (P, C, K, K) delta, relative: the PSF gains ``delta * rms(psf)`` (0), or None
 =====================  ===========  ===========================================================
 
-Frame level (the camera frame, in whatever unit the frame carries, before the sensor):
+Frame level (the camera frame before the sensor, in whatever unit it carries; the optical system,
+:mod:`simulator.system`, applies them to photons per second, so stray light scales with exposure):
 
 * ``crosstalk`` (): fraction of each tile's image that leaks into each of its 4 grid neighbours
   (energy-conserving within the grid: a tile with ``n`` neighbours keeps ``1 - n * crosstalk``).
@@ -35,8 +36,9 @@ Order of the PSF stages (:func:`apply_psf_errors`): kernel error -> blur and abe
 Fourier-domain filter) -> geometric transform (rotation, magnification, shift) -> brightness.
 
 Energy: the kernel error, blur and aberration filters and the geometric transform conserve a
-centred PSF's energy up to what leaves the ``K x K`` window (which is cut off, as the sensor tile
-would lose it); brightness scales it exactly. The geometric transform resamples with bilinear
+centred PSF's energy up to what leaves the window (cut off); ``apply_psf_errors(..., margin_px)``
+widens the window so that it keeps what these stages move outwards (the optical system does, see
+:mod:`simulator.system`); brightness scales it exactly. The geometric transform resamples with bilinear
 interpolation divided by ``magnification**2`` (the Jacobian). For a pure shift, bilinear
 interpolation is the exact pixel-area resampling of a piecewise-constant image (its weights are the
 overlaps of the shifted pixel with its four neighbours) and conserves energy exactly while the PSF
@@ -388,11 +390,14 @@ def _at_identity(tensor: torch.Tensor | None, value: float) -> bool:
 
 
 # ------------------------------------------------------------------------------------------ PSF stages
-def apply_psf_errors(psfs: torch.Tensor, errors: FabricationErrors) -> torch.Tensor:
+def apply_psf_errors(psfs: torch.Tensor, errors: FabricationErrors, margin_px: int = 0) -> torch.Tensor:
     """The fabricated PSFs: ``psfs`` (P, C, K, K), non-negative design PSFs, with ``errors`` applied.
 
     Stages in order: kernel error, blur + aberration, geometric transform, brightness (module
-    docstring). Differentiable in ``psfs`` and every error tensor; dtype/device follow ``psfs``.
+    docstring). ``margin_px`` widens the window by that many zero pixels on every side after the
+    kernel error (which stays on the design's K x K support), so that light the later stages move
+    outwards is kept: the result is (P, C, K + 2 margin, K + 2 margin), centred on the same pixel.
+    Differentiable in ``psfs`` and every error tensor; dtype/device follow ``psfs``.
     """
     check_tensor("psfs", psfs, ndim=4)
     p, c, k1, k2 = psfs.shape
@@ -400,9 +405,14 @@ def apply_psf_errors(psfs: torch.Tensor, errors: FabricationErrors) -> torch.Ten
         raise InputError(f"psfs must be square (P, C, K, K), got shape {tuple(psfs.shape)}")
     if p != errors.num_psfs:
         raise InputError(f"psfs hold {p} PSFs (dim 0) but the fabrication errors are for {errors.num_psfs}")
+    if isinstance(margin_px, bool) or not isinstance(margin_px, int) or margin_px < 0:
+        raise InputError(f"margin_px must be an int >= 0, got {margin_px!r}")
     out = psfs
     if errors.kernel_error is not None:
         out = add_kernel_error(out, errors.kernel_error)
+    if margin_px:
+        out = torch.nn.functional.pad(out, (margin_px,) * 4)
+        k1 += 2 * margin_px
     blur, zern = errors.blur_sigma_px, errors.zernike_m
     if not (_at_identity(blur, 0.0) and _at_identity(zern, 0.0)):
         transfer = gaussian_transfer(blur.to(psfs), k1)[:, None]

@@ -49,6 +49,9 @@ JUSTIFY = ("left", "right")
 #: Tolerated negative input, relative to the largest magnitude (round-off of FFT convolutions);
 #: values in that band are taken as 0 photons, more negative ones are an error.
 NEGATIVE_ROUNDOFF_RTOL = 1e-5
+#: Read-noise standard deviations below the full well's level from which a pixel may be clipped
+#: (a clipped pixel reads below it with probability ~3e-7).
+SATURATION_READ_SIGMAS = 5.0
 
 
 def _straight_through(value: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -91,7 +94,8 @@ class SensorModel:
     Parameters
     ----------
     exposure_s : float
-        Exposure time (s); scales the dark current only (the input is already per exposure).
+        Default exposure time (s); scales the dark current only (the input is already per exposure).
+        :meth:`forward` takes the exposure of each frame as an argument.
     input_pitch_m, pixel_pitch_m : float or None
         Sample pitch of the input and the sensor's pixel pitch (m); resampling is off unless both set.
     quantum_efficiency : float
@@ -168,17 +172,50 @@ class SensorModel:
         """Largest output value (after justification), or None without an ADC."""
         if self.bit_depth is None:
             return None
-        return float((2**self.bit_depth - 1) * self._justify_scale())
+        return float((2**self.bit_depth - 1) * self.justify_scale)
 
-    def _justify_scale(self) -> int:
+    @property
+    def justify_scale(self) -> int:
+        """Factor between an ADC code and the stored value (``2**(container - bits)`` when
+        left-justified, else 1)."""
+        if self.bit_depth is None:
+            return 1
         container = self.container_bits or self.bit_depth
         return 2 ** (container - self.bit_depth) if self.justify == "left" else 1
 
-    def forward(self, photons: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    @property
+    def saturation_dn(self) -> float | None:
+        """Smallest stored value that may mean a clipped pixel, or None when nothing clips.
+
+        The lower of the ADC's maximum and the full well's level; a pixel clipped at the full well
+        reads its level plus read noise, so that level is taken :data:`SATURATION_READ_SIGMAS`
+        read-noise sigmas lower (and rounded down to a code).
+        """
+        limits = []
+        if self.full_well_e is not None:
+            level = (self.full_well_e - SATURATION_READ_SIGMAS * self.read_noise_e) / self.gain_e_per_dn + self.offset_dn
+            if self.bit_depth is not None:
+                level = math.floor(level) * self.justify_scale
+            limits.append(float(level))
+        if self.max_dn is not None:
+            limits.append(self.max_dn)
+        return min(limits) if limits else None
+
+    def electrons(self, dn: torch.Tensor) -> torch.Tensor:
+        """Stored values ``dn`` -> photo-electrons (offset removed, ADC justification undone, times the
+        conversion gain): the inverse of the gain/offset/justification stages."""
+        return (dn / self.justify_scale - self.offset_dn) * self.gain_e_per_dn
+
+    def forward(self, photons: torch.Tensor, generator: torch.Generator | None = None, *,
+                exposure_s: float | None = None, noise: bool | None = None) -> torch.Tensor:
         """Expected photons per input sample (*batch, rows, cols) -> DN per sensor pixel.
 
         ``generator`` (on the tensor's device) seeds shot and read noise; the global RNG otherwise.
+        ``exposure_s`` (s) scales the dark current (default: the model's ``exposure_s``); ``noise``
+        overrides the model's ``noise`` switch (False: the expected value, still quantised).
         """
+        exposure_s = self.exposure_s if exposure_s is None else check_positive("exposure_s", exposure_s)
+        noisy = self.noise if noise is None else bool(noise)
         check_tensor("photons", photons, min_ndim=2)
         if photons.numel() and not is_transformed(photons):
             tolerance = -NEGATIVE_ROUNDOFF_RTOL * float(photons.detach().abs().max())
@@ -188,19 +225,19 @@ class SensorModel:
         ratio = self.resample_ratio
         if ratio is not None:
             photons = area_resample(photons, ratio)
-        electrons = photons * self.quantum_efficiency + self.dark_current_e_per_s * self.exposure_s
-        if self.noise and self.shot_noise:
+        electrons = photons * self.quantum_efficiency + self.dark_current_e_per_s * exposure_s
+        if noisy and self.shot_noise:
             electrons = _straight_through(electrons, torch.poisson(electrons.detach(), generator=generator))
         if self.full_well_e is not None:
             electrons = electrons.clamp(max=self.full_well_e)
-        if self.noise and self.read_noise_e > 0:
+        if noisy and self.read_noise_e > 0:
             draw = torch.randn(electrons.shape, generator=generator, dtype=electrons.dtype, device=electrons.device)
             electrons = electrons + self.read_noise_e * draw
         dn = electrons / self.gain_e_per_dn + self.offset_dn
         if self.bit_depth is None:
             return dn
         codes = _straight_through(dn, torch.floor(dn.detach() + 0.5)).clamp(0, 2**self.bit_depth - 1)
-        return codes * self._justify_scale()
+        return codes * self.justify_scale
 
     __call__ = forward
 

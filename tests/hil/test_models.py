@@ -4,13 +4,10 @@ import pytest
 import torch
 from torch import nn
 
-from hil.models import (
-    FCBackend, FourFFrontend, IncoherentFrontend, LeNet, OpticalStudent, RandomFabricationErrors, UNet, UpConvDecoder,
-    build_model, hold_random_draws,
-)
-from simulator.conv import IncoherentConv2d, optical_conv2d
+from hil.models import FCBackend, FourFDesign, LeNet, OpticalStudent, UNet, UpConvDecoder, build_model, hold_random_draws
+from simulator.conv import optical_conv2d
 from simulator.errors import ConfigError, InputError
-from simulator.sensor import SensorModel
+from simulator.system import OpticalSystem
 
 
 def count(model):
@@ -45,58 +42,63 @@ def test_upconv_decoder_shape():
     assert UpConvDecoder(8, 1, (6, 12))(torch.rand(2, 8, 28, 28)).shape == (2, 1, 28, 28)
 
 
-def test_incoherent_frontend_features_are_signed_kernel_convolutions():
-    conv = IncoherentConv2d(1, 3, 5, seed=1, dtype=torch.float64)
-    frontend = IncoherentFrontend(conv)
-    x = torch.rand(2, 1, 12, 12, dtype=torch.float64)
-    expected = optical_conv2d(x, conv.weight, mode="same")  # k+ - k- = k, the convolution is linear
-    torch.testing.assert_close(frontend(x), expected)
-    # with a noiseless sensor the photon scaling cancels
-    quiet = IncoherentConv2d.from_kernels(conv.weight.detach(), sensor=SensorModel(noise=False))
-    torch.testing.assert_close(IncoherentFrontend(quiet, photons_per_unit=250.0)(x), expected)
+def student_frontend(**fields):
+    return build_model({"name": "optical_student", "num_kernels": 2, "kernel_size": 3, "image_size": 16,
+                        **fields}).frontend
+
+
+def test_student_frontend_features_are_signed_kernel_convolutions_of_the_displayed_image():
+    """Ideal optics, gamma 1: features = (images shown as 8-bit gray) * (k+ - k-), "same" mode."""
+    frontend = student_frontend(optics={"display": {"gamma": 1.0}})
+    x = torch.rand(2, 1, 16, 16)
+    shown = torch.round(x * 255) / 255
+    torch.testing.assert_close(frontend(x), optical_conv2d(shown, frontend.design.kernels, mode="same"))
+    # a noiseless sensor with an ADC: the photon scale and the conversion gain cancel up to quantisation
+    quiet = student_frontend(optics={"display": {"gamma": 1.0}, "photometry": {"photons_per_s": 1e6},
+                                     "sensor": {"bit_depth": 16, "gain_e_per_dn": 0.5, "noise": False}})
+    torch.testing.assert_close(quiet(x), optical_conv2d(shown, quiet.design.kernels, mode="same"), atol=2e-4, rtol=0)
 
 
 def test_sensor_noise_shrinks_with_more_photons():
-    kernels = IncoherentConv2d(1, 2, 3, seed=0, dtype=torch.float64).weight.detach()
     x = torch.full((1, 1, 16, 16), 0.5, dtype=torch.float64)
-    clean = IncoherentFrontend(IncoherentConv2d.from_kernels(kernels))(x)
     spread = []
-    for photons in (100.0, 10000.0):
-        noisy = IncoherentFrontend(IncoherentConv2d.from_kernels(kernels, sensor=SensorModel()), photons)
+    for photons_per_s in (1e4, 1e6):
+        frontend = student_frontend(optics={"photometry": {"photons_per_s": photons_per_s},
+                                            "sensor": {"quantum_efficiency": 1.0}}).double().train()
+        clean = frontend.eval()(x)
         torch.manual_seed(0)
         with torch.no_grad():
-            spread.append(float((noisy(x) - clean).std()))
+            spread.append(float((frontend.train()(x) - clean).std()))
     # shot noise: relative std ~ 1/sqrt(photons), 100x photons -> 10x less
     assert 7 < spread[0] / spread[1] < 14
 
 
-def test_random_fabrication_errors_train_vs_eval_hold_and_resume():
-    transform = RandomFabricationErrors(4, {"brightness_rel_std": 0.2}, seed=5)
-    psfs = torch.rand(4, 1, 3, 3, dtype=torch.float64)
-    a, b = transform(psfs), transform(psfs)
-    assert not torch.allclose(a, b) and transform.draws == 2
-    ratio = (a / psfs).flatten(1)
-    torch.testing.assert_close(ratio, ratio[:, :1].expand_as(ratio))  # brightness: one factor per PSF
-    transform.eval()
-    assert torch.equal(transform(psfs), psfs)
-    transform.train()
-    model = nn.Sequential(transform)
-    with hold_random_draws(model):
-        torch.testing.assert_close(transform(psfs), transform(psfs))
-    assert transform.draws == 3
-    state = model.state_dict()
-    fresh = nn.Sequential(RandomFabricationErrors(4, {"brightness_rel_std": 0.2}, seed=5))
-    fresh.load_state_dict(state)
-    torch.testing.assert_close(fresh[0](psfs), transform(psfs))  # draw 3 of the same sequence
+def test_random_fabrication_draws_train_vs_eval_hold_and_resume():
+    frontend = student_frontend(fabrication={"brightness_rel_std": 0.2}, seed=5)
+    x = torch.rand(2, 1, 16, 16)
+    frontend.train()
+    a, b = frontend(x), frontend(x)
+    assert not torch.allclose(a, b) and frontend.draws.draws == 2
+    frontend.eval()
+    clean = frontend(x)
+    assert torch.equal(frontend(x), clean) and frontend.draws.draws == 2
+    frontend.train()
+    with hold_random_draws(frontend):
+        torch.testing.assert_close(frontend(x), frontend(x))
+    assert frontend.draws.draws == 3
+    fresh = student_frontend(fabrication={"brightness_rel_std": 0.2}, seed=5)
+    fresh.load_state_dict(frontend.state_dict())
+    torch.testing.assert_close(fresh.train()(x), frontend(x))  # draw 3 of the same sequence
 
 
-def test_fourf_frontend_kernels_are_differences_of_4f_psfs_and_train():
-    frontend = FourFFrontend(1, 2, 5, seed=0)
-    psfs = frontend.psfs()
+def test_fourf_design_kernels_are_differences_of_4f_psfs_and_train():
+    frontend = student_frontend(frontend="fourf", kernel_size=5, optics={"display": {"gamma": 1.0}})
+    psfs = frontend.design.psfs()
     assert psfs.shape == (4, 1, 5, 5) and float(psfs.detach().min()) >= 0
-    x = torch.rand(2, 1, 10, 10)
+    x = torch.rand(2, 1, 16, 16)
     features = frontend(x)
-    torch.testing.assert_close(features, optical_conv2d(x, psfs[0::2] - psfs[1::2], mode="same"), rtol=1e-5, atol=1e-7)
+    shown = torch.round(x * 255) / 255
+    torch.testing.assert_close(features, optical_conv2d(shown, psfs[0::2] - psfs[1::2], mode="same"), rtol=1e-5, atol=1e-7)
     features.square().sum().backward()
     grads = [p.grad for p in frontend.parameters()]
     assert grads and all(g is not None and float(g.abs().sum()) > 0 for g in grads)
@@ -108,7 +110,7 @@ def test_optical_student_blocks_and_freezing():
     assert student(torch.rand(2, 1, 28, 28)).shape == (2, 10)
     assert {n.split(".")[0] for n, _ in student.named_parameters()} == {"frontend", "backend"}
     student.freeze("frontend")
-    assert not any(p.requires_grad for p in student.frontend.parameters())
+    assert not any(p.requires_grad for p in student.frontend.parameters()) and student.frontend.frozen
     assert all(p.requires_grad for p in student.backend.parameters())
     student.freeze("frontend", frozen=False)
     assert all(p.requires_grad for p in student.parameters())
@@ -119,13 +121,16 @@ def test_optical_student_blocks_and_freezing():
 def test_build_model_variants_and_determinism():
     seg = build_model({"name": "optical_student", "backend": "upconv", "num_kernels": 4, "decoder_widths": [8, 16]})
     assert seg(torch.rand(1, 1, 28, 28)).shape == (1, 1, 28, 28)
-    fourf = build_model({"name": "optical_student", "frontend": "fourf", "num_kernels": 2, "kernel_size": 5,
-                         "fourf": {"psf_gain": 10.0}})
-    assert isinstance(fourf.frontend, FourFFrontend) and fourf(torch.rand(1, 1, 28, 28)).shape == (1, 10)
+    fourf = build_model({"name": "optical_student", "frontend": "fourf", "num_kernels": 2, "kernel_size": 5})
+    assert isinstance(fourf.frontend.design, FourFDesign) and fourf(torch.rand(1, 1, 28, 28)).shape == (1, 10)
     robust = build_model({"name": "optical_student", "fabrication": {"shift_std_px": 0.3},
-                          "sensor": {"read_noise_e": 2.0}, "photons_per_unit": 1000.0})
-    assert isinstance(robust.frontend.conv.psf_transform, RandomFabricationErrors)
-    assert robust.frontend.conv.sensor.read_noise_e == 2.0
+                          "optics": {"sensor": {"read_noise_e": 2.0}, "photometry": {"photons_per_s": 1e5}}})
+    assert isinstance(robust.frontend, OpticalSystem) and robust.frontend.draws is not None
+    assert robust.frontend.sensor.read_noise_e == 2.0 and robust.frontend.photometry.photons_per_unit() == 1000.0
+    magnified = build_model({"name": "optical_student", "image_size": 14, "optics": {"geometry": {
+        "display_pixel_pitch_m": 6.9e-6, "sensor_pixel_pitch_m": 3.45e-6}}})
+    assert magnified(torch.rand(1, 1, 14, 14)).shape == (1, 10)
+    assert magnified.backend.layers[2].in_features == 8 * 14 * 14  # 28 x 28 features, pooled by 2
     a, b = build_model({"name": "optical_student", "seed": 3}), build_model({"name": "optical_student", "seed": 3})
     for (na, pa), (nb, pb) in zip(a.state_dict().items(), b.state_dict().items()):
         assert na == nb and torch.equal(pa, pb)
@@ -139,8 +144,16 @@ def test_build_model_errors_name_the_field():
         build_model({"name": "optical_student", "hidden": [1, 2, 3]})
     with pytest.raises(ConfigError, match="model.num_kernels"):
         build_model({"name": "optical_student", "num_kernels": "many"})
-    with pytest.raises(ConfigError, match="model.sensor"):
+    with pytest.raises(ConfigError, match=r"model\.optics\.sensor"):
         build_model({"name": "optical_student", "sensor": {"gain": 2}})
+    with pytest.raises(ConfigError, match=r"model\.optics\.photometry"):
+        build_model({"name": "optical_student", "photons_per_unit": 1000.0})
+    with pytest.raises(ConfigError, match=r"model\.optics\.photometry"):
+        build_model({"name": "optical_student", "frontend": "fourf", "fourf": {"psf_gain": 100.0}})
+    with pytest.raises(ConfigError, match=r"model\.optics\.image_shape"):
+        build_model({"name": "optical_student", "optics": {"image_shape": [32, 32]}})
+    with pytest.raises(ConfigError, match=r"model\.optics\.design"):
+        build_model({"name": "optical_student", "optics": {"design": {"generator": "random_signed"}}})
     with pytest.raises(ConfigError, match="model.fourf.lens"):
         build_model({"name": "optical_student", "frontend": "fourf", "fourf": {"lens": 1}})
 
@@ -148,8 +161,7 @@ def test_build_model_errors_name_the_field():
 def test_fourf_frontend_flat_filter_images_a_point():
     """A uniform Fourier-plane amplitude filter (transmission 1/2 everywhere, no phase) is an ideal 4f
     imager: its incoherent PSF is a single pixel at the axis holding |H|^2 = 1/4 of the energy."""
-    frontend = FourFFrontend(1, 1, 5, filter_mode="amplitude")
-    psfs = frontend.psfs().detach().double()
+    psfs = FourFDesign(1, 1, 5, filter_mode="amplitude").psfs().detach().double()
     expected = torch.zeros(2, 1, 5, 5, dtype=torch.float64)
     expected[:, 0, 2, 2] = 0.25
     torch.testing.assert_close(psfs, expected, atol=1e-6, rtol=0)
