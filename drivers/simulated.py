@@ -279,6 +279,7 @@ class SimulatedCamera(Camera):
         if not isinstance(buffer_frames, int) or buffer_frames < 1:
             raise ValueError(f"buffer_frames must be an integer >= 1, got {buffer_frames!r}")
         self.slm, self._render = slm, render
+        self.optics = None  # the OpticalSystem it renders through, when opened from an optics config
         self.exposure_step_s, self.readout_s, self.frame_period_s = exposure_step_s, readout_s, frame_period_s
         self.buffer_frames = buffer_frames
         self.native_black_level_dn = float(native_black_level_dn)
@@ -335,11 +336,12 @@ class SimulatedCamera(Camera):
         kwargs = {k: getattr(cfg, k) for k in ("exposure_limits_s", "exposure_step_s", "readout_s", "frame_period_s",
                                                "trigger_mode", "buffer_frames", "gain_limits", "default_timeout_s", "faults")}
         try:
-            return cls(slm, render, bit_depth=bit_depth, saturation_dn=saturation_dn, native_black_level_dn=black, name=path or None,
-                       clock=context.clock, pixel_pitch_m=pixel_pitch_m,
-                       exposure_s=exposure_s, **kwargs)
+            camera = cls(slm, render, bit_depth=bit_depth, saturation_dn=saturation_dn, native_black_level_dn=black,
+                         name=path or None, clock=context.clock, pixel_pitch_m=pixel_pitch_m, exposure_s=exposure_s, **kwargs)
         except ValueError as exc:
             raise ConfigError(path or "<root>", dict(settings), str(exc)) from exc
+        camera.optics = system if cfg.render == "optics" else None
+        return camera
 
     # ------------------------------------------------------------------------------ rendering
     def _render_checked(self, gray: np.ndarray, exposure_s: float) -> np.ndarray:

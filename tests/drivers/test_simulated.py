@@ -1,14 +1,21 @@
 """Simulated SLM and camera: conformance, the timing model (settle mix, stale free-run frames,
 flush), and seeded fault injection."""
 
+import dataclasses
+from pathlib import Path
+
 import numpy as np
 import pytest
+import torch
+import yaml
 
 from drivers.clock import VirtualClock
+from drivers.config import open_bench
 from drivers.errors import DeviceDisconnected, DeviceFault, DeviceTimeout, UnsupportedFeature
 from drivers.faults import FaultConfig, FaultInjector
 from drivers.lut import LUT
 from drivers.simulated import SimulatedCamera, SimulatedSLM, direct_render
+from simulator.errors import ConfigError
 from tests.drivers.conformance import check_camera, check_slm
 from tests.drivers.conftest import DN_PER_LEVEL_S, gray_seen, make_pair
 
@@ -247,3 +254,78 @@ def test_simulated_lut_replaced_by_measured(pair):
     from simulator.errors import InputError
     with pytest.raises(InputError):
         slm.lut = LUT.linear(8, "phase")
+
+
+# ------------------------------------------------------------------------------ through the optics
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def example_bench_config(**camera):
+    config = yaml.safe_load((EXAMPLES / "bench_sim.yaml").read_text())
+    config["camera"] = {**config["camera"], "optics": str(EXAMPLES / "optics.yaml"), **camera}
+    return config
+
+
+@pytest.mark.parametrize("field, value, optics_field", [
+    ("bit_depth", 10, "display.bit_depth"),
+    ("pixel_pitch_m", 8e-6, "geometry.display_pixel_pitch_m"),
+    ("shape", [20, 20], "image_shape"),
+])
+def test_an_slm_that_contradicts_the_optics_is_refused_naming_both_fields(field, value, optics_field):
+    config = example_bench_config()
+    config["slm"][field] = value
+    with pytest.raises(ConfigError, match=f"camera.optics.{optics_field}".replace(".", r"\.")) as info:
+        open_bench(config, clock=VirtualClock())
+    assert info.value.path == f"slm.{field}"
+
+
+def test_camera_pitch_comes_from_the_optics_and_a_contradiction_is_refused():
+    with open_bench(example_bench_config(), clock=VirtualClock()) as bench:
+        assert bench.camera.pixel_pitch_m == bench.camera.optics.geometry.sensor_pixel_pitch_m == 3.45e-6
+    with pytest.raises(ConfigError, match="sensor_pixel_pitch_m") as info:
+        open_bench(example_bench_config(pixel_pitch_m=5e-6), clock=VirtualClock())
+    assert info.value.path == "camera.pixel_pitch_m"
+    with pytest.raises(ConfigError, match=r"camera\.optics") as info:
+        open_bench(example_bench_config(frontend="frontend.yaml"), clock=VirtualClock())
+    assert info.value.path == "camera.frontend"
+
+
+def test_a_container_wider_than_the_simulated_frames_is_refused():
+    optics = yaml.safe_load((EXAMPLES / "optics.yaml").read_text())
+    optics["sensor"]["container_bits"] = 32
+    with pytest.raises(ConfigError, match="at most 16 bits") as info:
+        open_bench(example_bench_config(optics=optics), clock=VirtualClock())
+    assert info.value.path == "camera.optics.sensor.container_bits"
+
+
+def test_exposure_is_an_argument_the_optics_description_does_not_change():
+    with open_bench(example_bench_config(), clock=VirtualClock()) as bench:
+        before = bench.camera.optics.to_config()
+        image = np.full((28, 28), 90, np.uint8)
+        short = bench.measure(image).frame.image.astype(float)
+        bench.camera.exposure_s = 0.02
+        long = bench.measure(image).frame.image.astype(float)
+        assert bench.camera.optics.to_config() == before
+    black = bench.camera.black_level
+    assert (long - black).mean() == pytest.approx(2 * (short - black).mean(), rel=0.02)
+
+
+def test_hdr_merges_pixels_clipped_at_the_full_well_correctly():
+    """The example sensor's full well (~4040 DN) sits below its ADC maximum (4095): pixels clipped
+    there must count as saturated, so the merged bright tiles match the expected unclipped counts."""
+    with open_bench(example_bench_config(), clock=VirtualClock()) as bench:
+        system, camera = bench.camera.optics, bench.camera
+        assert camera.saturation_dn == system.sensor.saturation_dn < 4095 * 16
+        image = np.full((28, 28), 255, np.uint8)
+        bench.slm.show(image)
+        bench.clock.sleep(1.0)
+        camera.exposure_s = 0.04
+        exposures = [0.005, 0.01, 0.02, 0.04]
+        merged = camera.hdr(exposures)
+        clipped_at_longest = camera.snap().image >= camera.saturation_dn
+    ideal = dataclasses.replace(system.sensor, full_well_e=None, bit_depth=None, container_bits=None, noise=False)
+    expected = (ideal.forward(system.photon_rate_frame(torch.from_numpy(image.astype(np.int64))[None, None]) * 0.04,
+                              exposure_s=0.04)[0].numpy() - ideal.offset_dn) * 16
+    assert clipped_at_longest.sum() > 1000
+    ratio = merged.image[clipped_at_longest] / expected[clipped_at_longest]
+    assert abs(float(np.median(ratio)) - 1) < 0.02 and float(np.percentile(ratio, 5)) > 0.9
