@@ -84,3 +84,40 @@ def test_a_trained_student_keeps_its_simulated_accuracy_on_the_noisy_bench():
     assert simulated > 0.7  # it learned something, so the comparison means something
     assert abs(on_bench - simulated) <= 0.01, (simulated, on_bench)
     assert np.isfinite(on_bench)
+
+
+@pytest.mark.parametrize("frontend", ["incoherent_conv", "fourf"])
+def test_an_exported_design_fabricated_without_errors_is_the_student_on_the_bench(tmp_path, frontend):
+    from hil.checkpoint import save_checkpoint
+    from hil.export import export_design
+    from simulator.system import OpticalSystem
+
+    config = {"name": "optical_student", "frontend": frontend, "num_kernels": 3, "kernel_size": 5, "image_size": 12,
+              "optics": {"sensor": {**SENSOR, "noise": False}, "photometry": {"photons_per_s": 1e6}}}
+    student = build_model(config).eval()
+    save_checkpoint(tmp_path / "run" / "checkpoints" / "best.pt", {"model": student.state_dict(), "config": {"model": config}})
+    optics_file = export_design(tmp_path / "run", tmp_path / "design")
+    design_file = "kernels.npy" if frontend == "incoherent_conv" else "psfs.npy"
+    assert (tmp_path / "design" / design_file).is_file()
+    exported = OpticalSystem.from_yaml(optics_file)
+    torch.testing.assert_close(exported.design.psfs().float(), student.frontend.design.psfs().detach())
+    images = torch.rand((3, 1, 12, 12), generator=torch.Generator().manual_seed(0))
+    bench = {"clock": "virtual", "slm": {"shape": [12, 12], "bit_depth": 8, "pixel_pitch_m": 3.45e-6, "settle_s": 0.0},
+             "camera": {"backend": "simulated-camera", "optics": str(optics_file)}}
+    with open_bench(bench, clock=VirtualClock()) as b:
+        features = torch.cat([b.camera.optics.features(b.measure(torch.round(im[0] * 255).to(torch.uint8).numpy())
+                                                       .frame.image) for im in images])
+    with torch.no_grad():
+        torch.testing.assert_close(student.backend(features.float()), student(images), rtol=1e-4, atol=1e-4)
+
+
+def test_export_refuses_a_run_without_an_optical_student(tmp_path):
+    from hil.checkpoint import save_checkpoint
+    from hil.export import export_design
+    from simulator.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="RUN_DIR"):
+        export_design(tmp_path, tmp_path / "out")
+    save_checkpoint(tmp_path / "checkpoints" / "last.pt", {"model": {}, "config": {"model": {"name": "lenet"}}})
+    with pytest.raises(ConfigError, match="optical_student"):
+        export_design(tmp_path, tmp_path / "out")
