@@ -17,6 +17,7 @@ import math
 import torch
 
 from .errors import InputError, SamplingError
+from .fft import ifft2_unscaled
 from .field import Field, Grid
 from .sampling import (
     as_wavelengths,
@@ -157,18 +158,21 @@ def clear_transfer_function_cache() -> None:
 
 def _apply_transfer_function(data: torch.Tensor, kernel: torch.Tensor, padded_shape) -> torch.Tensor:
     """Linear convolution of ``data`` (..., L, ny, nx) with the transfer function ``kernel`` (L, Py, Px):
-    zero-pad at the far end, multiply, crop the original window.
+    ``ifft2(fft2(data, s=padded_shape) * kernel)[..., :ny, :nx]`` (zero-pad at the far end, multiply, crop
+    the original window), returned contiguous.
 
-    The 2-D transforms are done one axis at a time so that nothing is computed on zeros or thrown away:
-    forward along x on the ``ny`` data rows only, then along y; inverse along y, crop to ``ny`` rows,
-    then along x. Same result as ``ifft2(fft2(data, s=padded_shape) * kernel)[..., :ny, :nx]`` with about
-    a quarter fewer operations when the padding doubles each side.
+    Only unscaled 2-D transforms are used (see :mod:`simulator.fft` for the torch bug this avoids); the
+    ``1 / (Py Px)`` factor is applied to the cropped window, a quarter of the padded array when padding
+    doubles each side. Whole 2-D transforms beat going axis by axis (which skips the zero rows) here:
+    torch's strided 1-D passes along the rows axis cost more than the work they skip -- 1024^2 padded to
+    2048^2, complex64, 2 threads: 88-96 ms axis by axis, 58 ms as written (``benchmarks/simulator.py``
+    compares it with the bare transforms).
     """
     ny, nx = data.shape[-2:]
     py, px = padded_shape
-    spectrum = torch.fft.fft(torch.fft.fft(data, n=px, dim=-1), n=py, dim=-2)
-    rows = torch.fft.ifft(spectrum * kernel, dim=-2)[..., :ny, :]  # 1-D: not hit by the ifft2 bug (simulator.fft)
-    return torch.fft.ifft(rows, dim=-1)[..., :nx]
+    spectrum = torch.fft.fft2(data, s=(py, px))
+    spectrum.mul_(kernel)  # in place: nothing needs the unmultiplied spectrum, autograd included
+    return ifft2_unscaled(spectrum)[..., :ny, :nx] * (1.0 / (py * px))
 
 
 def _spectrum_outside(data, grid, padded_shape, f_limits) -> torch.Tensor:
