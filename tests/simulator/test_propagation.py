@@ -4,6 +4,7 @@ Fourier transforms; and gradients."""
 import cmath
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -174,3 +175,19 @@ def test_cached_transfer_functions_and_bases_survive_callers():
     coeffs = torch.tensor([0.0, 0.0, 0.0, 1e-7], dtype=torch.float64, requires_grad=True)
     zernike_wavefront(coeffs, grid, 10e-6).pow(2).sum().backward()
     assert float(coeffs.grad[3]) > 0
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.complex128, 1e-13), (torch.complex64, 1e-6)])
+def test_propagation_is_the_padded_linear_convolution_on_a_rectangular_grid(dtype, tol):
+    """``ifft2(fft2(E, s=padded) * H)`` cropped to the window, checked in numpy float64 on a rectangular
+    grid (rows != cols) with a batch and two wavelengths, so that a swapped axis or a missing 1/N shows."""
+    gen = torch.Generator().manual_seed(4)
+    grid = Grid((12, 20), (1e-6, 1.5e-6))
+    wavelengths = (0.45e-6, 0.63e-6)
+    data = torch.randn((2, 2, 12, 20), dtype=dtype, generator=gen)
+    out = propagate_asm(Field(data, grid, wavelengths), 15e-6)
+    padded = default_padded_shape(grid.shape)
+    h = asm_transfer_function(grid, wavelengths, 15e-6, padded, dtype=torch.complex128).numpy()
+    expected = np.fft.ifft2(np.fft.fft2(data.numpy().astype(np.complex128), s=padded) * h)[..., :12, :20]
+    assert out.data.shape == data.shape and out.data.dtype == dtype
+    assert np.abs(out.data.numpy() - expected).max() <= tol * np.abs(expected).max()
