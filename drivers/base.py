@@ -13,6 +13,8 @@ hooks:
   idea for the other settings;
 - ``Camera._flush()`` (optional): drop buffered frames; return how many;
 - ``SLM._show(frame)`` (required): send an integer frame (already validated) to the device;
+- ``SLM._phase_to_gray(phase_rad)`` (optional): the gray levels of a phase pattern (default: through
+  :attr:`SLM.lut`), for a device with its own phase conversion;
 - ``_close()`` (optional): release the hardware (called once).
 
 Hooks may raise anything: the base class re-raises it as the matching :class:`DeviceError` chained
@@ -31,6 +33,7 @@ overrides :meth:`from_config` and uses the :class:`OpenContext`.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from collections.abc import Mapping, Sequence
@@ -76,6 +79,28 @@ class OpenContext:
         """``path`` relative to :attr:`base_dir` (absolute paths unchanged)."""
         p = Path(path).expanduser()
         return p if p.is_absolute() else self.base_dir / p
+
+
+@contextlib.contextmanager
+def config_errors(settings: Mapping, path: str = ""):
+    """Re-raise a bad-value error from opening a device (or bench) from YAML as a :class:`ConfigError`
+    that names the YAML field.
+
+    ``settings`` maps the section's field names to the values used (defaults included). The toolkit's
+    checks start their message with the parameter's name (``"exposure_s must be in [1e-05, 10] s, got
+    -1.0"``): when that name is a key of ``settings``, the error names ``path.<key>`` and its value;
+    otherwise it names ``path``. :class:`ConfigError` passes unchanged.
+    """
+    try:
+        yield
+    except ConfigError:
+        raise
+    except ValueError as exc:  # InputError included
+        message = str(exc)
+        key = message.split(" ", 1)[0]
+        if key in settings:
+            raise ConfigError(f"{path}.{key}" if path else key, settings[key], message) from exc
+        raise ConfigError(path or "<root>", dict(settings), message) from exc
 
 
 def integer_dtype_for(bit_depth: int) -> np.dtype:
@@ -125,7 +150,8 @@ class Device:
         """Open the device from its YAML settings (without the ``backend`` key).
 
         The default validates ``settings`` into :attr:`Config` and calls
-        ``cls(**fields, name=path, clock=context.clock)``; errors name ``path.field``.
+        ``cls(**fields, name=path, clock=context.clock)``; errors name ``path.field`` (the
+        constructor's too, see :func:`config_errors`).
         """
         if cls.Config is None:
             if settings:
@@ -134,7 +160,8 @@ class Device:
             return cls(name=path or None, clock=context.clock)
         config = build(cls.Config, dict(settings), path)
         kwargs = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
-        return cls(**kwargs, name=path or None, clock=context.clock)
+        with config_errors(kwargs, path):
+            return cls(**kwargs, name=path or None, clock=context.clock)
 
     # --------------------------------------------------------------------------------- lifetime
     @property
@@ -192,8 +219,8 @@ class RawFrame:
     image : np.ndarray
         (rows, cols) or (rows, cols, channels) of the camera's dtype, rows/cols of the current ROI.
     timestamp_s : float, optional
-        Start of the exposure on the camera's clock (s). None: the base class takes the time at which
-        ``_snap`` returned minus the exposure.
+        Start of the exposure on the camera's clock (s), when the device reports it. None: the device
+        does not say; the base class then records what it knows (see :attr:`Frame.timing`).
     index : int, optional
         The device's frame counter. None: the base class counts frames itself.
     meta : mapping
@@ -219,7 +246,7 @@ class Frame:
     index : int
         Frame counter (the device's when it has one).
     timestamp_s : float
-        Start of the exposure on the camera's clock (s).
+        Start of the exposure on the camera's clock (s), as far as it is known (see ``timing``).
     exposure_s : float
         Exposure time (s).
     gain : float
@@ -229,6 +256,14 @@ class Frame:
     meta : mapping
         Backend extras (e.g. ``slm_frame_id`` for the simulated camera) and, for averaged/HDR frames,
         how they were made.
+    timing : {"device", "triggered", "estimated"}
+        What ``timestamp_s`` rests on. ``"device"``: the camera's own timestamp of the exposure start.
+        ``"triggered"``: the camera has none, but it is in software-trigger mode, so the exposure
+        started at or after ``timestamp_s``, the time the :meth:`Camera.snap` call began (a recorded
+        file or a simulator may return at once). ``"estimated"``: a free-running camera without
+        timestamps; ``timestamp_s`` is the time the frame arrived minus the exposure, and the exposure
+        may have started earlier (only the frame counter orders such frames, see
+        :meth:`drivers.bench.Bench.measure`).
     """
 
     image: np.ndarray
@@ -238,6 +273,7 @@ class Frame:
     gain: float
     settings: Mapping
     meta: Mapping = field(default_factory=dict)
+    timing: str = "estimated"
 
 
 class Camera(Device):
@@ -263,7 +299,8 @@ class Camera(Device):
     black_level : float
         Current black level (DN), the offset of a dark pixel.
     trigger_mode : {"software", "free-run"}
-        ``software``: every snap starts a new exposure (frames are never stale). ``free-run``: the
+        ``software``: every snap starts a new exposure (frames are never stale; a backend whose
+        ``_snap`` may return a frame exposed before the call must not declare it). ``free-run``: the
         camera exposes continuously and buffers frames; ``flush`` drops buffered (stale) ones.
     saturation_dn : float, optional
         Value of a saturated pixel.
@@ -346,6 +383,8 @@ class Camera(Device):
     @gain.setter
     def gain(self, value: float) -> None:
         self._check_open()
+        if self.gain_limits == (1.0, 1.0):
+            raise self._unsupported("set the gain (it has no gain control: gain_limits (1, 1))")
         v = self._within("gain", value, self.gain_limits, "")
         with self._errors("set gain"):
             self._gain = float(self._set_gain(v))
@@ -451,9 +490,10 @@ class Camera(Device):
         """
         self._check_open()
         limit_s = self._timeout(timeout_s) + self._exposure_s
+        requested_s = self.clock.now()
         with self._errors("snap"):
             raw = self._snap(limit_s)
-        return self._frame_from(raw)
+        return self._frame_from(raw, requested_s)
 
     def grab(self, n: int, timeout_s: float | None = None) -> list[Frame]:
         """Capture ``n`` consecutive frames (each with its own timeout, exposure added)."""
@@ -519,17 +559,23 @@ class Camera(Device):
         }
         return dataclasses.replace(frames[-1], image=rate * longest, exposure_s=longest, timestamp_s=shortest.timestamp_s, meta=meta)
 
-    def _frame_from(self, raw: RawFrame) -> Frame:
+    def _frame_from(self, raw: RawFrame, requested_s: float) -> Frame:
         image = raw.image
         if not isinstance(image, np.ndarray) or image.ndim not in (2, 3) or image.shape[:2] != self.shape or image.dtype != self.dtype:
             got = f"{type(image).__name__} {getattr(image, 'shape', '')} {getattr(image, 'dtype', '')}"
             raise DeviceFault(f"backend returned a frame {got}, expected {self.shape} {self.dtype}", device=self.name)
         self._frames_read += 1
         index = raw.index if raw.index is not None else self._frames_read - 1
-        timestamp = raw.timestamp_s if raw.timestamp_s is not None else self.clock.now() - self._exposure_s
+        if raw.timestamp_s is not None:
+            timestamp, timing = raw.timestamp_s, "device"
+        elif self._trigger_mode == "software":
+            timestamp, timing = requested_s, "triggered"
+        else:
+            timestamp, timing = self.clock.now() - self._exposure_s, "estimated"
         if self._settings_cache is None:
             self.settings()
-        return Frame(image, int(index), float(timestamp), self._exposure_s, self._gain, self._settings_cache, dict(raw.meta))
+        return Frame(image, int(index), float(timestamp), self._exposure_s, self._gain, self._settings_cache,
+                     dict(raw.meta), timing)
 
     # --------------------------------------------------------------------------------- hooks
     def _snap(self, timeout_s: float) -> RawFrame:
@@ -612,7 +658,7 @@ class SLM(Device):
         self.wavelength_m = None if wavelength_m is None else check_positive("wavelength_m", wavelength_m)
         self.latency_s = check_positive("latency_s", latency_s, allow_zero=True)
         self.settle_s = check_positive("settle_s", settle_s, allow_zero=True)
-        self.lut = lut if lut is not None else LUT.linear(self.bit_depth, "phase" if modulation == "phase" else "intensity")
+        self._lut = self._checked_lut(lut) if lut is not None else LUT.linear(self.bit_depth, self._lut_kind)
         self._last_frame: np.ndarray | None = None
         self._frame_id = -1
         self._shown_at_s = -math.inf
@@ -624,10 +670,16 @@ class SLM(Device):
 
     @lut.setter
     def lut(self, lut: LUT) -> None:
-        kind = "phase" if self.modulation == "phase" else "intensity"
-        if not isinstance(lut, LUT) or lut.kind != kind or lut.bit_depth != self.bit_depth:
-            raise InputError(f"lut must be a {kind} LUT of {self.bit_depth} bits, got {lut!r}")
-        self._lut = lut
+        self._lut = self._checked_lut(lut)
+
+    @property
+    def _lut_kind(self) -> str:
+        return "phase" if self.modulation == "phase" else "intensity"
+
+    def _checked_lut(self, lut) -> LUT:
+        if not isinstance(lut, LUT) or lut.kind != self._lut_kind or lut.bit_depth != self.bit_depth:
+            raise InputError(f"lut must be a {self._lut_kind} LUT of {self.bit_depth} bits, got {lut!r}")
+        return lut
 
     @property
     def last_frame(self) -> np.ndarray | None:
@@ -669,7 +721,7 @@ class SLM(Device):
             wavelength_m=self.wavelength_m,
             latency_s=self.latency_s,
             settle_s=self.settle_s,
-            lut=repr(self._lut),
+            lut=repr(self.lut),
         )
         return s
 
@@ -710,14 +762,28 @@ class SLM(Device):
         self._last_frame = frame
         return frame
 
-    def show_phase(self, phase_rad) -> np.ndarray:
-        """Display a phase pattern (radians, any real values: wrapped modulo 2 pi) through the LUT."""
+    def to_phase_frame(self, phase_rad) -> np.ndarray:
+        """Validate a phase pattern and return the integer frame that :meth:`show_phase` would display.
+
+        Parameters
+        ----------
+        phase_rad : array_like
+            Phase (rad) of every pixel, shape :attr:`shape`; any finite values (wrapped modulo 2 pi).
+        """
         if self.modulation != "phase":
             raise self._unsupported("show a phase pattern (it is an amplitude display)")
-        phase = np.asarray(phase_rad, dtype=np.float64)
+        phase = np.array(phase_rad, dtype=np.float64)  # a copy: the hook may work in place
         if phase.shape != self.shape:
             raise InputError(f"phase shape {phase.shape} does not match the SLM's {self.shape}")
-        return self.show(self._lut.to_gray(phase).astype(self.dtype))
+        if not np.isfinite(phase).all():
+            raise InputError("phase contains NaN or inf")
+        with self._errors("convert phase to gray levels"):
+            gray = self._phase_to_gray(phase)
+        return self.to_frame(gray)
+
+    def show_phase(self, phase_rad) -> np.ndarray:
+        """Display a phase pattern (radians, any real values: wrapped modulo 2 pi); see :meth:`to_phase_frame`."""
+        return self.show(self.to_phase_frame(phase_rad))
 
     def show_intensity(self, intensity) -> np.ndarray:
         """Display relative intensities (in [0, 1]) through the LUT, i.e. linearised."""
@@ -735,6 +801,11 @@ class SLM(Device):
         return self.show(np.zeros(self.shape, dtype=self.dtype))
 
     # --------------------------------------------------------------------------------- hooks
+    def _phase_to_gray(self, phase_rad: np.ndarray) -> np.ndarray:
+        """Hook: integer gray levels realising ``phase_rad`` (float64, shape :attr:`shape`, finite; the
+        hook may modify it). Default: the nearest level of :attr:`lut`, modulo 2 pi."""
+        return self._lut.to_gray(phase_rad)
+
     def _show(self, frame: np.ndarray) -> None:
         """Hook: send a validated frame (shape :attr:`shape`, dtype :attr:`dtype`) to the device."""
         raise self._unsupported("show")

@@ -1,35 +1,56 @@
-"""The Bench: one SLM and one camera, measured together safely.
+"""The Bench: one SLM and one camera (and optionally a light source), measured together safely.
 
 :meth:`Bench.measure` shows an image, waits on the shared clock until the SLM has settled, makes sure
-the frame it returns was exposed entirely after that (a software trigger, or a flush of a free-running
-camera's buffer plus a check of the frame's timestamp and index), and retries transient failures
-(:class:`DeviceTimeout`, :class:`DeviceFault`, :class:`StaleFrame`) a bounded number of times.
+the frame it returns was exposed entirely after that (see :meth:`Bench.measure`: by the camera's
+timestamp, by its software trigger, or by counting the frames of a free-running camera after a flush),
+and retries transient failures (:class:`DeviceTimeout`, :class:`DeviceFault`, :class:`StaleFrame`) a
+bounded number of times.
 
-Closing a bench blanks the SLM and closes both devices, whatever happened: use it as a context manager
-(``with open_bench(cfg) as bench:``). Ctrl-C arriving while it cleans up is held back until the
-cleanup is done; a bench never closed is closed at interpreter exit.
+Closing a bench blanks the SLM and closes its devices, whatever happened: use it as a context manager
+(``with open_bench(cfg) as bench:``). While a bench is open, SIGTERM (what ``timeout``, ``kill`` and
+systemd send) is raised as :class:`Terminated`, a ``KeyboardInterrupt``, so it cleans up like Ctrl-C.
+Ctrl-C or SIGTERM arriving while the bench cleans up is held back until the cleanup is done; a second
+one is let through at once (to interrupt a hung vendor call). A bench never closed is closed when it is
+garbage-collected or at interpreter exit (it is referenced weakly, so it can be collected).
 """
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import logging
 import signal
 import threading
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
 
 from simulator.errors import InputError
+from simulator.validation import check_positive
 
-from .base import Camera, Frame, SLM
+from .base import Camera, Device, Frame, SLM
 from .errors import DeviceClosed, DeviceFault, DeviceTimeout, StaleFrame
 
 log = logging.getLogger(__name__)
 
 #: Errors after which ``measure`` tries again (others -- disconnects, bad input -- are raised at once).
 RETRYABLE = (DeviceTimeout, DeviceFault, StaleFrame)
+#: Signals that interrupt a bench script: Ctrl-C and SIGTERM.
+INTERRUPTS = (signal.SIGINT, signal.SIGTERM)
+#: Frames of a free-running camera without timestamps that may have begun before the flush: the one
+#: being read out and the one being exposed when it happened.
+FREE_RUN_UNSURE_FRAMES = 2
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived while a bench was open: raised like Ctrl-C so that the bench cleans up.
+
+    ``signum`` is the signal's number (a command line exits with ``128 + signum``).
+    """
+
+    def __init__(self, signum: int = signal.SIGTERM):
+        self.signum = int(signum)
+        super().__init__(f"terminated by {signal.Signals(signum).name}")
 
 
 @dataclass(frozen=True)
@@ -61,60 +82,143 @@ class Measurement:
     stale_frames: int
 
 
+def _deliver(signum: int, handler) -> None:
+    """Act on signal ``signum`` as ``handler`` (the one in place before the bench took it) would."""
+    if handler == signal.SIG_IGN:
+        return
+    if callable(handler):
+        handler(signum, None)
+        return
+    raise KeyboardInterrupt if signum == signal.SIGINT else Terminated(signum)
+
+
 @contextlib.contextmanager
-def _sigint_deferred():
-    """Hold Ctrl-C back inside the block (main thread only) and raise it when the block ends."""
+def _interrupts_deferred():
+    """Hold Ctrl-C and SIGTERM back inside the block (main thread only) and deliver the first one when
+    the block ends; a second one is delivered at once."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    caught = []
+    caught: list[int] = []
+    previous: dict[int, object] = {}
+
+    def hold(signum, frame):
+        if caught:
+            _deliver(signum, previous[signum])
+            return
+        caught.append(signum)
+        log.warning("%s held back until the bench is closed; send it again to interrupt the cleanup",
+                    signal.Signals(signum).name)
+
     try:
-        previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+        for signum in INTERRUPTS:
+            previous[signum] = signal.signal(signum, hold)
     except ValueError:  # signals unavailable (embedded interpreter)
-        yield
-        return
+        pass
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     if caught:
-        raise KeyboardInterrupt
+        _deliver(caught[0], previous[caught[0]])
+
+
+#: A token per bench not yet closed (not the bench itself: an abandoned bench can be collected, and is
+#: then closed by its finalizer).
+_open_benches: set[object] = set()
+
+
+def _on_sigterm(signum, frame) -> None:
+    """SIGTERM handler while benches are open: raise :class:`Terminated` where the program is."""
+    raise Terminated(signum)
+
+
+def _install_sigterm_handler() -> None:
+    """Route SIGTERM to :func:`_on_sigterm` unless the program handles it itself (main thread only)."""
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _on_sigterm)
+
+
+def _remove_sigterm_handler() -> None:
+    """Give SIGTERM its default action back once no bench is open."""
+    if (not _open_benches and threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGTERM) is _on_sigterm):
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _shut_down(token: object, slm: SLM, devices: tuple, retries: int) -> None:
+    """Blank ``slm`` (retrying transient failures) and close ``devices`` in order; failures are logged.
+    The bench of ``token`` then no longer counts as open."""
+    try:
+        _blank_and_close(slm, devices, retries)
+    finally:
+        _open_benches.discard(token)
+        _remove_sigterm_handler()
+
+
+def _blank_and_close(slm: SLM, devices: tuple, retries: int) -> None:
+    if not slm.closed:
+        for attempt in range(1, retries + 2):
+            try:
+                slm.blank()
+                break
+            except RETRYABLE as exc:
+                log.warning("bench close: blanking the SLM failed (attempt %d): %s", attempt, exc)
+            except Exception as exc:
+                log.warning("bench close: could not blank the SLM: %s", exc)
+                break
+    for device in devices:
+        try:
+            device.close()
+        except Exception as exc:
+            log.warning("bench close: could not close %s: %s", device.name, exc)
 
 
 class Bench:
-    """One SLM and one camera on one clock.
+    """One SLM and one camera on one clock, and optionally a light source.
 
     Parameters
     ----------
     slm : SLM
     camera : Camera
         Their clocks must share a timeline (the same object, or both real).
+    light : Device, optional
+        A light source (e.g. :class:`~drivers.serial_devices.SerialLightSource`), closed with the bench
+        right after the SLM is blanked (its shutter closes then).
     retries : int
         Further attempts after a transient failure in :meth:`measure`.
     timeout_s : float, optional
-        Per-frame camera timeout beyond the exposure (default: the camera's).
+        Per-frame camera timeout (s) beyond the exposure (default: the camera's).
     max_stale_reads : int
         Frames read per attempt before giving up with :class:`StaleFrame`.
     config : dict, optional
         The resolved configuration the bench was opened with (kept for metadata).
     """
 
-    def __init__(self, slm: SLM, camera: Camera, *, retries: int = 3, timeout_s: float | None = None,
-                 max_stale_reads: int = 4, config: dict | None = None):
+    def __init__(self, slm: SLM, camera: Camera, *, light: Device | None = None, retries: int = 3,
+                 timeout_s: float | None = None, max_stale_reads: int = 4, config: dict | None = None):
         if not isinstance(slm, SLM) or not isinstance(camera, Camera):
             raise InputError(f"Bench needs an SLM and a Camera, got {type(slm).__name__} and {type(camera).__name__}")
+        if light is not None and not isinstance(light, Device):
+            raise InputError(f"light must be a drivers.base.Device, got {type(light).__name__}")
         if not slm.clock.shares_timeline(camera.clock):
             raise InputError("the SLM and the camera must share one clock (timestamps are compared)")
         if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
             raise InputError(f"retries must be an integer >= 0, got {retries!r}")
         if isinstance(max_stale_reads, bool) or not isinstance(max_stale_reads, int) or max_stale_reads < 1:
             raise InputError(f"max_stale_reads must be an integer >= 1, got {max_stale_reads!r}")
-        self.slm, self.camera = slm, camera
-        self.retries, self.timeout_s, self.max_stale_reads = retries, timeout_s, max_stale_reads
+        self.slm, self.camera, self.light = slm, camera, light
+        self.retries, self.max_stale_reads = retries, max_stale_reads
+        self.timeout_s = None if timeout_s is None else check_positive("timeout_s", timeout_s)
         self.config = config or {}
         self._last_index: int | None = None
-        self._closed = False
-        atexit.register(self.close)
+        devices = (slm, camera) if light is None else (light, slm, camera)
+        token = object()
+        _open_benches.add(token)
+        _install_sigterm_handler()
+        # closes the devices when close() is called, when the bench is collected, or at exit
+        self._shut_down = weakref.finalize(self, _shut_down, token, slm, devices, retries)
 
     @property
     def clock(self):
@@ -123,19 +227,25 @@ class Bench:
 
     @property
     def closed(self) -> bool:
-        return self._closed
+        return not self._shut_down.alive
 
     def settings(self) -> dict:
-        """Snapshot of both devices' settings and the bench's own."""
-        return {
-            "slm": self.slm.settings(),
-            "camera": self.camera.settings(),
-            "bench": {"retries": self.retries, "timeout_s": self.timeout_s, "max_stale_reads": self.max_stale_reads},
-        }
+        """Snapshot of the devices' settings and the bench's own."""
+        snapshot = {"slm": self.slm.settings(), "camera": self.camera.settings()}
+        if self.light is not None:
+            snapshot["light"] = self.light.settings()
+        snapshot["bench"] = {"retries": self.retries, "timeout_s": self.timeout_s, "max_stale_reads": self.max_stale_reads}
+        return snapshot
 
     # --------------------------------------------------------------------------------- measuring
     def measure(self, image, *, phase: bool = False, timeout_s: float | None = None) -> Measurement:
         """Show ``image`` (gray levels, or radians with ``phase=True``) and capture the frame that sees it.
+
+        The frame is fresh -- exposed entirely after the image settled, and newer than the last one
+        returned -- by what the camera knows (:attr:`~drivers.base.Frame.timing`): its exposure
+        timestamp; else, in software-trigger mode, that it was exposed after the request (which
+        follows the settling); else (free-running without timestamps) its index: after a flush, the
+        first :data:`FREE_RUN_UNSURE_FRAMES` frames may have begun before it and are discarded.
 
         Raises
         ------
@@ -147,15 +257,14 @@ class Bench:
         DeviceDisconnected, DeviceClosed, UnsupportedFeature
             At once (retrying cannot help).
         """
-        if self._closed:
+        if self.closed:
             raise DeviceClosed("bench used after close()")
         if phase:
             if self.slm.modulation != "phase":
                 raise InputError("phase=True needs a phase SLM")
-            gray = self.slm.lut.to_gray(np.asarray(image, dtype=np.float64)).astype(self.slm.dtype)
+            frame_to_show = self.slm.to_phase_frame(image)
         else:
-            gray = image
-        frame_to_show = self.slm.to_frame(gray)
+            frame_to_show = self.slm.to_frame(image)
         timeout = timeout_s if timeout_s is not None else self.timeout_s
         shown = None
         stale = 0
@@ -184,43 +293,32 @@ class Bench:
         """A frame exposed entirely after ``settled_at_s`` and newer than the last one returned."""
         if self.camera.trigger_mode == "free-run":
             self.camera.flush()
+        first_index = None  # of the first frame after the flush
         for discarded in range(self.max_stale_reads):
             frame = self.camera.snap(timeout_s)
             repeated = self._last_index is not None and frame.index <= self._last_index
-            if frame.timestamp_s >= settled_at_s and not repeated:
+            if frame.timing == "estimated":
+                first_index = frame.index if first_index is None else first_index
+                fresh = frame.index >= first_index + FREE_RUN_UNSURE_FRAMES
+            else:
+                fresh = frame.timestamp_s >= settled_at_s
+            if fresh and not repeated:
                 return frame, discarded
-            log.debug("discarded frame %d (exposed at %.6f s, image settled at %.6f s%s)", frame.index,
-                      frame.timestamp_s, settled_at_s, ", repeated index" if repeated else "")
+            log.debug("discarded frame %d (exposure from %.6f s (%s), image settled at %.6f s%s)", frame.index,
+                      frame.timestamp_s, frame.timing, settled_at_s, ", repeated index" if repeated else "")
         raise StaleFrame(f"{self.max_stale_reads} frames in a row were exposed before the image settled", device=self.camera.name)
 
     # --------------------------------------------------------------------------------- closing
     def close(self) -> None:
-        """Blank the SLM and close both devices (idempotent; failures are logged, Ctrl-C held back)."""
-        if self._closed:
+        """Blank the SLM and close the devices (idempotent; failures are logged). Ctrl-C and SIGTERM
+        are held back meanwhile; a second one interrupts the cleanup."""
+        if self.closed:
             return
-        with _sigint_deferred():
-            self._closed = True
-            atexit.unregister(self.close)
-            self._blank()
-            for device in (self.slm, self.camera):
-                try:
-                    device.close()
-                except Exception as exc:
-                    log.warning("bench close: could not close %s: %s", device.name, exc)
-
-    def _blank(self) -> None:
-        """Blank the SLM, retrying transient failures like :meth:`measure`."""
-        if self.slm.closed:
-            return
-        for attempt in range(1, self.retries + 2):
-            try:
-                self.slm.blank()
-                return
-            except RETRYABLE as exc:
-                log.warning("bench close: blanking the SLM failed (attempt %d): %s", attempt, exc)
-            except Exception as exc:
-                log.warning("bench close: could not blank the SLM: %s", exc)
-                return
+        try:
+            with _interrupts_deferred():
+                self._shut_down()
+        finally:
+            _remove_sigterm_handler()  # (held back above: the deferral had replaced it)
 
     def __enter__(self) -> "Bench":
         return self
@@ -229,4 +327,4 @@ class Bench:
         self.close()
 
     def __repr__(self) -> str:
-        return f"<Bench slm={self.slm!r} camera={self.camera!r}{' closed' if self._closed else ''}>"
+        return f"<Bench slm={self.slm!r} camera={self.camera!r}{' closed' if self.closed else ''}>"

@@ -14,13 +14,18 @@ policy::
       exposure_s: 10e-3
       frontend: frontend.yaml  # relative paths are relative to this file
 
+An optional ``light:`` section opens a light source (a backend of kind ``light-source``, e.g.
+``{backend: serial-light, url: /dev/ttyUSB0}``) that the bench closes with the rest (its shutter
+closes then).
+
 The SLM is opened first, then the camera (which may need it: a simulated camera looks at the simulated
-SLM). A bad field raises :class:`~simulator.errors.ConfigError` naming its YAML path
-(``camera.exposure_s``); if the camera fails to open, the SLM is closed again.
+SLM), then the light. A bad field raises :class:`~simulator.errors.ConfigError` naming its YAML path
+(``camera.exposure_s``); if a device fails to open, the ones opened before are closed again.
 """
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -28,7 +33,7 @@ from typing import Any, Literal
 from simulator.config import build, load_yaml, to_plain
 from simulator.errors import ConfigError
 
-from .base import Device, OpenContext
+from .base import Device, OpenContext, config_errors
 from .bench import Bench
 from .clock import Clock, make_clock
 from .errors import DeviceNotFound
@@ -53,6 +58,7 @@ class BenchConfig:
 
     slm: dict[str, Any] = field(default_factory=dict)
     camera: dict[str, Any] = field(default_factory=dict)
+    light: dict[str, Any] | None = None
     clock: Literal["real", "virtual"] = "real"
     bench: BenchSettings = field(default_factory=BenchSettings)
 
@@ -66,14 +72,17 @@ def load_bench_config(config) -> tuple[BenchConfig, Path]:
         return config, Path.cwd()
     if isinstance(config, (str, Path)):
         path = Path(config)
-        return build(BenchConfig, load_yaml(path), ""), path.resolve().parent
+        data = load_yaml(path)
+        if not data:
+            raise ConfigError(str(path), data, "a bench config with slm and camera sections (the file is empty)")
+        return build(BenchConfig, data, ""), path.resolve().parent
     if isinstance(config, dict):
         return build(BenchConfig, config, ""), Path.cwd()
     raise ConfigError("<root>", type(config).__name__, "a YAML file path, a mapping or a BenchConfig")
 
 
 def open_device(kind: str, settings: dict, context: OpenContext, path: str | None = None) -> Device:
-    """Open one device of role ``kind`` ("slm" or "camera") from its settings mapping.
+    """Open one device of role ``kind`` ("slm", "camera", "light-source") from its settings mapping.
 
     ``settings["backend"]`` names the backend (default :data:`DEFAULT_BACKENDS`); the rest goes to the
     backend's :meth:`~drivers.base.Device.from_config`. ``path`` (default ``kind``) prefixes errors.
@@ -102,17 +111,17 @@ def open_bench(config, *, clock: Clock | None = None) -> Bench:
     """
     cfg, base_dir = load_bench_config(config)
     context = OpenContext(clock=clock if clock is not None else make_clock(cfg.clock), base_dir=base_dir)
-    slm = open_device("slm", cfg.slm, context)
-    context.peers["slm"] = slm
-    try:
-        camera = open_device("camera", cfg.camera, context)
-    except BaseException:
-        slm.close()
-        raise
-    try:
-        return Bench(slm, camera, retries=cfg.bench.retries, timeout_s=cfg.bench.timeout_s,
-                     max_stale_reads=cfg.bench.max_stale_reads, config=to_plain(cfg))
-    except BaseException:
-        slm.close()
-        camera.close()
-        raise
+    with contextlib.ExitStack() as opened:  # closes what was opened if anything later fails
+        slm = opened.enter_context(open_device("slm", cfg.slm, context))
+        context.peers["slm"] = slm
+        camera = opened.enter_context(open_device("camera", cfg.camera, context))
+        context.peers["camera"] = camera
+        light = None
+        if cfg.light is not None:
+            light = opened.enter_context(open_device("light-source", cfg.light, context, "light"))
+        settings = cfg.bench
+        with config_errors(to_plain(settings), "bench"):
+            bench = Bench(slm, camera, light=light, retries=settings.retries, timeout_s=settings.timeout_s,
+                          max_stale_reads=settings.max_stale_reads, config=to_plain(cfg))
+        opened.pop_all()
+    return bench

@@ -28,7 +28,8 @@ class LUT:
     Parameters
     ----------
     values : array_like, shape (2**bit_depth,)
-        Value of each gray level, finite and non-decreasing (phase unwrapped, in radians).
+        Value of each gray level, finite: intensity non-decreasing; phase in radians, unwrapped, in any
+        order (most phase SLMs lower the phase delay as the level rises; a measured response wiggles).
     kind : {"intensity", "phase"}
     """
 
@@ -43,8 +44,8 @@ class LUT:
             raise InputError(f"LUT must have 2**bit_depth values (one per gray level), got {v.size}")
         if not np.isfinite(v).all():
             raise InputError("LUT values contain NaN or inf")
-        if np.any(np.diff(v) < 0):
-            raise InputError(f"{kind} LUT values must be non-decreasing in gray level")
+        if kind == "intensity" and np.any(np.diff(v) < 0):
+            raise InputError("intensity LUT values must be non-decreasing in gray level")
         self.kind = kind
         self.bit_depth = bit_depth
         self.values = v

@@ -12,7 +12,8 @@ Sources
 Frames are (rows, cols) mono (colour sources converted with ITU-R 601 weights, exact for gray data)
 or, with ``color=True``, (rows, cols, 3) in **R, G, B** order. ``bit_depth=8`` (default) reads
 through OpenCV's usual BGR conversion; ``bit_depth`` 9..16 reads unconverted 16-bit single-channel
-frames (e.g. FFV1 ``gray16le`` videos, 16-bit PNG sequences numbered from 0 or 1).
+frames (e.g. FFV1 ``gray16le`` videos, 16-bit PNG sequences numbered from 0 or 1); a 16-bit source
+opened with ``bit_depth=8`` is refused rather than cut to 8 bits.
 
 Settings: recorded sources have a fixed exposure (the one stated, or one frame interval), so their
 exposure limits are ``(e, e)``; gain is unsupported (:class:`UnsupportedFeature`). Live V4L2 devices
@@ -20,8 +21,10 @@ set exposure through ``CAP_PROP_EXPOSURE`` (manual mode, units of 100 us) and ga
 ``CAP_PROP_GAIN`` (device units) within the configured limits; a device that refuses raises
 :class:`UnsupportedFeature`. ROI is applied in software (a crop). Every blocking capture call runs in
 its own daemon thread, one at a time, and is abandoned after the timeout (:class:`DeviceTimeout`;
-the next call first waits for the late one). :meth:`~drivers.base.Camera.flush` drops a live source's buffered frames.
-OpenCV errors (``cv2.error``) are chained into :class:`~drivers.errors.DeviceError`.
+the next call first waits for the late one; a capture that a late open returns, or that a blocked call
+holds at close, is released when that call returns). :meth:`~drivers.base.Camera.flush` drops a live
+source's buffered frames. OpenCV errors (``cv2.error``) are chained into
+:class:`~drivers.errors.DeviceError`.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ import numpy as np
 from simulator.errors import ConfigError, InputError
 from simulator.validation import check_positive
 
-from .base import Camera, OpenContext, RawFrame
+from .base import Camera, OpenContext, RawFrame, config_errors
 from .clock import Clock
 from .errors import DeviceDisconnected, DeviceFault, DeviceNotFound, DeviceTimeout, UnsupportedFeature
 
@@ -51,6 +54,13 @@ _PATTERN = re.compile(r"%0?\d*d")
 #: ``api`` names -> cv2.CAP_* constant names.
 APIS = {"any": "CAP_ANY", "ffmpeg": "CAP_FFMPEG", "images": "CAP_IMAGES", "v4l2": "CAP_V4L2",
         "gstreamer": "CAP_GSTREAMER", "dshow": "CAP_DSHOW", "msmf": "CAP_MSMF", "avfoundation": "CAP_AVFOUNDATION"}
+#: FFmpeg's raw pixel-format tags (``CAP_PROP_CODEC_PIXEL_FORMAT``, as little-endian bytes) of sources
+#: with 16 bits per sample, which OpenCV's 8-bit conversion would cut to their top 8 bits.
+DEEP_PIXEL_FORMATS = {
+    b"Y1\x00\x10": "gray16le", b"\x10\x001Y": "gray16be", b"RGB0": "rgb48le", b"0RGB": "rgb48be",
+    b"BGR0": "bgr48le", b"0BGR": "bgr48be", b"RBA@": "rgba64le", b"@RBA": "rgba64be", b"BRA@": "bgra64le",
+    b"@BRA": "bgra64be",
+}
 #: V4L2 ``exposure_time_absolute`` unit (s).
 V4L2_EXPOSURE_UNIT_S = 100e-6
 #: V4L2 ``auto_exposure`` menu value for manual exposure, as OpenCV's V4L2 backend passes it on.
@@ -104,6 +114,12 @@ def _run_in_daemon_thread(fn) -> concurrent.futures.Future:
 
     threading.Thread(target=run, name="opencv-camera-call", daemon=True).start()
     return future
+
+
+def _release_opened(future: concurrent.futures.Future) -> None:
+    """Release the capture that an abandoned open returned late (if it opened one)."""
+    if future.exception() is None and future.result() is not None:
+        future.result().release()
 
 
 class OpenCVCamera(Camera):
@@ -176,6 +192,8 @@ class OpenCVCamera(Camera):
         self._source_frame = 0  # frames read from a recorded source since its start
         try:
             self._cap, self.api = self._open(cv2, api, bit_depth)
+            if bit_depth == 8:
+                self._refuse_deep_source(cv2)
             first = self._normalise(self._read_raw(self.default_timeout_s), bit_depth)
             if not self.live:
                 self._rewind(cv2)
@@ -209,7 +227,8 @@ class OpenCVCamera(Camera):
             raise ConfigError(f"{path}.source" if path else "source", kwargs["source"], str(exc)) from None
         if kind in ("file", "sequence"):
             kwargs["source"] = str(context.resolve(kwargs["source"]))
-        return cls(**kwargs, name=path or None, clock=context.clock)
+        with config_errors(kwargs, path):
+            return cls(**kwargs, name=path or None, clock=context.clock)
 
     def _open(self, cv2, api: str, bit_depth: int):
         if api == "any" and self._kind == "sequence" and bit_depth > 8:
@@ -229,10 +248,25 @@ class OpenCVCamera(Camera):
                 return None
             return cap
 
-        cap = self._call(open_capture, self.default_timeout_s, "open")
+        try:
+            cap = self._call(open_capture, self.default_timeout_s, "open")
+        except DeviceTimeout:
+            if self._pending is not None:  # the abandoned open may still succeed: release what it opens
+                self._pending.add_done_callback(_release_opened)
+            raise
         if cap is None:
             raise DeviceNotFound(f"OpenCV ({api}) cannot open {self.source!r}", device=self.name)
         return cap, cap.getBackendName()
+
+    def _refuse_deep_source(self, cv2) -> None:
+        """Raise :class:`InputError` if an 8-bit read would cut the source's 16-bit samples."""
+        tag = int(self._call(lambda: self._cap.get(cv2.CAP_PROP_CODEC_PIXEL_FORMAT), self.default_timeout_s,
+                             "read pixel format"))
+        pixel_format = DEEP_PIXEL_FORMATS.get((tag & 0xFFFFFFFF).to_bytes(4, "little"))
+        if pixel_format is not None:
+            raise InputError(f"bit_depth 8 would keep only the top 8 bits of {self.source!r}, which holds "
+                             f"{pixel_format} frames: set bit_depth to the sensor's bits (9..16) to read "
+                             "16-bit gray frames unconverted")
 
     def _initial_exposure(self, cv2, exposure_s, limits_s):
         nominal = 1.0 / self.fps if self.fps else 0.010
@@ -388,7 +422,9 @@ class OpenCVCamera(Camera):
         if cap is None:
             return
         if self._pending is not None and not self._pending.done():
-            log.warning("%s: a capture call to %s is still blocked; the capture is left to it", self.name, self.source)
+            log.warning("%s: a capture call to %s is still blocked; the capture is released when it returns",
+                        self.name, self.source)
+            self._pending.add_done_callback(lambda _: cap.release())
             return
         cap.release()
 

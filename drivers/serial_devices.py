@@ -36,6 +36,9 @@ __all__ = ["CommandRejected", "LineProtocolDevice", "SerialLightSource", "Serial
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+#: First and longest pause (s) between attempts to reopen a lost port.
+RECONNECT_FIRST_PAUSE_S = 0.01
+RECONNECT_MAX_PAUSE_S = 0.2
 
 
 def _port_errors() -> tuple[type[BaseException], ...]:
@@ -187,7 +190,9 @@ class LineProtocolDevice(Device):
     Replies ``OK`` acknowledge, ``ERR <message>`` reject (:class:`CommandRejected`, not retried: the
     device understood and refused), anything else is a value. A timeout, a garbled or unparseable
     reply is retried up to ``retries`` times (commands of such devices set a state, so repeating
-    one is harmless); after a disconnect the port is reopened before the retry (``reconnect``).
+    one is harmless); after a disconnect the port is reopened before the retry (``reconnect``),
+    trying again with growing pauses (10 ms doubling up to 200 ms) for up to ``reconnect_timeout_s``
+    (a cable briefly out, a USB adapter re-enumerating) before :class:`DeviceDisconnected` is final.
     Stale input is discarded before every command, so a late reply is never taken for the next one.
 
     Parameters
@@ -202,19 +207,23 @@ class LineProtocolDevice(Device):
         Extra attempts after a failed one (0 = try once).
     reconnect : bool
         Reopen the port after a disconnect.
+    reconnect_timeout_s : float
+        How long (s) reopening keeps trying before the device counts as gone.
     name, clock
-        See :class:`~drivers.base.Device`.
+        See :class:`~drivers.base.Device` (the pauses between reopening attempts are slept on ``clock``).
     """
 
     kind = "serial-device"
 
     def __init__(self, url: str, *, baudrate: int = 115200, timeout_s: float = 0.5, retries: int = 2,
-                 reconnect: bool = True, name: str | None = None, clock: Clock | None = None):
+                 reconnect: bool = True, reconnect_timeout_s: float = 1.0, name: str | None = None,
+                 clock: Clock | None = None):
         super().__init__(name=name, clock=clock, default_timeout_s=timeout_s)
         if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
             raise InputError(f"retries must be an integer >= 0, got {retries!r}")
         self.retries = retries
         self.reconnect_enabled = bool(reconnect)
+        self.reconnect_timeout_s = check_positive("reconnect_timeout_s", reconnect_timeout_s, allow_zero=True)
         self._transport = SerialTransport(url, baudrate=baudrate, timeout_s=self.default_timeout_s,
                                           write_timeout_s=self.default_timeout_s, name=self.name)
         self._lock = threading.RLock()
@@ -249,7 +258,8 @@ class LineProtocolDevice(Device):
         s = super().settings()
         t = self._transport
         s.update(url=t.url, baudrate=t.baudrate, timeout_s=t.timeout_s, retries=self.retries,
-                 reconnect=self.reconnect_enabled, stats=dict(self.stats))
+                 reconnect=self.reconnect_enabled, reconnect_timeout_s=self.reconnect_timeout_s,
+                 stats=dict(self.stats))
         return s
 
     def _close(self) -> None:
@@ -264,6 +274,10 @@ class LineProtocolDevice(Device):
                     self.stats["retries"] += 1
                     log.info("%s: retrying %r (attempt %d/%d) after: %s", self.name, command, attempt + 1,
                              self.retries + 1, last)
+                if not self._transport.is_open:
+                    if not self.reconnect_enabled:
+                        raise DeviceDisconnected(f"port {self.url!r} was lost and reconnect is off", device=self.name)
+                    self._reopen()  # its DeviceDisconnected (after reconnect_timeout_s) is final
                 try:
                     return self._attempt(command, parse)
                 except CommandRejected:
@@ -277,10 +291,6 @@ class LineProtocolDevice(Device):
 
     def _attempt(self, command: str, parse):
         transport = self._transport
-        if not transport.is_open:
-            if not self.reconnect_enabled:
-                raise DeviceDisconnected(f"port {self.url!r} was lost and reconnect is off", device=self.name)
-            self._reopen()
         transport.discard_input()
         transport.write_line(command)
         reply = transport.read_line()
@@ -294,11 +304,21 @@ class LineProtocolDevice(Device):
             raise DeviceFault(f"unexpected reply {reply!r} to {command!r}: {exc}", device=self.name) from exc
 
     def _reopen(self) -> None:
+        """Open the port again, retrying with growing pauses for up to ``reconnect_timeout_s``."""
         self.stats["reconnects"] += 1
-        try:
-            self._transport.open()
-        except DeviceNotFound as exc:
-            raise DeviceDisconnected(f"device at {self.url!r} is gone: {exc}", device=self.name) from exc
+        deadline_s = self.clock.now() + self.reconnect_timeout_s
+        pause_s = RECONNECT_FIRST_PAUSE_S
+        while True:
+            try:
+                self._transport.open()
+                break
+            except DeviceNotFound as exc:
+                remaining_s = deadline_s - self.clock.now()
+                if remaining_s <= 0:
+                    raise DeviceDisconnected(f"device at {self.url!r} is gone (still absent after "
+                                             f"{self.reconnect_timeout_s:g} s): {exc}", device=self.name) from exc
+                self.clock.sleep(min(pause_s, remaining_s))
+                pause_s = min(2 * pause_s, RECONNECT_MAX_PAUSE_S)
         log.info("%s: reconnected to %s", self.name, self.url)
 
 
@@ -335,6 +355,7 @@ class SerialLightSourceConfig:
     timeout_s: float = 0.5
     retries: int = 2
     reconnect: bool = True
+    reconnect_timeout_s: float = 1.0
 
 
 class SerialLightSource(LineProtocolDevice):

@@ -18,9 +18,18 @@ gets the bench's SLM (which must be an ``slmsuite-slm``).
 
 Mapping: the SLM shows integer frames through slmsuite's ``set_phase`` (integer data is sent
 unchanged, never re-quantised) with ``settle=False`` -- waiting is the bench's job, from
-``settle_s`` (default slmsuite's ``settle_time_s``). The camera reads ``get_image(timeout_s)``, sets
-``set_exposure`` (read back), crops its ROI in software and has no gain control (slmsuite has no
-common gain API). slmsuite's exceptions are chained into :class:`~drivers.errors.DeviceError`.
+``settle_s`` (default slmsuite's ``settle_time_s``). Phase patterns (``show_phase``,
+``Bench.measure(..., phase=True)``) become gray levels exactly as slmsuite's ``set_phase`` turns a
+floating phase into them: its sign convention (most SLMs lower the phase delay as the level rises),
+its wavelength scaling (``phase_scaling = wav_um / wav_design_um``), a gamma set with ``set_gamma``,
+and the wavefront correction ``source["phase"]`` when the device's ``phase_correct`` is on. The
+adapter's :attr:`~SlmsuiteSLM.lut` is slmsuite's phase per level; assigning a measured LUT calls
+``set_gamma``.
+
+The camera reads ``get_image(timeout_s)``, sets ``set_exposure`` (read back), crops its ROI in software
+and has no gain control (slmsuite has no common gain API). Retrying is the bench's job: the adapter
+sets the device's ``capture_attempts`` to 1, so a timeout is one hardware attempt of the stated length.
+slmsuite's exceptions are chained into :class:`~drivers.errors.DeviceError`.
 """
 
 from __future__ import annotations
@@ -35,9 +44,11 @@ import numpy as np
 from simulator.config import build
 from simulator.errors import ConfigError, InputError
 
-from .base import Camera, OpenContext, RawFrame, SLM
+from .base import Camera, OpenContext, RawFrame, SLM, config_errors
 from .clock import Clock
-from .errors import DeviceFault, MissingDependency, backend_errors
+from .errors import DeviceFault, DeviceNotFound, MissingDependency, backend_errors
+from .lut import LUT
+from .registry import import_target
 
 __all__ = ["SlmsuiteCamera", "SlmsuiteCameraConfig", "SlmsuiteSLM", "SlmsuiteSLMConfig"]
 
@@ -61,15 +72,14 @@ def _as_numpy(array) -> np.ndarray:
     return np.asarray(get() if callable(get) else array)
 
 
-def _import_device_class(target: str, path: str):
+def _import_device_class(target: str, path: str) -> type:
     """Import ``"module:Class"`` from slmsuite for a bench config (only slmsuite modules are allowed)."""
-    module_name, _, attr = target.partition(":")
-    if not module_name.startswith("slmsuite.") or not attr:
+    if not target.startswith("slmsuite.") or ":" not in target:
         raise ConfigError(path, target, "'slmsuite.<module>:<Class>', e.g. 'slmsuite.hardware.slms.simulated:SimulatedSLM'")
     _require_slmsuite()
     try:
-        return getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
+        return import_target(target)
+    except DeviceNotFound as exc:
         raise ConfigError(path, target, f"an importable slmsuite class ({exc})") from exc
 
 
@@ -131,6 +141,22 @@ class SlmsuiteSLM(SLM):
             raise InputError(f"{self.name}: slmsuite frames are {device.dtype}, expected {self.dtype} "
                              f"for {self.bit_depth} bits")
 
+    @property
+    def lut(self) -> LUT:
+        """slmsuite's phase (rad, unwrapped) realised by each gray level: its gamma when one is set, else
+        its linear response scaled by ``phase_scaling`` (decreasing with level for most SLMs)."""
+        levels = self.device.xp.arange(2**self.bit_depth)
+        realised = _as_numpy(self.device._gray2phase(levels)).astype(np.float64)
+        return LUT(np.unwrap(realised), "phase")
+
+    @lut.setter
+    def lut(self, lut: LUT) -> None:
+        """Hand a measured phase LUT to slmsuite as its gamma (phase in units of 2 pi, in slmsuite's sense)."""
+        lut = self._checked_lut(lut)
+        sign = getattr(self.device, "_gamma_sign", -1)
+        with self._errors("set gamma"):
+            self.device.set_gamma(lut.values / (2 * np.pi * sign))
+
     @classmethod
     def from_config(cls, settings, context: OpenContext, path: str = ""):
         """Build the slmsuite SLM named by ``device_class`` with ``device_kwargs``, then wrap it."""
@@ -138,8 +164,18 @@ class SlmsuiteSLM(SLM):
         device_class = _import_device_class(config.device_class, f"{path}.device_class" if path else "device_class")
         with backend_errors(f"open {config.device_class}", path or None):
             device = device_class(**config.device_kwargs)
-        return _wrap_or_close(device, lambda: cls(device, latency_s=config.latency_s, settle_s=config.settle_s,
-                                                  name=path or None, clock=context.clock))
+        with config_errors(vars(config), path):
+            return _wrap_or_close(device, lambda: cls(device, latency_s=config.latency_s, settle_s=config.settle_s,
+                                                      name=path or None, clock=context.clock))
+
+    def _phase_to_gray(self, phase_rad: np.ndarray) -> np.ndarray:
+        # set_phase's path for floating phase: its float32 phase buffer, the wavefront correction, then
+        # _phase2gray (into a new array: the device's display is only written by show)
+        device, xp = self.device, self.device.xp
+        phase = xp.asarray(phase_rad, dtype=device.phase.dtype)
+        if device.phase_correct and "phase" in device.source:
+            phase += xp.asarray(device._get_source_phase())
+        return _as_numpy(device._phase2gray(phase, out=xp.empty(device.shape, dtype=device.dtype)))
 
     def _show(self, frame: np.ndarray) -> None:
         shown = self.device.set_phase(frame, settle=False)
@@ -165,6 +201,7 @@ class SlmsuiteCameraConfig:
     device_kwargs: dict[str, Any] = field(default_factory=dict)
     pass_slm: bool = False
     pixel_pitch_m: float | None = None
+    exposure_s: float | None = None
     exposure_limits_s: tuple[float, float] | None = None
     timeout_s: float = 1.0
 
@@ -179,6 +216,9 @@ class SlmsuiteCamera(Camera):
         An opened slmsuite camera; closed with this adapter.
     pixel_pitch_m : float, optional
         Pixel pitch (m); default from the device's ``pitch_um`` (required when it has none).
+    exposure_s : float, optional
+        Exposure (s) to start with, set on the device. Default: the device's own, moved to the nearer
+        limit if it lies outside ``exposure_limits_s`` (slmsuite's simulated camera starts at 1 s).
     exposure_limits_s : (float, float), optional
         Default: the device's ``exposure_bounds_s``, else :data:`DEFAULT_EXPOSURE_LIMITS_S`.
     timeout_s : float
@@ -189,8 +229,9 @@ class SlmsuiteCamera(Camera):
 
     Config = SlmsuiteCameraConfig
 
-    def __init__(self, device, *, pixel_pitch_m: float | None = None, exposure_limits_s=None,
-                 timeout_s: float = 1.0, name: str | None = None, clock: Clock | None = None):
+    def __init__(self, device, *, pixel_pitch_m: float | None = None, exposure_s: float | None = None,
+                 exposure_limits_s=None, timeout_s: float = 1.0, name: str | None = None,
+                 clock: Clock | None = None):
         _require_slmsuite(name)
         for attribute in ("get_image", "set_exposure", "get_exposure", "shape", "bitdepth", "close"):
             if not hasattr(device, attribute):
@@ -204,10 +245,21 @@ class SlmsuiteCamera(Camera):
         if exposure_limits_s is None:
             bounds = getattr(device, "exposure_bounds_s", None)
             exposure_limits_s = DEFAULT_EXPOSURE_LIMITS_S if bounds is None else tuple(float(b) for b in bounds)
+        lo, hi = self._check_limits("exposure_limits_s", exposure_limits_s)
         with backend_errors("read exposure", label):
-            exposure_s = float(device.get_exposure())
+            current_s = float(device.get_exposure())
+        if exposure_s is None and not lo <= current_s <= hi:
+            exposure_s = min(max(current_s, lo), hi)
+            log.info("%s: the device's exposure %g s lies outside [%g, %g] s; starting at %g s",
+                     label, current_s, lo, hi, exposure_s)
+        if exposure_s is not None:
+            exposure_s = self._within("exposure_s", exposure_s, (lo, hi), "s")
+            with backend_errors("set exposure", label):
+                current_s = float(device.set_exposure(exposure_s))
+        if hasattr(device, "capture_attempts"):
+            device.capture_attempts = 1  # the bench retries; slmsuite's own attempts would multiply them
         super().__init__(sensor_shape=tuple(int(v) for v in device.shape), bit_depth=int(device.bitdepth),
-                         pixel_pitch_m=pixel_pitch_m, exposure_s=exposure_s, exposure_limits_s=exposure_limits_s,
+                         pixel_pitch_m=pixel_pitch_m, exposure_s=current_s, exposure_limits_s=(lo, hi),
                          dtype=getattr(device, "dtype", None),
                          name=name, clock=clock, default_timeout_s=timeout_s)
 
@@ -226,9 +278,12 @@ class SlmsuiteCamera(Camera):
             args = (peer.device,)
         with backend_errors(f"open {config.device_class}", path or None):
             device = device_class(*args, **config.device_kwargs)
-        return _wrap_or_close(device, lambda: cls(device, pixel_pitch_m=config.pixel_pitch_m,
-                                                  exposure_limits_s=config.exposure_limits_s,
-                                                  timeout_s=config.timeout_s, name=path or None, clock=context.clock))
+        with config_errors(vars(config), path):
+            return _wrap_or_close(device, lambda: cls(device, pixel_pitch_m=config.pixel_pitch_m,
+                                                      exposure_s=config.exposure_s,
+                                                      exposure_limits_s=config.exposure_limits_s,
+                                                      timeout_s=config.timeout_s, name=path or None,
+                                                      clock=context.clock))
 
     def _snap(self, timeout_s: float) -> RawFrame:
         # timeout_s already includes the exposure (Camera.snap); slmsuite adds it again, so take it off

@@ -1,24 +1,27 @@
 """The Bench: fresh frames only, bounded retries, cleanup on every exit (Ctrl-C included), and a
 2,000-call fault soak on the virtual clock."""
 
+import dataclasses
+import gc
 import json
 import os
 import signal
 import subprocess
 import sys
 import textwrap
+import weakref
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from drivers.bench import Bench, _sigint_deferred
+from drivers.bench import Bench, Terminated, _interrupts_deferred
 from drivers.clock import VirtualClock
 from drivers.errors import DeviceClosed, DeviceDisconnected, DeviceFault, DeviceTimeout, StaleFrame
 from drivers.faults import FaultConfig
-from drivers.simulated import SimulatedSLM
+from drivers.simulated import SimulatedCamera, SimulatedSLM, direct_render
 from simulator.errors import InputError
-from tests.drivers.conftest import gray_seen, make_pair
+from tests.drivers.conftest import DN_PER_LEVEL_S, gray_seen, make_pair
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -48,6 +51,30 @@ def test_free_run_measure_discards_frames_exposed_before_settling(clock):
     with Bench(slm, cam) as bench:
         stale = sum(bench.measure(np.full((6, 6), v, np.uint8)).stale_frames for v in range(1, 40))
     assert stale > 0, "in free-run, the frame in progress at the flush predates the settle and must be discarded"
+
+
+class _NoTimestampCamera(SimulatedCamera):
+    """The simulated camera without its exposure timestamps, like a webcam: only frame indices."""
+
+    def _snap(self, timeout_s):
+        return dataclasses.replace(super()._snap(timeout_s), timestamp_s=None)
+
+
+def test_free_run_without_timestamps_discards_the_frames_begun_before_the_flush(clock):
+    """Without timestamps the frame read out and the frame exposed during the flush may predate the
+    settling: the bench counts frames past them instead of guessing their start."""
+    slm = SimulatedSLM(shape=(6, 6), bit_depth=8, pixel_pitch_m=8e-6, latency_s=0.0, settle_s=0.003, clock=clock)
+    cam = _NoTimestampCamera(slm, direct_render(DN_PER_LEVEL_S), trigger_mode="free-run", exposure_s=0.004,
+                             clock=clock)
+    rng = np.random.default_rng(1)
+    with Bench(slm, cam) as bench:
+        for level in range(1, 60):
+            clock.advance(rng.uniform(0, 0.01))
+            image = np.full((6, 6), level, np.uint8)
+            m = bench.measure(image)
+            assert m.frame.timing == "estimated"
+            assert m.frame.meta["slm_frame_id"] == m.slm_frame_id, f"level {level}: the frame saw a mix of images"
+            assert np.array_equal(gray_seen(m.frame, cam.exposure_s), image)
 
 
 def test_measure_timing_is_the_device_limit_in_software_mode(clock):
@@ -132,14 +159,64 @@ def test_phase_measure(clock):
         assert np.all(m.shown == 128) and np.all(gray_seen(m.frame, cam.exposure_s) == 128)
 
 
-def test_sigint_during_cleanup_is_held_back_until_it_is_done():
+@pytest.mark.parametrize("signum, raised", [(signal.SIGINT, KeyboardInterrupt), (signal.SIGTERM, Terminated)])
+def test_an_interrupt_during_cleanup_is_held_back_until_it_is_done(signum, raised):
+    before = signal.getsignal(signum)
     done = []
-    with pytest.raises(KeyboardInterrupt):
-        with _sigint_deferred():
-            signal.raise_signal(signal.SIGINT)
+    with pytest.raises(raised):
+        with _interrupts_deferred():
+            signal.raise_signal(signum)
             done.append("cleanup finished")
     assert done == ["cleanup finished"]
+    assert signal.getsignal(signum) == before
+
+
+class _HangingBlankSLM(SimulatedSLM):
+    """Its blank (at close) is a vendor call that hangs until the user presses Ctrl-C twice."""
+
+    def _show(self, frame):
+        if self.frame_id >= 0 and not frame.any():
+            self.events = ["hung"]
+            signal.raise_signal(signal.SIGINT)  # held back: the cleanup goes on
+            self.events.append("first Ctrl-C held")
+            signal.raise_signal(signal.SIGINT)  # a second one gets through
+            self.events.append("second Ctrl-C held")
+        super()._show(frame)
+
+
+def test_a_second_ctrl_c_interrupts_a_hung_cleanup(clock):
+    slm = _HangingBlankSLM(shape=(6, 6), bit_depth=8, pixel_pitch_m=8e-6, clock=clock)
+    cam = SimulatedCamera(slm, direct_render(DN_PER_LEVEL_S), clock=clock)
+    bench = Bench(slm, cam)
+    bench.measure(np.ones((6, 6), np.uint8))
+    with pytest.raises(KeyboardInterrupt):
+        bench.close()
+    assert slm.events == ["hung", "first Ctrl-C held"]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    cam.close()
+
+
+def test_an_abandoned_bench_is_collected_and_closed(clock):
+    """Nothing (such as an atexit registration) keeps a bench alive; collected, it still cleans up."""
+    slm, cam = make_pair(clock)
+    bench = Bench(slm, cam)
+    bench.measure(np.ones((6, 6), np.uint8))
+    ref = weakref.ref(bench)
+    del bench
+    gc.collect()
+    assert ref() is None, "the bench is kept alive"
+    assert slm.closed and cam.closed and not slm.last_frame.any()
+
+
+def test_sigterm_is_routed_to_the_bench_only_while_one_is_open(clock):
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    with Bench(*make_pair(clock)):
+        with Bench(*make_pair(clock)):
+            with pytest.raises(Terminated):
+                signal.raise_signal(signal.SIGTERM)
+        with pytest.raises(Terminated):
+            signal.raise_signal(signal.SIGTERM)
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
 
 
 def _tagged_image(tag: int, rng) -> np.ndarray:
@@ -211,8 +288,10 @@ def test_fault_soak_2000_measurements(trigger_mode, rate):
     assert all(not b.slm.last_frame.any() for b in benches), "an SLM was left showing an image"
 
 
-def test_ctrl_c_during_a_capture_loop_blanks_and_closes(tmp_path):
-    """A real process on the real clock, interrupted with SIGINT in the middle of its loop."""
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_interrupting_a_capture_loop_blanks_and_closes(tmp_path, signum):
+    """A real process on the real clock, interrupted with Ctrl-C or SIGTERM (what ``timeout`` and
+    systemd send) in the middle of its loop: both arrive as KeyboardInterrupt."""
     state = tmp_path / "state.json"
     script = tmp_path / "loop.py"
     script.write_text(textwrap.dedent(f"""
@@ -233,12 +312,12 @@ def test_ctrl_c_during_a_capture_loop_blanks_and_closes(tmp_path):
                     n += 1
                     if n == 5:
                         print("ready", flush=True)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
             with open({str(state)!r}, "w") as fh:
                 json.dump({{"measured": n, "slm_closed": bench.slm.closed, "camera_closed": bench.camera.closed,
                            "bench_closed": bench.closed, "slm_max_level": int(bench.slm.last_frame.max()),
                            "slm_frame_id": bench.slm.frame_id}}, fh)
-            sys.exit(130)
+            sys.exit(128 + getattr(exc, "signum", 2))
     """))
     env = dict(os.environ, PYTHONPATH=str(REPO))
     proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -246,8 +325,8 @@ def test_ctrl_c_during_a_capture_loop_blanks_and_closes(tmp_path):
     try:
         line = proc.stdout.readline()
         assert line.strip() == "ready", proc.stderr.read()
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=60) == 130, proc.stderr.read()
+        proc.send_signal(signum)
+        assert proc.wait(timeout=60) == 128 + signum, proc.stderr.read()
     finally:
         if proc.poll() is None:
             proc.kill()

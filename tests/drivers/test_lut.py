@@ -37,6 +37,14 @@ def test_phase_inverse_is_circular():
     assert lut.to_gray(10 * step) == 10
 
 
+def test_phase_falling_with_level_is_a_valid_lut():
+    """slmsuite's convention: the phase delay falls as the level rises (level g -> -2 pi (g + 1) / 256)."""
+    step = 2 * math.pi / 256
+    lut = LUT(-step * (np.arange(256) + 1), "phase")
+    assert lut.to_gray(-step) == 0 and lut.to_gray(step) == 254 and lut.to_gray(0.0) == 255
+    assert lut.to_gray(math.pi + 0.4 * step) == 127
+
+
 def test_from_measurement_normalises_and_is_monotonic():
     gray = np.array([0, 64, 128, 192, 255])
     measured = np.array([10.0, 30.0, 29.0, 80.0, 110.0])  # a noisy dip at 128

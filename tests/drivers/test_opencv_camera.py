@@ -9,10 +9,12 @@ import numpy as np
 import pytest
 
 from drivers.base import OpenContext
+from drivers.bench import Bench
 from drivers.clock import RealClock
 from drivers.errors import DeviceDisconnected, DeviceFault, DeviceNotFound, DeviceTimeout, UnsupportedFeature
 from drivers.opencv_camera import OpenCVCamera
 from drivers.registry import load_backend
+from drivers.simulated import SimulatedSLM
 from simulator.errors import ConfigError, InputError
 from tests.drivers.conformance import check_camera
 
@@ -120,6 +122,18 @@ def test_16_bit_sources_read_back_exactly(media, name):
             assert frame.image.dtype == np.uint16 and np.array_equal(frame.image, expected)
 
 
+@pytest.mark.parametrize("name", ["gray16.mkv", "seq16"])
+def test_16_bit_sources_are_not_cut_to_8_bits(media, name):
+    """At the default bit depth OpenCV would convert 16-bit frames to 8 bits (their top byte): refused."""
+    source, _ = media[name]
+    with pytest.raises(InputError, match="bit_depth 8 would keep only the top 8 bits.*gray16"):
+        OpenCVCamera(str(source), PITCH_M)
+    context = OpenContext(clock=RealClock(), base_dir=source.parent)
+    with pytest.raises(ConfigError) as info:
+        load_backend("opencv").from_config({"source": source.name, "pixel_pitch_m": PITCH_M}, context, "camera")
+    assert info.value.path == "camera.bit_depth" and info.value.value == 8
+
+
 def test_16_bit_request_on_an_8_bit_source_is_a_fault(media):
     with pytest.raises(DeviceFault, match="16-bit mono"):
         OpenCVCamera(str(media["ffv1.avi"][0]), PITCH_M, bit_depth=16)
@@ -150,8 +164,9 @@ def test_recorded_source_settings(media):
         assert cam.exposure_s == pytest.approx(1 / FPS) and cam.exposure_limits_s == (cam.exposure_s,) * 2
         with pytest.raises(InputError, match="exposure_s"):
             cam.exposure_s = 0.05
-        with pytest.raises(UnsupportedFeature):
-            cam.gain = 1.0
+        for gain in (1.0, 2.0):  # no gain control: whatever the value
+            with pytest.raises(UnsupportedFeature):
+                cam.gain = gain
         with pytest.raises(UnsupportedFeature):
             cam.trigger_mode = "free-run"
         assert cam.flush() == 0  # a file buffers nothing stale
@@ -190,6 +205,27 @@ def test_a_source_that_blocks_times_out(tmp_path):
         unblock.join(timeout=5)
 
 
+def test_an_open_that_returns_after_its_timeout_is_released(media, monkeypatch):
+    """The abandoned open of a source that answers late: the capture it returns is released."""
+    source, _ = media["ffv1.avi"]
+    real_capture, late, answer = cv2.VideoCapture, [], threading.Event()
+
+    def slow_capture(*args):
+        answer.wait(30)
+        late.append(real_capture(*args))
+        return late[-1]
+
+    monkeypatch.setattr(cv2, "VideoCapture", slow_capture)
+    with pytest.raises(DeviceTimeout, match="open: no answer"):
+        OpenCVCamera(str(source), PITCH_M, timeout_s=0.05)
+    answer.set()
+    for _ in range(3000):  # until the late open is back and released (bounded wait, not a timing check)
+        if late and not late[0].isOpened():
+            break
+        threading.Event().wait(0.01)
+    assert late and not late[0].isOpened(), "the late capture was left open"
+
+
 def test_opened_from_config_relative_to_the_yaml_folder(media):
     source, written = media["ffv1.avi"]
     cls = load_backend("opencv")
@@ -202,6 +238,24 @@ def test_opened_from_config_relative_to_the_yaml_folder(media):
         cls.from_config({"source": [1, 2], "pixel_pitch_m": PITCH_M}, context, "camera")
     with pytest.raises(ConfigError, match="camera.color"):
         cls.from_config({"source": source.name, "pixel_pitch_m": PITCH_M, "color": "maybe"}, context, "camera")
+    # a bad value found by the camera itself names its field, not the whole section
+    with pytest.raises(ConfigError) as info:
+        cls.from_config({"source": source.name, "pixel_pitch_m": PITCH_M, "exposure_s": -0.01}, context, "camera")
+    assert info.value.path == "camera.exposure_s" and info.value.value == -0.01
+
+
+def test_bench_with_a_recorded_camera_measures_its_frames_in_order(media):
+    """A file is read at once (well within the nominal exposure of one frame interval); its frames
+    are exposed after the request (software trigger), hence fresh: no stale-frame retries."""
+    source, written = media["gray.avi"]
+    clock = RealClock()
+    slm = SimulatedSLM(shape=(4, 4), bit_depth=8, pixel_pitch_m=8e-6, latency_s=0.0, settle_s=1e-3, clock=clock)
+    with Bench(slm, OpenCVCamera(str(source), PITCH_M, clock=clock), retries=0) as bench:
+        measured = [bench.measure(np.full((4, 4), k, np.uint8)) for k in range(5)]
+    assert [m.frame.meta["source_frame"] for m in measured] == [0, 1, 2, 0, 1]
+    for m in measured:
+        assert m.frame.timing == "triggered" and m.frame.timestamp_s >= m.settled_at_s and m.attempts == 1
+        assert np.array_equal(m.frame.image, written[m.frame.meta["source_frame"]])
 
 
 def test_opencv_camera_conforms(media):

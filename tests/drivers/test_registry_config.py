@@ -179,22 +179,36 @@ def test_open_bench_from_yaml_file(tmp_path):
     ({"camera": {"faults": {"timeout_rate": 2}}}, "camera.faults", "timeout_rate must be in [0, 1]"),
     ({"camera": {"trigger_mode": "sometimes"}}, "camera.trigger_mode", "one of"),
     ({"camera": {"exposure_s": 20.0}}, "camera", "exposure_s must be in"),
-    ({"camera": {"render": "frontend"}}, "camera.frontend", "a path to a frontend YAML"),
+    ({"camera": {"render": "optics"}}, "camera.optics", "a path to an optics YAML"),
+    ({"camera": {"frontend": "frontend.yaml"}}, "camera.frontend", "now camera.optics"),
     ({"slm": {"lut_file": "missing.txt"}}, "slm", "cannot read LUT file"),
     ({"clock": "fast"}, "clock", "one of"),
     ({"bench": {"retries": "many"}}, "bench.retries", "an integer"),
+    ({"bench": {"retries": -1}}, "bench.retries", "retries must be an integer >= 0"),
+    ({"bench": {"max_stale_reads": 0}}, "bench.max_stale_reads", "max_stale_reads must be an integer >= 1"),
+    ({"bench": {"timeout_s": -0.5}}, "bench.timeout_s", "timeout_s must be finite and > 0"),
+    ({"light": {"url": "loop://"}}, "light.backend", "one of the backends"),
+    ({"light": {"backend": "simulated-camera"}}, "light.backend", "a light-source backend"),
 ])
 def test_config_errors_name_the_yaml_path(patch, where, expected):
     config = _direct_config()
     for section, value in patch.items():
         if isinstance(value, dict):
-            config[section] = {**config[section], **value}
+            config[section] = {**config.get(section, {}), **value}
         else:
             config[section] = value
     with pytest.raises(ConfigError) as info:
         open_bench(config)
     assert info.value.path == where
     assert expected in str(info.value)
+
+
+def test_an_empty_bench_file_is_refused_as_such(tmp_path):
+    path = tmp_path / "bench.yaml"
+    path.write_text("# nothing yet\n")
+    with pytest.raises(ConfigError, match="the file is empty") as info:
+        open_bench(path)
+    assert info.value.path == str(path)
 
 
 def test_camera_failure_closes_the_slm(monkeypatch):
@@ -212,25 +226,17 @@ def test_simulated_camera_needs_a_simulated_slm(dummy_distribution):
         open_device("camera", {"backend": "simulated-camera", "render": "direct"}, OpenContext(clock=VirtualClock()))
 
 
-def test_frontend_and_slm_shapes_must_agree():
-    config = {"slm": {"shape": [20, 20]}, "camera": {"frontend": str(REPO_EXAMPLES / "frontend.yaml")}}
-    with pytest.raises(ConfigError, match=r"\(20, 20\) images \(its image_shape is \(28, 28\)") as info:
-        open_bench(config, clock=VirtualClock())
-    assert info.value.path == "camera.frontend"
-
-
-def test_default_bench_sees_the_slm_through_the_fabricated_frontend():
-    """examples/bench_sim.yaml: the camera frame is exactly the frontend's render of the shown image."""
-    from simulator.frontend import FabricatedFrontend
+def test_default_bench_sees_the_slm_through_the_optical_system():
+    """examples/bench_sim.yaml: the camera frame is exactly the optical system's render of the shown image."""
+    from simulator.system import OpticalSystem
 
     with open_bench(REPO_EXAMPLES / "bench_sim.yaml", clock=VirtualClock()) as bench:
         assert bench.slm.shape == (28, 28) and bench.camera.bit_depth == 12
         assert bench.camera.black_level == 16 * 16  # offset_dn 16 of a 12-bit ADC, left-justified in 16 bits
         image = (np.arange(28 * 28).reshape(28, 28) * 7 % 256).astype(np.uint8)
         m = bench.measure(image)
-    reference = FabricatedFrontend.from_yaml(REPO_EXAMPLES / "frontend.yaml")
-    reference.render(np.zeros((28, 28), np.uint8))  # the camera's probe frame at opening
-    expected = reference.render(image)
+    reference = OpticalSystem.from_yaml(REPO_EXAMPLES / "optics.yaml").eval()
+    reference.render(np.zeros((28, 28), np.uint8), 0.010)  # the camera's probe frame at opening
+    expected = reference.render(image, 0.010)
     assert np.array_equal(m.frame.image, expected)
-    assert m.frame.image.shape == tuple(reference.layout.frame_shape)
-    assert bench.camera.saturation_dn == 4095 * 16
+    assert m.frame.image.shape == tuple(reference.frame_shape)

@@ -3,8 +3,12 @@ and the transport over pyserial's ``loop://``. Read timeouts are tens of millise
 
 import math
 
+import numpy as np
 import pytest
 import serial
+
+from drivers import open_bench
+from drivers.clock import VirtualClock
 
 from drivers.errors import DeviceClosed, DeviceDisconnected, DeviceError, DeviceFault, DeviceNotFound, DeviceTimeout, InputError
 from drivers.firmware_emulator import LightSourceFirmware, PtyFirmwareEmulator
@@ -25,7 +29,7 @@ def emulator():
 
 @pytest.fixture
 def light(emulator):
-    with SerialLightSource(emulator.port, timeout_s=TIMEOUT_S, retries=2) as device:
+    with SerialLightSource(emulator.port, timeout_s=TIMEOUT_S, retries=2, reconnect_timeout_s=0.1) as device:
         yield device
 
 
@@ -141,6 +145,33 @@ def test_unplug_raises_disconnected_and_replug_reconnects(light, emulator):
     assert light.stats["reconnects"] >= 2
 
 
+def test_a_brief_unplug_is_bridged_by_reconnecting_with_backoff(emulator, monkeypatch):
+    """The cable is back after a few failed reopening attempts (as after a 150 ms unplug): the command
+    succeeds, the pauses between attempts grow, and they are slept on the device's clock."""
+    clock = VirtualClock()
+    device = SerialLightSource(emulator.port, timeout_s=TIMEOUT_S, retries=1, reconnect_timeout_s=1.0, clock=clock)
+    device.set_power(0.5)
+    emulator.unplug()
+    opens, real_open = [], device._transport.open
+
+    def open_port():
+        opens.append(clock.now())
+        if len(opens) == 4:
+            emulator.plug()
+        real_open()
+
+    monkeypatch.setattr(device._transport, "open", open_port)
+    assert device.power() == 0.5
+    pauses = np.diff(opens)
+    assert len(opens) == 4 and np.all(pauses > 0) and np.all(np.diff(pauses) > 0), opens
+    emulator.unplug()  # gone for good: DeviceDisconnected once reconnect_timeout_s has passed
+    start = clock.now()
+    with pytest.raises(DeviceDisconnected, match="still absent after 1 s"):
+        device.power()
+    assert clock.now() - start == pytest.approx(1.0)
+    device.close()
+
+
 def test_reconnect_off_reports_the_lost_port(emulator):
     device = SerialLightSource(emulator.port, timeout_s=TIMEOUT_S, retries=0, reconnect=False)
     emulator.unplug()
@@ -187,6 +218,23 @@ def test_opened_from_bench_config_through_the_registry(emulator):
         assert device.identify().startswith("ONN-HIL,")
     with pytest.raises(ConfigError, match="light.retries"):
         cls.from_config({"url": emulator.port, "retries": "many"}, context, "light")
+
+
+def test_light_section_of_a_bench_config(emulator):
+    """The ``light:`` section the SerialLightSource docstring shows: opened with the bench, in its
+    settings, and closed (shutter first) with it."""
+    config = {"clock": "virtual",
+              "slm": {"backend": "simulated-slm", "shape": [4, 4]},
+              "camera": {"backend": "simulated-camera", "render": "direct"},
+              "light": {"backend": "serial-light", "url": emulator.port, "timeout_s": TIMEOUT_S}}
+    with open_bench(config) as bench:
+        assert isinstance(bench.light, SerialLightSource) and bench.light.name == "light"
+        bench.light.open_shutter()
+        assert emulator.firmware.shutter_open
+        assert bench.settings()["light"]["url"] == emulator.port
+    assert bench.light.closed and not emulator.firmware.shutter_open
+    with pytest.raises(ConfigError, match="light.retries"):
+        open_bench({**config, "light": {**config["light"], "retries": -1}})
 
 
 # --- the transport over loop:// (what is written is read back) -------------------------------------
