@@ -4,6 +4,10 @@ Each subcommand lives in its own module under :mod:`hil.commands` and exposes
 ``register(subparsers)``, which adds its parser and sets ``func`` to a callable taking the parsed
 arguments and returning an exit status. Heavy imports happen inside those callables, so ``hil --help``
 stays fast.
+
+Exit status: 0 on success, 2 for a toolkit error or a file that cannot be read or written (one line on
+stderr, no traceback), ``128 + signal`` when interrupted (130 for Ctrl-C, 143 for SIGTERM while a
+bench is open).
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import signal
 import sys
 
 from simulator.errors import HilError
@@ -37,9 +42,14 @@ def main(argv: list[str] | None = None) -> int:
     except HilError as exc:
         print(f"hil {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"hil {args.command}: interrupted", file=sys.stderr)
-        return 130
+    except OSError as exc:  # files and folders: permissions, a file where a folder should be, a full disk
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"hil {args.command}: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM while a bench is open (drivers.bench.Terminated)
+        signum = getattr(exc, "signum", signal.SIGINT)
+        print(f"hil {args.command}: interrupted ({signal.Signals(signum).name})", file=sys.stderr)
+        return 128 + signum
 
 
 if __name__ == "__main__":
