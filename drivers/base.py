@@ -45,6 +45,7 @@ import numpy as np
 
 from simulator.config import build
 from simulator.errors import ConfigError, InputError
+from simulator.files import resolve_relative
 from simulator.validation import check_positive
 
 from .clock import Clock, RealClock
@@ -77,8 +78,7 @@ class OpenContext:
 
     def resolve(self, path) -> Path:
         """``path`` relative to :attr:`base_dir` (absolute paths unchanged)."""
-        p = Path(path).expanduser()
-        return p if p.is_absolute() else self.base_dir / p
+        return resolve_relative(path, self.base_dir)
 
 
 @contextlib.contextmanager

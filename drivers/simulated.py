@@ -35,7 +35,7 @@ import numpy as np
 
 from simulator.errors import ConfigError
 
-from .base import OpenContext, RawFrame, SLM, Camera
+from .base import OpenContext, RawFrame, SLM, Camera, config_errors
 from .clock import Clock
 from .faults import CAMERA_ONLY, FaultConfig, FaultInjector
 from .lut import LUT
@@ -108,7 +108,7 @@ class SimulatedSLM(SLM):
         lut = None
         if cfg.lut_file is not None and cfg.gamma is not None:
             raise ConfigError(f"{path}.gamma", cfg.gamma, "null when lut_file is given (one LUT source)")
-        try:
+        with config_errors(vars(cfg), path):
             if cfg.lut_file is not None:
                 lut = LUT.from_file(context.resolve(cfg.lut_file), kind)
             elif cfg.gamma is not None:
@@ -118,8 +118,6 @@ class SimulatedSLM(SLM):
                 lut=lut, wavelength_m=cfg.wavelength_m, latency_s=cfg.latency_s, settle_s=cfg.settle_s,
                 default_timeout_s=cfg.default_timeout_s, faults=cfg.faults, name=path or None, clock=context.clock,
             )
-        except ValueError as exc:
-            raise ConfigError(path or "<root>", dict(settings), str(exc)) from exc
 
     def _show(self, frame: np.ndarray) -> None:
         fault = self.faults.draw(self.clock.now(), allowed=("timeout", "exception", "hang"))
@@ -274,8 +272,11 @@ class SimulatedCamera(Camera):
         clock = clock if clock is not None else slm.clock
         if clock is not slm.clock:
             raise ValueError("the simulated camera and its SLM must share one clock")
-        if not exposure_step_s > 0 or readout_s < 0 or frame_period_s < 0:
-            raise ValueError("exposure_step_s must be > 0, readout_s and frame_period_s >= 0")
+        if not exposure_step_s > 0:
+            raise ValueError(f"exposure_step_s must be > 0 s, got {exposure_step_s!r}")
+        for field_name, value in (("readout_s", readout_s), ("frame_period_s", frame_period_s)):
+            if not value >= 0:
+                raise ValueError(f"{field_name} must be >= 0 s, got {value!r}")
         if not isinstance(buffer_frames, int) or buffer_frames < 1:
             raise ValueError(f"buffer_frames must be an integer >= 1, got {buffer_frames!r}")
         self.slm, self._render = slm, render
@@ -335,11 +336,9 @@ class SimulatedCamera(Camera):
             exposure_s = cfg.exposure_s if cfg.exposure_s is not None else system.photometry.exposure_s
         kwargs = {k: getattr(cfg, k) for k in ("exposure_limits_s", "exposure_step_s", "readout_s", "frame_period_s",
                                                "trigger_mode", "buffer_frames", "gain_limits", "default_timeout_s", "faults")}
-        try:
+        with config_errors({**vars(cfg), "exposure_s": exposure_s, "pixel_pitch_m": pixel_pitch_m}, path):
             camera = cls(slm, render, bit_depth=bit_depth, saturation_dn=saturation_dn, native_black_level_dn=black,
                          name=path or None, clock=context.clock, pixel_pitch_m=pixel_pitch_m, exposure_s=exposure_s, **kwargs)
-        except ValueError as exc:
-            raise ConfigError(path or "<root>", dict(settings), str(exc)) from exc
         camera.optics = system if cfg.render == "optics" else None
         return camera
 

@@ -30,11 +30,10 @@ def load_yaml(path) -> dict:
     """Read a YAML file whose top level is a mapping (``yaml.safe_load``)."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open(encoding="utf-8") as fh:  # parsing the file (not its text) puts its name in error marks
+            data = yaml.safe_load(fh)
     except OSError as exc:
         raise ConfigError(str(path), None, f"a readable YAML file ({exc.strerror or exc})") from exc
-    try:
-        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(str(path), None, f"valid YAML ({exc})") from exc
     if data is None:

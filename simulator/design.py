@@ -22,6 +22,7 @@ from torch import nn
 
 from .conv import psf_pairs
 from .errors import ConfigError, InputError
+from .files import resolve_relative
 from .validation import check_tensor
 
 DESIGN_GENERATORS = ("random_signed", "file", "inline")
@@ -144,9 +145,7 @@ def design_from_config(design, *, base_dir=None, path: str = "design", dtype=tor
         file_name = design.get("path")
         if not isinstance(file_name, str):
             raise ConfigError(f"{path}.path", file_name, "a path to a .npy or .pt file")
-        file_path = Path(file_name)
-        if not file_path.is_absolute() and base_dir is not None:
-            file_path = Path(base_dir) / file_path
+        file_path = resolve_relative(file_name, base_dir)
         try:
             values = load_kernel_file(file_path)
         except (OSError, InputError, ValueError, RuntimeError) as exc:

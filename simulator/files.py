@@ -39,6 +39,13 @@ def atomic_write(path, mode: str = "wb"):
 
 
 
+def resolve_relative(path, base_dir) -> Path:
+    """``path`` (``~`` expanded) taken relative to ``base_dir`` unless it is absolute: how every config
+    file of the toolkit resolves the paths it names (relative to the file's own folder)."""
+    p = Path(path).expanduser()
+    return p if p.is_absolute() or base_dir is None else Path(base_dir) / p
+
+
 def _create_temporary(path: Path) -> tuple[int, Path]:
     """A new, uniquely named file next to ``path``, opened for writing. Created with mode 0o666 so the
     operating system applies the umask, as for a plain ``open`` (``mkstemp`` would give 0o600)."""

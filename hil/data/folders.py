@@ -25,23 +25,14 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif")
 
 def read_image(path, grayscale: bool = True) -> np.ndarray:
     """An image file as a numpy array: (rows, cols) when ``grayscale``, else (rows, cols, 3) RGB,
-    in the file's own integer type."""
-    import cv2
+    in the file's own integer type (:func:`drivers.images.read_image`; errors as :class:`DatasetError`)."""
+    from drivers.images import read_image as read_file
+    from simulator.errors import InputError
 
-    path = Path(path)
-    flag = cv2.IMREAD_GRAYSCALE if grayscale else cv2.IMREAD_COLOR
-    image = cv2.imread(str(path), flag | cv2.IMREAD_ANYDEPTH)
-    if image is None and path.suffix.lower() == ".gif":
-        capture = cv2.VideoCapture(str(path))
-        ok, frame = capture.read()
-        capture.release()
-        if ok:
-            image = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY) if grayscale else frame
-    if image is None:
-        raise DatasetError(f"OpenCV cannot read the image {path}")
-    if image.ndim == 3:
-        image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-    return image
+    try:
+        return read_file(path, "gray" if grayscale else "rgb")
+    except InputError as exc:
+        raise DatasetError(str(exc)) from exc
 
 
 def _full_scale(image: np.ndarray) -> float:
