@@ -72,8 +72,9 @@ def test_load_yaml_rejects_missing_and_non_mapping(tmp_path):
     with pytest.raises(ConfigError, match="mapping at the top level"):
         load_yaml(tmp_path / "list.yaml")
     (tmp_path / "broken.yaml").write_text("a: [1,\n")
-    with pytest.raises(ConfigError, match="valid YAML"):
+    with pytest.raises(ConfigError, match="valid YAML") as info:
         load_yaml(tmp_path / "broken.yaml")
+    assert "broken.yaml\", line" in str(info.value) and "<unicode string>" not in str(info.value)
     (tmp_path / "evil.yaml").write_text("a: !!python/object/apply:os.system ['true']\n")
     with pytest.raises(ConfigError, match="valid YAML"):
         load_yaml(tmp_path / "evil.yaml")

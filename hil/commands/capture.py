@@ -1,0 +1,83 @@
+"""``hil capture CONFIG`` and ``hil export-design RUN_DIR --out DIR``: the capture step of the
+hardware-in-the-loop job and the design export that precedes fabrication."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class SelectConfig:
+    """Which samples: a stratified ``fraction`` of the split (per class), drawn with ``seed``."""
+
+    fraction: float
+    seed: int = 0
+
+
+@dataclass
+class CaptureConfig:
+    """A capture run: the bench config (path, relative to this file), the data (``dataset``, ``root``,
+    ``split``: train | test), the selection, the output file and the calibration it is paired with."""
+
+    bench: str
+    out: str
+    select: SelectConfig
+    data: dict[str, Any] = field(default_factory=lambda: {"dataset": "fashion_mnist"})
+    split: str = "train"
+    calibration_id: str = ""
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "capture", help="show a stratified subset of a dataset on the bench and store the frames (HDF5)",
+        description="Capture a seeded, class-balanced fraction of a dataset split through the bench of the "
+                    "config into an HDF5 captures file (hil.capture). Rerunning continues after the last "
+                    "complete frame; a file for other samples, or a foreign one, is refused untouched.")
+    parser.add_argument("config", help="capture config YAML (see examples/capture_fmnist.yaml)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(func=run_capture)
+    export = subparsers.add_parser(
+        "export-design", help="write a trained student's optics as a design file + optics.yaml",
+        description="Export the optics of the optical student trained in RUN_DIR: kernels.npy (or psfs.npy) "
+                    "for fabrication and an optics.yaml a bench's camera.optics loads (hil.export).")
+    export.add_argument("run_dir", help="a run folder of `hil train`")
+    export.add_argument("--out", required=True, help="output folder")
+    export.set_defaults(func=run_export)
+
+
+def run_capture(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from drivers import open_bench
+    from hil.capture import capture, stratified_indices
+    from hil.data import build_datasets
+    from simulator.config import build, load_yaml, to_plain
+    from simulator.errors import ConfigError
+
+    path = Path(args.config)
+    cfg = build(CaptureConfig, load_yaml(path), "")
+    if cfg.split not in ("train", "test"):
+        raise ConfigError("split", cfg.split, "'train' or 'test'")
+    if not 0 < cfg.select.fraction <= 1:
+        raise ConfigError("select.fraction", cfg.select.fraction, "a number in (0, 1]")
+    base = path.resolve().parent
+    train, test, _ = build_datasets(cfg.data, "classification")
+    dataset = train if cfg.split == "train" else test
+    if dataset is None:
+        raise ConfigError("split", cfg.split, "a split the dataset has")
+    indices = stratified_indices(dataset.tensors[1].numpy(), cfg.select.fraction, cfg.select.seed)
+    with open_bench(base / cfg.bench) as bench:
+        summary = capture(bench, dataset, indices, base / cfg.out, calibration_id=cfg.calibration_id,
+                          config=to_plain(cfg), progress=not args.no_progress)
+    print(f"{summary.count} frames in {summary.path} ({summary.added} captured now; "
+          f"{summary.saturated_frames} with saturated pixels, {summary.dark_frames} dark)")
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from hil.export import export_design
+
+    print(f"design written: {export_design(args.run_dir, args.out)}")
+    return 0

@@ -1,0 +1,42 @@
+"""``hil capture`` and ``hil export-design`` from the command line."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from hil.cli import main
+from hil.data.captures import CaptureDataset
+
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def write_config(tmp_path, **changes):
+    bench = yaml.safe_load((EXAMPLES / "bench_sim.yaml").read_text())
+    bench["clock"] = "virtual"
+    bench["camera"]["optics"] = str(EXAMPLES / "optics.yaml")
+    (tmp_path / "bench.yaml").write_text(yaml.safe_dump(bench))
+    config = {"bench": "bench.yaml", "split": "test", "select": {"fraction": 0.002, "seed": 3}, "out": "c.h5", **changes}
+    (tmp_path / "capture.yaml").write_text(yaml.safe_dump(config))
+    return tmp_path / "capture.yaml"
+
+
+@pytest.mark.skipif(not FASHION.is_dir(), reason="Fashion-MNIST not installed (apt install dataset-fashion-mnist)")
+def test_capture_command_captures_a_stratified_subset_and_resumes(tmp_path, capsys):
+    config = write_config(tmp_path)
+    assert main(["capture", str(config), "--no-progress"]) == 0
+    captures = CaptureDataset(tmp_path / "c.h5")
+    assert len(captures) == 20 and sorted(captures.labels.bincount().tolist()) == [2] * 10
+    assert "20 frames" in capsys.readouterr().out
+    assert main(["capture", str(config), "--no-progress"]) == 0  # nothing left to capture
+    assert "(0 captured now" in capsys.readouterr().out
+
+
+def test_capture_command_errors_exit_2_with_the_field(tmp_path, capsys):
+    assert main(["capture", str(write_config(tmp_path, split="validation")), "--no-progress"]) == 2
+    assert "'split'" in capsys.readouterr().err
+    assert main(["capture", str(write_config(tmp_path, select={"fraction": 2.0})), "--no-progress"]) == 2
+    assert "select.fraction" in capsys.readouterr().err
+    assert main(["export-design", str(tmp_path), "--out", str(tmp_path / "d")]) == 2
+    assert "hil train" in capsys.readouterr().err
