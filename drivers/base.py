@@ -50,7 +50,7 @@ from simulator.validation import check_positive
 
 from .clock import Clock, RealClock
 from .errors import DeviceClosed, DeviceFault, UnsupportedFeature, backend_errors
-from .lut import LUT
+from simulator.lut import LUT
 
 TRIGGER_MODES = ("software", "free-run")
 MODULATIONS = ("amplitude", "phase")

@@ -38,7 +38,7 @@ from simulator.validation import check_positive
 from .base import SLM
 from .clock import Clock, RealClock
 from .errors import DeviceDisconnected, DeviceFault, DeviceNotFound
-from .lut import LUT
+from simulator.lut import LUT
 
 __all__ = ["DisplaySLM", "DisplaySLMConfig"]
 

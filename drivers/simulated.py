@@ -38,7 +38,7 @@ from simulator.errors import ConfigError
 from .base import OpenContext, RawFrame, SLM, Camera, config_errors
 from .clock import Clock
 from .faults import CAMERA_ONLY, FaultConfig, FaultInjector
-from .lut import LUT
+from simulator.lut import LUT
 
 log = logging.getLogger(__name__)
 

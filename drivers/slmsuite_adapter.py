@@ -47,7 +47,7 @@ from simulator.errors import ConfigError, InputError
 from .base import Camera, OpenContext, RawFrame, SLM, config_errors
 from .clock import Clock
 from .errors import DeviceFault, DeviceNotFound, MissingDependency, backend_errors
-from .lut import LUT
+from simulator.lut import LUT
 from .registry import import_target
 
 __all__ = ["SlmsuiteCamera", "SlmsuiteCameraConfig", "SlmsuiteSLM", "SlmsuiteSLMConfig"]

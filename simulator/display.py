@@ -14,6 +14,7 @@ import torch
 
 from .errors import InputError
 from .field import Grid
+from .lut import LUT
 from .validation import check_positive
 
 TWO_PI = 2 * math.pi
@@ -25,8 +26,13 @@ def _check_bit_depth(bit_depth, maximum: int = 16) -> int:
     return bit_depth
 
 
-def _check_lut(lut, levels: int, what: str) -> torch.Tensor:
-    """Validate a LUT; a list or tuple of numbers (e.g. from YAML) becomes a float64 tensor."""
+def _check_lut(lut, levels: int, what: str, kind: str) -> torch.Tensor:
+    """Validate a LUT; a :class:`~simulator.lut.LUT` of ``kind`` or a list or tuple of numbers (e.g. from
+    YAML) becomes a float64 tensor."""
+    if isinstance(lut, LUT):
+        if lut.kind != kind:
+            raise InputError(f"lut must be a {kind} LUT, got a {lut.kind} one")
+        lut = torch.from_numpy(lut.values.copy())
     if isinstance(lut, (list, tuple)):
         try:
             lut = torch.tensor(lut, dtype=torch.float64)
@@ -82,7 +88,7 @@ class DisplayModel:
         Emitting fraction of the pixel's area, in (0, 1]; the emitter is a centred square.
     gamma : float
         ``radiance = max_radiance * (gray / (2**bit_depth - 1)) ** gamma`` when ``lut`` is None.
-    lut : 1-D tensor, sequence of numbers, or None
+    lut : simulator.lut.LUT, 1-D tensor, sequence of numbers, or None
         Relative radiance per gray level (``2**bit_depth`` values >= 0, e.g. measured, normalised);
         replaces the gamma curve: ``radiance = max_radiance * lut[gray]``.
     max_radiance_w_sr_m2 : float
@@ -105,7 +111,7 @@ class DisplayModel:
         check_positive("gamma", self.gamma)
         check_positive("max_radiance_w_sr_m2", self.max_radiance_w_sr_m2)
         if self.lut is not None:
-            object.__setattr__(self, "lut", _check_lut(self.lut, self.levels, "relative radiances"))
+            object.__setattr__(self, "lut", _check_lut(self.lut, self.levels, "relative radiances", "intensity"))
             if float(self.lut.min()) < 0:
                 raise InputError("lut relative radiances must be >= 0")
 
@@ -168,7 +174,7 @@ class PhaseSLMModel:
     ----------
     bit_depth : int
         Bits per gray level (1..16).
-    lut : 1-D tensor, sequence of numbers, or None
+    lut : simulator.lut.LUT, 1-D tensor, sequence of numbers, or None
         Phase (rad) per gray level, ``2**bit_depth`` strictly increasing values spanning less than
         ``2 pi``. None: linear, ``phase = 2 pi gray / 2**bit_depth`` (levels cover [0, 2 pi) without
         repeating 0 at 2 pi).
@@ -180,7 +186,7 @@ class PhaseSLMModel:
     def __post_init__(self):
         _check_bit_depth(self.bit_depth)
         if self.lut is not None:
-            object.__setattr__(self, "lut", _check_lut(self.lut, self.levels, "phases in radians"))
+            object.__setattr__(self, "lut", _check_lut(self.lut, self.levels, "phases in radians", "phase"))
             if self.levels > 1 and not bool((self.lut[1:] > self.lut[:-1]).all()):
                 raise InputError("lut phases must be strictly increasing")
             if float(self.lut[-1] - self.lut[0]) >= TWO_PI:
@@ -209,17 +215,14 @@ class PhaseSLMModel:
 
         The phase is wrapped into ``[lut[0], lut[0] + 2 pi)``, then the nearest level is found with
         the wrap-around gap between the last level and ``lut[0] + 2 pi`` included (a phase just below
-        ``2 pi`` maps to level 0 on the linear LUT); ties go to the lower phase.
+        ``2 pi`` maps to level 0 on the linear LUT); ties go to the lower phase
+        (:meth:`simulator.lut.LUT.to_gray`).
         """
         if not isinstance(radians, torch.Tensor) or not radians.is_floating_point():
             got = radians.dtype if isinstance(radians, torch.Tensor) else type(radians).__name__
             raise InputError(f"radians must be a real floating tensor, got {got}")
         if not bool(torch.isfinite(radians).all()):
             raise InputError("radians contains NaN or inf")
-        lut = self.phase_lut(torch.float64, radians.device)
-        wrapped = lut[0] + torch.remainder(radians.detach().to(torch.float64) - lut[0], TWO_PI)
-        edges = torch.cat((lut, lut[:1] + TWO_PI))
-        upper = torch.searchsorted(edges, wrapped.contiguous()).clamp(1, self.levels)
-        lower = upper - 1
-        nearest = torch.where(wrapped - edges[lower] <= edges[upper] - wrapped, lower, upper)
-        return nearest % self.levels
+        table = LUT(self.phase_lut(torch.float64).numpy(), "phase")
+        gray = table.to_gray(radians.detach().to(torch.float64).cpu().numpy())
+        return torch.from_numpy(gray).to(radians.device)

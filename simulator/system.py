@@ -72,6 +72,8 @@ from .conv import optical_conv2d
 from .design import KernelDesign, PSFDesign, design_from_config
 from .display import DisplayModel
 from .errors import ConfigError, InputError
+from .files import resolve_relative
+from .lut import LUT
 from .fabrication import AberrationOptics, ErrorSpec, FabricationErrors, apply_frame_errors, apply_psf_errors
 from .layout import TileLayout
 from .sensor import SensorModel
@@ -153,11 +155,14 @@ class Photometry:
 
 @dataclass(frozen=True)
 class DisplaySettings:
-    """The ``optics.display`` section: the display's response (its pitch is ``geometry``'s)."""
+    """The ``optics.display`` section: the display's response (its pitch is ``geometry``'s): a gamma
+    curve, or a relative-radiance table ``lut`` (one value per gray level), or ``lut_file`` (the
+    two-column file of :class:`simulator.lut.LUT`, e.g. measured by calibration; relative to the YAML)."""
 
     bit_depth: int = 8
     gamma: float = 2.2
     lut: Any = None
+    lut_file: str | None = None
     fill_factor: float = 1.0
 
 
@@ -530,8 +535,16 @@ class OpticalSystem(nn.Module):
                 if key in (mapping.get(section) or {}):
                     raise ConfigError(f"{path}.{section}.{key}", mapping[section][key], f"no value here: set {path}.{home}")
         settings = config_io.build(DisplaySettings, mapping.get("display") or {}, f"{path}.display")
-        display = config_io.build(DisplayModel, {**{f.name: getattr(settings, f.name) for f in fields(settings)},
-                                                 "pixel_pitch_m": geometry.display_pixel_pitch_m}, f"{path}.display")
+        response = {f.name: getattr(settings, f.name) for f in fields(settings) if f.name != "lut_file"}
+        if settings.lut_file is not None:
+            if settings.lut is not None:
+                raise ConfigError(f"{path}.display.lut_file", settings.lut_file, "null when display.lut is given")
+            try:
+                response["lut"] = LUT.from_file(resolve_relative(settings.lut_file, base_dir), "intensity").values.tolist()
+            except InputError as exc:
+                raise ConfigError(f"{path}.display.lut_file", settings.lut_file, str(exc)) from exc
+        display = config_io.build(DisplayModel, {**response, "pixel_pitch_m": geometry.display_pixel_pitch_m},
+                                  f"{path}.display")
         sensor_fields = mapping.get("sensor") or {"noise": False}  # no sensor section: the ideal sensor
         sensor = config_io.build(SensorModel, {**sensor_fields, "pixel_pitch_m": geometry.sensor_pixel_pitch_m,
                                                "exposure_s": photometry.exposure_s}, f"{path}.sensor")
@@ -559,7 +572,7 @@ class OpticalSystem(nn.Module):
         given = (self.source_config or {}).get("design")
         design = given or {"generator": "inline", "signed": False,
                            "psfs": self.design.psfs().detach().cpu().double().tolist()}
-        display = {f.name: getattr(self.display, f.name) for f in fields(DisplaySettings)}
+        display = {f.name: getattr(self.display, f.name) for f in fields(DisplaySettings) if f.name != "lut_file"}
         sensor = config_io.to_plain(self.sensor)
         for moved in _MOVED_FIELDS["sensor"]:
             sensor.pop(moved)

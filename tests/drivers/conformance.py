@@ -22,7 +22,7 @@ import yaml
 
 from drivers.base import Camera, Frame, SLM
 from drivers.errors import DeviceClosed, UnsupportedFeature
-from drivers.lut import LUT
+from simulator.lut import LUT
 from simulator.errors import InputError
 
 CAMERA_SETTING_KEYS = {"exposure_s", "gain", "black_level", "roi", "trigger_mode", "sensor_shape", "dtype", "bit_depth", "pixel_pitch_m"}

@@ -13,7 +13,7 @@ from drivers.clock import VirtualClock
 from drivers.config import open_bench
 from drivers.errors import DeviceDisconnected, DeviceFault, DeviceTimeout, UnsupportedFeature
 from drivers.faults import FaultConfig, FaultInjector
-from drivers.lut import LUT
+from simulator.lut import LUT
 from drivers.simulated import SimulatedCamera, SimulatedSLM, direct_render
 from simulator.errors import ConfigError
 from tests.drivers.conformance import check_camera, check_slm

@@ -274,3 +274,19 @@ def test_demo_script_runs_end_to_end(tmp_path):
     frame = np.load(tmp_path / "camera_frame.npy")
     assert frame.dtype == np.uint16 and list(frame.shape) == summary["frame"]["shape"]
     assert OpticalSystem.from_yaml(tmp_path / "optics_resolved.yaml").num_psfs == 16
+
+
+def test_display_response_from_a_measured_lut_file(tmp_path):
+    from simulator.lut import LUT
+
+    measured = LUT.from_measurement([0, 128, 255], [0.0, 0.3, 1.0], 8)
+    measured.save(tmp_path / "lut.txt")
+    cfg = {"design": {"generator": "random_signed", "num_kernels": 1, "kernel_size": 1}, "image_shape": [2, 2],
+           "display": {"lut_file": "lut.txt"}}
+    system = OpticalSystem.from_config(cfg, base_dir=tmp_path)
+    gray = torch.tensor([[[[0, 64], [128, 255]]]])
+    torch.testing.assert_close(system.relative_radiance(gray, torch.zeros(1, 1, 1, 1, dtype=torch.float32)),
+                               torch.tensor([[[[0.0, 0.15], [0.3, 1.0]]]]), atol=1e-6, rtol=0)
+    with pytest.raises(ConfigError) as info:
+        OpticalSystem.from_config({**cfg, "display": {"lut_file": "missing.txt"}}, base_dir=tmp_path)
+    assert info.value.path == "optics.display.lut_file"

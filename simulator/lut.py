@@ -3,7 +3,9 @@
 A :class:`LUT` holds one value per gray level (``0 .. 2**bit_depth - 1``): relative intensity in
 [0, 1] for amplitude displays (OLED, LCD, DMD), phase in radians for phase SLMs. It converts both ways;
 the inverse picks, for every requested value, the gray level whose value is nearest (circularly, modulo
-2 pi, for phase). Measured LUTs replace the nominal one: :meth:`LUT.from_measurement` interpolates a
+2 pi, for phase; ties go to the lower value, i.e. the one preceding it on the circle). It is the one
+table the drivers (SLM backends) and the differentiable display models of :mod:`simulator.display`
+share. Measured LUTs replace the nominal one: :meth:`LUT.from_measurement` interpolates a
 sparse measurement onto every gray level; :meth:`LUT.save` / :meth:`LUT.from_file` store it as a
 two-column text file ``gray value``.
 """
@@ -140,9 +142,17 @@ class LUT:
         if not np.isfinite(v).all():
             raise InputError(f"{self.kind} values contain NaN or inf")
         if self.kind == "phase":
+            # nearest level on the circle by a binary search in the sorted wrapped table: memory O(n),
+            # any level order (measured responses wiggle; many SLMs lower the phase as the level rises)
             table = np.mod(self.values, TWO_PI)
-            d = np.abs(np.mod(v[..., None] - table + math.pi, TWO_PI) - math.pi)
-            return np.argmin(d, axis=-1).astype(np.int64)
+            order = np.argsort(table, kind="stable")
+            ring = table[order]
+            wrapped = np.mod(v, TWO_PI)
+            above = np.searchsorted(ring, wrapped) % self.levels
+            below = (above - 1) % self.levels
+            to_above = np.mod(ring[above] - wrapped, TWO_PI)
+            to_below = np.mod(wrapped - ring[below], TWO_PI)
+            return order[np.where(to_below <= to_above, below, above)].astype(np.int64)
         idx = np.clip(np.searchsorted(self.values, v), 1, self.levels - 1)
         below, above = self.values[idx - 1], self.values[idx]
         return np.where(v - below <= above - v, idx - 1, idx).astype(np.int64)

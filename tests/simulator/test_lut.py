@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from drivers.lut import LUT
+from simulator.lut import LUT
 from simulator.errors import InputError
 
 
@@ -80,3 +80,13 @@ def test_rejects_bad_tables():
         LUT(np.linspace(0, 1, 256), "colour")
     with pytest.raises(InputError):
         LUT.linear(8).to_value([256])
+
+
+def test_phase_inverse_is_the_circular_nearest_level_for_any_level_order():
+    rng = np.random.default_rng(0)
+    for values in (np.linspace(5.0, -1.0, 64), np.cumsum(rng.uniform(0.0, 0.2, 64)) - 3.0):
+        lut = LUT(values, "phase")
+        wanted = rng.uniform(-20, 20, 2000)
+        distance = np.abs(np.mod(wanted[:, None] - values[None, :] + np.pi, 2 * np.pi) - np.pi)
+        got = lut.to_gray(wanted)
+        np.testing.assert_allclose(distance[np.arange(2000), got], distance.min(axis=1), atol=1e-12)
