@@ -92,17 +92,21 @@ def stratified_indices(labels, fraction: float, seed: int, *, exclude=()) -> np.
 
 
 def display_image(image: torch.Tensor, slm) -> np.ndarray:
-    """A dataset image (C, H, W) with intensities in [0, 1] -> the integer frame the SLM shows,
-    ``round(image * max_level)`` as (H, W) or (H, W, C) in the SLM's dtype (the gray levels the
-    optical system's training forward assumes)."""
-    values = np.asarray(image, dtype=np.float64)
-    if values.ndim == 3:
-        values = values[0] if values.shape[0] == 1 else np.moveaxis(values, 0, -1)
-    if values.shape != tuple(slm.shape):
-        raise InputError(f"dataset images are {values.shape} but the SLM shows {tuple(slm.shape)}")
-    if not (np.isfinite(values).all() and values.min() >= 0 and values.max() <= 1):
+    """A dataset image (C, H, W) with intensities in [0, 1] -> the integer frame the SLM shows, as (H, W)
+    or (H, W, C) in the SLM's dtype: :func:`simulator.display.quantise_intensities`, the rule the optical
+    system's training forward applies, so the bench shows exactly the levels training assumed."""
+    from simulator.display import quantise_intensities
+
+    image = torch.as_tensor(image)
+    if not image.is_floating_point() or image.ndim != 3:
+        raise InputError(f"dataset images must be floating (C, H, W) tensors, got {image.dtype} {tuple(image.shape)}")
+    if not (bool(torch.isfinite(image).all()) and float(image.min()) >= 0 and float(image.max()) <= 1):
         raise InputError("dataset images must hold intensities in [0, 1]")
-    return np.rint(values * slm.max_level).astype(slm.dtype)
+    levels = quantise_intensities(image, slm.max_level + 1).numpy()
+    levels = levels[0] if levels.shape[0] == 1 else np.moveaxis(levels, 0, -1)
+    if levels.shape != tuple(slm.shape):
+        raise InputError(f"dataset images are {levels.shape} but the SLM shows {tuple(slm.shape)}")
+    return levels.astype(slm.dtype)
 
 
 def capture(bench, dataset, indices, out, *, calibration_id: str = "", config: dict | None = None,

@@ -63,6 +63,13 @@ def _check_gray(gray, levels: int) -> torch.Tensor:
     return gray
 
 
+def quantise_intensities(images: torch.Tensor, levels: int) -> torch.Tensor:
+    """Intensities in [0, 1] -> the integer gray levels that show them, ``round(images * (levels - 1))``
+    (int64), computed in the images' own dtype (round half to even): the one rule by which training and
+    capture turn dataset images into displayed frames, so both show identical levels."""
+    return torch.round(images.detach() * (levels - 1)).long()
+
+
 def _interpolate(lut: torch.Tensor, gray: torch.Tensor) -> torch.Tensor:
     """``lut`` at (possibly fractional) ``gray``, linear between neighbouring levels."""
     low = gray.detach().floor().long().clamp(max=lut.shape[0] - 2)  # bit_depth >= 1: at least 2 levels

@@ -70,7 +70,7 @@ from torch import nn
 from . import config as config_io
 from .conv import optical_conv2d
 from .design import KernelDesign, PSFDesign, design_from_config
-from .display import DisplayModel
+from .display import DisplayModel, quantise_intensities
 from .errors import ConfigError, InputError
 from .files import resolve_relative
 from .lut import LUT
@@ -377,7 +377,7 @@ class OpticalSystem(nn.Module):
             low, high = (float(v) for v in torch.aminmax(images.detach()))
             if not (low >= 0 and high <= 1):  # also catches NaN
                 raise InputError(f"images must hold intensities in [0, 1], got range [{low:g}, {high:g}]")
-        return torch.round(images.detach() * (self.display.levels - 1)).long()
+        return quantise_intensities(images, self.display.levels)
 
     def relative_radiance(self, gray: torch.Tensor, psf: torch.Tensor) -> torch.Tensor:
         """Display gray levels (N, C, H, W) -> relative radiance (0..1) per sensor-pixel sample
