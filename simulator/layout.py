@@ -6,7 +6,8 @@ sensor. :class:`TileLayout` places a stack of ``P`` images of shape ``(h, w)`` o
 ``i % grid_cols``), separated by ``gap_px`` dark pixels, the first tile's top-left pixel at
 ``origin_px``. All units here are sensor pixels.
 
-:func:`kernel_count` is the stage-1 design count of how many kernels fit on a metasurface (METHOD.md).
+:func:`kernel_grid` and :func:`kernel_count` are the stage-1 design count of how many kernels fit on a
+metasurface (METHOD.md).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import torch.nn.functional as F
 from .errors import InputError
 from .validation import check_positive, check_tensor
 
-#: Relative tolerance for ``floor`` in :func:`kernel_count`, so that a ratio that is an integer in exact
+#: Relative tolerance for ``floor`` in :func:`kernel_grid`, so that a ratio that is an integer in exact
 #: arithmetic (e.g. 1 mm / 0.1 mm) is not floored to one less by floating-point rounding.
 _FLOOR_RTOL = 1e-9
 
@@ -145,11 +146,11 @@ class TileLayout:
         return x.reshape(*batch, count, h, w)
 
 
-def kernel_count(metasurface_hw_m: tuple[float, float], kernel_pitch_m: float, spacing_m: float) -> int:
-    """How many square kernels (sub-optics) of side ``kernel_pitch_m`` fit on a metasurface of
-    ``metasurface_hw_m`` = (height, width) in metres when neighbours are ``spacing_m`` apart:
-    ``floor((h + d) / (k + d)) * floor((w + d) / (k + d))`` (METHOD.md, stage-1 layout count; ``n``
-    sub-optics in a row need ``n k + (n - 1) d <= h``).
+def kernel_grid(metasurface_hw_m: tuple[float, float], kernel_pitch_m: float, spacing_m: float) -> tuple[int, int]:
+    """(rows, cols) of square kernels (sub-optics) of side ``kernel_pitch_m`` that fit on a metasurface
+    of ``metasurface_hw_m`` = (height, width) in metres when neighbours are ``spacing_m`` apart:
+    ``floor((h + d) / (k + d))`` rows and ``floor((w + d) / (k + d))`` columns (METHOD.md, stage-1
+    layout count; ``n`` sub-optics in a row need ``n k + (n - 1) d <= h``). 0 where none fits.
     """
     if not isinstance(metasurface_hw_m, (tuple, list)) or len(metasurface_hw_m) != 2:
         raise InputError(f"metasurface_hw_m must be a pair (height, width) in metres, got {metasurface_hw_m!r}")
@@ -157,5 +158,14 @@ def kernel_count(metasurface_hw_m: tuple[float, float], kernel_pitch_m: float, s
     w = check_positive("metasurface_hw_m[1]", metasurface_hw_m[1])
     k = check_positive("kernel_pitch_m", kernel_pitch_m)
     d = check_positive("spacing_m", spacing_m, allow_zero=True)
-    per_axis = [math.floor((side + d) / (k + d) * (1 + _FLOOR_RTOL)) for side in (h, w)]
-    return per_axis[0] * per_axis[1]
+    rows, cols = (math.floor((side + d) / (k + d) * (1 + _FLOOR_RTOL)) for side in (h, w))
+    return rows, cols
+
+
+def kernel_count(metasurface_hw_m: tuple[float, float], kernel_pitch_m: float, spacing_m: float) -> int:
+    """How many square kernels (sub-optics) of side ``kernel_pitch_m`` fit on a metasurface of
+    ``metasurface_hw_m`` = (height, width) in metres when neighbours are ``spacing_m`` apart:
+    ``floor((h + d) / (k + d)) * floor((w + d) / (k + d))`` (the product of :func:`kernel_grid`).
+    """
+    rows, cols = kernel_grid(metasurface_hw_m, kernel_pitch_m, spacing_m)
+    return rows * cols
