@@ -9,8 +9,13 @@ KD (Hinton et al.)
     ``(0, z)``, so the same formula covers binary segmentation.
 NTKD
     ``L = a * L_task + b * D(Theta_teacher, Theta_student)`` on the first ``kernel_batch`` samples of
-    the batch: the teacher's empirical NTK without gradient (:class:`hil.ntk.TeacherKernel`, cached), the
-    student's differentiated through (second order). Kernels: see :mod:`hil.ntk`.
+    the batch (:data:`DEFAULT_KERNEL_BATCH` by default): the teacher's empirical NTK without gradient
+    (:class:`hil.ntk.TeacherKernel`, cached), the student's differentiated through (second order).
+    Kernels: see :mod:`hil.ntk`. Under data-parallel training each process holds its own shard of the
+    global batch, so each computes the NTK term on the first ``kernel_batch`` samples *of its shard*
+    and the gradients are averaged: a mean of per-process kernel losses, not the loss of one kernel
+    over the global batch that single-process training computes (the task loss, a mean over
+    samples, is the same either way).
 Kernel discrepancies ``D`` (:data:`DISCREPANCIES`)
     ``mse``: ``mean((A - B)^2)``, the paper's; dominated by scale when the two kernels' magnitudes differ
     by orders (they do: METHOD.md). ``normalized``: MSE of ``A / ||A||_F`` and ``B / ||B||_F``;
@@ -43,6 +48,8 @@ from .models import hold_random_draws
 from .ntk import METHODS, TeacherKernel, empirical_ntk
 
 DISCREPANCIES = ("mse", "normalized", "normalized_trace", "cka")
+#: Samples per batch the NTKD kernels are taken on (``n x n`` kernels), unless configured otherwise.
+DEFAULT_KERNEL_BATCH = 16
 
 
 # ----------------------------------------------------------------------------------------- task losses
@@ -214,7 +221,8 @@ class NTKDObjective:
         ``a`` and ``b``.
     discrepancy : one of :data:`DISCREPANCIES`.
     kernel_batch : int
-        The kernels use the first ``min(kernel_batch, N)`` samples of each batch (``n x n``).
+        The kernels use the first ``min(kernel_batch, N)`` samples of each batch (``n x n``); under
+        data-parallel training, of each process's shard of it (see the module docstring).
     student_params : see :func:`hil.ntk.select_parameters`
         Which student parameters the student's kernel is taken over; default ``"trainable"`` (so a
         frozen frontend is treated as fixed hardware). The kernel is differentiated with respect to
@@ -222,11 +230,14 @@ class NTKDObjective:
     student_method, teacher_method : one of :data:`hil.ntk.METHODS`
         Kernel computation for each side (``teacher_method="jvp_projection"`` scales to big teachers and
         dense outputs and caches ``num_projections * C`` numbers per sample).
-    num_projections, seed, output_sketch_dim : passed to the estimators.
+    num_projections, output_sketch_dim : passed to the estimators.
+    seed : int
+        Seeds the random sketch directions of both kernels (``loss.seed`` of a run config, by default
+        the run's seed): the same seed gives the same directions.
     """
 
     def __init__(self, teacher: nn.Module, *, task_loss: Callable = F.cross_entropy, task_weight: float = 1.0,
-                 ntk_weight: float = 1.0, discrepancy: str = "cka", kernel_batch: int = 32,
+                 ntk_weight: float = 1.0, discrepancy: str = "cka", kernel_batch: int = DEFAULT_KERNEL_BATCH,
                  student_params="trainable", student_method: str = "exact", teacher_method: str = "exact",
                  num_projections: int = 64, seed: int = 0, output_sketch_dim: int | None = None,
                  cache_teacher: bool = True):
@@ -292,7 +303,7 @@ def build_objective(loss_cfg, task: str, teacher: nn.Module | None = None):
         try:
             return NTKDObjective(teacher, task_loss=task_loss, task_weight=get("task_weight", 1.0),
                                  ntk_weight=get("ntk_weight", 1.0), discrepancy=get("discrepancy", "cka"),
-                                 kernel_batch=get("kernel_batch", 32), **optional)
+                                 kernel_batch=get("kernel_batch", DEFAULT_KERNEL_BATCH), **optional)
         except InputError as exc:
             if isinstance(exc, ConfigError):
                 raise

@@ -21,11 +21,13 @@ model require grad, the returned kernel is differentiable with respect to **all*
 Methods (``method=`` of :func:`empirical_ntk`)
 -----------------------------------------------
 ``"exact"``
-    Per-sample Jacobians ``J_i`` by ``torch.func.jacrev`` (``vmap`` over samples, or a Python loop when
-    the model does data-dependent checks that ``vmap`` refuses -- e.g. a sensor model that tests its
-    input's values; the loop is several times slower), then ``Theta = sum_p J_p J_p^T`` per parameter
-    tensor. Cost: ``n C`` backward passes of one sample, memory ``n C |S|`` numbers. The reference;
-    fine for small students and LeNet-size teachers with a few classes.
+    Per-sample Jacobians ``J_i`` by ``torch.func.jacrev`` (``vmap`` over samples, or a Python loop for a
+    call that ``vmap`` refuses -- data-dependent checks such as a sensor model testing its input's
+    values, or random draws shared over the batch such as sensor noise; the loop is several times
+    slower; out-of-memory and other errors are raised, never retried in the loop), then
+    ``Theta = sum_p J_p J_p^T`` per parameter tensor. Cost: ``n C`` backward passes of one sample,
+    memory ``n C |S|`` numbers. The reference; fine for small students and LeNet-size teachers with a
+    few classes.
 ``"jvp_projection"`` (random sketch of parameter space)
     ``Theta = J J^T = E_u[(J u)(J u)^T]`` for ``u ~ N(0, I_|S|)``. ``J u`` for the whole batch is one
     forward-mode pass (``torch.func.jvp``). With ``m`` draws, ``phi_i = [J_i u_1, ..., J_i u_m] /
@@ -57,6 +59,8 @@ batches) or, for the sketch methods, the per-sample features ``phi_i`` (keyed by
 sketch directions are fixed by a seed): any later batch's kernel is then one ``Phi Phi^T`` product.
 The cache holds ``m C'`` numbers per sample (``m = 64``, ``C = 10``: 2.5 kB, 140 MB for 55 000
 samples); its sketch error is fixed per sample pair (the same directions every epoch), not redrawn.
+The directions themselves (``m`` draws of ``|S|`` numbers: drawing them took longer than a LeNet's
+``m`` forward-mode passes on 16 samples) are drawn once per model and seed and kept with the model.
 
 Caveat: single linear layers
 ----------------------------
@@ -91,8 +95,35 @@ FEATURE_METHODS = ("jvp_projection", "finite_difference")
 
 ParamSpec = None | str | Sequence[str] | Callable[[str], bool]
 
-# Models on which vmap over samples failed (data-dependent checks in forward): use the loop.
-_VMAP_REFUSED: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()
+# Models whose vmap refusal was already logged at INFO (later refusals are logged at DEBUG).
+_VMAP_REFUSAL_REPORTED: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()
+# Per model, the sketch directions last drawn for it: (key, directions, generator state after them).
+_DIRECTIONS: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
+
+
+def _refused_by_vmap(exc: RuntimeError) -> bool:
+    """Whether ``exc`` is ``vmap`` declining the model -- data-dependent control flow, ``.item()``, a
+    random draw shared over a batched input, an operator without a batching rule -- which a Python loop
+    over the samples avoids. Out-of-memory and every other error are not."""
+    if isinstance(exc, torch.OutOfMemoryError):
+        return False
+    message = str(exc).lower()
+    return "vmap" in message or "batching rule" in message
+
+
+def _vmap_or_loop(model: nn.Module, vectorised: Callable[[], object], loop: Callable[[], object], over: str):
+    """``vectorised()``, or ``loop()`` for this call only if vmap refuses ``model``
+    (:func:`_refused_by_vmap`); any other error, out-of-memory included, propagates. ``over`` names what
+    vmap maps over (for the log)."""
+    try:
+        return vectorised()
+    except RuntimeError as exc:
+        if not _refused_by_vmap(exc):
+            raise
+        level = logging.DEBUG if model in _VMAP_REFUSAL_REPORTED else logging.INFO
+        _VMAP_REFUSAL_REPORTED.add(model)
+        log.log(level, "vmap over %s refused by %s (%s); this call uses a loop", over, type(model).__name__, exc)
+    return loop()
 
 
 def select_parameters(model: nn.Module, params: ParamSpec = None) -> dict[str, torch.Tensor]:
@@ -151,8 +182,8 @@ def ntk_exact(model: nn.Module, x: torch.Tensor, *, params: ParamSpec = None, pe
     """Exact empirical NTK ``Theta_ij = sum_c <df_c(x_i)/dtheta, df_c(x_j)/dtheta>`` (n x n).
 
     ``per_sample``: ``"vmap"`` (vectorised over samples), ``"loop"`` (one ``jacrev`` per sample, for
-    models with data-dependent control flow in forward) or ``"auto"`` (vmap, falling back to the loop
-    once per model if vmap refuses). See the module docstring for differentiability and cost.
+    models with data-dependent control flow in forward) or ``"auto"`` (vmap; the loop for a call that
+    vmap refuses, see :func:`_refused_by_vmap`). See the module docstring for differentiability and cost.
     """
     chosen = select_parameters(model, params)
     n = x.shape[0]
@@ -163,19 +194,19 @@ def ntk_exact(model: nn.Module, x: torch.Tensor, *, params: ParamSpec = None, pe
     jac_fn = jacrev(single)
     if per_sample not in ("auto", "vmap", "loop"):
         raise InputError(f"per_sample must be 'auto', 'vmap' or 'loop', got {per_sample!r}")
-    use_vmap = per_sample == "vmap" or (per_sample == "auto" and model not in _VMAP_REFUSED)
-    if use_vmap:
-        try:
-            jacobians = vmap(jac_fn, in_dims=(None, 0), randomness="same")(chosen, x)
-            return _gram(jacobians, n)
-        except RuntimeError as exc:
-            if per_sample == "vmap":
-                raise
-            log.info("vmap over samples refused by %s (%s); using a per-sample loop", type(model).__name__, exc)
-            _VMAP_REFUSED.add(model)
-    rows = [jac_fn(chosen, x[i]) for i in range(n)]
-    jacobians = {k: torch.stack([r[k] for r in rows]) for k in chosen}
-    return _gram(jacobians, n)
+
+    def vectorised():
+        return vmap(jac_fn, in_dims=(None, 0), randomness="same")(chosen, x)
+
+    def loop():
+        rows = [jac_fn(chosen, x[i]) for i in range(n)]
+        return {k: torch.stack([r[k] for r in rows]) for k in chosen}
+
+    if per_sample == "vmap":
+        return _gram(vectorised(), n)
+    if per_sample == "loop":
+        return _gram(loop(), n)
+    return _gram(_vmap_or_loop(model, vectorised, loop, "samples"), n)
 
 
 def _directions(chosen: dict[str, torch.Tensor], generator: torch.Generator) -> dict[str, torch.Tensor]:
@@ -184,6 +215,22 @@ def _directions(chosen: dict[str, torch.Tensor], generator: torch.Generator) -> 
         k: torch.randn(p.shape, generator=generator, dtype=torch.float64).to(dtype=p.dtype, device=p.device)
         for k, p in chosen.items()
     }
+
+
+def _sketch_directions(model: nn.Module, chosen: dict[str, torch.Tensor], m: int, seed: int):
+    """``(directions, generator)``: the ``m`` Gaussian directions that ``seed`` gives for the parameters
+    ``chosen``, and the generator positioned after drawing them (for the output sketch). The latest
+    ones of each model are kept and reused while the seed, ``m`` and the parameters' names, shapes,
+    dtypes and devices stay the same (see the module docstring)."""
+    key = (int(seed), m, tuple((k, tuple(p.shape), p.dtype, p.device) for k, p in chosen.items()))
+    cached = _DIRECTIONS.get(model)
+    if cached is None or cached[0] != key:
+        generator = torch.Generator().manual_seed(int(seed))
+        directions = [_directions(chosen, generator) for _ in range(m)]
+        cached = _DIRECTIONS[model] = (key, directions, generator.get_state())
+    generator = torch.Generator()
+    generator.set_state(cached[2])
+    return cached[1], generator
 
 
 def ntk_features(
@@ -222,8 +269,7 @@ def ntk_features(
     eps = check_positive("epsilon", epsilon)
     chosen = select_parameters(model, params)
     n = x.shape[0]
-    generator = torch.Generator().manual_seed(int(seed))
-    directions = [_directions(chosen, generator) for _ in range(m)]
+    directions, generator = _sketch_directions(model, chosen, m, seed)
 
     def forward(p):
         return functional_call(model, p, (x,))
@@ -245,19 +291,17 @@ def ntk_features(
 
 def _map_directions(model: nn.Module, fn, directions: list[dict], chunk: int = 16) -> torch.Tensor:
     """``stack([fn(u) for u in directions])``, vectorised by ``vmap`` in chunks of ``chunk`` directions
-    (a Python loop for models on which vmap fails)."""
-    if model not in _VMAP_REFUSED:
-        try:
-            out = []
-            for start in range(0, len(directions), chunk):
-                part = directions[start : start + chunk]
-                stacked = {k: torch.stack([u[k] for u in part]) for k in part[0]}
-                out.append(vmap(fn, randomness="same")(stacked))
-            return torch.cat(out)
-        except RuntimeError as exc:
-            log.info("vmap over directions refused by %s (%s); using a loop", type(model).__name__, exc)
-            _VMAP_REFUSED.add(model)
-    return torch.stack([fn(u) for u in directions])
+    (a Python loop for a call that vmap refuses)."""
+
+    def vectorised():
+        out = []
+        for start in range(0, len(directions), chunk):
+            part = directions[start : start + chunk]
+            stacked = {k: torch.stack([u[k] for u in part]) for k in part[0]}
+            out.append(vmap(fn, randomness="same")(stacked))
+        return torch.cat(out)
+
+    return _vmap_or_loop(model, vectorised, lambda: torch.stack([fn(u) for u in directions]), "directions")
 
 
 def _per_sample_gradients(model, chosen, x, weights: torch.Tensor | None) -> dict[str, torch.Tensor]:
@@ -268,14 +312,12 @@ def _per_sample_gradients(model, chosen, x, weights: torch.Tensor | None) -> dic
         return out.sum() if weights is None else (out * weights).sum()
 
     g = grad(scalar)
-    if model not in _VMAP_REFUSED:
-        try:
-            return vmap(g, in_dims=(None, 0), randomness="same")(chosen, x)
-        except RuntimeError as exc:
-            log.info("vmap over samples refused by %s (%s); using a per-sample loop", type(model).__name__, exc)
-            _VMAP_REFUSED.add(model)
-    rows = [g(chosen, x[i]) for i in range(x.shape[0])]
-    return {k: torch.stack([r[k] for r in rows]) for k in chosen}
+
+    def loop():
+        rows = [g(chosen, x[i]) for i in range(x.shape[0])]
+        return {k: torch.stack([r[k] for r in rows]) for k in chosen}
+
+    return _vmap_or_loop(model, lambda: vmap(g, in_dims=(None, 0), randomness="same")(chosen, x), loop, "samples")
 
 
 def ntk_output_projection(

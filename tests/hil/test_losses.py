@@ -8,13 +8,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hil.config import LossConfig
 from hil.losses import (
     KDObjective, NTKDObjective, TaskObjective, bce_dice_loss, build_objective, centered_kernel_alignment, dice_score,
     kd_divergence, kd_loss, kernel_discrepancy, kernel_mse, normalized_kernel_mse,
 )
-from hil.models import FCBackend, IncoherentFrontend, OpticalStudent
+from hil.models import FCBackend, OpticalStudent, build_model
 from hil.ntk import empirical_ntk
-from simulator.conv import IncoherentConv2d
 from simulator.errors import ConfigError, InputError
 
 
@@ -83,9 +83,10 @@ def tiny_teacher():
 
 
 def tiny_student():
-    conv = IncoherentConv2d(1, 2, 3, seed=0, dtype=torch.float64)
+    """2 signed 3x3 kernels (ideal optics) on 6x6 images, 2 FC layers; float64."""
+    frontend = build_model({"name": "optical_student", "image_size": 6, "num_kernels": 2, "kernel_size": 3}).frontend
     torch.manual_seed(0)
-    return OpticalStudent(IncoherentFrontend(conv), FCBackend((2, 6, 6), 4, (5,)).double())
+    return OpticalStudent(frontend.double(), FCBackend((2, 6, 6), 4, (5,)).double())
 
 
 @pytest.fixture
@@ -105,7 +106,7 @@ def test_ntkd_objective_is_weighted_sum_and_trains_both_blocks(data):
     assert float(terms.total.detach()) == pytest.approx(float(expected.detach()), rel=1e-10)
     assert terms.parts["ntk"] == pytest.approx(float(distance.detach()), rel=1e-10)
     terms.total.backward()
-    assert float(student.frontend.conv.weight.grad.abs().sum()) > 0
+    assert float(student.frontend.design.weight.grad.abs().sum()) > 0
     assert float(student.backend.layers[1].weight.grad.abs().sum()) > 0
     assert all(p.grad is None for p in teacher.parameters())
     assert terms.outputs.shape == (6, 4) and not terms.outputs.requires_grad
@@ -116,7 +117,7 @@ def test_ntkd_term_alone_moves_the_optics(data):
     teacher, student = tiny_teacher(), tiny_student()
     objective = NTKDObjective(teacher, task_weight=0.0, ntk_weight=1.0, discrepancy="normalized", kernel_batch=6)
     objective(student, x, y).total.backward()
-    assert float(student.frontend.conv.weight.grad.abs().sum()) > 0
+    assert float(student.frontend.design.weight.grad.abs().sum()) > 0
 
 
 def test_ntkd_with_teacher_input_and_cached_sketch_kernel(data):
@@ -159,3 +160,10 @@ def test_build_objective_from_loss_config(data):
         build_objective({"method": "kd"}, "classification")
     with pytest.raises(ConfigError):
         build_objective({"method": "ntkd", "discrepancy": "cosine"}, "classification", teacher)
+
+
+def test_one_kernel_batch_default():
+    """The run config, the objective and a loss mapping without kernel_batch agree."""
+    teacher = tiny_teacher()
+    from_mapping = build_objective({"method": "ntkd"}, "classification", teacher).kernel_batch
+    assert LossConfig().kernel_batch == NTKDObjective(teacher).kernel_batch == from_mapping == 16

@@ -6,9 +6,8 @@ import torch
 from torch import nn
 
 from hil.losses import kernel_discrepancy
-from hil.models import FCBackend, IncoherentFrontend, OpticalStudent, build_model
+from hil.models import FCBackend, OpticalStudent, build_model
 from hil.ntk import TeacherKernel, empirical_ntk, ntk_exact, ntk_features, select_parameters
-from simulator.conv import IncoherentConv2d
 from simulator.errors import InputError
 
 
@@ -20,9 +19,11 @@ def small_cnn(seed=0):
 
 
 def small_student(hidden=(6,), seed=0):
-    conv = IncoherentConv2d(1, 2, 3, seed=seed, dtype=torch.float64)
+    """2 signed 3x3 kernels (ideal optics) on 6x6 images, an FC backend with ``hidden`` layers; float64."""
+    frontend = build_model({"name": "optical_student", "image_size": 6, "num_kernels": 2, "kernel_size": 3,
+                            "seed": seed}).frontend.double()
     torch.manual_seed(seed)
-    return OpticalStudent(IncoherentFrontend(conv), FCBackend((2, 6, 6), 4, hidden, pool=1).double())
+    return OpticalStudent(frontend, FCBackend((2, 6, 6), 4, hidden, pool=1).double())
 
 
 def naive_ntk(model, x, params=None, weights=None):
@@ -47,6 +48,12 @@ def batch():
     return torch.randn(5, 1, 6, 6, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
 
 
+@pytest.fixture
+def images():
+    """Display images for the optical student: intensities in [0, 1]."""
+    return torch.rand(5, 1, 6, 6, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+
+
 @pytest.mark.parametrize("per_sample", ["vmap", "loop"])
 def test_exact_kernel_equals_naive_loop(batch, per_sample):
     model = small_cnn()
@@ -58,20 +65,20 @@ def test_exact_kernel_equals_naive_loop(batch, per_sample):
     assert float(torch.linalg.eigvalsh(got.detach()).min()) > -1e-8 * float(expected.abs().max())
 
 
-def test_exact_kernel_of_optical_student_equals_naive_loop(batch):
+def test_exact_kernel_of_optical_student_equals_naive_loop(images):
     student = small_student()
-    expected = naive_ntk(student, batch)
-    got = empirical_ntk(student, batch)
+    expected = naive_ntk(student, images)
+    got = empirical_ntk(student, images)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5 * float(expected.abs().max()))
 
 
-def test_per_block_kernels_add_up_and_match_naive(batch):
+def test_per_block_kernels_add_up_and_match_naive(images):
     student = small_student()
-    full = empirical_ntk(student, batch)
-    front = empirical_ntk(student, batch, params="frontend")
-    back = empirical_ntk(student, batch, params=["backend"])
+    full = empirical_ntk(student, images)
+    front = empirical_ntk(student, images, params="frontend")
+    back = empirical_ntk(student, images, params=["backend"])
     torch.testing.assert_close(front + back, full)
-    torch.testing.assert_close(front, naive_ntk(student, batch, params="frontend"))
+    torch.testing.assert_close(front, naive_ntk(student, images, params="frontend"))
     assert float(front.detach().abs().max()) > 0 and float(back.detach().abs().max()) > 0
 
 
@@ -138,41 +145,41 @@ def test_teacher_kernel_caches_exact_kernels_per_batch(batch):
     torch.testing.assert_close(first, naive_ntk(teacher, batch))
 
 
-def test_ntk_term_gradient_reaches_backend_and_optics(batch):
+def test_ntk_term_gradient_reaches_backend_and_optics(images):
     student = small_student()
-    target = empirical_ntk(small_cnn(seed=1), batch).detach()
-    loss = kernel_discrepancy("cka", target, empirical_ntk(student, batch, params="trainable"))
+    target = empirical_ntk(small_cnn(seed=1), images).detach()
+    loss = kernel_discrepancy("cka", target, empirical_ntk(student, images, params="trainable"))
     loss.backward()
     for name, p in student.named_parameters():
         if name == "backend.layers.3.bias":  # the output bias: d f_c / d b_c = 1 whatever the weights
             assert p.grad is None or float(p.grad.abs().max()) == 0
         else:
             assert p.grad is not None and float(p.grad.abs().max()) > 0, name
-    assert float(student.frontend.conv.weight.grad.norm()) > 1e-8
+    assert float(student.frontend.design.weight.grad.norm()) > 1e-8
     assert float(student.backend.layers[1].weight.grad.norm()) > 1e-8
 
 
-def test_single_linear_layer_gets_no_ntk_gradient(batch):
+def test_single_linear_layer_gets_no_ntk_gradient(images):
     """With the optics frozen and one linear layer f = W h + b training, Theta_ij = C (h_i.h_j + 1)
     does not depend on W or b: the NTK term's gradient vanishes (to round-off), while a hidden layer
     does get one."""
-    target = empirical_ntk(small_cnn(seed=1), batch).detach()
+    target = empirical_ntk(small_cnn(seed=1), images).detach()
 
     def grads(hidden, discrepancy):
         student = small_student(hidden=hidden).freeze("frontend")
-        kernel = empirical_ntk(student, batch, params="trainable")
+        kernel = empirical_ntk(student, images, params="trainable")
         weights = [p for p in student.parameters() if p.requires_grad]
         distance = kernel_discrepancy(discrepancy, target, kernel)
         # autograd may see no path at all from the weights to the kernel: the gradient is exactly zero
         ntk_grads = torch.autograd.grad(distance, weights, allow_unused=True) if distance.requires_grad else []
-        task_grads = torch.autograd.grad(student(batch).square().mean(), weights)
+        task_grads = torch.autograd.grad(student(images).square().mean(), weights)
         ntk_norm = sum(float(g.norm()) for g in ntk_grads if g is not None)
         return ntk_norm / sum(float(g.norm()) for g in task_grads), kernel, student
 
     for discrepancy in ("mse", "cka"):
         ratio, kernel, student = grads((), discrepancy)
         assert ratio < 1e-10
-        h = student.frontend(batch).flatten(1)
+        h = student.frontend(images).flatten(1)
         torch.testing.assert_close(kernel, 4 * (h @ h.T + 1))
         ratio_hidden, _, _ = grads((6,), discrepancy)
         assert ratio_hidden > 1e-4
@@ -180,17 +187,17 @@ def test_single_linear_layer_gets_no_ntk_gradient(batch):
 
 def test_kernel_from_build_model_student_with_noise_and_fabrication_errors():
     student = build_model({"name": "optical_student", "image_size": 8, "num_kernels": 2, "kernel_size": 3,
-                           "hidden": [4], "pool": 2, "sensor": {"read_noise_e": 1.0}, "photons_per_unit": 100.0,
-                           "fabrication": {"brightness_rel_std": 0.1, "shift_std_px": 0.2}})
+                           "hidden": [4], "pool": 2, "fabrication": {"brightness_rel_std": 0.1, "shift_std_px": 0.2},
+                           "optics": {"sensor": {"read_noise_e": 1.0}, "photometry": {"photons_per_s": 1e4}}})
     x = torch.rand(3, 1, 8, 8, generator=torch.Generator().manual_seed(0))
     from hil.models import hold_random_draws
 
     with hold_random_draws(student):
         kernel = empirical_ntk(student, x)
-    assert student.frontend.conv.psf_transform.draws == 1
+    assert student.frontend.draws.draws == 1
     assert kernel.shape == (3, 3) and bool(torch.isfinite(kernel).all())
     kernel.trace().backward()
-    assert float(student.frontend.conv.weight.grad.abs().sum()) > 0
+    assert float(student.frontend.design.weight.grad.abs().sum()) > 0
 
 
 def test_bad_arguments_raise_clear_errors(batch):
@@ -225,3 +232,70 @@ def test_sketched_student_kernel_has_unbiased_gradients(batch, method="jvp_proje
 
     coarse, fine = error(4), error(64)
     assert coarse / fine > 2 and fine < 0.8  # 16x more projections: error / 4 expected
+
+
+class Branching(nn.Module):
+    """A linear model that counts its forward calls; while ``branch`` is set, forward takes a branch
+    on its output's values (data-dependent control flow, which vmap refuses); ``error`` is raised
+    by forward when set."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.linear = nn.Linear(4, 3).double()
+        self.branch, self.error, self.calls = True, None, 0
+
+    def forward(self, x):
+        self.calls += 1
+        if self.error is not None:
+            raise self.error
+        out = self.linear(x)
+        if self.branch and bool(out.sum() > -1e9):
+            out = out * 1.0
+        return out
+
+
+@pytest.mark.parametrize("method, vector_calls, loop_calls",
+                         [("exact", 1, 5), ("sum_of_logits", 1, 5), ("finite_difference", 2, 8)])
+def test_vmap_refusal_uses_the_loop_for_that_call_only(method, vector_calls, loop_calls):
+    """Refused: one vectorised attempt, then a loop over the 5 samples (or, finite differences, two
+    forward calls for each of the 4 directions); the next call, which vmap accepts, is vectorised
+    again and gives the same kernel."""
+    model, x = Branching(), torch.rand(5, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    looped = empirical_ntk(model, x, method=method, num_projections=4)
+    assert model.calls == 1 + loop_calls
+    model.branch, model.calls = False, 0
+    vectorised = empirical_ntk(model, x, method=method, num_projections=4)
+    assert model.calls == vector_calls
+    torch.testing.assert_close(vectorised, looped)
+
+
+@pytest.mark.parametrize("error", [torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 8.00 GiB"),
+                                   RuntimeError("DefaultCPUAllocator: can't allocate memory"),
+                                   RuntimeError("mat1 and mat2 shapes cannot be multiplied")])
+def test_out_of_memory_and_other_errors_are_raised_not_looped(error):
+    model = Branching()
+    model.branch, model.error = False, error
+    with pytest.raises(type(error), match=str(error)):
+        empirical_ntk(model, torch.rand(5, 4, dtype=torch.float64))
+    assert model.calls == 1
+
+
+def test_sketch_directions_are_drawn_once_per_model_and_seed(batch, monkeypatch):
+    """Drawing the directions is the costly part of a small teacher's sketch: a model's latest ones are
+    reused, with the same features (output sketch included) as when drawn afresh."""
+    from hil import ntk
+
+    model = small_cnn()
+    first = ntk_features(model, batch, num_projections=4, seed=3, output_sketch_dim=2)
+    draws = []
+    real = ntk._directions
+    monkeypatch.setattr(ntk, "_directions", lambda *args: draws.append(1) or real(*args))
+    torch.testing.assert_close(ntk_features(model, batch, num_projections=4, seed=3, output_sketch_dim=2), first,
+                               rtol=0, atol=0)
+    assert draws == []
+    other = ntk_features(model, batch, num_projections=4, seed=4, output_sketch_dim=2)
+    assert len(draws) == 4 and not torch.allclose(other, first)
+    torch.testing.assert_close(ntk_features(small_cnn(), batch, num_projections=4, seed=3, output_sketch_dim=2), first,
+                               rtol=0, atol=0)
+    assert len(draws) == 8  # another model object: drawn afresh, the same directions
