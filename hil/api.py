@@ -6,10 +6,16 @@ schedule, trains with :class:`hil.trainer.Trainer` (resuming from ``out_dir/chec
 then evaluates the best model on the test split and adds the result to ``metrics.json``.
 Under ``torchrun`` (``WORLD_SIZE > 1`` in the environment) it joins the process group (gloo on CPU,
 NCCL on CUDA) and trains data-parallel.
+
+A resume whose config differs from the checkpoint's is refused (:class:`ResumeConfigError`, naming
+the fields) unless ``resume_changed=True`` (see :mod:`hil.config` for the fields that may differ
+freely and those that never may). The global random generators, torch's thread count and its
+deterministic-algorithms mode are set for the run and restored when :func:`train` returns.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import random
@@ -20,13 +26,17 @@ import torch
 from torch import nn
 from torch.utils.data import Subset
 
-from simulator.errors import ConfigError
+from simulator.errors import ConfigError, HilError
 
-from .checkpoint import load_checkpoint
-from .config import RunConfig, load_run_config, parse_run_config, run_config_to_dict
+from .checkpoint import capture_rng_state, load_checkpoint, restore_rng_state
+from .config import RunConfig, config_changes, fixed_on_resume, load_run_config, parse_run_config, run_config_to_dict
 from .trainer import Objective, Trainer, TrainResult, freeze_parts, trainable_parameters
 
 log = logging.getLogger(__name__)
+
+
+class ResumeConfigError(HilError):
+    """A run folder's checkpoint was written with another config than the one asked to resume it."""
 
 
 def resolve_config(config_or_path) -> RunConfig:
@@ -113,7 +123,8 @@ def build_objective(cfg: RunConfig, teacher: nn.Module | None) -> Objective:
                           "teacher camera frames instead of the raw images)")
     from . import losses
 
-    return losses.build_objective(cfg.loss, cfg.task, teacher)
+    loss = cfg.loss if cfg.loss.seed is not None else dataclasses.replace(cfg.loss, seed=cfg.seed)
+    return losses.build_objective(loss, cfg.task, teacher)
 
 
 def build_optimizer(cfg: RunConfig, model: nn.Module, total_steps: int):
@@ -145,25 +156,65 @@ def _init_distributed(device: torch.device) -> bool:
     return True
 
 
-def train(config_or_path, out_dir=None, *, resume: bool = True, callbacks=(), datasets=None) -> TrainResult:
+def check_resume(config: dict, checkpoint: Path, resume_changed: bool = False) -> dict[str, tuple]:
+    """How ``config`` (plain) differs from the config ``checkpoint`` was written with,
+    ``{dotted path: (old, new)}`` (:func:`hil.config.config_changes`).
+
+    Raises :class:`ResumeConfigError` naming the fields if any differ and ``resume_changed`` is false,
+    or if a field that a resumed run cannot change (:data:`hil.config.RESUME_FIXED`) differs.
+    """
+    previous = load_checkpoint(checkpoint).get("config")
+    changes = config_changes(previous, config) if isinstance(previous, dict) else {}
+    fixed = fixed_on_resume(changes)
+
+    def listed(items: dict) -> str:
+        return ", ".join(f"{path} = {new!r} (was {old!r})" for path, (old, new) in items.items())
+
+    if fixed:
+        raise ResumeConfigError(f"{checkpoint} was written with another config, and a resumed run cannot change "
+                                f"{listed(fixed)}: start afresh with --no-resume (resume=False) or another "
+                                "--out-dir, or resume with the checkpoint's values")
+    if changes and not resume_changed:
+        raise ResumeConfigError(f"{checkpoint} was written with another config: {listed(changes)}. Resume with "
+                                "the checkpoint's values, continue this run with the new ones with --resume-changed "
+                                "(resume_changed=True), or start afresh with --no-resume (resume=False) or another "
+                                "--out-dir")
+    return changes
+
+
+def train(config_or_path, out_dir=None, *, resume: bool = True, resume_changed: bool = False, callbacks=(),
+          datasets=None) -> TrainResult:
     """Run one training job; returns its :class:`TrainResult` (with ``test_metrics``).
 
     ``config_or_path``: a :class:`RunConfig`, a plain mapping or a YAML path. ``out_dir`` (default: the
     config's ``out_dir``) receives ``config.yaml``, ``metrics.json`` and ``checkpoints/``; ``None`` in
-    both places trains without writing files. ``datasets``: optional ``(train_split, test_split or
-    None, num_classes)`` of ``(input, target)`` items used instead of ``cfg.data.dataset`` (e.g. a
-    bench script's own data); ``cfg.data`` still sets the validation split and batch sizes.
-    ``callbacks``: called as ``callback(trainer)`` after every optimiser step.
+    both places trains without writing files. ``resume``: continue from ``out_dir/checkpoints/last.pt``
+    if it exists, with the same config (:func:`check_resume`), or, with ``resume_changed``, with a
+    changed one: the new optimiser hyperparameters and schedule (at the resumed step), loss, teacher
+    and run length apply from the resumed step on, and each change is logged and recorded in
+    ``metrics.json``. ``datasets``: optional ``(train_split, test_split or None, num_classes)`` of
+    ``(input, target)`` items used instead of ``cfg.data.dataset`` (e.g. a bench script's own data);
+    ``cfg.data`` still sets the validation split and batch sizes. ``callbacks``: called as
+    ``callback(trainer)`` after every optimiser step. Raises :class:`hil.trainer.TrainingInterrupted`
+    after saving a checkpoint on SIGINT/SIGTERM.
     """
     cfg = resolve_config(config_or_path)
     out_dir = Path(out_dir) if out_dir is not None else (Path(cfg.out_dir) if cfg.out_dir else None)
-    if cfg.train.threads is not None:
-        torch.set_num_threads(cfg.train.threads)
-    device = resolve_device(cfg.train.device)
-    joined = _init_distributed(device)
+    if out_dir is not None:  # the config records where the run was written
+        cfg = dataclasses.replace(cfg, out_dir=str(out_dir.resolve()))
+    config = run_config_to_dict(cfg)
+    last = out_dir / "checkpoints" / "last.pt" if out_dir is not None else None
+    changes = check_resume(config, last, resume_changed) if resume and last is not None and last.is_file() else {}
+    rng_state, threads = capture_rng_state(), torch.get_num_threads()
     was_deterministic = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(cfg.train.deterministic, warn_only=True)
+    was_warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    joined = False
     try:
+        if cfg.train.threads is not None:
+            torch.set_num_threads(cfg.train.threads)
+        device = resolve_device(cfg.train.device)
+        joined = _init_distributed(device)
+        torch.use_deterministic_algorithms(cfg.train.deterministic, warn_only=True)
         seed_everything(cfg.seed)
         train_set, val_set, test_set, num_classes = build_datasets(cfg, datasets)
         model = build_model(cfg.model)
@@ -180,15 +231,17 @@ def train(config_or_path, out_dir=None, *, resume: bool = True, callbacks=(), da
             eval_batch_size=cfg.data.eval_batch_size, epochs=cfg.train.epochs, max_steps=cfg.train.max_steps,
             seed=cfg.seed, out_dir=out_dir, checkpoint_every_steps=cfg.train.checkpoint_every_steps,
             early_stopping_patience=cfg.train.early_stopping_patience, monitor=cfg.monitor, device=device,
-            progress=cfg.train.progress, config=run_config_to_dict(cfg), callbacks=callbacks)
-        result = trainer.fit(resume=resume)
+            progress=cfg.train.progress, config=config, callbacks=callbacks)
+        result = trainer.fit(resume=resume, config_changes=changes)
         if test_set is not None:
             result.test_metrics = trainer.evaluate(test_set)
             trainer.write_metrics({"test": result.test_metrics, "mean_step_s": result.mean_step_s})
             log.info("test %s = %.4f", cfg.monitor, result.test_metrics[cfg.monitor])
         return result
     finally:
-        torch.use_deterministic_algorithms(was_deterministic)
+        torch.use_deterministic_algorithms(was_deterministic, warn_only=was_warn_only)
+        restore_rng_state(rng_state)
+        torch.set_num_threads(threads)
         if joined:
             import torch.distributed as dist
 

@@ -15,8 +15,13 @@ raises :class:`~simulator.errors.ConfigError` naming its dotted YAML path. Examp
     optim: {name: adam, lr: 0.001}
     train: {epochs: 10, early_stopping_patience: 3}
 
-Relative paths (``data.root``, ``teacher.checkpoint``, ``out_dir``) are resolved against the folder
-of the YAML file by :func:`load_run_config`.
+Relative paths (``data.root``, ``data.options`` entries whose name ends in ``_path`` or ``root``,
+``teacher.checkpoint``, ``out_dir``) are resolved against the folder of the YAML file by
+:func:`load_run_config`, also where they come from its ``overrides`` (``hil train --set``).
+
+Resuming a run (:func:`config_changes`): fields of :data:`RESUME_IGNORED` may differ from the
+checkpoint's config, fields of :data:`RESUME_FIXED` never, any other only when the caller accepts the
+change (``hil train --resume-changed``).
 """
 
 from __future__ import annotations
@@ -28,9 +33,16 @@ from typing import Any, Literal
 from simulator.config import build, load_yaml, to_plain
 from simulator.errors import ConfigError
 
-from .losses import DISCREPANCIES
+from .losses import DEFAULT_KERNEL_BATCH, DISCREPANCIES
 from .ntk import METHODS as NTK_METHODS
 
+#: Fields a resumed run can never change (it would iterate over other data, load the checkpoint's
+#: weights into another model, or its optimiser state into another optimiser): start afresh instead.
+RESUME_FIXED = ("job", "task", "seed", "model", "data.dataset", "data.root", "data.train_subset", "data.val_size",
+                "data.batch_size", "data.options", "optim.name", "train.freeze")
+#: Fields that do not change what a run computes (where it writes, how it shows progress, how often it
+#: writes ``last.pt``): they may differ from the checkpoint's config on resume.
+RESUME_IGNORED = ("out_dir", "train.progress", "train.checkpoint_every_steps")
 
 
 @dataclass
@@ -40,7 +52,8 @@ class DataConfig:
     ``batch_size`` is the global batch (split evenly across data-parallel processes). ``train_subset``
     keeps a seeded random subset of that many training samples (``None``: all). ``val_size`` samples
     are held out of the training split for early stopping and model selection; the test split is
-    only evaluated at the end. ``options`` go to the dataset builder unchanged.
+    only evaluated at the end. ``options`` go to the dataset builder (:func:`hil.data.build_datasets`);
+    relative paths in those whose name ends in ``_path`` or ``root`` are resolved like ``root``.
     """
 
     dataset: str = "fashion_mnist"
@@ -77,9 +90,12 @@ class LossConfig:
     ``(1 - kd_mix) * L_task + kd_mix * T^2 KL`` for ``kd``; ``L_task`` alone for ``task``.
 
     NTK term (:class:`hil.losses.NTKDObjective`): kernels on the first ``kernel_batch`` samples of each
-    batch, the frozen teacher's by ``teacher_method`` (cached per sample for the sketch methods), the
-    student's by ``student_method`` over its trainable parameters, differentiated (second order); methods
-    as in :mod:`hil.ntk` (``num_projections``, ``output_sketch_dim`` for the estimators).
+    batch (under data-parallel training: of each process's shard of it), the frozen teacher's by
+    ``teacher_method`` (cached per sample for the sketch methods), the student's by ``student_method``
+    over its trainable parameters, differentiated (second order); methods as in :mod:`hil.ntk`
+    (``num_projections``, ``output_sketch_dim`` for the estimators; ``seed`` seeds their random
+    directions, ``null``: the run's ``seed``). ``exact`` student kernels cost far more than
+    ``sum_of_logits`` ones on noisy optical students (see ``examples/train_fmnist_ntkd.yaml``).
     ``discrepancy``: how two kernels are compared (``mse`` raw, ``normalized`` / ``normalized_trace``
     MSE of kernels scaled to unit Frobenius norm / unit mean diagonal, ``cka`` 1 - centred kernel
     alignment).
@@ -91,11 +107,12 @@ class LossConfig:
     temperature: float = 4.0
     kd_mix: float = 0.5
     discrepancy: Literal[DISCREPANCIES] = "cka"
-    kernel_batch: int = 16
+    kernel_batch: int = DEFAULT_KERNEL_BATCH
     student_method: Literal[NTK_METHODS] = "exact"
     teacher_method: Literal[NTK_METHODS] = "exact"
     num_projections: int = 64
     output_sketch_dim: int | None = None
+    seed: int | None = None
 
     def __post_init__(self):
         if self.temperature <= 0:
@@ -205,6 +222,9 @@ def parse_run_config(mapping: dict, base_dir=None) -> RunConfig:
         base = Path(base_dir)
         if cfg.data.root is not None:
             cfg.data.root = _resolve(base, cfg.data.root)
+        for key, value in cfg.data.options.items():
+            if isinstance(value, str) and key.endswith(("_path", "root")):
+                cfg.data.options[key] = _resolve(base, value)
         if cfg.teacher is not None:
             cfg.teacher.checkpoint = _resolve(base, cfg.teacher.checkpoint)
         if cfg.out_dir is not None:
@@ -212,10 +232,15 @@ def parse_run_config(mapping: dict, base_dir=None) -> RunConfig:
     return cfg
 
 
-def load_run_config(path) -> RunConfig:
-    """Read and validate a run YAML file (``yaml.safe_load``)."""
+def load_run_config(path, overrides: dict | None = None) -> RunConfig:
+    """Read a run YAML file (``yaml.safe_load``), set ``overrides`` ``{dotted path: value}`` in it (e.g.
+    ``{"optim.lr": 0.01}``, as ``hil train --set``) and validate it; relative paths, in the file or in
+    ``overrides``, are resolved against the file's folder."""
     path = Path(path)
-    return parse_run_config(load_yaml(path), base_dir=path.resolve().parent)
+    mapping = load_yaml(path)
+    for dotted, value in (overrides or {}).items():
+        _set_dotted(mapping, dotted, value)
+    return parse_run_config(mapping, base_dir=path.resolve().parent)
 
 
 def run_config_to_dict(cfg: RunConfig) -> dict:
@@ -228,14 +253,48 @@ def replace(cfg: RunConfig, **changes) -> RunConfig:
     re-validated."""
     plain = run_config_to_dict(cfg)
     for dotted, value in changes.items():
-        node = plain
-        *parents, leaf = dotted.split(".")
-        for key in parents:
-            if node.get(key) is None:
-                node[key] = {}
-            node = node[key]
-        node[leaf] = value
+        _set_dotted(plain, dotted, value)
     return build(RunConfig, plain)
+
+
+def config_changes(previous: dict, current: dict) -> dict[str, tuple]:
+    """``{dotted path: (previous value, current value)}`` of the fields that differ between two plain
+    configs (e.g. a checkpoint's and a resumed run's), sorted by path, the fields of
+    :data:`RESUME_IGNORED` left out; a field absent on one side counts as ``None``."""
+    out: dict[str, tuple] = {}
+    _diff(previous, current, "", out)
+    return {path: values for path, values in sorted(out.items()) if not _under(path, RESUME_IGNORED)}
+
+
+def fixed_on_resume(changes: dict[str, tuple]) -> dict[str, tuple]:
+    """The entries of :func:`config_changes` that a resumed run cannot take (under :data:`RESUME_FIXED`)."""
+    return {path: values for path, values in changes.items() if _under(path, RESUME_FIXED)}
+
+
+def _diff(old, new, path: str, out: dict) -> None:
+    if isinstance(old, dict) and isinstance(new, dict):
+        for key in set(old) | set(new):
+            _diff(old.get(key), new.get(key), f"{path}.{key}" if path else str(key), out)
+    elif old != new:
+        out[path] = (old, new)
+
+
+def _under(path: str, prefixes) -> bool:
+    return any(path == p or path.startswith(p + ".") for p in prefixes)
+
+
+def _set_dotted(mapping: dict, dotted: str, value) -> None:
+    """Set ``mapping[a][b][c] = value`` for ``dotted = "a.b.c"``, creating missing (or null) mappings."""
+    node = mapping
+    *parents, leaf = dotted.split(".")
+    for i, key in enumerate(parents):
+        child = node.get(key)
+        if child is None:
+            child = node[key] = {}
+        elif not isinstance(child, dict):
+            raise ConfigError(".".join(parents[:i + 1]), child, f"a mapping (to set {dotted} in)")
+        node = child
+    node[leaf] = value
 
 
 def _resolve(base: Path, value: str) -> str:
@@ -243,6 +302,8 @@ def _resolve(base: Path, value: str) -> str:
     return str(p if p.is_absolute() else (base / p).resolve())
 
 
-__all__ = [f.__name__ for f in (parse_run_config, load_run_config, run_config_to_dict, replace)] + [
-    "DataConfig", "TeacherConfig", "LossConfig", "OptimConfig", "TrainConfig", "RunConfig",
+__all__ = [f.__name__ for f in (parse_run_config, load_run_config, run_config_to_dict, replace, config_changes,
+                                 fixed_on_resume)] + [
+    "DataConfig", "TeacherConfig", "LossConfig", "OptimConfig", "TrainConfig", "RunConfig", "RESUME_FIXED",
+    "RESUME_IGNORED",
 ]

@@ -53,6 +53,17 @@ def mean_iou(confusion: torch.Tensor) -> float:
     return float(iou[present].mean()) if bool(present.any()) else float("nan")
 
 
+def summary_metrics(task: str) -> tuple[str, ...]:
+    """The names of the metrics that summarise a run of ``task`` (keys of
+    :meth:`ConfusionAccumulator.compute`): ``("accuracy",)`` for classification, ``("accuracy",
+    "miou")`` (pixel accuracy, mean IoU) for segmentation."""
+    if task == "classification":
+        return ("accuracy",)
+    if task == "segmentation":
+        return ("accuracy", "miou")
+    raise InputError(f"task must be 'classification' or 'segmentation', got {task!r}")
+
+
 def predictions(output: torch.Tensor, task: str) -> torch.Tensor:
     """Class labels from a model output.
 

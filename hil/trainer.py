@@ -12,18 +12,35 @@ the epoch and the batch position inside it, the running loss of the epoch, the e
 and the metrics history. Training N steps straight and training k steps, being killed, and resuming
 to N give bit-identical weights on the same machine and thread count.
 
+Interrupts: during :meth:`Trainer.fit`, SIGINT (Ctrl-C) or SIGTERM lets the step in progress finish,
+then ``checkpoints/last.pt`` is written with the state after that step (so the resume stays
+bit-identical) and :class:`TrainingInterrupted` (a ``KeyboardInterrupt``) is raised; a second signal
+stops at once, without saving.
+
+Resuming with a changed config (``fit(config_changes=...)``, decided by the caller, e.g.
+:func:`hil.api.train`): the optimiser's hyperparameters and the learning-rate schedule are those of
+the objects the trainer was built with, at the resumed step, not the checkpoint's; the changes are
+logged and recorded in ``metrics.json`` (``config_changes``: the step they took effect and each
+field's old and new value).
+
 Data parallel: when ``torch.distributed`` is initialised with more than one process (e.g. under
 ``torchrun``), the model is wrapped in ``DistributedDataParallel`` and each global batch of the
-permutation is split evenly over the processes (rank ``r`` takes every ``world``-th sample), so the
-averaged gradient equals that of single-process training on the same global batch. Only rank 0 writes
-files.
+permutation is split evenly over the processes (rank ``r`` takes every ``world``-th sample), and the
+gradients are averaged. For an objective that is a mean over samples (the task loss, KD) that is the
+gradient of single-process training on the same global batch; for NTKD it is not (each process takes
+the NTK term on its own shard, see :mod:`hil.losses`). The processes agree after every step whether
+one of them diverged or was interrupted, so all raise together. Only rank 0 writes files.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
+import signal
+import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,16 +54,31 @@ from simulator.errors import ConfigError, HilError, InputError
 from simulator.files import atomic_write
 
 from .checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
-from .metrics import ConfusionAccumulator, predictions
+from .metrics import ConfusionAccumulator, predictions, summary_metrics
 
 log = logging.getLogger(__name__)
 
 Objective = Callable[..., "hil.losses.LossTerms"]
 StepCallback = Callable[["Trainer"], None]
 
+#: Steps timed in a process before the run's duration is estimated and logged.
+ESTIMATE_AFTER_STEPS = 5
+#: Signals after which :meth:`Trainer.fit` saves a checkpoint and stops.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
 
 class TrainingDiverged(HilError):
     """The training loss became NaN or infinite (lower the learning rate or check the data)."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training stopped on a signal (``signum``) after ``step`` optimiser steps; ``checkpoint`` is the
+    file holding the state after that step, ``None`` if nothing was saved."""
+
+    def __init__(self, signum: int, step: int, checkpoint: Path | None):
+        self.signum, self.step, self.checkpoint = int(signum), int(step), checkpoint
+        saved = f"checkpoint saved to {checkpoint}" if checkpoint else "no checkpoint saved"
+        super().__init__(f"{signal.Signals(signum).name} after step {step}: {saved}")
 
 
 def _dist():
@@ -115,6 +147,16 @@ def freeze_parts(model: nn.Module, parts: Sequence[str]) -> None:
         part.requires_grad_(False)
 
 
+def format_duration(seconds: float) -> str:
+    """``"45 s"``, ``"7 min 05 s"``, ``"2 h 03 min"``."""
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
 def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
     """The parameters that require gradients; raises if there are none."""
     params = [p for p in model.parameters() if p.requires_grad]
@@ -147,6 +189,8 @@ class Trainer:
     num_classes : classes of the confusion matrix (2 for a binary mask).
     batch_size : global batch size (samples per optimiser step, over all processes).
     max_steps : stop after that many optimiser steps in total (``None``: ``epochs`` epochs).
+    progress : show a progress bar per epoch (rank 0); log lines (the run's estimated duration after
+        :data:`ESTIMATE_AFTER_STEPS` steps, one line per epoch) are written either way.
     checkpoint_every_steps : also write ``checkpoints/last.pt`` every that many steps (0: per epoch).
     early_stopping_patience : stop after that many epochs without a better ``monitor`` on ``val_data``.
     callbacks : called as ``callback(trainer)`` after every optimiser step (and its checkpoint).
@@ -176,6 +220,9 @@ class Trainer:
         self.restore_best = restore_best
         self.rank, self.world_size = process_rank_and_world()
         self.order = BatchOrder(len(train_data), batch_size, self.seed, rank=self.rank, world_size=self.world_size)
+        self.total_steps = self.epochs * len(self.order)
+        if max_steps is not None:
+            self.total_steps = min(self.total_steps, int(max_steps))
         self.trained_model = self._wrap_data_parallel(self.model)
         # Progress state (all of it goes into the checkpoint).
         self.step = 0
@@ -188,8 +235,11 @@ class Trainer:
         self.best_epoch: int | None = None
         self.evals_without_improvement = 0
         self.stopped_early = False
+        self.config_changes: list[dict] = []
         self._best_state: dict | None = None
         self._step_times: list[float] = []
+        self._signal: int | None = None  # the stop signal received during fit()
+        self._fit_start: tuple[float, int] | None = None  # (perf_counter, step) when fit() began training
 
     # ----------------------------------------------------------------------------------- files
     @property
@@ -227,20 +277,36 @@ class Trainer:
             },
             "history": copy.deepcopy(self.history),
             "config": self.config,
+            "config_changes": copy.deepcopy(self.config_changes),
             "task": self.task,
             "num_classes": self.num_classes,
         }
 
-    def load_state_dict(self, state: dict) -> None:
-        """Restore what :meth:`state_dict` saved (the model and optimiser must be built the same way)."""
+    def load_state_dict(self, state: dict, new_hyperparameters: bool = False) -> None:
+        """Restore what :meth:`state_dict` saved (the model and optimiser must be built the same way).
+
+        ``new_hyperparameters``: keep the optimiser's hyperparameters (learning rate, weight decay,
+        momentum, ...) and the schedule of the objects this trainer was built with, at the restored
+        step, instead of the checkpoint's; the optimiser's running state (moments) is restored. Call it
+        before training: the optimiser must still hold its initial hyperparameters.
+        """
         progress = state["progress"]
         if progress["seed"] != self.seed or progress["batch_size"] != self.order.batch_size:
             raise InputError(f"checkpoint was written with seed {progress['seed']} and batch_size "
                              f"{progress['batch_size']}, this run has seed {self.seed} and batch_size "
                              f"{self.order.batch_size}: cannot resume exactly")
         self.model.load_state_dict(state["model"])
+        initial = [{k: v for k, v in group.items() if k != "params"} for group in self.optimizer.param_groups]
         self.optimizer.load_state_dict(state["optimizer"])
-        if self.scheduler is not None and state["scheduler"] is not None:
+        if new_hyperparameters:
+            for group, hyperparameters in zip(self.optimizer.param_groups, initial):
+                group.update(hyperparameters)
+            if self.scheduler is not None:  # replay the new schedule up to the restored step
+                with warnings.catch_warnings():  # torch warns of scheduler steps without optimiser steps
+                    warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step", UserWarning)
+                    for _ in range(state["progress"]["step"]):
+                        self.scheduler.step()
+        elif self.scheduler is not None and state["scheduler"] is not None:
             self.scheduler.load_state_dict(state["scheduler"])
         restore_rng_state(state["rng"])
         self.step, self.epoch = progress["step"], progress["epoch"]
@@ -251,6 +317,7 @@ class Trainer:
         self.evals_without_improvement = progress["evals_without_improvement"]
         self.stopped_early = progress["stopped_early"]
         self.history = list(state["history"])
+        self.config_changes = list(state.get("config_changes", []))
         best = self.best_checkpoint_path
         if best is not None and best.is_file():
             self._best_state = load_checkpoint(best, map_location=self.device)["model"]
@@ -268,6 +335,8 @@ class Trainer:
 
         payload = {"task": self.task, "monitor": self.monitor, "steps": self.step, "best_epoch": self.best_epoch,
                    "best_metric": self.best_metric, "stopped_early": self.stopped_early, "history": self.history}
+        if self.config_changes:
+            payload["config_changes"] = self.config_changes
         payload.update(extra or {})
         with atomic_write(self.out_dir / "metrics.json", "w") as fh:
             json.dump(payload, fh, indent=1, allow_nan=True)
@@ -277,39 +346,124 @@ class Trainer:
         return (self.stopped_early or self.epoch >= self.epochs
                 or (self.max_steps is not None and self.step >= self.max_steps))
 
-    def fit(self, resume: bool = True) -> TrainResult:
-        """Train until ``epochs``, ``max_steps`` or early stopping; resume from ``last.pt`` if present."""
-        if resume and self.last_checkpoint_path is not None and self.last_checkpoint_path.is_file():
-            self.load_state_dict(load_checkpoint(self.last_checkpoint_path, map_location=self.device))
-            log.info("resumed from %s at step %d (%d epochs done, batch %d of the next)",
-                     self.last_checkpoint_path, self.step, self.epoch, self.batch_in_epoch)
-        if self._is_writer() and self.config is not None:
-            save_yaml(self.config, self.out_dir / "config.yaml")
-        from tqdm.auto import tqdm
+    def fit(self, resume: bool = True, config_changes: dict[str, tuple] | None = None) -> TrainResult:
+        """Train until ``epochs``, ``max_steps`` or early stopping; resume from ``last.pt`` if present.
 
-        while not self._finished():
-            bar = tqdm(total=len(self.order), initial=self.batch_in_epoch, desc=f"epoch {self.epoch + 1}/{self.epochs}",
-                       disable=not self.progress or self.rank != 0, leave=False, dynamic_ncols=True)
-            for indices in self.order.batches(self.epoch, self.batch_in_epoch):
-                loss = self._train_step(indices)
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss:.4f}")
-                if self.checkpoint_every_steps and self.step % self.checkpoint_every_steps == 0:
-                    self.save()
-                for callback in self.callbacks:
-                    callback(self)
-                if self.max_steps is not None and self.step >= self.max_steps:
-                    break
-            bar.close()
-            if self.batch_in_epoch == len(self.order):
-                self._end_epoch()
-            self.save()
+        ``config_changes``: ``{dotted path: (old, new)}``, how this trainer's config differs from the
+        checkpoint's, accepted by the caller (:func:`hil.config.config_changes`); on a resume they are
+        applied (see the module docstring), logged and recorded. Raises :class:`TrainingInterrupted`
+        after saving on SIGINT/SIGTERM (signal handlers are installed when called from the main thread).
+        """
+        if resume and self.last_checkpoint_path is not None and self.last_checkpoint_path.is_file():
+            state = load_checkpoint(self.last_checkpoint_path, map_location=self.device)
+            self.load_state_dict(state, new_hyperparameters=bool(config_changes))
+            if self.rank == 0:
+                log.info("resuming from step %d of %d (%s, epoch %d, batch %d of %d)", self.step, self.total_steps,
+                         self.last_checkpoint_path, self.epoch + 1, self.batch_in_epoch, len(self.order))
+            if config_changes and self._finished():
+                if self.rank == 0:
+                    log.warning("the run is finished (step %d of %d): its changed config (%s) is not applied",
+                                self.step, self.total_steps, ", ".join(config_changes))
+            elif config_changes:
+                self._record_config_changes(config_changes)
+        if self._is_writer() and self.config is not None and not self._finished():
+            save_yaml(self.config, self.out_dir / "config.yaml")
+        previous_handlers = self._install_signal_handlers()
+        try:
+            self._train()
+        finally:
+            for signum, handler in previous_handlers.items():
+                signal.signal(signum, handler)
         if self.restore_best and self._best_state is not None:
             self.model.load_state_dict(self._best_state)
         self.write_metrics()
         return TrainResult(steps=self.step, epochs_completed=self.epoch, stopped_early=self.stopped_early,
                            best_epoch=self.best_epoch, best_metric=self.best_metric, history=list(self.history),
                            out_dir=self.out_dir, mean_step_s=self.mean_step_s)
+
+    def _train(self) -> None:
+        """The epochs of :meth:`fit`, ending with the checkpoint; raises :class:`TrainingInterrupted`."""
+        from tqdm.auto import tqdm
+        from tqdm.contrib.logging import logging_redirect_tqdm
+
+        self._fit_start = (time.perf_counter(), self.step)
+        interrupted = False
+        show_bar = self.progress and self.rank == 0
+        while not self._finished() and not interrupted:
+            with logging_redirect_tqdm() if show_bar else contextlib.nullcontext():
+                bar = tqdm(total=len(self.order), initial=self.batch_in_epoch, disable=not show_bar, leave=False,
+                           desc=f"epoch {self.epoch + 1}/{self.epochs}", dynamic_ncols=True)
+                for indices in self.order.batches(self.epoch, self.batch_in_epoch):
+                    loss = self._train_step(indices)
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{loss:.4f}")
+                    if self.checkpoint_every_steps and self.step % self.checkpoint_every_steps == 0:
+                        self.save()
+                    for callback in self.callbacks:
+                        callback(self)
+                    self._log_estimate()
+                    interrupted = self._any_process(self._signal is not None)
+                    if interrupted or (self.max_steps is not None and self.step >= self.max_steps):
+                        break
+                bar.close()
+            if self.batch_in_epoch == len(self.order):
+                self._end_epoch()
+            self.save()
+        if interrupted or self._any_process(self._signal is not None):
+            signum = self._signal if self._signal is not None else signal.SIGINT  # another process's signal
+            if self.rank == 0:
+                where = (f"saved the checkpoint of step {self.step} to {self.last_checkpoint_path}; run the same "
+                         "command again to resume" if self.out_dir is not None else "nothing saved (no out_dir)")
+                log.warning("%s: stopped after step %d of %d; %s", signal.Signals(signum).name, self.step,
+                            self.total_steps, where)
+            raise TrainingInterrupted(signum, self.step, self.last_checkpoint_path)
+
+    def _install_signal_handlers(self) -> dict:
+        """Route :data:`STOP_SIGNALS` to :meth:`_on_signal`; returns the previous handlers."""
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+        self._signal = None
+        return {signum: signal.signal(signum, self._on_signal) for signum in STOP_SIGNALS}
+
+    def _on_signal(self, signum, frame) -> None:
+        if self._signal is not None:
+            raise TrainingInterrupted(signum, self.step, None)
+        self._signal = signum
+        log.warning("%s received: stopping after the current step and saving a checkpoint (send it again to stop "
+                    "at once, without saving)", signal.Signals(signum).name)
+
+    def _any_process(self, flag: bool) -> bool:
+        """Whether ``flag`` is true in any process (a collective call: every process must make it)."""
+        dist = _dist() if self.world_size > 1 else None
+        if dist is None:
+            return bool(flag)
+        value = torch.tensor([1 if flag else 0], dtype=torch.int32)
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+        return bool(value.item())
+
+    def _record_config_changes(self, changes: dict[str, tuple]) -> None:
+        if self.rank == 0:
+            for path, (old, new) in changes.items():
+                log.warning("resuming at step %d with a changed config: %s = %r (was %r)", self.step, path, new, old)
+        self.config_changes.append({"step": self.step, "changes": {path: list(v) for path, v in changes.items()}})
+
+    def _log_estimate(self) -> None:
+        """Once, after :data:`ESTIMATE_AFTER_STEPS` steps of this process: the run's estimated duration."""
+        if len(self._step_times) != ESTIMATE_AFTER_STEPS or self.rank != 0 or self.step >= self.total_steps:
+            return
+        per_step = self.mean_step_s
+        log.info("about %.3g s per step: %d steps take about %s, %s left (validation not included)", per_step,
+                 self.total_steps, format_duration(per_step * self.total_steps),
+                 format_duration(per_step * (self.total_steps - self.step)))
+
+    def _time_left(self) -> str:
+        """Remaining time at the wall-clock pace of this ``fit`` so far (validation included)."""
+        start, first_step = self._fit_start
+        done = self.step - first_step
+        if done <= 0 or self.step >= self.total_steps:
+            return ""
+        pace = (time.perf_counter() - start) / done
+        return f"; about {format_duration(pace * (self.total_steps - self.step))} left"
 
     @property
     def mean_step_s(self) -> float | None:
@@ -324,8 +478,10 @@ class Trainer:
         self.trained_model.train()
         terms = self.objective(self.trained_model, inputs, targets, indices=torch.as_tensor(indices, dtype=torch.long))
         loss, logs = terms.total, terms.parts
-        if not torch.isfinite(loss):
-            raise TrainingDiverged(f"training loss became {float(loss.detach())} at step {self.step + 1} "
+        finite = bool(torch.isfinite(loss.detach()))
+        if self._any_process(not finite):  # before backward: its all-reduce would wait for a process that raised
+            value = float(loss.detach()) if not finite else "finite here but not in another process"
+            raise TrainingDiverged(f"training loss became {value} at step {self.step + 1} "
                                    f"(epoch {self.epoch + 1}); lower optim.lr or check the data")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -347,7 +503,7 @@ class Trainer:
                  **{f"train_{k}": v / steps for k, v in self.epoch_logs_sum.items()}}
         if self.val_data is not None:
             metrics = self.evaluate(self.val_data)
-            entry.update({f"val_{k}": metrics[k] for k in ("accuracy", "miou")})
+            entry.update({f"val_{k}": metrics[k] for k in summary_metrics(self.task)})
             value = metrics[self.monitor]
             if self.best_metric is None or value > self.best_metric:
                 self.best_metric, self.best_epoch = value, self.epoch + 1
@@ -366,8 +522,9 @@ class Trainer:
                     log.info("early stop after epoch %d: no better val %s for %d epochs", self.epoch + 1,
                              self.monitor, self.patience)
         self.history.append(entry)
-        log.info("epoch %d: %s", self.epoch + 1, ", ".join(f"{k}={v:.4g}" for k, v in entry.items()
-                                                            if isinstance(v, float)))
+        if self.rank == 0:
+            log.info("epoch %d/%d (step %d): %s%s", self.epoch + 1, self.epochs, self.step,
+                     ", ".join(f"{k}={v:.4g}" for k, v in entry.items() if isinstance(v, float)), self._time_left())
         self.epoch += 1
         self.batch_in_epoch = 0
         self.epoch_loss_sum = 0.0

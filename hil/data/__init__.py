@@ -75,7 +75,9 @@ def _build(name: str, root, options: dict):
             test = ImageMaskFolder(base / "test", **options) if (base / "test").is_dir() else None
             return ImageMaskFolder(base / "train", **options), test, 2
         return ImageMaskFolder(base, **options), None, 2
-    num_classes = int(options.pop("num_classes", 10))
+    num_classes = options.pop("num_classes", 10)
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+        raise ConfigError("data.options.num_classes", num_classes, "an integer >= 2 (the classes of the captures)")
     test_path = options.pop("test_path", None)
     return CaptureDataset(root, **options), (CaptureDataset(test_path, **options) if test_path else None), num_classes
 

@@ -1,5 +1,5 @@
-"""The training loop: exact resumption (in-process stop and a real SIGKILL), early stopping,
-freezing, learning on a separable problem, batch order."""
+"""The training loop: exact resumption (in-process stop, a real SIGKILL, SIGINT/SIGTERM saves), resuming
+with new hyperparameters, early stopping, freezing, learning on a separable problem, batch order."""
 
 import json
 import os
@@ -14,7 +14,7 @@ from torch import nn
 
 from hil.checkpoint import load_checkpoint
 from hil.losses import TaskObjective, bce_dice_loss
-from hil.trainer import BatchOrder, Trainer, TrainingDiverged, freeze_parts
+from hil.trainer import BatchOrder, Trainer, TrainingDiverged, TrainingInterrupted, freeze_parts
 from simulator.errors import ConfigError, InputError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -43,14 +43,14 @@ def blobs(n, seed):
     return torch.utils.data.TensorDataset(x, y)
 
 
-def make_trainer(out_dir, max_steps=None, epochs=3, callbacks=(), patience=None, seed=0):
+def make_trainer(out_dir, max_steps=None, epochs=3, callbacks=(), patience=None, seed=0, lr=0.05, every=1):
     torch.manual_seed(seed)
     model = TwoPart()
-    opt = torch.optim.Adam(model.parameters(), lr=0.05)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=15)
     return Trainer(model, TaskObjective(), blobs(40, 1), val_data=blobs(30, 2),
                    task="classification", num_classes=3, optimizer=opt, scheduler=sched, batch_size=8,
-                   epochs=epochs, max_steps=max_steps, seed=seed, out_dir=out_dir, checkpoint_every_steps=1,
+                   epochs=epochs, max_steps=max_steps, seed=seed, out_dir=out_dir, checkpoint_every_steps=every,
                    early_stopping_patience=patience, callbacks=callbacks, config={"seed": seed})
 
 
@@ -64,6 +64,29 @@ def kill_self_at(step):
 def run_until_killed(out_dir, step):
     """Entry point of the subprocess of test_resume_after_sigkill."""
     make_trainer(out_dir, callbacks=[kill_self_at(step)]).fit()
+
+
+def run_until_signalled(out_dir, step, signum, times):
+    """Entry point of the subprocesses of test_signal_*: train with checkpoints only at epoch ends, send
+    ``signum`` to this process ``times`` times after step ``step``; exit 3 with the interrupt as JSON."""
+
+    def send(trainer):
+        if trainer.step == step:
+            for _ in range(times):
+                os.kill(os.getpid(), signum)
+
+    try:
+        make_trainer(out_dir, callbacks=[send], every=0).fit()
+    except TrainingInterrupted as exc:
+        checkpoint = None if exc.checkpoint is None else str(exc.checkpoint)
+        print(json.dumps({"signum": exc.signum, "step": exc.step, "checkpoint": checkpoint}))
+        sys.exit(3)
+
+
+def signalled_run(out_dir, step, signum, times=1):
+    code = (f"from tests.hil.test_trainer import run_until_signalled; "
+            f"run_until_signalled({str(out_dir)!r}, {step}, {int(signum)}, {times})")
+    return subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
 
 
 def assert_same_weights(a, b):
@@ -101,12 +124,67 @@ def test_resume_after_sigkill_is_bit_identical(tmp_path):
     assert not list((tmp_path / "k/checkpoints").glob("*.tmp"))
 
 
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_signal_saves_the_last_step_and_resume_is_bit_identical(tmp_path, signum):
+    """Checkpoints only at epoch ends (5 steps each); a signal after step 7 saves step 7."""
+    proc = signalled_run(tmp_path / "i", 7, signum)
+    assert proc.returncode == 3, proc.stderr
+    last = tmp_path / "i/checkpoints/last.pt"
+    assert json.loads(proc.stdout) == {"signum": signum, "step": 7, "checkpoint": str(last)}
+    assert f"saved the checkpoint of step 7 to {last}" in proc.stderr
+    assert load_checkpoint(last)["progress"]["step"] == 7
+    resumed = make_trainer(tmp_path / "i", every=0)
+    resumed.fit()
+    straight = make_trainer(tmp_path / "s", every=0)
+    straight.fit()
+    assert_same_weights(straight.model.state_dict(), resumed.model.state_dict())
+    assert resumed.history == straight.history
+    assert not list((tmp_path / "i/checkpoints").glob("*.tmp"))
+
+
+def test_second_signal_stops_at_once_without_saving(tmp_path):
+    proc = signalled_run(tmp_path, 7, signal.SIGINT, times=2)
+    assert proc.returncode == 3, proc.stderr
+    assert json.loads(proc.stdout) == {"signum": signal.SIGINT, "step": 7, "checkpoint": None}
+    assert load_checkpoint(tmp_path / "checkpoints/last.pt")["progress"]["step"] == 5  # the end of epoch 1
+
+
+def test_fit_restores_the_signal_handlers(tmp_path):
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    seen = []
+    make_trainer(None, max_steps=2, callbacks=[lambda t: seen.append(signal.getsignal(signal.SIGINT))]).fit()
+    assert seen and all(h is not before[signal.SIGINT] for h in seen)
+    assert {s: signal.getsignal(s) for s in before} == before
+
+
+def test_resume_with_new_hyperparameters_follows_the_new_schedule(tmp_path):
+    """Resumed with a new learning rate (cosine schedule), the run continues on the schedule it would
+    have had with that rate from the start, with the optimiser's moments from the checkpoint."""
+    lrs = {"resumed": [], "straight": []}
+
+    def record(name):
+        return lambda trainer: lrs[name].append((trainer.step, trainer.optimizer.param_groups[0]["lr"]))
+
+    make_trainer(tmp_path, max_steps=7).fit()
+    saved = load_checkpoint(tmp_path / "checkpoints/last.pt")
+    probe = make_trainer(None, lr=0.1)
+    probe.load_state_dict(saved, new_hyperparameters=True)
+    assert torch.equal(probe.optimizer.state_dict()["state"][0]["exp_avg"], saved["optimizer"]["state"][0]["exp_avg"])
+    resumed = make_trainer(tmp_path, lr=0.1, callbacks=[record("resumed")])
+    resumed.fit(config_changes={"optim.lr": (0.05, 0.1)})
+    make_trainer(None, lr=0.1, callbacks=[record("straight")]).fit()
+    assert lrs["resumed"] == lrs["straight"][7:] and len(lrs["resumed"]) == 8
+    assert resumed.config_changes == [{"step": 7, "changes": {"optim.lr": [0.05, 0.1]}}]
+    assert json.loads((tmp_path / "metrics.json").read_text())["config_changes"] == resumed.config_changes
+
+
 def test_learns_writes_config_metrics_and_restores_best(tmp_path):
     trainer = make_trainer(tmp_path, epochs=4)
     result = trainer.fit()
     assert result.best_metric >= 0.9  # the blobs are easily separable
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert [h["epoch"] for h in metrics["history"]] == [1, 2, 3, 4]
+    assert "val_miou" not in metrics["history"][0]  # classification: accuracy only
     assert (tmp_path / "config.yaml").read_text().strip() == "seed: 0"
     best = load_checkpoint(tmp_path / "checkpoints/best.pt")
     assert best["epoch"] == result.best_epoch
