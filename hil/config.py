@@ -32,6 +32,7 @@ from typing import Any, Literal
 
 from simulator.config import build, load_yaml, to_plain
 from simulator.errors import ConfigError
+from simulator.files import resolve_relative
 
 from .losses import DEFAULT_KERNEL_BATCH, DISCREPANCIES
 from .ntk import METHODS as NTK_METHODS
@@ -218,6 +219,10 @@ class RunConfig:
 def parse_run_config(mapping: dict, base_dir=None) -> RunConfig:
     """Validate a mapping into a :class:`RunConfig`; relative paths resolved against ``base_dir``."""
     cfg = build(RunConfig, mapping)
+    if isinstance(cfg.model.get("optics"), str):  # the bench's optics file: inlined, so runs record it
+        from .models import student_optics_from_file
+
+        cfg.model["optics"] = student_optics_from_file(resolve_relative(cfg.model["optics"], base_dir))
     if base_dir is not None:
         base = Path(base_dir)
         if cfg.data.root is not None:
@@ -298,8 +303,7 @@ def _set_dotted(mapping: dict, dotted: str, value) -> None:
 
 
 def _resolve(base: Path, value: str) -> str:
-    p = Path(value).expanduser()
-    return str(p if p.is_absolute() else (base / p).resolve())
+    return str(resolve_relative(value, base).resolve())
 
 
 __all__ = [f.__name__ for f in (parse_run_config, load_run_config, run_config_to_dict, replace, config_changes,

@@ -116,7 +116,7 @@ def finetune(student, train: CapturedSet, *, method: str = "task", teacher: nn.M
     if len(train) < batch_size:
         raise InputError(f"{len(train)} captured samples are fewer than one batch of {batch_size}")
     backend = copy.deepcopy(student.backend).train().requires_grad_(True)
-    objective = build_objective({"method": method, **(loss or {})}, "classification", teacher)
+    objective = build_objective({"method": method, "seed": seed, **(loss or {})}, "classification", teacher)
     if method != "task":
         objective = PairedObjective(objective, source_inputs, train.source_indices)
     with torch.random.fork_rng(devices=[]):

@@ -20,6 +20,7 @@ Outputs are logits: (N, classes) for classification, (N, 1, H, W) for binary seg
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -244,7 +245,8 @@ class OpticalStudentSpec:
     image_size (display pixels, square input), num_kernels signed kernels of kernel_size pixels (2 PSFs
     each). optics: the optical system's description (:meth:`simulator.system.OpticalSystem.from_config`:
     geometry, photometry, display, sensor; the same section a bench's ``camera.optics`` holds, without
-    ``design``, which the trained kernels are, and without ``errors``); null: ideal optics.
+    ``design``, which the trained kernels are, and without ``errors``), or the path of such an optics
+    file (:func:`student_optics_from_file`; the run config inlines it); null: ideal optics.
     fabrication: None or :class:`simulator.fabrication.ErrorSpec` fields: random PSF errors drawn at
     every training forward (robustness). backend: ``fc`` (hidden: one size -> 2 FC layers, two -> 3 FC
     layers; pool: average pooling of the features, pixels; num_classes) or ``upconv`` (decoder_widths,
@@ -257,7 +259,7 @@ class OpticalStudentSpec:
     image_size: int = 28
     num_kernels: int = 8
     kernel_size: int = 7
-    optics: dict[str, Any] | None = None
+    optics: dict[str, Any] | str | None = None
     fabrication: dict[str, Any] | None = None
     fourf: dict[str, Any] = field(default_factory=dict)
     backend: Literal["fc", "upconv"] = "fc"
@@ -278,6 +280,27 @@ _MOVED_STUDENT_FIELDS = {
 _SPECS = {"lenet": TeacherSpec, "unet": UNetSpec, "optical_student": OpticalStudentSpec}
 
 
+def student_optics_from_file(path) -> dict:
+    """The ``model.optics`` of a student from an optics YAML file (e.g. a bench's ``camera.optics``):
+    everything but ``design`` (the student's trained kernels are the design), ``errors`` (one
+    fabricated device; a student trains against ``model.fabrication`` draws instead) and ``seed`` (the
+    bench's noise seed; the student's draws follow ``model.seed``). A display ``lut_file`` is made
+    absolute, since the mapping no longer lives next to the file."""
+    import logging
+
+    from simulator.config import load_yaml
+    from simulator.files import resolve_relative
+
+    mapping = load_yaml(path)
+    dropped = [key for key in ("design", "errors", "seed") if mapping.pop(key, None) is not None]
+    if dropped:
+        logging.getLogger(__name__).info("model.optics from %s: %s not used in training", path, ", ".join(dropped))
+    display = mapping.get("display") or {}
+    if isinstance(display.get("lut_file"), str):
+        display["lut_file"] = str(resolve_relative(display["lut_file"], Path(path).parent))
+    return mapping
+
+
 def _frontend(spec: OpticalStudentSpec):
     """The student's optical system: its design (trainable kernels or 4f filters) in the described optics."""
     from simulator.design import KernelDesign
@@ -296,7 +319,7 @@ def _frontend(spec: OpticalStudentSpec):
         _check_int("kernel_size", spec.kernel_size, 1)
         design = KernelDesign(shape=(spec.num_kernels, spec.in_channels, spec.kernel_size, spec.kernel_size),
                               seed=spec.seed)
-    optics = dict(spec.optics or {})
+    optics = student_optics_from_file(spec.optics) if isinstance(spec.optics, str) else dict(spec.optics or {})
     shape = [spec.image_size, spec.image_size]
     if optics.setdefault("image_shape", shape) != shape:
         raise ConfigError("model.optics.image_shape", optics["image_shape"], f"{shape} (model.image_size)")

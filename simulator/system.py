@@ -41,7 +41,8 @@ tensor the backend reads; :meth:`OpticalSystem.forward` (training) maps images i
 same features through the same stages, shown on the display as ``round(image * (levels - 1))``.
 
 Randomness: in training mode, and only while the system is not frozen (``requires_grad_(False)``),
-the forward pass draws sensor noise and robustness errors. In eval mode or frozen it is the
+the forward pass draws sensor noise and robustness errors (inside ``torch.func`` transforms, i.e. the
+per-sample Jacobians of an NTK, the sensor gives its expected value, so the kernel vectorises). In eval mode or frozen it is the
 noise-free expected value, with no draw. :meth:`frame` and :meth:`render` (the simulated camera)
 draw sensor noise whenever the sensor's ``noise`` is on.
 
@@ -470,7 +471,9 @@ class OpticalSystem(nn.Module):
         gray = self.gray_levels(images)
         psfs = self._psfs_for_forward().to(images.dtype)
         stochastic = self._stochastic()
-        noise = None if stochastic else False  # None: as the sensor's switch says
+        # None: as the sensor's switch says. Inside torch.func transforms (per-sample Jacobians of an
+        # NTK) the sensor gives its expected value: the kernel is that of the expected forward pass.
+        noise = None if stochastic and not is_transformed(images) else False
         exposure_s = self.photometry.exposure_s
         if not _frame_errors_at_identity(self.errors):
             frame = self.sensor.forward(self.photon_rate_frame(gray, psfs) * exposure_s, generator=generator,

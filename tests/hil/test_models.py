@@ -165,3 +165,36 @@ def test_fourf_frontend_flat_filter_images_a_point():
     expected = torch.zeros(2, 1, 5, 5, dtype=torch.float64)
     expected[:, 0, 2, 2] = 0.25
     torch.testing.assert_close(psfs, expected, atol=1e-6, rtol=0)
+
+
+def test_a_noisy_students_ntk_vectorises_and_is_that_of_its_expected_forward():
+    from hil.ntk import ntk_exact
+
+    noisy = {"sensor": {"read_noise_e": 1.0, "bit_depth": 12, "full_well_e": 1e4}, "photometry": {"photons_per_s": 1e5}}
+    student = build_model({"name": "optical_student", "num_kernels": 2, "kernel_size": 3, "image_size": 12,
+                           "hidden": [5], "optics": noisy}).double().train()
+    x = torch.rand(4, 1, 12, 12, dtype=torch.float64)
+    vectorised = ntk_exact(student, x, per_sample="vmap")
+    torch.testing.assert_close(vectorised, ntk_exact(student, x, per_sample="loop"))
+    torch.testing.assert_close(vectorised, ntk_exact(student.eval(), x, per_sample="vmap"))
+
+
+def test_a_student_reads_the_benchs_optics_file_and_the_run_config_inlines_it(tmp_path):
+    from pathlib import Path
+
+    import yaml
+
+    from hil.config import parse_run_config
+
+    examples = Path(__file__).resolve().parents[2] / "examples"
+    bench_optics = OpticalSystem.from_yaml(examples / "optics.yaml")
+    student = build_model({"name": "optical_student", "optics": str(examples / "optics.yaml")})
+    for name in ("geometry", "photometry", "sensor"):
+        assert getattr(student.frontend, name) == getattr(bench_optics, name), name
+    assert student.frontend.frame_shape == bench_optics.frame_shape
+    assert bool((student.frontend.errors.shift_px == 0).all())  # the device's errors are not the student's
+    (tmp_path / "optics.yaml").write_text((examples / "optics.yaml").read_text())
+    cfg = parse_run_config({"task": "classification", "model": {"name": "optical_student", "optics": "optics.yaml"}},
+                           base_dir=tmp_path)
+    assert isinstance(cfg.model["optics"], dict) and "design" not in cfg.model["optics"]
+    assert cfg.model["optics"]["photometry"] == yaml.safe_load((examples / "optics.yaml").read_text())["photometry"]
