@@ -43,7 +43,10 @@ def parse_overrides(items: list[str]) -> dict:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ConfigError("--set", item, "KEY=VALUE with a dotted KEY such as loss.method")
-        out[key.strip()] = yaml.safe_load(value)
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--set {key.strip()}", value, f"a YAML value ({getattr(exc, 'problem', None) or exc})") from exc
     return out
 
 

@@ -122,6 +122,9 @@ def test_set_override_must_be_key_value(tmp_path):
     with pytest.raises(ConfigError, match="KEY=VALUE"):
         hil_train([str(path), "--set", "loss.method"])
     assert train_command.parse_overrides(["a.b=1", "c=[x, 2]"]) == {"a.b": 1, "c": ["x", 2]}
+    from hil.cli import main
+
+    assert main(["train", str(path), "--set", "train.epochs=[1"]) == 2  # malformed YAML value: a message, no traceback
 
 
 def bars():
