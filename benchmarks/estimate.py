@@ -177,7 +177,7 @@ def main(argv=None) -> int:
             "student_points": student_points,
             "estimate": {"train_size": train_size, "val_size": 2000, "test_size": test_size or "whole test split",
                          "extrapolate_to": student_points, "kernel": "NTK, NTK parameterisation, sigma_w^2 = 2, "
-                         "sigma_b^2 = 0, frontend trained; random banks = the students' initial kernels"},
+                         "sigma_b^2 = 0.1, frontend trained; random banks = the students' initial kernels"},
             "seeds": [args.seed], "quick": args.quick,
         },
         "rows": rows,

@@ -37,8 +37,9 @@ NTK summed over ``C`` outputs (:func:`hil.ntk.empirical_ntk`) tends to ``C Theta
 A finite bank (``bank`` given) is the "random network of that size": its kernels enter through ``G``
 exactly, with the backend infinitely wide. Where the frontend is trained, its tangent term takes the
 many-kernel value ``sigma_w^2 B_I``; for ``M`` kernels the exact term differs by ``O(1/M)`` of it
-(the correlation between a hidden unit's gate and its own weights). With a frozen frontend the kernel
-is exact for the bank. :class:`WideStudent` is the finite-width network these kernels are the limit
+(the correlation between a hidden unit's gate and its own weights; measured against 2048-wide
+networks on 6 x 6 inputs: 10 % relative error for 4 kernels, 3 % for 64). With a frozen frontend the
+kernel is exact for the bank. :class:`WideStudent` is the finite-width network these kernels are the limit
 of, to check them against :func:`hil.ntk.empirical_ntk` as the width grows.
 """
 
@@ -153,11 +154,12 @@ class ArchitectureKernel:
     frontend_trained : bool
         Include the optical kernels' own tangent term (they are trained with the backend).
     weight_variance, bias_variance : float
-        ``sigma_w^2`` and ``sigma_b^2`` of the backend's layers.
+        ``sigma_w^2`` and ``sigma_b^2`` of the backend's layers (radiance in units of full white; with
+        ``sigma_b^2 = 0`` the kernel is homogeneous in brightness).
     """
 
     def __init__(self, kernel_size: int, depth: int, pool: int | None, *, bank: torch.Tensor | None = None,
-                 frontend_trained: bool = True, weight_variance: float = 2.0, bias_variance: float = 0.0):
+                 frontend_trained: bool = True, weight_variance: float = 2.0, bias_variance: float = 0.1):
         self.kernel_size = _check_int("kernel_size", kernel_size, 1)
         self.depth = _check_int("depth", depth, 1)
         self.pool = None if pool is None else _check_int("pool", pool, 1)
@@ -245,7 +247,7 @@ class WideStudent(nn.Module):
 
     def __init__(self, in_shape: tuple[int, int, int], kernel_size: int, pool: int, depth: int, width: int,
                  num_outputs: int, *, bank: torch.Tensor | None = None, weight_variance: float = 2.0,
-                 bias_variance: float = 0.0, seed: int = 0, dtype: torch.dtype = torch.float64):
+                 bias_variance: float = 0.1, seed: int = 0, dtype: torch.dtype = torch.float64):
         super().__init__()
         c, h, w = in_shape
         k, pool = _check_int("kernel_size", kernel_size, 1), _check_int("pool", pool, 1)
