@@ -20,7 +20,7 @@ import sys
 
 from simulator.errors import HilError
 
-COMMAND_MODULES = ("hil.commands.devices", "hil.commands.train", "hil.commands.capture")
+COMMAND_MODULES = ("hil.commands.devices", "hil.commands.train", "hil.commands.capture", "hil.commands.estimate")
 
 
 def build_parser() -> argparse.ArgumentParser:

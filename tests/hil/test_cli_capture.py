@@ -40,3 +40,11 @@ def test_capture_command_errors_exit_2_with_the_field(tmp_path, capsys):
     assert "select.fraction" in capsys.readouterr().err
     assert main(["export-design", str(tmp_path), "--out", str(tmp_path / "d")]) == 2
     assert "hil train" in capsys.readouterr().err
+
+
+def test_the_hil_command_offers_every_step(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    listed = capsys.readouterr().out
+    for command in ("devices", "snap", "show", "train", "capture", "export-design", "estimate"):
+        assert command in listed, command
