@@ -12,7 +12,7 @@ policy::
     camera:
       backend: simulated-camera
       exposure_s: 10e-3
-      frontend: frontend.yaml  # relative paths are relative to this file
+      optics: optics.yaml      # the optical system; relative paths are relative to this file
 
 An optional ``light:`` section opens a light source (a backend of kind ``light-source``, e.g.
 ``{backend: serial-light, url: /dev/ttyUSB0}``) that the bench closes with the rest (its shutter
