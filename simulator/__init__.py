@@ -1,5 +1,7 @@
 """Differentiable optics for hybrid optical neural networks: fields, propagation, meta-optic PSFs,
-incoherent optical convolution, display and sensor models, fabrication errors. Pure torch."""
+incoherent optical convolution, display and sensor models, fabrication errors, and the one optical
+system (:class:`simulator.system.OpticalSystem`) that training, the simulated bench and calibration
+share. Pure torch."""
 
 from .errors import ConfigError, HilError, InputError, SamplingError
 from .field import Field, Grid
