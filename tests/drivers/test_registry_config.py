@@ -241,3 +241,18 @@ def test_default_bench_sees_the_slm_through_the_optical_system():
     expected = reference.render(image, 0.010)
     assert np.array_equal(m.frame.image, expected)
     assert m.frame.image.shape == tuple(reference.frame_shape)
+
+
+def test_real_bench_example_is_a_valid_config_for_its_backends():
+    """examples/bench_real.yaml cannot be opened here (no camera, no monitor), but every section must be
+    what its backend accepts."""
+    from drivers.config import load_bench_config
+    from drivers.registry import load_backend
+    from simulator.config import build
+
+    config, _ = load_bench_config(REPO_EXAMPLES / "bench_real.yaml")
+    for kind, section in (("slm", config.slm), ("camera", config.camera)):
+        settings = dict(section)
+        backend = load_backend(settings.pop("backend"))
+        assert backend.kind == kind
+        build(backend.Config, settings, kind)
