@@ -124,14 +124,13 @@ def capture(bench, dataset, indices, out, *, calibration_id: str = "", config: d
     if len(np.unique(indices)) != len(indices):
         raise InputError("indices must not repeat a sample")
     out = Path(out)
-    recovered = False
     if out.exists():
-        recovered = _check_resumable(out, indices)
+        count = _check_resumable(out, indices)
     else:
         _create(out, bench, indices, _first_frame_shape(bench), calibration_id, config)
-    import h5py
-
-    with h5py.File(out, "a", libver="latest") as f:
+        count = 0
+    handle, recovered = _open_for_append(out, count)
+    with handle as f:
         f.swmr_mode = True
         done = int(f["count"][()])
         summary = CaptureSummary(out, done, 0, 0, 0, recovered)
@@ -212,9 +211,8 @@ def _append(f, row: int, frame, shown: np.ndarray, label: int, index: int, satur
     f["count"].flush()
 
 
-def _check_resumable(out: Path, indices: np.ndarray) -> bool:
-    """Refuse a file this capture must not continue; recover one left open by a killed writer.
-    Returns whether a recovery copy was made."""
+def _check_resumable(out: Path, indices: np.ndarray) -> int:
+    """Refuse a file this capture must not continue; returns its number of complete rows."""
     import h5py
 
     try:
@@ -236,14 +234,21 @@ def _check_resumable(out: Path, indices: np.ndarray) -> bool:
         lengths = {name: len(f[name]) for name in ("frames", "shown", *ROW_FIELDS)}
         if any(n < count for n in lengths.values()):
             raise CaptureFileError(f"{out} is damaged: count = {count} but datasets hold {lengths}; left untouched")
+    return count
+
+
+def _open_for_append(out: Path, count: int):
+    """``(h5py.File open for appending, recovered)``: a file left open by a killed writer (which HDF5
+    refuses to reopen for writing) is first replaced by a copy of its ``count`` complete rows."""
+    import h5py
+
     try:
-        h5py.File(out, "a", libver="latest").close()
-        return False
+        return h5py.File(out, "a", libver="latest"), False
     except OSError:
         log.warning("%s was left open by a writer that did not close it (killed?); recovering its %d "
                     "complete rows", out, count)
         _recover(out, count)
-        return True
+        return h5py.File(out, "a", libver="latest"), True
 
 
 def _recover(out: Path, count: int) -> None:

@@ -51,7 +51,7 @@ def captured_features(captures, system, *, rows_per_batch: int = 256) -> Capture
     import h5py
 
     data = captures if isinstance(captures, CaptureDataset) else CaptureDataset(captures)
-    chunks = []
+    features = None
     with h5py.File(data.path, "r", swmr=True) as f:
         if "exposure_s" not in f:
             raise InputError(f"{data.path} has no per-frame exposure_s (written by hil.capture); cannot scale its frames")
@@ -60,11 +60,12 @@ def captured_features(captures, system, *, rows_per_batch: int = 256) -> Capture
                 stop = min(start + rows_per_batch, data.count)
                 frames = torch.from_numpy(f["frames"][start:stop].astype(np.float64))
                 exposures = np.asarray(f["exposure_s"][start:stop], dtype=np.float64)
-                for exposure in np.unique(exposures):
-                    rows = torch.from_numpy(np.flatnonzero(exposures == exposure))
-                    chunks.append((rows + start, system.features(frames[rows], float(exposure)).float()))
-    order = torch.cat([rows for rows, _ in chunks]).argsort()
-    features = torch.cat([values for _, values in chunks])[order]
+                for exposure in np.unique(exposures):  # usually one: rows of one exposure go together
+                    rows = np.flatnonzero(exposures == exposure)
+                    values = system.features(frames[rows], float(exposure)).float()
+                    if features is None:
+                        features = torch.empty((data.count, *values.shape[1:]))
+                    features[start + rows] = values
     return CapturedSet(features, data.labels.clone(), data.source_indices.clone())
 
 

@@ -19,6 +19,7 @@ Outputs are logits: (N, classes) for classification, (N, 1, H, W) for binary seg
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -29,6 +30,8 @@ from torch import nn
 from simulator.config import build
 from simulator.errors import ConfigError, InputError
 from simulator.system import hold_random_draws  # noqa: F401  (re-exported: losses hold draws for NTKs)
+
+log = logging.getLogger(__name__)
 
 # ------------------------------------------------------------------------------------------- teachers
 
@@ -286,15 +289,13 @@ def student_optics_from_file(path) -> dict:
     fabricated device; a student trains against ``model.fabrication`` draws instead) and ``seed`` (the
     bench's noise seed; the student's draws follow ``model.seed``). A display ``lut_file`` is made
     absolute, since the mapping no longer lives next to the file."""
-    import logging
-
     from simulator.config import load_yaml
     from simulator.files import resolve_relative
 
     mapping = load_yaml(path)
     dropped = [key for key in ("design", "errors", "seed") if mapping.pop(key, None) is not None]
     if dropped:
-        logging.getLogger(__name__).info("model.optics from %s: %s not used in training", path, ", ".join(dropped))
+        log.info("model.optics from %s: %s not used in training", path, ", ".join(dropped))
     display = mapping.get("display") or {}
     if isinstance(display.get("lut_file"), str):
         display["lut_file"] = str(resolve_relative(display["lut_file"], Path(path).parent))
@@ -304,6 +305,7 @@ def student_optics_from_file(path) -> dict:
 def _frontend(spec: OpticalStudentSpec):
     """The student's optical system: its design (trainable kernels or 4f filters) in the described optics."""
     from simulator.design import KernelDesign
+    from simulator.fabrication import ErrorSpec
     from simulator.system import OpticalSystem
 
     if spec.frontend == "fourf":
@@ -324,7 +326,8 @@ def _frontend(spec: OpticalStudentSpec):
     if optics.setdefault("image_shape", shape) != shape:
         raise ConfigError("model.optics.image_shape", optics["image_shape"], f"{shape} (model.image_size)")
     optics.setdefault("seed", spec.seed)
-    return OpticalSystem.from_config(optics, path="model.optics", design=design, robustness=spec.fabrication)
+    robustness = None if spec.fabrication is None else ErrorSpec.from_dict(spec.fabrication, "model.fabrication")
+    return OpticalSystem.from_config(optics, path="model.optics", design=design, robustness=robustness)
 
 
 def _backend(spec: OpticalStudentSpec, in_shape: tuple[int, int, int]) -> nn.Module:

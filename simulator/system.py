@@ -496,14 +496,14 @@ class OpticalSystem(nn.Module):
     # ------------------------------------------------------------------------------------- configs
     @classmethod
     def from_config(cls, mapping: dict, *, base_dir=None, path: str = "optics", design: nn.Module | None = None,
-                    robustness: dict | None = None) -> "OpticalSystem":
+                    robustness: ErrorSpec | None = None) -> "OpticalSystem":
         """Build from an ``optics`` YAML mapping (see ``examples/optics.yaml``); ConfigError names bad fields.
 
         Keys: ``design`` (required unless ``design`` is given, e.g. a student's trainable kernels),
         ``image_shape`` (required), ``geometry``, ``photometry``, ``display``, ``sensor`` (the fields of
         :class:`Geometry`, :class:`Photometry`, :class:`DisplaySettings`, :class:`SensorModel`), ``errors``
         (null; ``{spec: {...}, seed, shift_method, aberration}`` to sample; or the explicit form of
-        ``FabricationErrors.to_dict()``), ``seed``, ``dtype``. ``robustness``: ErrorSpec fields for
+        ``FabricationErrors.to_dict()``), ``seed``, ``dtype``. ``robustness``: the ErrorSpec of
         training draws. ``base_dir`` resolves a relative design file.
         """
         if not isinstance(mapping, dict):
@@ -553,12 +553,11 @@ class OpticalSystem(nn.Module):
                                                "exposure_s": photometry.exposure_s}, f"{path}.sensor")
         psfs = design.psfs()
         errors = errors_from_config(mapping.get("errors"), tuple(psfs.shape), path=f"{path}.errors")
-        spec = None if robustness is None else ErrorSpec.from_dict(robustness, "model.fabrication")
-        if errors is not None and spec is not None:
+        if errors is not None and robustness is not None:
             raise ConfigError(f"{path}.errors", mapping["errors"], "null when random fabrication draws are trained against")
         try:
             system = cls(design, tuple(image_shape), geometry=geometry, photometry=photometry, display=display,
-                         sensor=sensor, errors=errors, robustness=spec, seed=seed)
+                         sensor=sensor, errors=errors, robustness=robustness, seed=seed)
         except InputError as exc:
             raise ConfigError(path, "(the optics section)", str(exc)) from exc
         system.source_config = dict(mapping)

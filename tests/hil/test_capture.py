@@ -88,7 +88,7 @@ def test_a_disconnect_stops_cleanly_and_a_rerun_continues_without_gap_or_duplica
 def test_kill_minus_9_loses_at_most_the_frame_in_flight_and_the_capture_resumes(tmp_path):
     out = tmp_path / "c.h5"
     script = textwrap.dedent(f"""
-        import sys, time
+        import sys, threading
         sys.path.insert(0, {str(ROOT)!r})
         from drivers.clock import VirtualClock
         from drivers.config import open_bench
@@ -99,20 +99,20 @@ def test_kill_minus_9_loses_at_most_the_frame_in_flight_and_the_capture_resumes(
             def __init__(self, data):
                 self.data = data
             def __getitem__(self, i):
-                print("item", flush=True)
-                time.sleep(0.01)
+                if i == 40:  # frame 40 in flight: wait here to be killed
+                    print("in flight", flush=True)
+                    threading.Event().wait()
                 return self.data[i]
 
         with open_bench(bench_config(), clock=VirtualClock()) as bench:
             capture(bench, Slow(toy_dataset(200)), list(range(200)), {str(out)!r}, progress=False)
     """)
     child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
-    for _ in range(40):
-        child.stdout.readline()
+    assert child.stdout.readline().strip() == "in flight"
     child.kill()
     child.wait()
     survived = len(CaptureDataset(out))
-    assert 35 <= survived <= 45  # the child may run a few frames ahead of the lines read here
+    assert survived == 40  # every frame before the one in flight
     dataset = toy_dataset(200)
     with open_bench(bench_config(), clock=VirtualClock()) as bench:
         summary = capture(bench, dataset, list(range(200)), out, progress=False)
