@@ -42,6 +42,7 @@ def worker(rank, world, init_file, out_file):
         if rank == 0:
             torch.save({"model": model.state_dict(), "val_accuracy": result.history[-1]["val_accuracy"]}, out_file)
     finally:
+        dist.barrier()  # no rank tears down gloo while the other still talks to it (that aborts a process)
         dist.destroy_process_group()
 
 
@@ -98,6 +99,7 @@ def failing_worker(rank, world, init_file, out_dir, mode):
             outcome = {"error": type(exc).__name__, "message": str(exc), "step": trainer.step}
             (Path(out_dir) / f"rank{rank}.json").write_text(json.dumps(outcome))
     finally:
+        dist.barrier()  # no rank tears down gloo while the other still talks to it (that aborts a process)
         dist.destroy_process_group()
 
 
