@@ -1,0 +1,55 @@
+"""Simulated benches with known injected errors, for the calibration tests.
+
+Every bench looks at the display through an :class:`~simulator.system.OpticalSystem` built from
+``examples/optics.yaml`` with the overrides given here; the truth (``bench.camera.optics``) is for
+the tests' assertions only -- calibration code never reads it.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+from drivers.config import open_bench
+from simulator import config as config_io
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def example_optics() -> dict:
+    """The example optics mapping (design, geometry, photometry, display, sensor, errors)."""
+    return config_io.load_yaml(EXAMPLES / "optics.yaml")
+
+
+def merged(base: dict, overrides: dict | None) -> dict:
+    """``base`` with ``overrides`` merged in recursively (a None value deletes the key)."""
+    out = copy.deepcopy(base)
+    for key, value in (overrides or {}).items():
+        if value is None:
+            out.pop(key, None)
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merged(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def bench_config(optics_overrides: dict | None = None, *, exposure_s: float = 0.01,
+                 exposure_limits_s=(1e-5, 10.0)) -> dict:
+    """A bench mapping: simulated SLM + simulated camera through the example optics with overrides
+    (e.g. ``{"errors": None}`` for the design itself, ``{"errors": {"seed": 7, "spec": {...}}}``,
+    ``{"sensor": {"noise": False}}``), on a virtual clock (nothing sleeps)."""
+    optics = merged(example_optics(), optics_overrides)
+    shape = optics["image_shape"]
+    return {
+        "clock": "virtual",
+        "slm": {"backend": "simulated-slm", "shape": list(shape), "bit_depth": optics["display"]["bit_depth"],
+                "pixel_pitch_m": optics["geometry"]["display_pixel_pitch_m"], "latency_s": 0.0, "settle_s": 0.0},
+        "camera": {"backend": "simulated-camera", "optics": optics, "exposure_s": exposure_s,
+                   "exposure_limits_s": list(exposure_limits_s), "readout_s": 0.0},
+    }
+
+
+def simulated_bench(optics_overrides: dict | None = None, **kwargs):
+    """Open :func:`bench_config` (use as a context manager)."""
+    return open_bench(bench_config(optics_overrides, **kwargs))
