@@ -14,7 +14,12 @@ Stages, in order (each has an off switch; defaults are an ideal, noiseless, unqu
    The output has ``ceil(n / ratio)`` pixels per axis; the part of the last pixel beyond the input
    receives no light.
 2. **Quantum efficiency** ``quantum_efficiency`` (e-/photon) and **dark current**
-   ``dark_current_e_per_s * exposure_s`` (e-) give the expected electrons.
+   ``dark_current_e_per_s * exposure_s`` (e-) give the expected electrons. An optional seeded
+   **fixed pattern** (off by default; :meth:`SensorModel.fixed_pattern`) makes pixels differ: a
+   per-pixel photo-response factor (PRNU, ``prnu_rel_std``), hot pixels (``hot_pixel_fraction``, with
+   ``hot_pixel_dark_current_e_per_s`` more dark current) and dead pixels (``dead_pixel_fraction``: no
+   photo- or dark electrons, only read noise and offset). It is part of the device, so it applies
+   with ``noise`` off too.
 3. **Shot noise**: Poisson draw of the electrons (photo and dark), if ``noise`` and ``shot_noise``.
 4. **Full-well saturation**: electrons clipped at ``full_well_e`` (off when None).
 5. **Read noise**: Gaussian, standard deviation ``read_noise_e`` (e-), if ``noise``.
@@ -37,6 +42,7 @@ sensor.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -88,6 +94,35 @@ def area_resample(values: torch.Tensor, ratio: float) -> torch.Tensor:
 
 
 @dataclass(frozen=True)
+class FixedPattern:
+    """A sensor's per-pixel fixed pattern, (rows, cols) float64 CPU tensors.
+
+    ``response``: photo-electrons per expected photo-electron (PRNU factor, 0 on dead pixels);
+    ``dark_current_e_per_s``: each pixel's dark current; ``hot`` and ``dead``: bool masks (a pixel
+    drawn both is dead).
+    """
+
+    response: torch.Tensor
+    dark_current_e_per_s: torch.Tensor
+    hot: torch.Tensor
+    dead: torch.Tensor
+
+
+@functools.lru_cache(maxsize=8)
+def _draw_fixed_pattern(shape: tuple[int, int], seed: int, prnu_rel_std: float, hot_fraction: float,
+                        hot_extra_e_per_s: float, dead_fraction: float, dark_e_per_s: float) -> FixedPattern:
+    """The fixed pattern of ``shape`` drawn from ``seed`` (uniforms for hot, uniforms for dead, then
+    normals for PRNU, in that order; cached, so never modify the result)."""
+    generator = torch.Generator().manual_seed(seed)
+    hot = torch.rand(shape, generator=generator, dtype=torch.float64) < hot_fraction
+    dead = torch.rand(shape, generator=generator, dtype=torch.float64) < dead_fraction
+    prnu = 1.0 + prnu_rel_std * torch.randn(shape, generator=generator, dtype=torch.float64)
+    response = torch.where(dead, 0.0, prnu.clamp(min=0.0))
+    dark = torch.where(dead, 0.0, dark_e_per_s + torch.where(hot, hot_extra_e_per_s, 0.0))
+    return FixedPattern(response, dark, hot & ~dead, dead)
+
+
+@dataclass(frozen=True)
 class SensorModel:
     """Photons per input sample -> DN per sensor pixel; see the module docstring for the stages.
 
@@ -120,6 +155,14 @@ class SensorModel:
         Where the ADC code sits in the container (see module docstring).
     noise : bool
         Master switch: False renders deterministically (expected values, still quantised).
+    prnu_rel_std : float
+        Photo-response non-uniformity: each pixel's photo-electrons are scaled by ``1 + N(0, prnu_rel_std)``
+        (clipped at 0), >= 0.
+    hot_pixel_fraction, dead_pixel_fraction : float
+        Probability, in [0, 1], that a pixel is hot (``hot_pixel_dark_current_e_per_s`` more dark current,
+        e-/s, >= 0) or dead (no photo- or dark electrons).
+    defect_seed : int
+        Seed of the fixed pattern (PRNU, hot and dead pixels), drawn once per frame shape.
     """
 
     exposure_s: float = 1.0
@@ -136,6 +179,11 @@ class SensorModel:
     container_bits: int | None = None
     justify: str = "left"
     noise: bool = True
+    prnu_rel_std: float = 0.0
+    hot_pixel_fraction: float = 0.0
+    hot_pixel_dark_current_e_per_s: float = 0.0
+    dead_pixel_fraction: float = 0.0
+    defect_seed: int = 0
 
     def __post_init__(self):
         check_positive("exposure_s", self.exposure_s)
@@ -159,6 +207,13 @@ class SensorModel:
             raise InputError("container_bits needs bit_depth to be set (the ADC is off when bit_depth is None)")
         if self.justify not in JUSTIFY:
             raise InputError(f"justify must be one of {JUSTIFY}, got {self.justify!r}")
+        check_positive("prnu_rel_std", self.prnu_rel_std, allow_zero=True)
+        check_positive("hot_pixel_dark_current_e_per_s", self.hot_pixel_dark_current_e_per_s, allow_zero=True)
+        for name in ("hot_pixel_fraction", "dead_pixel_fraction"):
+            if not 0 <= check_positive(name, getattr(self, name), allow_zero=True) <= 1:
+                raise InputError(f"{name} must be in [0, 1], got {getattr(self, name)!r}")
+        if isinstance(self.defect_seed, bool) or not isinstance(self.defect_seed, int):
+            raise InputError(f"defect_seed must be an int, got {self.defect_seed!r}")
 
     @property
     def resample_ratio(self) -> float | None:
@@ -201,6 +256,20 @@ class SensorModel:
             limits.append(self.max_dn)
         return min(limits) if limits else None
 
+    @property
+    def has_fixed_pattern(self) -> bool:
+        """Whether pixels differ (PRNU, hot or dead pixels); False: every pixel is the nominal one."""
+        hot = self.hot_pixel_fraction > 0 and self.hot_pixel_dark_current_e_per_s > 0
+        return self.prnu_rel_std > 0 or hot or self.dead_pixel_fraction > 0
+
+    def fixed_pattern(self, shape) -> FixedPattern:
+        """The per-pixel fixed pattern of a (rows, cols) sensor (the ground truth a calibration's
+        defect map is compared with); drawn from ``defect_seed``, identical on every call."""
+        rows, cols = (int(v) for v in shape)
+        return _draw_fixed_pattern((rows, cols), self.defect_seed, float(self.prnu_rel_std),
+                                   float(self.hot_pixel_fraction), float(self.hot_pixel_dark_current_e_per_s),
+                                   float(self.dead_pixel_fraction), float(self.dark_current_e_per_s))
+
     def electrons(self, dn: torch.Tensor) -> torch.Tensor:
         """Stored values ``dn`` -> photo-electrons (offset removed, ADC justification undone, times the
         conversion gain): the inverse of the gain/offset/justification stages."""
@@ -225,7 +294,13 @@ class SensorModel:
         ratio = self.resample_ratio
         if ratio is not None:
             photons = area_resample(photons, ratio)
-        electrons = photons * self.quantum_efficiency + self.dark_current_e_per_s * exposure_s
+        if self.has_fixed_pattern:
+            pattern = self.fixed_pattern(photons.shape[-2:])
+            response = pattern.response.to(dtype=photons.dtype, device=photons.device)
+            dark = pattern.dark_current_e_per_s.to(dtype=photons.dtype, device=photons.device)
+            electrons = photons * (self.quantum_efficiency * response) + dark * exposure_s
+        else:
+            electrons = photons * self.quantum_efficiency + self.dark_current_e_per_s * exposure_s
         if noisy and self.shot_noise:
             electrons = _straight_through(electrons, torch.poisson(electrons.detach(), generator=generator))
         if self.full_well_e is not None:

@@ -3,7 +3,8 @@ import math
 import pytest
 import torch
 
-from simulator.errors import InputError
+from simulator import config as config_io
+from simulator.errors import ConfigError, InputError
 from simulator.sensor import SensorModel, area_resample, area_resample_matrix
 
 SAMPLES = 200_000
@@ -151,6 +152,11 @@ def test_fft_roundoff_negatives_are_zero_photons():
         ({"gain_e_per_dn": 0.0}, "gain_e_per_dn"),
         ({"exposure_s": float("nan")}, "exposure_s"),
         ({"bit_depth": 8, "justify": "middle"}, "justify"),
+        ({"prnu_rel_std": -0.1}, "prnu_rel_std"),
+        ({"hot_pixel_fraction": 1.5}, "hot_pixel_fraction"),
+        ({"dead_pixel_fraction": -0.1}, "dead_pixel_fraction"),
+        ({"hot_pixel_dark_current_e_per_s": -1.0}, "hot_pixel_dark_current_e_per_s"),
+        ({"defect_seed": 1.5}, "defect_seed"),
     ],
 )
 def test_bad_settings_are_named(kwargs, name):
@@ -168,3 +174,64 @@ def test_bad_input_is_named():
         sensor(torch.ones(2, 2, dtype=torch.int64))
     with pytest.raises(InputError, match="dims"):
         sensor(torch.ones(3))
+
+
+def test_no_fixed_pattern_by_default():
+    sensor = SensorModel(read_noise_e=2.0, dark_current_e_per_s=3.0)
+    assert not sensor.has_fixed_pattern
+    pattern = sensor.fixed_pattern((4, 5))
+    assert not pattern.hot.any() and not pattern.dead.any()
+    assert torch.equal(pattern.response, torch.ones(4, 5, dtype=torch.float64))
+    assert torch.equal(pattern.dark_current_e_per_s, torch.full((4, 5), 3.0, dtype=torch.float64))
+    # hot pixels without extra dark current are no different from the others
+    assert not SensorModel(hot_pixel_fraction=0.5).has_fixed_pattern
+
+
+def test_fixed_pattern_statistics_and_exact_expected_frame():
+    sensor = SensorModel(quantum_efficiency=0.5, dark_current_e_per_s=2.0, prnu_rel_std=0.03, hot_pixel_fraction=0.02,
+                         hot_pixel_dark_current_e_per_s=500.0, dead_pixel_fraction=0.01, defect_seed=11,
+                         gain_e_per_dn=2.0, offset_dn=7.0, noise=False)
+    shape = (300, 400)
+    pattern = sensor.fixed_pattern(shape)
+    n = shape[0] * shape[1]
+    for mask, fraction in ((pattern.hot, 0.02 * 0.99), (pattern.dead, 0.01)):  # hot excludes dead pixels
+        assert abs(int(mask.sum()) - fraction * n) < 5 * math.sqrt(fraction * n)
+    assert not (pattern.hot & pattern.dead).any()
+    alive = pattern.response[~pattern.dead]
+    assert abs(float(alive.std()) - 0.03) < 5 * 0.03 / math.sqrt(2 * alive.numel())
+    assert abs(float(alive.mean()) - 1.0) < 5 * 0.03 / math.sqrt(alive.numel())
+    photons = torch.full(shape, 80.0, dtype=torch.float64)
+    out = sensor(photons, exposure_s=0.5)
+    expected = (80.0 * 0.5 * pattern.response + pattern.dark_current_e_per_s * 0.5) / 2.0 + 7.0
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-12)
+    assert torch.equal(out[pattern.dead], torch.full_like(out[pattern.dead], 7.0))  # offset only
+    torch.testing.assert_close(out[pattern.hot].mean(), torch.tensor((40.0 + 502.0 * 0.5) / 2.0 + 7.0, dtype=torch.float64),
+                               rtol=0, atol=5 * 20 * 0.03 / math.sqrt(int(pattern.hot.sum())))
+
+
+def test_fixed_pattern_is_seeded_and_noise_independent():
+    kwargs = dict(prnu_rel_std=0.05, dead_pixel_fraction=0.05, read_noise_e=1.0)
+    first = SensorModel(defect_seed=3, **kwargs).fixed_pattern((20, 30))
+    assert torch.equal(first.response, SensorModel(defect_seed=3, **kwargs).fixed_pattern((20, 30)).response)
+    assert not torch.equal(first.response, SensorModel(defect_seed=4, **kwargs).fixed_pattern((20, 30)).response)
+    # the frame's noise draws do not move the fixed pattern: two noisy frames agree on the dead pixels
+    sensor = SensorModel(defect_seed=3, **kwargs)
+    frames = [sensor(torch.full((20, 30), 1000.0), generator=_gen(s)) for s in (1, 2)]
+    for frame in frames:
+        assert float(frame[first.dead].abs().max()) < 8.0  # read noise only
+        assert float(frame[~first.dead].min()) > 500.0
+
+
+def test_fixed_pattern_fields_build_from_a_config_and_are_named():
+    sensor = config_io.build(SensorModel, {"prnu_rel_std": 0.01, "hot_pixel_fraction": 0.001,
+                                           "hot_pixel_dark_current_e_per_s": 100.0, "defect_seed": 5}, "optics.sensor")
+    assert sensor.has_fixed_pattern and sensor.defect_seed == 5
+    with pytest.raises(ConfigError, match="optics.sensor.defect_seed"):
+        config_io.build(SensorModel, {"defect_seed": "a"}, "optics.sensor")
+
+
+def test_fixed_pattern_gradient_is_the_response():
+    sensor = SensorModel(quantum_efficiency=0.8, prnu_rel_std=0.1, dead_pixel_fraction=0.2, defect_seed=2, noise=False)
+    photons = torch.full((6, 7), 50.0, dtype=torch.float64, requires_grad=True)
+    sensor(photons).sum().backward()
+    torch.testing.assert_close(photons.grad, 0.8 * sensor.fixed_pattern((6, 7)).response, rtol=0, atol=1e-12)
