@@ -37,9 +37,13 @@ def merged(base: dict, overrides: dict | None) -> dict:
 def bench_config(optics_overrides: dict | None = None, *, exposure_s: float = 0.01,
                  exposure_limits_s=(1e-5, 10.0)) -> dict:
     """A bench mapping: simulated SLM + simulated camera through the example optics with overrides
-    (e.g. ``{"errors": None}`` for the design itself, ``{"errors": {"seed": 7, "spec": {...}}}``,
-    ``{"sensor": {"noise": False}}``), on a virtual clock (nothing sleeps)."""
-    optics = merged(example_optics(), optics_overrides)
+    merged in (e.g. ``{"sensor": {"noise": False}}``), except ``errors``, which replaces the example's
+    (``{"errors": None}``: the design itself; ``{"errors": {"seed": 7, "spec": {...}}}``: only those
+    errors), on a virtual clock (nothing sleeps)."""
+    overrides = dict(optics_overrides or {})
+    optics = merged(example_optics(), {k: v for k, v in overrides.items() if k != "errors"})
+    if "errors" in overrides:  # the injected errors replace the example's (never merged with them)
+        optics["errors"] = overrides["errors"]
     shape = optics["image_shape"]
     return {
         "clock": "virtual",
