@@ -21,7 +21,13 @@ Kernel discrepancies ``D`` (:data:`DISCREPANCIES`)
     by orders (they do: METHOD.md). ``normalized``: MSE of ``A / ||A||_F`` and ``B / ||B||_F``;
     ``normalized_trace``: MSE of ``A / tr(A) * n`` and ``B / tr(B) * n`` (mean diagonal 1). ``cka``:
     ``1 - CKA``, centred kernel alignment ``<HAH, HBH>_F / (||HAH||_F ||HBH||_F)``, ``H = I - 11^T/n``
-    (invariant to scale and to adding a constant to every entry).
+    (invariant to scale and to adding a constant to every entry). ``normalized_trace`` is the paper's MSE
+    with the kernels brought to one scale by their traces.
+Kernel-target alignment (``alignment_weight = c``)
+    ``+ c * (1 - KTA)`` with ``KTA = CKA(Theta_student, Y Y^T)`` (:func:`kernel_target_alignment`), ``Y``
+    the one-hot labels of the kernel batch (or the flattened masks): it pulls the student's kernel
+    towards the labels' similarity, with no teacher; alone (``ntk_weight = 0``) it is a teacher-free
+    kernel regulariser, the baseline against which NTKD's use of the teacher is judged.
 
 Objectives share one call signature so a trainer can swap them::
 
@@ -151,6 +157,25 @@ def centered_kernel_alignment(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (ac * bc).sum() / (torch.linalg.matrix_norm(ac) * torch.linalg.matrix_norm(bc))
 
 
+def target_kernel(targets: torch.Tensor, num_classes: int | None = None) -> torch.Tensor:
+    """``Y Y^T`` (n, n): ``Y`` the one-hot rows of integer class labels (n,) (``num_classes`` columns, by
+    default ``max + 1``), or the flattened targets (n, ...) of any other shape (e.g. masks)."""
+    if targets.ndim == 1 and not targets.is_floating_point():
+        y = F.one_hot(targets.long(), num_classes or int(targets.max()) + 1).double()
+    elif targets.ndim >= 2:
+        y = targets.reshape(targets.shape[0], -1).double()
+    else:
+        raise InputError(f"targets must be integer labels (n,) or (n, ...) arrays, got {targets.dtype} {tuple(targets.shape)}")
+    return y @ y.T
+
+
+def kernel_target_alignment(kernel: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Centred kernel-target alignment ``CKA(kernel, Y Y^T)`` (:func:`target_kernel`), in [-1, 1]; 1 when
+    the centred kernel is a positive multiple of the centred label kernel. ``nan`` if every target in
+    the batch is the same (the centred label kernel is zero)."""
+    return centered_kernel_alignment(kernel, target_kernel(targets).to(kernel.dtype))
+
+
 def kernel_discrepancy(name: str, teacher_kernel: torch.Tensor, student_kernel: torch.Tensor) -> torch.Tensor:
     """``D(teacher, student)`` by name, one of :data:`DISCREPANCIES` (``cka`` gives ``1 - CKA``)."""
     if name == "mse":
@@ -231,6 +256,10 @@ class NTKDObjective:
         Kernel computation for each side (``teacher_method="jvp_projection"`` scales to big teachers and
         dense outputs and caches ``num_projections * C`` numbers per sample).
     num_projections, output_sketch_dim : passed to the estimators.
+    alignment_weight : float
+        ``c`` of the kernel-target alignment term ``c * (1 - KTA(Theta_student, targets))`` on the same
+        samples (module docstring); 0 (default): none. With ``ntk_weight = 0`` the teacher's kernel is
+        never computed.
     seed : int
         Seeds the random sketch directions of both kernels (``loss.seed`` of a run config, by default
         the run's seed): the same seed gives the same directions.
@@ -240,7 +269,7 @@ class NTKDObjective:
                  ntk_weight: float = 1.0, discrepancy: str = "cka", kernel_batch: int = DEFAULT_KERNEL_BATCH,
                  student_params="trainable", student_method: str = "exact", teacher_method: str = "exact",
                  num_projections: int = 64, seed: int = 0, output_sketch_dim: int | None = None,
-                 cache_teacher: bool = True):
+                 cache_teacher: bool = True, alignment_weight: float = 0.0):
         if discrepancy not in DISCREPANCIES:
             raise InputError(f"discrepancy must be one of {DISCREPANCIES}, got {discrepancy!r}")
         for name, method in (("student_method", student_method), ("teacher_method", teacher_method)):
@@ -248,9 +277,11 @@ class NTKDObjective:
                 raise InputError(f"{name} must be one of {METHODS}, got {method!r}")
         if isinstance(kernel_batch, bool) or not isinstance(kernel_batch, int) or kernel_batch < 2:
             raise InputError(f"kernel_batch must be an int >= 2, got {kernel_batch!r}")
-        if task_weight < 0 or ntk_weight < 0:
-            raise InputError(f"task_weight and ntk_weight must be >= 0, got {task_weight!r}, {ntk_weight!r}")
+        if task_weight < 0 or ntk_weight < 0 or alignment_weight < 0:
+            raise InputError(f"task_weight, ntk_weight and alignment_weight must be >= 0, got {task_weight!r}, "
+                             f"{ntk_weight!r}, {alignment_weight!r}")
         self.task_loss, self.task_weight, self.ntk_weight = task_loss, float(task_weight), float(ntk_weight)
+        self.alignment_weight = float(alignment_weight)
         self.discrepancy, self.kernel_batch = discrepancy, kernel_batch
         self.student_params, self.student_method = student_params, student_method
         self.num_projections, self.seed, self.output_sketch_dim = num_projections, seed, output_sketch_dim
@@ -260,16 +291,21 @@ class NTKDObjective:
     def kernels(self, student: nn.Module, x, *, teacher_x=None, indices=None) -> tuple[torch.Tensor, torch.Tensor]:
         """(teacher kernel, student kernel) on the first ``kernel_batch`` samples; the student's is
         differentiable, computed with one fabrication-error draw for all samples."""
-        n = min(self.kernel_batch, x.shape[0])
+        k_student = self.student_kernel(student, x)
+        n = k_student.shape[0]
         tx = (x if teacher_x is None else teacher_x)[:n]
-        idx = None if indices is None else indices[:n]
-        k_teacher = self.teacher_kernel(tx, idx)
+        k_teacher = self.teacher_kernel(tx, None if indices is None else indices[:n])
+        return k_teacher.to(k_student.dtype), k_student
+
+    def student_kernel(self, student: nn.Module, x) -> torch.Tensor:
+        """The student's differentiable kernel on the first ``kernel_batch`` samples (one
+        fabrication-error draw for all of them)."""
+        n = min(self.kernel_batch, x.shape[0])
         core = student.module if isinstance(student, nn.parallel.DistributedDataParallel) else student
         with hold_random_draws(core):
-            k_student = empirical_ntk(core, x[:n], method=self.student_method, params=self.student_params,
-                                      num_projections=self.num_projections, seed=self.seed,
-                                      output_sketch_dim=self.output_sketch_dim)
-        return k_teacher.to(k_student.dtype), k_student
+            return empirical_ntk(core, x[:n], method=self.student_method, params=self.student_params,
+                                 num_projections=self.num_projections, seed=self.seed,
+                                 output_sketch_dim=self.output_sketch_dim)
 
     def __call__(self, student: nn.Module, x, targets, *, teacher_x=None, indices=None) -> LossTerms:
         out = student(x)
@@ -281,13 +317,20 @@ class NTKDObjective:
             distance = kernel_discrepancy(self.discrepancy, k_teacher, k_student)
             total = total + self.ntk_weight * distance
             parts["ntk"] = float(distance.detach())
+        if self.alignment_weight > 0:
+            if self.ntk_weight <= 0:
+                k_student = self.student_kernel(student, x)
+            misalignment = 1 - kernel_target_alignment(k_student, targets[: k_student.shape[0]])
+            total = total + self.alignment_weight * misalignment
+            parts["alignment"] = float(misalignment.detach())
         return LossTerms(total, parts, out.detach())
 
 
 def build_objective(loss_cfg, task: str, teacher: nn.Module | None = None):
     """An objective from a loss config (a mapping or an object with the fields of ``hil.config.LossConfig``:
     method task|kd|ntkd, task_weight, ntk_weight, temperature, kd_mix, discrepancy, kernel_batch; optional
-    student_method, teacher_method, num_projections, seed, output_sketch_dim, student_params)."""
+    student_method, teacher_method, num_projections, seed, output_sketch_dim, student_params,
+    alignment_weight)."""
     get = loss_cfg.get if isinstance(loss_cfg, dict) else (lambda k, d=None: getattr(loss_cfg, k, d))
     method = get("method", "task")
     task_loss = task_loss_for(task)
@@ -299,7 +342,8 @@ def build_objective(loss_cfg, task: str, teacher: nn.Module | None = None):
         return KDObjective(teacher, temperature=get("temperature", 4.0), mix=get("kd_mix", 0.5), task_loss=task_loss)
     if method == "ntkd":
         optional = {k: get(k) for k in ("student_method", "teacher_method", "num_projections", "seed",
-                                        "output_sketch_dim", "student_params") if get(k) is not None}
+                                        "output_sketch_dim", "student_params", "alignment_weight")
+                    if get(k) is not None}
         try:
             return NTKDObjective(teacher, task_loss=task_loss, task_weight=get("task_weight", 1.0),
                                  ntk_weight=get("ntk_weight", 1.0), discrepancy=get("discrepancy", "cka"),

@@ -28,6 +28,18 @@ Methods (``method=`` of :func:`empirical_ntk`)
     ``Theta = sum_p J_p J_p^T`` per parameter tensor. Cost: ``n C`` backward passes of one sample,
     memory ``n C |S|`` numbers. The reference; fine for small students and LeNet-size teachers with a
     few classes.
+``"exact_mlp"`` (the exact kernel, closed form for a fully connected tail)
+    For models ending in an MLP (``Linear`` layers with ``ReLU`` between, after parameter-free modules
+    such as pooling and ``Flatten``): an :class:`~hil.models.FCBackend`, an ``nn.Sequential`` of that
+    form, an optical student (``frontend`` -> such a ``backend``) or a LeNet (``features`` ->
+    ``classifier``). With ``a^l_i`` the input of linear layer ``l`` and ``D^l_i`` the (units x C)
+    derivative of the outputs with respect to its pre-activations (``D^L = I``, ``D^l = diag(relu'(z^l))
+    W_{l+1}^T D^{l+1}``), the tail's part is ``sum_l <D^l_i, D^l_j>_F (a^l_i . a^l_j + 1)`` (the ``+ 1``
+    only where the bias is selected): no per-sample Jacobians, ``O(n^2 (width + C units))``. Selected
+    parameters before the tail (the optics, a CNN's convolutions) add ``sum_c G_c G_c^T`` with ``G_c`` the
+    per-sample gradients of output ``c`` over those parameters only (``C`` vmapped backward passes, as in
+    ``"exact"`` but over a few hundred or thousand parameters). Equal to ``"exact"`` to round-off and
+    differentiable the same way; a model of another form raises :class:`InputError`.
 ``"jvp_projection"`` (random sketch of parameter space)
     ``Theta = J J^T = E_u[(J u)(J u)^T]`` for ``u ~ N(0, I_|S|)``. ``J u`` for the whole batch is one
     forward-mode pass (``torch.func.jvp``). With ``m`` draws, ``phi_i = [J_i u_1, ..., J_i u_m] /
@@ -89,7 +101,7 @@ from simulator.validation import check_positive
 
 log = logging.getLogger(__name__)
 
-METHODS = ("exact", "jvp_projection", "finite_difference", "output_projection", "sum_of_logits")
+METHODS = ("exact", "exact_mlp", "jvp_projection", "finite_difference", "output_projection", "sum_of_logits")
 #: Methods whose kernel is ``Phi Phi^T`` of per-sample features of fixed size (cacheable per sample).
 FEATURE_METHODS = ("jvp_projection", "finite_difference")
 
@@ -207,6 +219,91 @@ def ntk_exact(model: nn.Module, x: torch.Tensor, *, params: ParamSpec = None, pe
     if per_sample == "loop":
         return _gram(loop(), n)
     return _gram(_vmap_or_loop(model, vectorised, loop, "samples"), n)
+
+
+def _tail_modules(model: nn.Module) -> tuple[nn.Module | None, str, nn.Sequential, str]:
+    """``(prefix, prefix name, tail, tail name)`` of a model of the form ``"exact_mlp"`` handles: a
+    ``Sequential`` (or a module whose ``layers`` is one), or ``frontend -> backend`` / ``features ->
+    classifier`` with such a second part. Parameter names of the tail start with ``tail name + "."``."""
+
+    def sequential(module: nn.Module, name: str) -> tuple[nn.Sequential, str]:
+        if isinstance(module, nn.Sequential):
+            return module, name
+        if isinstance(getattr(module, "layers", None), nn.Sequential):
+            return module.layers, f"{name}.layers" if name else "layers"
+        raise InputError(f"method 'exact_mlp' needs a fully connected tail (an nn.Sequential, or a module with "
+                         f"one as .layers); {type(module).__name__} has none: use method 'exact'")
+
+    for first, second in (("frontend", "backend"), ("features", "classifier")):
+        if isinstance(getattr(model, first, None), nn.Module) and isinstance(getattr(model, second, None), nn.Module):
+            tail, name = sequential(getattr(model, second), second)
+            return getattr(model, first), first, tail, name
+    tail, name = sequential(model, "")
+    return None, "", tail, name
+
+
+def _split_tail(tail: nn.Sequential) -> tuple[list[nn.Module], list[nn.Linear]]:
+    """(leading parameter-free modules, linear layers) of ``[free]* Linear (ReLU Linear)*``."""
+    modules = list(tail)
+    lead = 0
+    while lead < len(modules) and not isinstance(modules[lead], nn.Linear):
+        if any(True for _ in modules[lead].parameters()):
+            break
+        lead += 1
+    body = modules[lead:]
+    linears = body[0::2]
+    if (not body or len(body) % 2 == 0 or not all(isinstance(m, nn.Linear) for m in linears)
+            or not all(type(m) is nn.ReLU for m in body[1::2])):
+        raise InputError("method 'exact_mlp' needs a tail of parameter-free modules, then Linear (ReLU Linear)*; got "
+                         f"{[type(m).__name__ for m in modules]}: use method 'exact'")
+    return modules[:lead], linears
+
+
+def ntk_exact_mlp(model: nn.Module, x: torch.Tensor, *, params: ParamSpec = None) -> torch.Tensor:
+    """Exact empirical NTK (as :func:`ntk_exact`) in closed form for the fully connected tail (see
+    ``"exact_mlp"`` in the module docstring); parameters before the tail by per-sample gradients."""
+    chosen = select_parameters(model, params)
+    prefix, prefix_name, tail, tail_name = _tail_modules(model)
+    lead, linears = _split_tail(tail)
+    names = {id(m): f"{tail_name}.{i}" if tail_name else str(i) for i, m in enumerate(tail)}
+    in_prefix = {k: p for k, p in chosen.items() if prefix is not None and k.startswith(prefix_name + ".")}
+    tail_params = {f"{names[id(m)]}.{w}" for m in linears for w in ("weight", "bias")}
+    outside = sorted(set(chosen) - set(in_prefix) - tail_params)
+    if outside:
+        raise InputError(f"method 'exact_mlp' covers the parameters of the prefix and the fully connected tail; "
+                         f"{outside[:4]} are neither: use method 'exact'")
+    n = x.shape[0]
+    h = prefix(x) if prefix is not None else x
+    for module in lead:
+        h = module(h)
+    inputs, slopes = [h.reshape(n, -1)], []
+    for linear in linears[:-1]:
+        z = linear(inputs[-1])
+        slopes.append((z > 0).to(z.dtype))
+        inputs.append(torch.relu(z))
+    num_outputs = linears[-1].out_features
+    kernel = inputs[0].new_zeros((n, n))
+    deriv = None  # D of the current layer's outputs, (n, units, C); None: the network's outputs (D = I)
+    for depth in reversed(range(len(linears))):
+        linear, a = linears[depth], inputs[depth]
+        if deriv is None:
+            outer = torch.full_like(kernel, float(num_outputs))  # <I, I>_F = C
+        else:
+            flat = deriv.reshape(n, -1)
+            outer = flat @ flat.T
+        base = names[id(linear)]
+        if f"{base}.weight" in chosen:
+            kernel = kernel + outer * (a @ a.T)
+        if f"{base}.bias" in chosen:
+            kernel = kernel + outer
+        if depth:  # D of the layer below: diag(relu'(z)) W^T D
+            back = linear.weight.T.unsqueeze(0) if deriv is None else torch.einsum("ku,nkc->nuc", linear.weight, deriv)
+            deriv = slopes[depth - 1].unsqueeze(2) * back
+    for c in range(num_outputs if in_prefix else 0):
+        onehot = torch.zeros(num_outputs, dtype=x.dtype, device=x.device)
+        onehot[c] = 1
+        kernel = kernel + _gram(_per_sample_gradients(model, in_prefix, x, onehot), n)
+    return kernel
 
 
 def _directions(chosen: dict[str, torch.Tensor], generator: torch.Generator) -> dict[str, torch.Tensor]:
@@ -368,6 +465,8 @@ def empirical_ntk(
         raise InputError(f"x must be a tensor with a non-empty batch dim 0, got {getattr(x, 'shape', x)!r}")
     if method == "exact":
         return ntk_exact(model, x, params=params)
+    if method == "exact_mlp":
+        return ntk_exact_mlp(model, x, params=params)
     if method in FEATURE_METHODS:
         phi = ntk_features(
             model, x, method=method, num_projections=num_projections, seed=seed, params=params,
@@ -395,7 +494,8 @@ class TeacherKernel:
         ``"finite_difference"``) cache each sample's features by dataset index (``m * C'`` numbers per
         sample, on the CPU), so any batch of already-seen samples costs one matrix product; for the
         other methods cache whole kernels keyed by the tuple of indices (helps when kernel batches
-        repeat), at most ``max_cached_batches`` of them (least recently used dropped).
+        repeat), at most ``max_cached_batches`` of them (least recently used dropped). For a fixed training
+        set, :meth:`precompute` takes the whole kernel once.
     """
 
     def __init__(
@@ -419,7 +519,20 @@ class TeacherKernel:
         self.cache, self.max_cached_batches = bool(cache), int(max_cached_batches)
         self._features: dict[int, torch.Tensor] = {}
         self._kernels: OrderedDict[tuple, torch.Tensor] = OrderedDict()
+        self._full: torch.Tensor | None = None
+        self._full_rows: dict[int, int] = {}
         self.hits = self.misses = 0
+
+    def precompute(self, x: torch.Tensor, indices: torch.Tensor | Sequence[int]) -> None:
+        """Take the kernel over a fixed set of samples at once (a few-label or fine-tuning training set,
+        ``n x n``): a later call whose indices all lie among ``indices`` is served its sub-block."""
+        keys = [int(i) for i in (indices.tolist() if isinstance(indices, torch.Tensor) else indices)]
+        if len(keys) != x.shape[0] or len(set(keys)) != len(keys):
+            raise InputError(f"indices must be {x.shape[0]} distinct dataset indices, one per sample; got {len(keys)} "
+                             f"({len(set(keys))} distinct)")
+        out = self._compute(x)
+        self._full = (out @ out.T if self.method in FEATURE_METHODS else out).cpu()
+        self._full_rows = {k: i for i, k in enumerate(keys)}
 
     def _compute(self, x: torch.Tensor) -> torch.Tensor:
         """Features (sketch methods) or the kernel (others) of ``x``, without gradient."""
@@ -444,6 +557,10 @@ class TeacherKernel:
         keys = [int(i) for i in (indices.tolist() if isinstance(indices, torch.Tensor) else indices)]
         if len(keys) != x.shape[0]:
             raise InputError(f"indices has {len(keys)} entries but the batch has {x.shape[0]} samples")
+        if self._full is not None and all(k in self._full_rows for k in keys):
+            self.hits += 1
+            rows = torch.tensor([self._full_rows[k] for k in keys])
+            return self._full[rows][:, rows].to(device=x.device)
         if self.method in FEATURE_METHODS:
             missing = [j for j, k in enumerate(keys) if k not in self._features]
             self.hits += len(keys) - len(missing)
@@ -470,3 +587,4 @@ class TeacherKernel:
         """Forget every cached feature and kernel (e.g. after the teacher changed)."""
         self._features.clear()
         self._kernels.clear()
+        self._full, self._full_rows = None, {}

@@ -11,7 +11,8 @@ from torch import nn
 from hil.config import LossConfig
 from hil.losses import (
     KDObjective, NTKDObjective, TaskObjective, bce_dice_loss, build_objective, centered_kernel_alignment, dice_score,
-    kd_divergence, kd_loss, kernel_discrepancy, kernel_mse, normalized_kernel_mse,
+    kd_divergence, kd_loss, kernel_discrepancy, kernel_mse, kernel_target_alignment, normalized_kernel_mse,
+    target_kernel,
 )
 from hil.models import FCBackend, OpticalStudent, build_model
 from hil.ntk import empirical_ntk
@@ -167,3 +168,39 @@ def test_one_kernel_batch_default():
     teacher = tiny_teacher()
     from_mapping = build_objective({"method": "ntkd"}, "classification", teacher).kernel_batch
     assert LossConfig().kernel_batch == NTKDObjective(teacher).kernel_batch == from_mapping == 16
+
+
+def test_kernel_target_alignment_against_hand_computed_values():
+    labels = torch.tensor([0, 0, 1, 2])
+    y = F.one_hot(labels, 3).double()
+    assert float(kernel_target_alignment(3.0 * (y @ y.T) + 2.0, labels)) == pytest.approx(1.0, rel=1e-12)
+    # identity kernel: centred I is H; <H, H Y Y^T H> = tr(H Y Y^T) and ||H||_F = sqrt(n - 1)
+    h = torch.eye(4, dtype=torch.float64) - 0.25
+    expected = float(torch.trace(h @ y @ y.T) / (math.sqrt(3) * torch.linalg.matrix_norm(h @ y @ y.T @ h)))
+    identity = torch.eye(4, dtype=torch.float64)
+    assert float(kernel_target_alignment(identity, labels)) == pytest.approx(expected, rel=1e-12)
+    masks = torch.tensor([[[1.0, 0.0]], [[0.0, 1.0]], [[1.0, 0.0]]])
+    expected_masks = torch.tensor([[1.0, 0, 1], [0, 1, 0], [1, 0, 1]], dtype=torch.float64)
+    torch.testing.assert_close(target_kernel(masks), expected_masks)
+    with pytest.raises(InputError, match="integer labels"):
+        target_kernel(torch.tensor([0.5, 1.5]))
+
+
+def test_alignment_term_alone_needs_no_teacher_kernel_and_adds_c_times_misalignment(data):
+    x, y = data
+    teacher, student = tiny_teacher(), tiny_student()
+    objective = NTKDObjective(teacher, ntk_weight=0.0, alignment_weight=3.0, kernel_batch=4)
+    objective.teacher_kernel = None  # never consulted with ntk_weight = 0
+    terms = objective(student, x, y)
+    kta = kernel_target_alignment(empirical_ntk(student, x[:4], params="trainable"), y[:4])
+    expected = F.cross_entropy(student(x), y) + 3.0 * (1 - kta)
+    assert float(terms.total.detach()) == pytest.approx(float(expected.detach()), rel=1e-10)
+    assert terms.parts["alignment"] == pytest.approx(float(1 - kta.detach()), rel=1e-10)
+    assert "ntk" not in terms.parts
+    terms.total.backward()
+    assert float(student.frontend.design.weight.grad.abs().sum()) > 0
+    both = build_objective({"method": "ntkd", "ntk_weight": 1.0, "alignment_weight": 0.5, "kernel_batch": 4},
+                           "classification", teacher)(student, x, y)
+    assert set(both.parts) == {"task", "ntk", "alignment"}
+    with pytest.raises(InputError, match="alignment_weight"):
+        NTKDObjective(teacher, alignment_weight=-1.0)

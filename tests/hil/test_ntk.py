@@ -299,3 +299,66 @@ def test_sketch_directions_are_drawn_once_per_model_and_seed(batch, monkeypatch)
     torch.testing.assert_close(ntk_features(small_cnn(), batch, num_projections=4, seed=3, output_sketch_dim=2), first,
                                rtol=0, atol=0)
     assert len(draws) == 8  # another model object: drawn afresh, the same directions
+
+
+def lenet_like(seed=0):
+    """A small CNN in the teacher's form: ``features`` (convolutions) -> ``classifier`` (an MLP)."""
+    torch.manual_seed(seed)
+    model = nn.Module()
+    model.features = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2))
+    model.classifier = nn.Sequential(nn.Flatten(), nn.Linear(18, 7), nn.ReLU(), nn.Linear(7, 5), nn.ReLU(),
+                                     nn.Linear(5, 3))
+    model.forward = lambda x: model.classifier(model.features(x))
+    return model.double()
+
+
+@pytest.mark.parametrize("params", [None, "backend", "frontend", ["backend.layers.3"], "backend.layers.1.bias"])
+def test_closed_form_mlp_kernel_equals_naive_loop_for_every_block(images, params):
+    student = small_student(hidden=(6, 5))
+    expected = naive_ntk(student, images, params)
+    got = empirical_ntk(student, images, method="exact_mlp", params=params)
+    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12 * float(expected.abs().max()))
+
+
+def test_closed_form_mlp_kernel_of_a_cnn_with_an_mlp_tail_and_of_a_bare_mlp(batch):
+    cnn = lenet_like()
+    torch.testing.assert_close(empirical_ntk(cnn, batch, method="exact_mlp"), naive_ntk(cnn, batch), rtol=1e-10,
+                               atol=1e-12)
+    mlp = cnn.classifier
+    h = cnn.features(batch).detach()
+    torch.testing.assert_close(empirical_ntk(mlp, h, method="exact_mlp"), naive_ntk(mlp, h), rtol=1e-10, atol=1e-12)
+
+
+def test_closed_form_mlp_kernel_has_the_exact_kernels_second_order_gradient(images):
+    student = small_student(hidden=(6,))
+    target = torch.randn(5, 5, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    params = list(student.parameters())
+
+    def grads(method):
+        loss = ((empirical_ntk(student, images, method=method) - target) ** 2).sum()
+        return torch.autograd.grad(loss, params, allow_unused=True)
+
+    for a, b in zip(grads("exact"), grads("exact_mlp")):
+        if a is None:  # the last bias: the kernel does not depend on it
+            assert b is None
+        else:
+            torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-12 * float(a.abs().max()))
+
+
+def test_closed_form_mlp_kernel_refuses_other_architectures(batch):
+    with pytest.raises(InputError, match="use method 'exact'"):
+        empirical_ntk(small_cnn(), batch, method="exact_mlp")  # Tanh between its linear layers
+
+
+def test_teacher_kernel_precomputed_on_a_fixed_set_serves_sub_blocks(batch):
+    teacher = lenet_like()
+    cached = TeacherKernel(teacher, method="exact_mlp")
+    cached.precompute(batch, [10, 11, 12, 13, 14])
+    order = [14, 10, 12]
+    got = cached(batch[[4, 0, 2]], order)
+    assert (cached.hits, cached.misses) == (1, 0)
+    torch.testing.assert_close(got, naive_ntk(teacher, batch[[4, 0, 2]]), rtol=1e-10, atol=1e-12)
+    cached(batch[:2], [10, 99])  # an index outside the fixed set: computed as usual
+    assert cached.misses == 1
+    with pytest.raises(InputError, match="distinct"):
+        cached.precompute(batch[:2], [3, 3])
