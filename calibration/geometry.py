@@ -147,7 +147,7 @@ def _spot_cutouts(signal: np.ndarray, system, patterns: DotPatterns, offsets: np
     """Equal windows around every spot: (P, M, n, n) cutouts of ``signal`` (Q, rows, cols) and their
     top-left frame pixels (P, M, 2). A window is the spot's nominal extent, moved by its tile's integer
     offset, plus :data:`GUARD_PX` on every side (``n = K' + s - 1 + 2 GUARD_PX``); light outside the tile
-    widened by half the gap (a neighbour's) counts as 0."""
+    (moved by the same offset) widened by half the gap -- a neighbour's -- counts as 0."""
     s = system.geometry.sensor_pixels_per_display_pixel
     side = _spot_extent(system) + 2 * GUARD_PX
     pad = GUARD_PX + int(np.abs(offsets).max(initial=0))
@@ -158,8 +158,9 @@ def _spot_cutouts(signal: np.ndarray, system, patterns: DotPatterns, offsets: np
     corners = np.zeros((system.num_psfs, sum(counts), 2), np.int64)
     for p in range(system.num_psfs):
         rows, cols = system.layout.tile_slices(p)
-        keep = (slice(max(rows.start - half_gap, 0), min(rows.stop + half_gap, rows_all)),
-                slice(max(cols.start - half_gap, 0), min(cols.stop + half_gap, cols_all)))
+        dy, dx = offsets[p]
+        keep = (slice(max(rows.start + dy - half_gap, 0), min(rows.stop + dy + half_gap, rows_all)),
+                slice(max(cols.start + dx - half_gap, 0), min(cols.stop + dx + half_gap, cols_all)))
         corners[p] = patterns.points.astype(np.int64) * s + (rows.start, cols.start) + offsets[p] - GUARD_PX
         start = 0
         for q, count in enumerate(counts):
@@ -564,6 +565,11 @@ def fit_geometry(frames: GeometryFrames, system, *, search_px: int | None = None
         raise fail(f"pattern not found in tiles {unmatched}: correlation with the predicted dots "
                    f"{', '.join(f'{correlation[p]:.2f}' for p in unmatched)} < {MIN_CORRELATION} within "
                    f"{search_px} px of the nominal position", marks)
+    at_edge = [p for p in range(num) if search_px and np.abs(offsets[p]).max() == search_px]
+    if at_edge:
+        raise fail(f"pattern not found in tiles {at_edge}: they match best at the edge of the search window "
+                   f"(+-{search_px} px), so they may lie farther from their nominal positions; show sparser dots "
+                   f"(a larger pitch) to search farther, or check the layout (origin, gap_px)", marks)
 
     display = patterns.points
     homographies, nominal_h = np.zeros((num, 3, 3)), np.zeros((num, 3, 3))
