@@ -7,22 +7,24 @@ the pattern frames:
 1. **Coarse location of every tile** (intensity matching): the dark-subtracted frame of the first pattern,
    smoothed, is matched (OpenCV ``matchTemplate``, normalised correlation) against the tile the nominal
    system predicts, within ``search_px`` of the tile's nominal position: an integer offset per tile.
-2. **Spots**: around each predicted spot (moved by its tile's coarse offset) a window holding the whole
-   spot gives the spot's intensity centroid (sub-pixel; the example PSFs are scattered signed-kernel
-   parts, not discs, so no circle detector applies) and its signal-to-noise ratio.
+2. **Spots** (sub-pixel): around each predicted spot (moved by its tile's coarse offset) a window holds
+   the whole spot. Per tile, the mean of its spot windows is a template of the fabricated spot; a spot's
+   position is the template's intensity centroid plus the spot's translation against the template
+   (``cv2.findTransformECC``, an intensity refinement that uses the spot's whole structure). The example
+   PSFs are scattered signed-kernel parts, not discs, so no circle detector applies.
 3. **Mapping**: per tile, a homography from the dots' display coordinates to the spot centroids
    (``cv2.findHomography`` with RANSAC, then Levenberg-Marquardt on the inliers), with its reprojection
    RMS over the inliers.
-4. **Tile offsets**: the same centroids and homographies computed on the nominal system's noise-free
+4. **Tile offsets**: the same spot positions and homographies computed on the nominal system's noise-free
    predicted frames give the spots' nominal positions; a tile's offset ``(dy, dx)`` is the mean, over the
    dots, of measured minus nominal mapping. It is (0, 0) for a device built exactly to the design and
    equals the shift of the tile's content (for a fabricated shift ``shift_px``: exactly that shift; other
    PSF errors add what they do to the spot's centroid).
 
-Why centroids and not an intensity fit against the design: the fabricated PSF differs from the design
-(kernel error, blur, aberration, rotation), so the best match of the design's spot (ECC, phase
-correlation) is biased by that difference, while the centroid is the well-defined "where the light
-goes" that cutting the tiles needs. Intensity matching is used where it is robust: to find each tile.
+Why the template is the measured mean spot and not the design's: the fabricated PSF differs from the
+design (kernel error, blur, aberration, rotation), so the best match of the design's spot is biased by
+that difference, while the centroid of the light actually there is the well-defined "where the light
+goes" that cutting the tiles needs. The design is matched only where that is robust: to find each tile.
 
 Conventions
 -----------
@@ -57,7 +59,7 @@ log = logging.getLogger(__name__)
 #: Schema name and version written to (and required from) an HDF5 group.
 SCHEMA = "onn_hil.calibration.geometry"
 SCHEMA_VERSION = 1
-#: Pixels added on every side of a predicted spot's extent to form its centroid window.
+#: Pixels added on every side of a predicted spot's extent to form its window.
 GUARD_PX = 2
 #: Fewest spots per tile a homography is fitted to (it has 8 degrees of freedom).
 MIN_POINTS = 8
@@ -140,7 +142,8 @@ def intensity_centroid(patch: np.ndarray) -> np.ndarray:
     total = patch.sum()
     if not total > 0:
         return np.full(2, np.nan)
-    return np.array([patch.sum(axis=1) @ np.arange(patch.shape[0]), patch.sum(axis=0) @ np.arange(patch.shape[1])]) / total
+    rows, cols = np.arange(patch.shape[0]), np.arange(patch.shape[1])
+    return np.array([patch.sum(axis=1) @ rows, patch.sum(axis=0) @ cols]) / total
 
 
 def _spot_cutouts(signal: np.ndarray, system, patterns: DotPatterns, offsets: np.ndarray):
@@ -281,7 +284,8 @@ def capture_geometry(bench, system, *, pitch: int | None = None, phases: int = 3
     slm, camera = bench.slm, bench.camera
     level = slm.max_level if level is None else level
     if isinstance(level, bool) or not isinstance(level, (int, np.integer)) or not 1 <= level <= slm.max_level:
-        raise InputError(f"level must be an int in [1, {slm.max_level}] (the SLM's {slm.bit_depth} bits), got {level!r}")
+        raise InputError(f"level must be an int in [1, {slm.max_level}] (the SLM's {slm.bit_depth} bits), "
+                         f"got {level!r}")
     if dark is not None:
         dark = np.asarray(dark, dtype=np.float64)
         if dark.shape != tuple(system.frame_shape) or not np.isfinite(dark).all():
@@ -387,7 +391,8 @@ class GeometryCalibration:
                     "image": tuple(self.frame_shape)}
         for name, shape in expected.items():
             if np.shape(getattr(self, name)) != shape:
-                raise InputError(f"GeometryCalibration.{name} must have shape {shape}, got {np.shape(getattr(self, name))}")
+                raise InputError(f"GeometryCalibration.{name} must have shape {shape}, "
+                                 f"got {np.shape(getattr(self, name))}")
 
     @property
     def num_tiles(self) -> int:
@@ -505,15 +510,7 @@ def fit_geometry(frames: GeometryFrames, system, *, search_px: int | None = None
     import cv2
 
     patterns = frames.patterns
-    s = system.geometry.sensor_pixels_per_display_pixel
-    limit = (patterns.pitch * s - 1) // 2
-    search_px = limit if search_px is None else search_px
-    if isinstance(search_px, bool) or not isinstance(search_px, (int, np.integer)) or not 0 <= search_px <= limit:
-        raise InputError(f"search_px must be an int in [0, {limit}] (under half the dot pitch on the sensor, "
-                         f"{patterns.pitch * s} px), got {search_px!r}")
-    for name, value in (("min_snr", min_snr), ("ransac_threshold_px", ransac_threshold_px)):
-        if not (isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0 and math.isfinite(value)):
-            raise InputError(f"{name} must be a finite number > 0, got {value!r}")
+    search_px = _fit_settings(system, patterns.pitch, search_px, min_snr, ransac_threshold_px)
     if frames.frames.shape[1:] != tuple(system.frame_shape) or len(frames.frames) != len(patterns.dots):
         raise InputError(f"frames must be ({len(patterns.dots)}, {tuple(system.frame_shape)}) for this system's "
                          f"layout and patterns, got {frames.frames.shape}")
@@ -611,11 +608,30 @@ def fit_geometry(frames: GeometryFrames, system, *, search_px: int | None = None
     return result
 
 
+def _fit_settings(system, pitch: int, search_px, min_snr, ransac_threshold_px) -> int:
+    """Validate :func:`fit_geometry`'s settings for dots ``pitch`` apart; return ``search_px`` (its default
+    filled in)."""
+    s = system.geometry.sensor_pixels_per_display_pixel
+    limit = (pitch * s - 1) // 2
+    search_px = limit if search_px is None else search_px
+    if isinstance(search_px, bool) or not isinstance(search_px, (int, np.integer)) or not 0 <= search_px <= limit:
+        raise InputError(f"search_px must be an int in [0, {limit}] (under half the dot pitch on the sensor, "
+                         f"{pitch * s} px), got {search_px!r}")
+    for name, value in (("min_snr", min_snr), ("ransac_threshold_px", ransac_threshold_px)):
+        if not (isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0 and math.isfinite(value)):
+            raise InputError(f"{name} must be a finite number > 0, got {value!r}")
+    return int(search_px)
+
+
 def measure_geometry(bench, system, *, pitch: int | None = None, phases: int = 3, averages: int = 4,
                      level: int | None = None, dark: np.ndarray | None = None, search_px: int | None = None,
                      min_snr: float = 10.0, ransac_threshold_px: float = 0.5,
                      diagnostics_dir=None) -> GeometryCalibration:
-    """:func:`capture_geometry` then :func:`fit_geometry` (their parameters)."""
+    """:func:`capture_geometry` then :func:`fit_geometry` (their parameters); every setting is checked
+    before anything is shown."""
+    if pitch is None or (isinstance(pitch, (int, np.integer)) and not isinstance(pitch, bool)):
+        _fit_settings(system, minimum_pitch(system) if pitch is None else int(pitch), search_px, min_snr,
+                      ransac_threshold_px)
     frames = capture_geometry(bench, system, pitch=pitch, phases=phases, averages=averages, level=level, dark=dark)
     return fit_geometry(frames, system, search_px=search_px, min_snr=min_snr,
                         ransac_threshold_px=ransac_threshold_px, diagnostics_dir=diagnostics_dir)

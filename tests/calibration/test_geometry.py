@@ -125,7 +125,8 @@ def test_missing_tile_is_named_and_a_diagnostic_saved(tmp_path):
     errors = FabricationErrors.sample(16, ErrorSpec(shift_std_px=0.4), seed=41).to_dict()
     errors["errors"]["brightness"][5] = 0.0  # sub-optic 5 passes no light
     nominal = nominal_system()
-    with simulated_bench({"errors": errors}) as bench, pytest.raises(CalibrationError, match=r"tiles \[5\] not found") as info:
+    with simulated_bench({"errors": errors}) as bench, \
+            pytest.raises(CalibrationError, match=r"tiles \[5\] not found") as info:
         measure_geometry(bench, nominal, diagnostics_dir=tmp_path)
     assert info.value.diagnostic == tmp_path / DIAGNOSTIC_NAME
     assert sorted(p.name for p in tmp_path.iterdir()) == [DIAGNOSTIC_NAME]  # nothing else, no temporaries
@@ -199,9 +200,11 @@ def test_bench_contradicting_the_optics_is_refused_before_showing_anything(tmp_p
     ({"level": 256}, "level"), ({"dark": np.zeros((3, 3))}, "dark"), ({"search_px": 8}, "search_px"),
     ({"min_snr": 0}, "min_snr"), ({"ransac_threshold_px": float("nan")}, "ransac_threshold_px"),
 ])
-def test_bad_arguments_are_refused(kwargs, match):
-    with simulated_bench({"errors": None}) as bench, pytest.raises(InputError, match=match):
-        measure_geometry(bench, nominal_system(), **{"averages": 1, **kwargs})
+def test_bad_arguments_are_refused_before_showing_anything(kwargs, match):
+    with simulated_bench({"errors": None}) as bench:
+        with pytest.raises(InputError, match=match):
+            measure_geometry(bench, nominal_system(), **{"averages": 1, **kwargs})
+        assert bench.slm.frame_id == -1
 
 
 # ============================================================================================ pieces
