@@ -123,6 +123,9 @@ class SensorCalibration:
         Largest absolute relative deviation inside :data:`LINEARITY_FIT_RANGE`.
     hot_pixels, dead_pixels : bool
         Defect maps; ``hot_sigma``, ``dead_sigma``, ``dead_response`` the thresholds used.
+    hot_threshold_dn_per_s : float
+        Dark signal rate above the neighbourhood's from which a pixel counts as hot: the detection
+        limit (longer exposures in the ladder lower it).
     prnu_rel : float
         Robust relative spread of the flat response among lit pixels (upper bound of the PRNU).
     frames, read_frames : int
@@ -166,6 +169,7 @@ class SensorCalibration:
     hot_sigma: float
     dead_sigma: float
     dead_response: float
+    hot_threshold_dn_per_s: float
     prnu_rel: float
     frames: int
     read_frames: int
@@ -231,6 +235,7 @@ class SensorCalibration:
             "dark_rate_median_dn_per_s": float(np.median(self.dark_rate_dn_per_s)),
             "prnu_rel": self.prnu_rel,
             "hot_pixels": int(self.hot_pixels.sum()),
+            "hot_threshold_dn_per_s": self.hot_threshold_dn_per_s,
             "dead_pixels": int(self.dead_pixels.sum()),
             "exposures_s": [float(t) for t in self.exposures_s],
             "reference_exposure_s": self.reference_exposure_s,
@@ -549,7 +554,8 @@ def _fit(m: _Ladder, read_stack, read_exposure, reference_s, reference_dark, *, 
     # ---- defects
     rate_noise = math.sqrt(float(np.median(read_var)) / frames / np.sum(tc**2))
     offset_noise = math.sqrt(float(np.median(read_var)) / read_stack.shape[0])
-    hot = (_outliers(dark_rate, hot_sigma, rate_noise) | _outliers(read_mean, hot_sigma, offset_noise))
+    hot_rate, hot_threshold = _outliers(dark_rate, hot_sigma, rate_noise)
+    hot = hot_rate | _outliers(read_mean, hot_sigma, offset_noise)[0]
     flat_rate = _flat_rates(m, saturation_signal)
     dead, prnu = _dead_pixels(flat_rate, dead_sigma, dead_response)
     good = ~(hot | dead)
@@ -581,16 +587,17 @@ def _fit(m: _Ladder, read_stack, read_exposure, reference_s, reference_dark, *, 
         linearity_signal_dn=lin_signal, linearity_deviation=lin_dev, linearity_count=lin_count,
         linear_range_dn=linear_range + offset, linearity_tolerance=tolerance, linearity_error=lin_error,
         hot_pixels=hot, dead_pixels=dead, hot_sigma=hot_sigma, dead_sigma=dead_sigma,
-        dead_response=dead_response, prnu_rel=prnu,
+        dead_response=dead_response, hot_threshold_dn_per_s=hot_threshold, prnu_rel=prnu,
         frames=frames, read_frames=int(read_stack.shape[0]),
     )
 
 
-def _outliers(image: np.ndarray, sigmas: float, noise_floor: float) -> np.ndarray:
+def _outliers(image: np.ndarray, sigmas: float, noise_floor: float) -> tuple[np.ndarray, float]:
     """Pixels more than ``sigmas`` robust standard deviations (at least ``noise_floor``) above their
-    neighbourhood."""
+    neighbourhood, and that threshold."""
     residual = image - _neighbourhood(image)
-    return residual > sigmas * max(_robust_sigma(residual), noise_floor)
+    threshold = sigmas * max(_robust_sigma(residual), noise_floor)
+    return residual > threshold, float(threshold)
 
 
 def _flat_rates(m: _Ladder, saturation_signal: float) -> np.ndarray:
