@@ -109,7 +109,8 @@ class SensorCalibration:
     ptc_intercept_dn2, ptc_intercept_err_dn2, ptc_chi2_reduced : float
         The fit's intercept (DN^2; 0 expected) with its standard error, and its reduced chi-square.
     ptc_signal_dn, ptc_variance_dn2, ptc_variance_err_dn2 : (B,) float
-        Photon-transfer curve: mean signal, mean variance (dark subtracted) and its standard error per bin.
+        Photon-transfer curve: mean signal, mean variance (dark subtracted) and its standard error per
+        bin (from the noise model in the fitted bins, which is what weighs them; from the scatter elsewhere).
     ptc_count : (B,) int
         Pixel points per bin. ``ptc_fit`` (B,) bool: the bins the gain was fitted on.
     saturation_signal_dn : float
@@ -389,28 +390,32 @@ def _weighted_line(x, y, sigma) -> tuple[np.ndarray, np.ndarray, float]:
 
 
 class _Bins:
-    """Running sums of pixel points (x, y) binned by x over fixed edges."""
+    """Running sums of pixel points (x, y), with an auxiliary value per point, binned by x over fixed edges."""
 
     def __init__(self, edges: np.ndarray):
         self.edges = edges
         n = edges.size - 1
-        self.count, self.sx, self.sy, self.syy = np.zeros(n, np.int64), np.zeros(n), np.zeros(n), np.zeros(n)
+        self.count = np.zeros(n, np.int64)
+        self.sx, self.sy, self.syy, self.saux = np.zeros(n), np.zeros(n), np.zeros(n), np.zeros(n)
 
-    def add(self, x: np.ndarray, y: np.ndarray) -> None:
+    def add(self, x: np.ndarray, y: np.ndarray, aux: float = 0.0) -> None:
         index = np.clip(np.searchsorted(self.edges, x, side="right") - 1, 0, self.count.size - 1)
         n = self.count.size
-        self.count += np.bincount(index, minlength=n)
+        counts = np.bincount(index, minlength=n)
+        self.count += counts
         self.sx += np.bincount(index, x, minlength=n)
         self.sy += np.bincount(index, y, minlength=n)
         self.syy += np.bincount(index, y * y, minlength=n)
+        self.saux += aux * counts
 
-    def means(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Bins with at least :data:`MIN_BIN_COUNT` points: mean x, mean y, standard error of y, count."""
+    def means(self) -> tuple[np.ndarray, ...]:
+        """Bins with at least :data:`MIN_BIN_COUNT` points: mean x, mean y, standard error of y (from
+        the scatter), count, mean auxiliary value."""
         keep = self.count >= MIN_BIN_COUNT
         n = self.count[keep].astype(np.float64)
         mx, my = self.sx[keep] / n, self.sy[keep] / n
         var = np.maximum(self.syy[keep] / n - my**2, 0.0) * n / (n - 1)
-        return mx, my, np.sqrt(var / n), self.count[keep]
+        return mx, my, np.sqrt(var / n), self.count[keep], self.saux[keep] / n
 
 
 def measure_sensor(bench, *, frames: int = 8, read_frames: int = 16, num_exposures: int = 10,
@@ -504,7 +509,7 @@ def _measure_ladder(bench, black, white, ladder, frames: int) -> _Ladder:
                                  initial=step))
         dark_mean, dark_var = _mean_var(dark_stack)
         flat_mean, flat_var = _mean_var(flat_stack)
-        bins.add((flat_mean - dark_mean).ravel(), (flat_var - dark_var).ravel())
+        bins.add((flat_mean - dark_mean).ravel(), (flat_var - dark_var).ravel(), float(dark_var.mean()))
         exposures.append(read_back)
         dark_means.append(dark_mean)
         flat_means.append(flat_mean)
@@ -522,7 +527,7 @@ def _measure_ladder(bench, black, white, ladder, frames: int) -> _Ladder:
 def _fit(m: _Ladder, read_stack, read_exposure, reference_s, reference_dark, *, frames, saturation_dn,
          tolerance, hot_sigma, dead_sigma, dead_response) -> SensorCalibration:
     # ---- photon transfer: saturation where the variance peaks, gain over bins below a fraction of it
-    signal, variance, error, count = m.bins.means()
+    signal, variance, error, count, dark_var = m.bins.means()
     if signal.size < 3:
         raise CalibrationError(f"only {signal.size} photon-transfer bins hold {MIN_BIN_COUNT} pixel points or more: "
                                f"too few lit pixels (is the camera looking at the display?)")
@@ -536,6 +541,13 @@ def _fit(m: _Ladder, read_stack, read_exposure, reference_s, reference_dark, *, 
     if fit.sum() < 3:
         raise CalibrationError(f"only {int(fit.sum())} photon-transfer bins below {PTC_FIT_FRACTION:.0%} of the "
                                f"saturation signal {saturation_signal:.4g} DN: too few signal levels to fit the gain")
+    # Weights: the scatter's standard errors would favour bins that came out low by chance (a low
+    # sample variance also scatters less), biasing the slope low; so the first line only predicts each
+    # bin's variance, and the fit is redone with the standard error of a difference of two sample
+    # variances of ``frames`` frames: var(y) = 2 (var_flat^2 + var_dark^2) / (frames - 1).
+    (slope, intercept), _, _ = _weighted_line(signal[fit], variance[fit], error[fit])
+    flat_var = np.maximum(slope * signal + intercept, 0.0) + dark_var
+    error = np.where(fit, np.sqrt(2 * (flat_var**2 + dark_var**2) / (frames - 1) / count), error)
     (slope, intercept), cov, chi2 = _weighted_line(signal[fit], variance[fit], error[fit])
     if not slope > 0:
         raise CalibrationError(f"the photon-transfer variance does not grow with the signal (slope {slope:.3g} "
@@ -637,7 +649,7 @@ def _linearity(m: _Ladder, flat_rate, good, saturation_signal: float, tolerance:
     keep = expected > 0
     bins = _Bins(np.linspace(0.0, observed.max() * 1.0001, PTC_BINS // 2 + 1))
     bins.add(observed[keep], observed[keep] / expected[keep] - 1.0)
-    centre, deviation, _, count = bins.means()
+    centre, deviation, _, count, _ = bins.means()
     if centre.size == 0:
         raise CalibrationError("no pixel has a usable linear response: too few exposures below saturation")
     low, high = (f * saturation_signal for f in LINEARITY_FIT_RANGE)
