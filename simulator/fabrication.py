@@ -62,6 +62,16 @@ or one for all), ``aberration_f_number`` (image-side f-number of the sub-optic) 
 ``pixel_pitch_m`` (sensor pixel); the spatial frequencies are those of the pixel grid, ``f = k / (M
 pitch)``, and ``OTF`` is evaluated there without the pixel's own MTF (it cancels in the ratio).
 
+The filter is applied as a linear convolution of the K x K window with the impulse response ``h`` (the
+inverse transform of ``H`` over the pixel-grid band) cropped to the lags ``|dy|, |dx| <= K-1``: exactly
+the lags that map the window onto itself, so nothing wraps around the window. ``h`` is computed by an
+inverse DFT of ``H`` sampled ``_IMPULSE_OVERSAMPLING = 7`` times finer in frequency than the ``2K-1``
+grid (its tail aliases onto the cropped lags only from ``7 (2K-1) - K`` lags away). ``h`` decays slowly
+(``H`` has a kink at the band edge), so this converges like ``1 / oversampling``: for the example optics
+(lambda F# = 0.39 px, 0.06 waves of defocus and astigmatism, 0.04 of coma, K = 11) the filtered PSF is
+within 3.4e-4 of its peak of the convolution with ``h`` from a 21x finer grid (the bare ``2K-1`` grid:
+3.3e-3). ``H(0) = 1``: the energy leaving the window is only what ``h`` carries beyond its lags.
+
 This is exact (paraxial scalar optics, incoherent light, thin phase screen in the pupil) when the
 design PSF is the diffraction-limited PSF of the same clear pupil, i.e. for a point kernel, because
 then ``OTF_design * H = OTF_ab``. For a structured design phase ``phi_d`` in the *same* pupil it is an
@@ -124,6 +134,9 @@ SHIFT_METHODS = ("bilinear", "fourier")
 _OTF_CUTOFF_RTOL = 1e-9
 #: Minimum number of pupil samples across the diameter when evaluating the aberration OTF.
 _MIN_PUPIL_SAMPLES = 32
+#: The aberration filter's impulse response is computed on a frequency grid this many times finer than
+#: the ``2K-1`` window's (odd), then cropped to the window's lags (module docstring: accuracy).
+_IMPULSE_OVERSAMPLING = 7
 
 
 @dataclass(frozen=True)
@@ -463,32 +476,52 @@ def gaussian_transfer(sigma_px: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def aberration_transfer(zernike_m: torch.Tensor, optics: AberrationOptics, channels: int, k: int, dtype) -> torch.Tensor:
-    """``H = OTF_ab / OTF_dl`` on the pixel-grid frequencies of a size-``2K-1`` DFT (FFT order), shape
-    (P, C, M, M), for Zernike coefficients ``zernike_m`` (P, J) in metres (module docstring)."""
+    """DFT (size ``2K-1`` per axis, FFT order) of the aberration filter's impulse response cropped to the
+    lags ``|dy|, |dx| <= K-1`` that map a K x K window onto itself, shape (P, C, M, M), for Zernike
+    coefficients ``zernike_m`` (P, J) in metres (module docstring). With :func:`filter_psfs` this is the
+    exact linear convolution of the window with that impulse response.
+
+    The impulse response is the inverse DFT of ``H = OTF_ab / OTF_dl`` sampled on a grid
+    ``_IMPULSE_OVERSAMPLING`` times finer in frequency than the ``2K-1`` one (its tail wraps only from
+    beyond that many window widths), then cropped.
+    """
     wavelengths = optics.wavelengths_m
     if len(wavelengths) not in (1, channels):
         raise InputError(f"aberration wavelengths_m has {len(wavelengths)} entries, expected 1 or {channels} (channels)")
     m = _filter_size(k)
+    m_fine = _IMPULSE_OVERSAMPLING * m  # odd: H stays Hermitian on the grid, so the impulse response is real
+    lags = _lag_axis(m, torch.float64, zernike_m.device).long() % m_fine
     rows = []
     for wavelength in (wavelengths * channels if len(wavelengths) == 1 else wavelengths):
-        # Pupil samples across the diameter such that pixel-grid frequency k/(M pitch) is a lag of
-        # q*k pupil samples: n_D = q M pitch / (lambda F#).
-        samples_per_lag = optics.pixel_pitch_m / (wavelength * optics.f_number) * m
-        q = max(1, math.ceil(_MIN_PUPIL_SAMPLES / samples_per_lag))
-        n_diameter = q * samples_per_lag
-        n = fast_fft_size(2 * math.ceil(n_diameter) + 2 + q * (m - 1))
-        grid = Grid.square(n, 2.0 / n_diameter)  # normalised pupil coordinates: radius 1
-        pupil = circular_pupil(grid, 1.0, dtype=dtype, device=zernike_m.device)
-        phase = wavefront_to_phase(zernike_wavefront(zernike_m.to(dtype), grid, 1.0), wavelength)[..., 0, :, :]
-        otf_ab = _autocorrelation(pupil * torch.exp(1j * phase))
-        otf_dl = _autocorrelation(pupil.to(otf_ab.dtype))
-        lags = (_lag_axis(m, torch.float64, zernike_m.device) * q).long() % n
-        otf_ab = otf_ab[..., lags[:, None], lags[None, :]]
-        otf_dl = otf_dl[..., lags[:, None], lags[None, :]]
-        passband = otf_dl.abs() > _OTF_CUTOFF_RTOL * otf_dl[..., :1, :1].abs()
-        rows.append(torch.where(passband, otf_ab / torch.where(passband, otf_dl, torch.ones_like(otf_dl)),
-                                torch.ones_like(otf_ab)))
+        impulse = ifft2(_otf_ratio(zernike_m, wavelength, optics, m_fine, dtype)).real
+        rows.append(torch.fft.fft2(impulse[..., lags[:, None], lags[None, :]]))
     return torch.stack(rows, dim=-3)
+
+
+def _otf_ratio(zernike_m: torch.Tensor, wavelength: float, optics: AberrationOptics, m: int, dtype) -> torch.Tensor:
+    """``OTF_ab / OTF_dl`` at the pixel-grid frequencies ``k / (m pitch)`` of a size-``m`` DFT (FFT order),
+    (P, m, m); 1 beyond the pupil's cutoff."""
+    # Pupil samples across the diameter such that pixel-grid frequency k/(m pitch) is a lag of
+    # q*k pupil samples: n_D = q m pitch / (lambda F#).
+    samples_per_lag = optics.pixel_pitch_m / (wavelength * optics.f_number) * m
+    q = max(1, math.ceil(_MIN_PUPIL_SAMPLES / samples_per_lag))
+    n_diameter = q * samples_per_lag
+    support = math.ceil(n_diameter) + 2  # samples the (anti-aliased) pupil touches
+    # Lags at or beyond the support have a zero OTF: clamp them to +-support, which the circular
+    # autocorrelation of size >= 2 support + 1 holds unwrapped (and zero), as it does every smaller lag.
+    reach = min(q * (m - 1) // 2, support)
+    n = fast_fft_size(support + reach + 1)
+    grid = Grid.square(n, 2.0 / n_diameter)  # normalised pupil coordinates: radius 1
+    pupil = circular_pupil(grid, 1.0, dtype=dtype, device=zernike_m.device)
+    phase = wavefront_to_phase(zernike_wavefront(zernike_m.to(dtype), grid, 1.0), wavelength)[..., 0, :, :]
+    otf_ab = _autocorrelation(pupil * torch.exp(1j * phase))
+    otf_dl = _autocorrelation(pupil.to(otf_ab.dtype))
+    lags = (_lag_axis(m, torch.float64, zernike_m.device) * q).long().clamp(-reach, reach) % n
+    otf_ab = otf_ab[..., lags[:, None], lags[None, :]]
+    otf_dl = otf_dl[..., lags[:, None], lags[None, :]]
+    passband = otf_dl.abs() > _OTF_CUTOFF_RTOL * otf_dl[..., :1, :1].abs()
+    return torch.where(passband, otf_ab / torch.where(passband, otf_dl, torch.ones_like(otf_dl)),
+                       torch.ones_like(otf_ab))
 
 
 def _autocorrelation(pupil: torch.Tensor) -> torch.Tensor:
@@ -498,8 +531,9 @@ def _autocorrelation(pupil: torch.Tensor) -> torch.Tensor:
 
 
 def filter_psfs(psfs: torch.Tensor, transfer: torch.Tensor) -> torch.Tensor:
-    """Linear convolution of each (P, C, K, K) slice with the filter whose ``2K-1``-point DFT is
-    ``transfer`` (broadcastable to (P, C, M, M)), cropped to the K x K window."""
+    """Linear convolution of each (P, C, K, K) slice with the kernel on lags ``|dy|, |dx| <= K-1`` whose
+    ``2K-1``-point DFT (FFT order) is ``transfer`` (broadcastable to (P, C, M, M)), on the K x K window:
+    those lags are distinct modulo ``2K-1``, so the circular product does not wrap."""
     k = psfs.shape[-1]
     m = _filter_size(k)
     spectrum = torch.fft.fft2(psfs, s=(m, m)) * transfer
