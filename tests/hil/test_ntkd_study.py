@@ -1,0 +1,99 @@
+"""The NTKD study's statistics and protocol helpers (benchmarks/ntkd_study.py) against exact oracles."""
+
+import importlib.util
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from hil.losses import TaskObjective
+from simulator.errors import InputError
+
+PATH = Path(__file__).resolve().parents[2] / "benchmarks" / "ntkd_study.py"
+spec = importlib.util.spec_from_file_location("ntkd_study", PATH)
+study = importlib.util.module_from_spec(spec)
+sys.modules[spec.name] = study  # dataclasses look their module up
+spec.loader.exec_module(study)
+
+
+def test_paired_difference_is_the_t_interval_of_per_seed_differences():
+    values, baseline = {0: 81.0, 1: 83.0, 2: 82.0, 7: 99.0}, {0: 80.0, 1: 80.0, 2: 80.0}
+    got = study.paired_difference(values, baseline)  # differences 1, 3, 2: mean 2, sd 1, seed 7 unpaired
+    half = 4.302652729749464 / math.sqrt(3)  # t(0.975, 2)
+    assert got["seeds"] == [0, 1, 2]
+    assert got["mean"] == pytest.approx(2.0, rel=1e-12)
+    assert got["ci95"] == pytest.approx([2 - half, 2 + half], rel=1e-9)
+    assert study.paired_difference({0: 1.0}, {0: 0.5}) == {"mean": 0.5, "ci95": None, "seeds": [0]}
+    with pytest.raises(InputError, match="at least one seed"):
+        study.paired_difference({0: 1.0}, {1: 1.0})
+
+
+def test_summary_uses_the_sample_standard_deviation():
+    got = study.summarise({2: 3.0, 0: 1.0, 1: 2.0})
+    assert (got["mean"], got["std"], got["seeds"], got["values"]) == (2.0, 1.0, [0, 1, 2], [1.0, 2.0, 3.0])
+
+
+def test_leave_one_out_ridge_equals_refitting_without_each_point():
+    g = torch.Generator().manual_seed(0)
+    features = torch.randn(14, 5, generator=g, dtype=torch.float64)
+    labels = torch.randint(0, 3, (14,), generator=g)
+    test = torch.randn(6, 5, generator=g, dtype=torch.float64)
+    test_labels = torch.randint(0, 3, (6,), generator=g)
+    k, k_test = features @ features.T + 0.5, test @ features.T + 0.5
+    rels = (1e-3, 1e-1, 10.0)
+    got = study.loo_ridge_accuracy(k, labels, k_test, test_labels, num_classes=3, grid_rel=rels)
+    targets = F.one_hot(labels, 3).double() - 1 / 3
+    scale = float(k.diagonal().mean())
+    for rel in rels:  # refit on the other 13 points, predict the held-out one
+        hits = 0
+        for i in range(14):
+            keep = [j for j in range(14) if j != i]
+            ridge = k[keep][:, keep] + rel * scale * torch.eye(13, dtype=torch.float64)
+            alpha = torch.linalg.solve(ridge, targets[keep])
+            hits += int((k[i, keep] @ alpha).argmax() == labels[i])
+        assert got["loo"][str(rel)] == pytest.approx(hits / 14, abs=1e-12)
+    best = max(rels, key=lambda r: (got["loo"][str(r)], r))
+    alpha = torch.linalg.solve(k + best * scale * torch.eye(14, dtype=torch.float64), targets)
+    assert got["rel"] == best
+    assert got["accuracy"] == pytest.approx(float(((k_test @ alpha).argmax(1) == test_labels).double().mean()))
+    with pytest.raises(InputError, match="do not match"):
+        study.loo_ridge_accuracy(k, labels[:5], k_test, test_labels)
+
+
+def test_every_method_gets_the_same_number_of_tuning_candidates():
+    for setting in study.SETTINGS:
+        grids = study.grid(setting)
+        assert set(grids) == set(study.METHODS)
+        assert {len(c) for c in grids.values()} == {4}
+        assert all(all(cand["lr"] > 0 for cand in cands) for cands in grids.values())
+    assert [c["lr"] for c in study.grid("compensation_1pct")["task"]] == [3e-4, 1e-3, 3e-3, 1e-2]
+
+
+def test_labelled_subsets_are_nested_and_seeded():
+    data = study.Data(torch.zeros(100, 1, 2, 2), torch.arange(100) % 10, torch.zeros(1), torch.zeros(1),
+                      torch.zeros(1), torch.zeros(1))
+    small, large = data.subset(3, 10), data.subset(3, 40)
+    assert set(small.tolist()) <= set(large.tolist()) and len(set(large.tolist())) == 40
+    assert torch.equal(small, data.subset(3, 10)) and not torch.equal(small, data.subset(4, 10))
+
+
+def test_fit_is_reproducible_for_a_seed_and_learns():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(64, 4, generator=g)
+    y = (x[:, 0] + x[:, 1] > 0).long()  # a learnable rule
+
+    def trained(seed):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+        return study.fit(model, TaskObjective(), x, y, steps=60, lr=3e-2, batch=16, seed=seed)
+
+    a, b, c = trained(0), trained(0), trained(1)
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        assert torch.equal(pa, pb)
+    assert any(not torch.equal(pa, pc) for pa, pc in zip(a.parameters(), c.parameters()))
+    assert study.accuracy(a, x, y) >= 0.9
+    with pytest.raises(InputError, match="fewer than one batch"):
+        study.fit(a, TaskObjective(), x[:8], y[:8], steps=1, lr=1e-3, batch=16, seed=0)
