@@ -8,6 +8,14 @@ kernel pixels (each kernel pixel = ``magnification_px`` simulation pixels per si
 sum 1 and compared with the target kernel normalised to sum 1. Adam (lr 5e-3, ~500 steps in the
 paper) minimises the mean squared difference, summed over wavelengths.
 
+Centring: the square aperture is the block of ``aperture_px`` cells starting at ``n//2 - aperture_px//2``
+and :func:`binned_psf`'s window the block of ``k * magnification_px`` pixels starting at ``n//2 -
+window//2``: an odd block is centred on the axis pixel ``n//2`` (the :class:`~simulator.field.Grid`,
+lens and Zernike convention), an even one half a cell towards -y/-x of it, since no cell is its centre.
+The sub-optic's axis is the aperture's centre (:func:`aperture_center_m`): the lens start and the
+Zernike wavefront are centred there, so a clear aperture with a lens start focuses on it, which is the
+centre of a window of the aperture's parity.
+
 Error figure: ``nrmse = ||psf - target||_2 / ||target||_2`` per wavelength, both normalised to sum 1
 over the ``k x k`` window. ``window_efficiency`` = power in the kernel window / power leaving the
 aperture (light scattered elsewhere, or beyond the simulation window, is lost).
@@ -96,12 +104,38 @@ class MetaAtomModel:
 
 
 def square_aperture(grid: Grid, aperture_px: int, dtype=torch.float32) -> torch.Tensor:
-    """1 on the central ``aperture_px`` x ``aperture_px`` cells of ``grid``, 0 elsewhere (rows, cols)."""
+    """1 on the ``aperture_px`` x ``aperture_px`` cells starting at ``n // 2 - aperture_px // 2`` on each
+    axis, 0 elsewhere (rows, cols); its centre is :func:`aperture_center_m` (module docstring)."""
     rows, cols = grid.shape
     top, left = rows // 2 - aperture_px // 2, cols // 2 - aperture_px // 2
     aperture = torch.zeros(grid.shape, dtype=dtype)
     aperture[top:top + aperture_px, left:left + aperture_px] = 1
     return aperture
+
+
+def aperture_center_m(grid: Grid, aperture_px: int) -> tuple[float, float]:
+    """Centre (y, x) in metres of :func:`square_aperture`: the axis pixel ``n // 2`` (``grid.center_m``)
+    for an odd ``aperture_px``, half a cell towards -y and -x (between pixels ``n//2 - 1`` and ``n//2``)
+    for an even one. The sub-optic's optical axis: lens and Zernike phases are centred here."""
+    offset = 0.0 if aperture_px % 2 else 0.5
+    return (grid.center_m[0] - offset * grid.spacing_m[0], grid.center_m[1] - offset * grid.spacing_m[1])
+
+
+def aperture_wavefront_m(grid: Grid, aperture_px: int, zernike_m: torch.Tensor) -> torch.Tensor:
+    """Wavefront ``sum_j c_j Z_j`` (metres) over a :func:`square_aperture`, (..., rows, cols) for
+    ``zernike_m`` (..., J) (Noll, metres RMS over the unit disk).
+
+    The Zernike disk is the aperture's circumscribed circle: radius = half the diagonal,
+    ``aperture_px * spacing / sqrt(2)``, centred on :func:`aperture_center_m`, so the corners sit at
+    ``rho = 1`` and every cell of the aperture carries phase. Over the square the modes are not
+    orthonormal: the square covers ``2 / pi = 64 %`` of the disk, and a mode's spread over the square
+    is not 1 (e.g. ``Z4`` has a mean of -0.58 and a standard deviation of 0.73 there).
+    """
+    check_tensor("zernike_m", zernike_m, min_ndim=1)
+    if grid.spacing_m[0] != grid.spacing_m[1]:
+        raise InputError(f"a square aperture needs a grid with square cells, got spacing_m={grid.spacing_m}")
+    radius = aperture_px * grid.spacing_m[0] / math.sqrt(2.0)
+    return zernike_wavefront(zernike_m, grid, radius, center_m=aperture_center_m(grid, aperture_px))
 
 
 class PhaseMask(nn.Module):
@@ -124,8 +158,9 @@ class PhaseMask(nn.Module):
     atom_model : MetaAtomModel or None
         For ``"radius"`` (default model when None).
     init_focal_length_m : float or None
-        Start from a lens focusing at this distance (phase wrapped to [0, 2 pi), for ``"radius"``
-        projected on the atoms' range); None: uniformly random phase from ``seed``.
+        Start from a lens focusing at this distance on the aperture's axis (:func:`aperture_center_m`;
+        phase wrapped to [0, 2 pi), for ``"radius"`` projected on the atoms' range); None: uniformly
+        random phase from ``seed``.
     seed : int
         Seeds the random start.
     """
@@ -153,9 +188,11 @@ class PhaseMask(nn.Module):
             start = 2 * math.pi * torch.rand((batch, *grid.shape), generator=generator, dtype=torch.float64)
         else:
             y, x = grid.mesh(torch.float64)
+            cy, cx = aperture_center_m(grid, aperture_px)
             f = check_positive("init_focal_length_m", init_focal_length_m)
             k0 = 2 * math.pi / self.wavelengths_m[0]
-            start = torch.remainder(-k0 * (torch.sqrt(x**2 + y**2 + f**2) - f), 2 * math.pi).expand(batch, *grid.shape)
+            r2 = (x - cx) ** 2 + (y - cy) ** 2
+            start = torch.remainder(-k0 * (torch.sqrt(r2 + f**2) - f), 2 * math.pi).expand(batch, *grid.shape)
         if parametrisation == "phase":
             self.phase0 = nn.Parameter(start.to(dtype).clone())
         else:
@@ -316,9 +353,10 @@ def design_psf(target_kernel: torch.Tensor, wavelengths_m, *, aperture_px: int, 
 
 def aberrated_design_psf(result: DesignResult, zernike_m: torch.Tensor) -> torch.Tensor:
     """The binned PSF of the designed mask(s) with an extra wavefront ``sum_j c_j Z_j`` (Noll, metres
-    RMS) over the aperture (Zernike radius = half the aperture side): the physical counterpart of the
-    cascade model in :mod:`simulator.fabrication`. ``zernike_m`` is (J,) or (B, J) for B designs;
-    returns the PSF normalised to sum 1, shaped like ``result.psf``."""
+    RMS) over the aperture: the physical counterpart of the cascade model in :mod:`simulator.fabrication`.
+    The Zernike disk circumscribes the square aperture (radius = half its diagonal, see
+    :func:`aperture_wavefront_m`), so the corners carry phase too. ``zernike_m`` is (J,) or (B, J) for B
+    designs; returns the PSF normalised to sum 1, shaped like ``result.psf``."""
     settings = result.settings
     phase = result.phase if result.phase.ndim == 4 else result.phase[None]
     coeffs = check_tensor("zernike_m", zernike_m, ndim=(1, 2))
@@ -326,7 +364,7 @@ def aberrated_design_psf(result: DesignResult, zernike_m: torch.Tensor) -> torch
     if coeffs.shape[0] != phase.shape[0]:
         raise InputError(f"zernike_m has {coeffs.shape[0]} rows but the result holds {phase.shape[0]} designs")
     grid, aperture_px = result.grid, settings["aperture_px"]
-    wavefront = zernike_wavefront(coeffs.to(torch.float64), grid, aperture_px * grid.spacing_m[0] / 2)
+    wavefront = aperture_wavefront_m(grid, aperture_px, coeffs.to(torch.float64))
     extra = wavefront_to_phase(wavefront, settings["wavelengths_m"]).to(phase.dtype)
     aperture = square_aperture(grid, aperture_px, phase.dtype).to(phase.device)
     field = Field(aperture * torch.exp(1j * (phase + extra.to(phase.device))), grid,

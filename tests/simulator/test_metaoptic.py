@@ -8,7 +8,17 @@ import torch
 
 from simulator.errors import InputError
 from simulator.field import Grid
-from simulator.metaoptic import MetaAtomModel, PhaseMask, aberrated_design_psf, binned_psf, design_psf
+from simulator.field import Field
+from simulator.metaoptic import (
+    MetaAtomModel,
+    PhaseMask,
+    aberrated_design_psf,
+    aperture_center_m,
+    aperture_wavefront_m,
+    binned_psf,
+    design_psf,
+    square_aperture,
+)
 from simulator.propagation import propagate_asm
 
 BLOB = torch.tensor([[0.5, 1.0, 0.5], [1.0, 2.0, 1.0], [0.5, 1.0, 0.5]])
@@ -51,6 +61,53 @@ def test_lens_initialised_mask_focuses_like_a_square_aperture_lens():
     assert float(psf[0, 0, 2, 2]) == pytest.approx(centre, rel=0.03)
     assert float(efficiency) == pytest.approx(_sinc2_fraction(5 * pixel_in_zeros) ** 2, rel=0.03)
 
+
+
+@pytest.mark.parametrize("aperture_px", [32, 31])
+def test_clear_aperture_with_a_lens_start_focuses_symmetrically_on_the_aperture_centre(aperture_px):
+    """Even aperture: centred between pixels n//2 - 1 and n//2 (the PSF equals its flip about 31.5);
+    odd: on pixel n//2 (symmetric about 32) -- the lens start is centred on the aperture either way."""
+    grid, z = Grid.square(64, 586e-9), 120e-6
+    mask = PhaseMask(grid, [532e-9], aperture_px, init_focal_length_m=z, dtype=torch.float64)
+    with torch.no_grad():
+        intensity = propagate_asm(mask(), z).intensity[0, 0]
+    half = 0.5 if aperture_px % 2 == 0 else 0.0
+    assert aperture_center_m(grid, aperture_px) == (-half * 586e-9, -half * 586e-9)
+    sym = intensity if half else intensity[1:, 1:]  # the part that maps onto itself under the flip
+    torch.testing.assert_close(sym, sym.flip(0, 1), rtol=1e-9, atol=1e-9 * float(intensity.max()))
+    torch.testing.assert_close(sym, sym.T, rtol=1e-9, atol=1e-9 * float(intensity.max()))
+    peak = divmod(int(intensity.argmax()), 64)
+    assert peak in ((31, 31), (31, 32), (32, 31), (32, 32)) if half else peak == (32, 32)
+
+
+def test_aperture_wavefront_covers_the_corners_of_the_square():
+    """Zernike disk = the square's circumscribed circle: the corner cells carry Z4 and Z6 at rho ~ 1."""
+    n, d, aperture_px = 40, 1e-6, 32
+    grid = Grid.square(n, d)
+    coeffs = torch.tensor([0.0, 0.0, 0.0, 30e-9, 0.0, 20e-9], dtype=torch.float64)
+    w = aperture_wavefront_m(grid, aperture_px, coeffs)
+    axis = (np.arange(n) - n // 2 + 0.5) * d  # even aperture: centred half a cell towards -y/-x
+    y, x = np.meshgrid(axis, axis, indexing="ij")
+    radius = aperture_px * d / math.sqrt(2)
+    rho2 = (x**2 + y**2) / radius**2
+    expected = 30e-9 * math.sqrt(3) * (2 * rho2 - 1) + 20e-9 * math.sqrt(6) * (x**2 - y**2) / radius**2
+    inside = square_aperture(grid, aperture_px, torch.float64).numpy() > 0
+    np.testing.assert_allclose(w.numpy()[inside], expected[inside], rtol=0, atol=1e-15)
+    top = n // 2 - aperture_px // 2
+    corner = w[top, top]  # rho = 31/32 of the way to the circle
+    assert float(corner) == pytest.approx(30e-9 * math.sqrt(3) * (2 * (31 / 32) ** 2 - 1), rel=1e-9)
+
+
+def test_aberrated_design_psf_is_the_design_with_the_wavefront_over_the_whole_square():
+    result = design_psf(BLOB, [532e-9], steps=3, **SMALL)
+    coeffs = torch.tensor([0.0, 0.0, 0.0, 40e-9, 0.0, 30e-9], dtype=torch.float64)
+    grid, n = result.grid, SMALL["aperture_px"]
+    w = aperture_wavefront_m(grid, n, coeffs)
+    assert bool((w[square_aperture(grid, n) > 0] != 0).all())  # no cell left without phase
+    phase = result.phase + (2 * math.pi * w / 532e-9).to(result.phase.dtype)
+    field = Field(square_aperture(grid, n) * torch.exp(1j * phase), grid, (532e-9,))
+    expected, _ = binned_psf(propagate_asm(field, SMALL["distance_m"]), 3, SMALL["magnification_px"])
+    torch.testing.assert_close(aberrated_design_psf(result, coeffs), expected)
 
 def test_design_psf_matches_a_blob_target():
     result = design_psf(BLOB, [532e-9], steps=150, seed=0, **SMALL)
