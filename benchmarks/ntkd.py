@@ -8,10 +8,16 @@ per (task, method, seed) cell: finished cells are read back from the partial res
 after every cell) and interrupted runs resume from their last checkpoint.
 
 Budget (documented in the JSON under ``settings``): the teacher of each task is trained once per
-teacher seed to (near) convergence with early stopping; the students, all with the same architecture,
-budget (epochs, training subset, batch) and optimiser, differ only in the loss. Hyper-parameters of KD
-(T, mix) and NTKD (a, b, discrepancy, kernel batch) are fixed a priori (see ``settings``), not tuned
-per method: the budget on 2 shared CPU cores does not allow a sweep.
+teacher seed with early stopping; the students, all with the same architecture, budget (epochs,
+training subset, batch) and optimiser, differ only in the loss. Without ``--tune``, KD (T, mix) and NTKD
+(a, b, discrepancy, kernel batch) use one a-priori setting each (``settings.tasks.*.losses``). With
+``--tune`` every method gets 4 candidates (:data:`TUNING`, changes to those base settings), trained on
+seed 0 and picked by validation; the chosen one runs on every seed (``tuning_choice``,
+``settings.chosen``). Caveats of that grid (:data:`TUNING_CAVEATS`, recorded in the JSON): no transfer
+tried 4 learning rates, KD and NTKD one learning-rate change each; student seeds other than the
+teacher's draw their own train/validation split, so their validation images include images the
+seed-0 teacher trained on. For a pre-registered, equally tuned comparison with paired seeds see
+``benchmarks/ntkd_study.py``.
 
 Usage::
 
@@ -140,6 +146,26 @@ TUNING = {
 }
 
 
+#: What the ``--tune`` grid does not make equal, recorded with its results.
+TUNING_CAVEATS = [
+    "unequal learning-rate coverage: no_transfer's 4 candidates are 4 learning rates (1e-3 .. 3e-2); KD and NTKD "
+    "each tried one learning-rate change (1e-2), their 3 other candidates varying T/mix or b at the base 3e-3",
+    "student seeds 1 and 2 draw their own train/validation split (hil.api.split_train_val with the run seed), so "
+    "their validation images (used to pick the best epoch) include images the seed-0 teacher trained on",
+]
+
+
+def tuning_note(tune: bool) -> str:
+    """``settings.tuning`` of a run: what was tuned and how."""
+    if tune:
+        return ("equal count: every student method had 4 candidates (tuning_grid: dotted-path changes to the base "
+                "settings in tasks.*.losses / student), each trained on seed 0 and picked by the best validation "
+                "metric; the chosen candidate (tuning_choice, chosen) ran on every seed. See tuning_caveats")
+    return ("none: one a-priori setting per method (see losses); students share every other setting. Exception, "
+            "segmentation ntkd_b0.1: added after the a-priori NTKD (b = 1) collapsed to all-background; b = 0.1 "
+            "picked by hand, no sweep, so it had one more try than KD")
+
+
 def apply_changes(mapping: dict, changes: dict) -> dict:
     """A copy of a run mapping with dotted-path changes (``{"optim.lr": 0.01}``)."""
     out = copy.deepcopy(mapping)
@@ -174,6 +200,9 @@ def tune_and_run(task: str, settings: dict, seeds: list[int], teacher_ckpt: Path
             vals.append(record["best_val"])
         best = max(range(len(candidates)), key=vals.__getitem__)
         choice[method] = {"candidate": best, "change": candidates[best], "val": vals}
+        results.data["settings"].setdefault("chosen", {}).setdefault(task, {})[method] = {
+            "loss": mapping_of_choice(settings, method, candidates[best], "loss"),
+            "optim": mapping_of_choice(settings, method, candidates[best], "optim")}
         results.write()
         for seed in seeds:
             key = f"{task}/{method}/{seed}"
@@ -186,6 +215,11 @@ def tune_and_run(task: str, settings: dict, seeds: list[int], teacher_ckpt: Path
             run_cell(results, key, mapping, out, monitor)
             results.data["cells"][key]["candidate"] = best
             results.write()
+
+
+def mapping_of_choice(settings: dict, method: str, change: dict, section: str) -> dict:
+    """The ``loss`` or ``optim`` section a tuned method actually ran with (base settings + its change)."""
+    return apply_changes({"loss": settings["losses"][method], "optim": settings["student"]["optim"]}, change)[section]
 
 
 def long_students(settings: dict) -> dict:
@@ -397,10 +431,8 @@ def main(argv=None) -> int:
                      "quick": args.quick, "tuning_grid": TUNING if args.tune else None,
                      "metric": {"classification": "test accuracy (%)", "segmentation": "test mIoU (%), 2 classes"},
                      "selection": "each run's model at its best validation epoch",
-                     "tuning": "none: one a-priori setting per method (see losses); students share every other "
-                               "setting. Exception, segmentation ntkd_b0.1: added after the a-priori NTKD (b = 1) "
-                               "collapsed to all-background; b = 0.1 picked by hand, no sweep, so it had one more "
-                               "try than KD",
+                     "tuning": tuning_note(args.tune),
+                     "tuning_caveats": TUNING_CAVEATS if args.tune else None,
                      "kernels": "NTKD uses the summed-logit kernel (per-sample gradients of the summed outputs, "
                                 "hil.ntk sum_of_logits) on the first kernel_batch samples of each batch, for both "
                                 "teacher and student, compared with 1 - CKA; see timing_variants for the exact NTK"},
