@@ -50,6 +50,7 @@ import logging
 import math
 import typing
 from dataclasses import dataclass, fields
+from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -277,9 +278,10 @@ def read_dataclass(cls, group, schema: str, version: int):
     found = found.decode() if isinstance(found, bytes) else found
     if found != schema:
         raise CalibrationFileError(f"{group.name}: schema {found!r}, expected {schema!r}")
-    if int(group.attrs.get("schema_version", -1)) != version:
-        raise CalibrationFileError(f"{group.name}: {schema} version {group.attrs.get('schema_version')!r}, "
-                                   f"this toolkit reads version {version}")
+    found_version = group.attrs.get("schema_version")
+    if found_version is None or int(found_version) != version:
+        shown = None if found_version is None else int(found_version)
+        raise CalibrationFileError(f"{group.name}: {schema} version {shown}, this toolkit reads version {version}")
     hints = typing.get_type_hints(cls)
     values = {}
     for f in fields(cls):
@@ -314,7 +316,8 @@ def _mean_var(stack: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return data.mean(axis=0), data.var(axis=0, ddof=1)
 
 
-def _check_count(name: str, value, minimum: int) -> int:
+def check_count(name: str, value, minimum: int) -> int:
+    """``value`` as an int, or :class:`InputError` naming ``name`` unless it is an integer >= ``minimum``."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise InputError(f"{name} must be an integer >= {minimum}, got {value!r}")
     return int(value)
@@ -326,13 +329,20 @@ def _check_sigma(name: str, value) -> float:
     return float(value)
 
 
-def _uniform(bench, level: int) -> np.ndarray:
+def uniform_image(bench, level: int) -> np.ndarray:
+    """The bench's display frame with every pixel at gray ``level``."""
     return np.full(bench.slm.shape, level, dtype=bench.slm.dtype)
 
 
-def _probe_ladder(bench, black, white, count: int) -> np.ndarray:
-    """Exposures (s) from the brightest pixels' signal rate: ``count`` equal steps up to
-    :data:`LADDER_OVERSHOOT` times the exposure that saturates them (within the camera's limits)."""
+def probe_signal_rate(bench, black, white, limit_dn: float) -> tuple[float, float, float]:
+    """Find an exposure at which the brightest pixels (99.9th percentile) with ``white`` shown stay
+    below ``limit_dn`` and rise well above the noise of ``black``, stepping the camera's exposure by
+    decades from its current one; return that exposure (s), their signal rate (DN/s above ``black``)
+    and the median ``black`` level (DN). The camera is left at that exposure.
+
+    Raises :class:`CalibrationError` when the frames are empty, when the brightest pixels saturate
+    at the shortest exposure, or when no light shows at the longest.
+    """
     camera = bench.camera
     low, high = camera.exposure_limits_s
     exposure = camera.exposure_s
@@ -346,10 +356,10 @@ def _probe_ladder(bench, black, white, count: int) -> np.ndarray:
         bright = float(np.percentile(flat, 99.9))
         signal = float(np.percentile(flat - dark, 99.9))
         noise = max(float(np.std(dark)), 1.0)
-        if bright >= camera.saturation_dn:
+        if bright >= limit_dn:
             if exposure <= low:
-                raise CalibrationError(f"the brightest pixels saturate ({bright:g} >= {camera.saturation_dn:g} DN) "
-                                       f"at the shortest exposure {low:g} s: dim the display or the light")
+                raise CalibrationError(f"the brightest pixels saturate ({bright:g} >= {limit_dn:g} DN) at the "
+                                       f"shortest exposure {low:g} s: dim the display or the light")
             exposure = max(exposure / 10, low)
         elif signal < 20 * noise:
             if exposure >= high:
@@ -358,8 +368,16 @@ def _probe_ladder(bench, black, white, count: int) -> np.ndarray:
                                        f"check that the camera sees the display (cap, focus, aperture)")
             exposure = min(exposure * 10, high)
         else:
-            break
-    saturating_s = (camera.saturation_dn - float(np.median(dark))) * exposure / signal
+            return camera.exposure_s, signal / camera.exposure_s, float(np.median(dark))
+
+
+def _probe_ladder(bench, black, white, count: int) -> np.ndarray:
+    """Exposures (s) from the brightest pixels' signal rate: ``count`` equal steps up to
+    :data:`LADDER_OVERSHOOT` times the exposure that saturates them (within the camera's limits)."""
+    camera = bench.camera
+    low, high = camera.exposure_limits_s
+    _, rate, dark = probe_signal_rate(bench, black, white, camera.saturation_dn)
+    saturating_s = (camera.saturation_dn - dark) / rate
     top = min(LADDER_OVERSHOOT * saturating_s, high)
     if top < LADDER_OVERSHOOT * saturating_s:
         log.warning("the brightest pixels need %.3g s to saturate; the camera stops at %.3g s: the "
@@ -451,9 +469,9 @@ def measure_sensor(bench, *, frames: int = 8, read_frames: int = 16, num_exposur
     InputError
         A bad argument.
     """
-    frames = _check_count("frames", frames, 2)
-    read_frames = _check_count("read_frames", read_frames, 2)
-    num_exposures = _check_count("num_exposures", num_exposures, 3)
+    frames = check_count("frames", frames, 2)
+    read_frames = check_count("read_frames", read_frames, 2)
+    num_exposures = check_count("num_exposures", num_exposures, 3)
     if not isinstance(linearity_tolerance, (int, float)) or not 0 < linearity_tolerance < 0.5:
         raise InputError(f"linearity_tolerance must be in (0, 0.5) (relative), got {linearity_tolerance!r}")
     hot_sigma, dead_sigma = _check_sigma("hot_sigma", hot_sigma), _check_sigma("dead_sigma", dead_sigma)
@@ -463,7 +481,7 @@ def measure_sensor(bench, *, frames: int = 8, read_frames: int = 16, num_exposur
         raise CalibrationError(f"sensor calibration lights the camera with the display; {bench.slm.name} is a "
                                f"{bench.slm.modulation} SLM, which shows no black and white (use an amplitude display)")
     camera = bench.camera
-    black, white = _uniform(bench, 0), _uniform(bench, bench.slm.max_level)
+    black, white = uniform_image(bench, 0), uniform_image(bench, bench.slm.max_level)
     reference_s = camera.exposure_s
     try:
         if exposures_s is None:
@@ -667,14 +685,28 @@ def _linearity(m: _Ladder, flat_rate, good, saturation_signal: float, tolerance:
 
 
 # =============================================================================================== plotting
-def plot(result: SensorCalibration, path) -> None:
-    """Photon-transfer curve with its fit and normalised residuals, and the linearity curve, as one
-    figure written (atomically) to ``path`` (format from its suffix, e.g. ``.png``)."""
+def pyplot():
+    """``matplotlib.pyplot`` on the Agg backend (no display needed), imported on first use."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def save_figure(fig, path) -> None:
+    """Lay out ``fig`` and write it atomically to ``path``, in the format of its suffix (png by default)."""
+    fig.tight_layout()
+    suffix = Path(path).suffix.lstrip(".") or "png"
+    with atomic_write(path, "wb") as fh:
+        fig.savefig(fh, format=suffix, dpi=100)
+
+
+def plot(result: SensorCalibration, path) -> None:
+    """Photon-transfer curve with its fit and normalised residuals, and the linearity curve, as one
+    figure written (atomically) to ``path`` (format from its suffix, e.g. ``.png``)."""
+    plt = pyplot()
     fig, (ax_ptc, ax_res, ax_lin) = plt.subplots(1, 3, figsize=(15, 4.5))
     try:
         x, y, e, fit = result.ptc_signal_dn, result.ptc_variance_dn2, result.ptc_variance_err_dn2, result.ptc_fit
@@ -696,9 +728,6 @@ def plot(result: SensorCalibration, path) -> None:
         ax_lin.axhspan(-100 * result.linearity_tolerance, 100 * result.linearity_tolerance, color="C2", alpha=0.15)
         ax_lin.set(xlabel="mean signal (DN above dark)", ylabel="deviation from linear (%)",
                    title=f"linearity: range {result.linear_range_dn[0]:.0f}..{result.linear_range_dn[1]:.0f} DN")
-        fig.tight_layout()
-        fmt = str(path).rsplit(".", 1)[-1] if "." in str(path) else "png"
-        with atomic_write(path, "wb") as fh:
-            fig.savefig(fh, format=fmt, dpi=100)
+        save_figure(fig, path)
     finally:
         plt.close(fig)
