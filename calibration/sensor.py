@@ -79,6 +79,8 @@ NEIGHBOURHOOD_PX = 5
 #: Where a pixel counts as lit for the dead-pixel test: neighbourhood flat rate above this fraction of
 #: the brightest (99.9th percentile).
 LIT_FRACTION = 0.1
+#: Fraction of dark readings at 0 above which the black level is taken to clip the noise.
+ZERO_CLIP_FRACTION = 0.01
 #: Robust standard deviation from the median absolute deviation of a normal distribution.
 MAD_TO_SIGMA = 1.4826
 
@@ -492,6 +494,10 @@ def measure_sensor(bench, *, frames: int = 8, read_frames: int = 16, num_exposur
                 raise InputError(f"exposures_s must be at least 3 ascending exposures (s), got {exposures_s!r}")
         camera.exposure_s = camera.exposure_limits_s[0]
         read_stack, read_exposure = capture_stack(bench, black, read_frames)
+        zeros = float(np.mean(read_stack == 0))
+        if zeros > ZERO_CLIP_FRACTION:
+            raise CalibrationError(f"{zeros:.1%} of the dark readings are 0: the black level clips the noise "
+                                   f"(raise the camera's black level; black_level = {camera.black_level:g} DN)")
         camera.exposure_s = reference_s
         reference_dark, _ = capture_stack(bench, black, frames)
         measured = _measure_ladder(bench, black, white, ladder, frames)
@@ -499,7 +505,7 @@ def measure_sensor(bench, *, frames: int = 8, read_frames: int = 16, num_exposur
         if not camera.closed and camera.exposure_s != reference_s:
             camera.exposure_s = reference_s
     return _fit(measured, read_stack, read_exposure, reference_s, reference_dark.mean(axis=0, dtype=np.float64),
-                frames=frames, saturation_dn=camera.saturation_dn, tolerance=float(linearity_tolerance),
+                frames=frames, tolerance=float(linearity_tolerance),
                 hot_sigma=hot_sigma, dead_sigma=dead_sigma, dead_response=float(dead_response))
 
 
@@ -527,7 +533,7 @@ def _measure_ladder(bench, black, white, ladder, frames: int) -> _Ladder:
                                  initial=step))
         dark_mean, dark_var = _mean_var(dark_stack)
         flat_mean, flat_var = _mean_var(flat_stack)
-        bins.add((flat_mean - dark_mean).ravel(), (flat_var - dark_var).ravel(), float(dark_var.mean()))
+        bins.add((flat_mean - dark_mean).ravel(), (flat_var - dark_var).ravel(), float(np.median(dark_var)))
         exposures.append(read_back)
         dark_means.append(dark_mean)
         flat_means.append(flat_mean)
@@ -542,8 +548,8 @@ def _measure_ladder(bench, black, white, ladder, frames: int) -> _Ladder:
 
 
 # =============================================================================================== fitting
-def _fit(m: _Ladder, read_stack, read_exposure, reference_s, reference_dark, *, frames, saturation_dn,
-         tolerance, hot_sigma, dead_sigma, dead_response) -> SensorCalibration:
+def _fit(m: _Ladder, read_stack, read_exposure, reference_s, reference_dark, *, frames, tolerance, hot_sigma,
+         dead_sigma, dead_response) -> SensorCalibration:
     # ---- photon transfer: saturation where the variance peaks, gain over bins below a fraction of it
     signal, variance, error, count, dark_var = m.bins.means()
     if signal.size < 3:

@@ -104,6 +104,16 @@ def _lit_truth(bench) -> np.ndarray:
         return optics.photon_rate_frame(white)[0].numpy()
 
 
+def test_a_given_ladder_below_saturation_still_gives_the_gain(caplog):
+    with _bench(FULL_WELL_LIMITED, 17) as bench:
+        cal = measure_sensor(bench, frames=4, read_frames=8, exposures_s=[0.0005, 0.001, 0.0015, 0.002, 0.0025])
+        truth, scale = _truth(bench)
+    np.testing.assert_allclose(cal.exposures_s, [0.0005, 0.001, 0.0015, 0.002, 0.0025])
+    assert not cal.saturation_reached and "saturation was not reached" in caplog.text
+    assert abs(cal.conversion_gain_e_per_dn / (truth.gain_e_per_dn / scale) - 1) < TOLERANCE
+    assert abs(cal.read_noise_e / truth.read_noise_e - 1) < TOLERANCE
+
+
 def test_hot_and_dead_pixel_map_matches_the_injected_defects():
     with _bench({**ADC_LIMITED, **DEFECTS, "defect_seed": 31}, 8) as bench:
         cal = measure_sensor(bench, **FAST)
@@ -176,6 +186,12 @@ def test_empty_frames_are_a_clear_error():
              "photometry": {"photons_per_s": 1e-9}, "errors": None}
     with simulated_bench(blank) as bench:
         with pytest.raises(CalibrationError, match="all 0"):
+            measure_sensor(bench, **FAST)
+
+
+def test_black_level_clipping_the_noise_is_a_clear_error():
+    with _bench({**ADC_LIMITED, "offset_dn": 0.0}) as bench:
+        with pytest.raises(CalibrationError, match="black level clips"):
             measure_sensor(bench, **FAST)
 
 
