@@ -38,7 +38,7 @@ def one_torch_thread():
 
 
 def _overrides(seed=0, **optics):
-    return merged(NO_ABERRATION, {"seed": seed, "sensor": SENSOR, **optics})
+    return merged(NO_ABERRATION, {"seed": seed, "sensor": SENSOR, **optics})  # optics may replace the sensor
 
 
 def _true_relative(bench) -> np.ndarray:
@@ -88,7 +88,9 @@ def test_recovers_a_non_default_gamma_and_linearises_the_display(tmp_path):
 
 
 def test_recovers_a_custom_lut_with_black_emission_and_uses_the_sensor_calibration(tmp_path):
-    with simulated_bench(_overrides(9, display={"lut": SMOOTHSTEP})) as bench:
+    defects = {**SENSOR, "dead_pixel_fraction": 0.003, "hot_pixel_fraction": 0.003,
+               "hot_pixel_dark_current_e_per_s": 20000.0, "defect_seed": 4}
+    with simulated_bench(_overrides(9, display={"lut": SMOOTHSTEP}, sensor=defects)) as bench:
         sensor = measure_sensor(bench, frames=4, read_frames=8, num_exposures=6)
         cal = measure_display_response(bench, sensor=sensor, levels=default_levels(8, 29), frames=3)
         truth = _true_relative(bench)
@@ -99,6 +101,7 @@ def test_recovers_a_custom_lut_with_black_emission_and_uses_the_sensor_calibrati
     assert np.abs(normalised).max() < 5
     # no pixel above the sensor's linear range, none of its defects
     assert cal.signal_dn[-1] + sensor.offset_dn < sensor.linear_range_dn[1]
+    assert sensor.dead_pixels.sum() > 10 and sensor.hot_pixels.sum() > 10
     assert not (cal.mask & sensor.defects).any()
     # a smoothstep is no gamma curve, and the fit says so
     assert cal.gamma_chi2_reduced > 100
