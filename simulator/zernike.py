@@ -13,7 +13,10 @@ Conventions
   +y (rows), about the pupil centre ``center_m`` (absolute grid coordinates, metres).
 * Wavefront ``W`` (metres) is an optical path added to the wave: the field is multiplied by
   ``exp(+i 2 pi W / lambda)`` (``exp(-i omega t)`` convention, so positive ``W`` = extra path, like extra
-  glass). A converging thin lens is ``W = -r^2 / (2 f)``; moving the observation plane a distance
+  glass). A positive Noll-2 (Noll-3) coefficient ``c`` therefore moves the focal spot towards +x,
+  increasing column (+y, increasing row), by ``2 c f / R`` (light bends towards the thicker side, as in
+  a prism). Codes that write the field as ``exp(-i k W)`` have the opposite sign of ``W``
+  (:mod:`calibration.phase_retrieval` tells how to compare). A converging thin lens is ``W = -r^2 / (2 f)``; moving the observation plane a distance
   ``dz`` beyond the focus is, paraxially, ``W = -(r^2 / 2) (1/f - 1/(f + dz))``, i.e. a Noll defocus
   coefficient ``c4 = W020 / (2 sqrt 3)`` with ``W020 = -a^2 dz / (2 f (f + dz)) ~ -NA^2 dz / 2``.
 """

@@ -145,6 +145,29 @@ def test_defocus_zernike_equals_moving_the_observation_plane():
     assert -c4 == pytest.approx(na**2 * dz / (4 * math.sqrt(3)) * focal / (focal + dz), rel=1e-12)
 
 
+
+@pytest.mark.parametrize("noll, axis", [(2, 1), (3, 0)])
+def test_positive_tilt_moves_the_psf_towards_plus_x_or_plus_y(noll, axis):
+    """Sign convention (simulator.zernike): a positive Noll-2 (Noll-3) coefficient shifts the focal spot by
+    exactly ``2 c f / R`` towards +x, increasing column (+y, increasing row). The polynomial is extended
+    over the anti-aliased edge pixels so that the wavefront is an exact linear phase on every lit sample."""
+    grid = Grid.square(64, 1e-6)
+    radius, focal = 24e-6, 1e-3
+    out = Grid.square(48, WAVELENGTH * focal / (4 * 2 * radius))  # 4 samples per lambda F#
+    pupil = circular_pupil(grid, radius, dtype=torch.float64)
+    shift = 5  # samples
+    coeffs = torch.zeros(noll, dtype=torch.float64)
+    coeffs[noll - 1] = shift * out.spacing_m[0] * radius / (2 * focal)
+    wavefront = zernike_wavefront(coeffs, grid, radius, clip_to_disk=False)
+    centred = psf_from_pupil(pupil, grid, WAVELENGTH, focal, out, normalize=None)[0]
+    tilted = psf_from_pupil(pupil, grid, WAVELENGTH, focal, out, wavefront_m=wavefront, normalize=None)[0]
+    moved = centred.roll(shift, dims=axis)
+    keep = [slice(None), slice(None)]
+    keep[axis] = slice(shift, None)  # away from the rolled-in edge
+    torch.testing.assert_close(tilted[tuple(keep)], moved[tuple(keep)], rtol=0, atol=1e-12 * float(centred.max()))
+    peak = divmod(int(tilted.argmax()), 48)
+    assert peak[axis] == 24 + shift and peak[1 - axis] == 24
+
 def test_thin_lens_gradcheck_in_field_and_focal_length():
     grid = Grid.square(8, 1e-6)
     gen = torch.Generator().manual_seed(0)
