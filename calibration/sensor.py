@@ -59,6 +59,7 @@ from simulator.errors import InputError
 from simulator.files import atomic_write
 
 from .errors import CalibrationError, CalibrationFileError
+from .noise import PixelNoise
 
 log = logging.getLogger(__name__)
 
@@ -194,11 +195,15 @@ class SensorCalibration:
         """Frame DN at the saturation signal (offset added)."""
         return self.offset_dn + self.saturation_signal_dn
 
+    @property
+    def pixel_noise(self) -> PixelNoise:
+        """The measured noise model of one pixel reading (Poisson-Gaussian, frame DN)."""
+        return PixelNoise(e_per_dn=self.conversion_gain_e_per_dn, offset_dn=self.offset_dn,
+                          read_noise_dn=self.read_noise_dn, step_dn=self.adc_step_dn)
+
     def variance_dn2(self, mean_dn) -> np.ndarray:
-        """Expected temporal variance (DN^2) of one reading whose expectation is ``mean_dn`` (frame DN):
-        Poisson-Gaussian, ``max(mean - offset, 0) / conversion_gain + read_noise_dn**2 + step**2 / 12``."""
-        signal = np.maximum(np.asarray(mean_dn, dtype=np.float64) - self.offset_dn, 0.0)
-        return signal / self.conversion_gain_e_per_dn + self.read_noise_dn**2 + self.adc_step_dn**2 / 12.0
+        """Expected temporal variance (DN^2) of one reading whose expectation is ``mean_dn`` (frame DN)."""
+        return self.pixel_noise.variance_dn2(mean_dn)
 
     def electrons(self, dn) -> np.ndarray:
         """Frame DN -> electrons above the offset (photo-, dark and stray-light electrons)."""

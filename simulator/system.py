@@ -411,7 +411,12 @@ class OpticalSystem(nn.Module):
     def photon_rate_frame(self, gray: torch.Tensor, psfs: torch.Tensor | None = None) -> torch.Tensor:
         """Expected photons per second on every sensor pixel (N, rows, cols), frame errors included."""
         psfs = self.fabricated_psfs() if psfs is None else psfs
-        tiles = optical_conv2d(self.relative_radiance(gray, psfs), psfs, mode="full") * self.photometry.photons_per_s
+        return self.radiance_frame(self.relative_radiance(gray, psfs), psfs)
+
+    def radiance_frame(self, radiance: torch.Tensor, psfs: torch.Tensor) -> torch.Tensor:
+        """Expected photons per second on every sensor pixel (N, rows, cols) of a relative radiance
+        (N, C, H s, W s) imaged through ``psfs`` (P, C, K', K'), frame errors included."""
+        tiles = optical_conv2d(radiance, psfs, mode="full") * self.photometry.photons_per_s
         return apply_frame_errors(self.layout.assemble(tiles), self.errors, self.layout).clamp(min=0)
 
     def frame(self, gray: torch.Tensor, exposure_s: float | None = None, *, noise: bool | None = None,

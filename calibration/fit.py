@@ -1,0 +1,498 @@
+"""Mismatch fit: the fabrication errors that make the simulator reproduce the measured PSFs.
+
+The model of a :class:`~calibration.psf.PSFMeasurement` is the optical system itself
+(:class:`~simulator.system.OpticalSystem`): the design PSFs with trial
+:class:`~simulator.fabrication.FabricationErrors`, imaging the displayed points (minus the black
+display) onto the tiled frame, with crosstalk and vignetting, in DN/s (``QE / e_per_dn`` times the
+photon rate). Pixels are weighted by the inverse of their measured variance (the noise model of the
+measurement), so the weighted sum of squares is a chi-square.
+
+Stages (each refits its own parameters together with the earlier stages' ones, starting from them):
+
+==============  ==============================================================================
+geometry        per PSF: shift (dy, dx) px, rotation (rad), magnification, brightness
+photometry      + crosstalk between neighbouring tiles, cos^4 vignetting (its squared tangent)
+optics          + per PSF: blur (its variance, px^2) and Zernike terms (Noll ``zernike_noll``, m)
+residual        a regularised relative kernel error on the design window; everything else frozen
+==============  ==============================================================================
+
+The first three stages are solved by Levenberg-Marquardt (Marquardt's diagonal scaling, so units do
+not matter) with the Jacobian by central differences in float64 (two forward passes per parameter;
+forward-mode automatic differentiation gave the same columns to 1e-7 but ran ~100x slower here).
+The residual stage minimises chi-square plus ``sum(delta^2) / kernel_error_prior^2`` with L-BFGS;
+freezing the physical parameters keeps the kernel error from absorbing a shift or a brightness.
+
+Reparametrisations that let a fit start at the design: blur enters through its variance (the PSF
+depends on sigma only through sigma^2, so d/d sigma = 0 at 0, but d/d variance is not); the
+vignetting tangent likewise through its square. Even Zernike modes (defocus, astigmatism,
+spherical) change the cascade model's PSF only through an even function of their coefficient, as a
+symmetric pupil's PSF does (the OTF of an even wavefront is real and unchanged by ``W -> -W``): they
+start at a small positive value (``ZERNIKE_START_WAVES``) and their sign is reported as not
+determined (``sign_ambiguous``); phase diversity (:mod:`calibration.phase_retrieval`) resolves it.
+
+Uncertainties: the covariance of the physical parameters is the inverse of the Fisher information
+``J^T W J`` of the Gaussian noise model at the optimum (the Cramer-Rao bound). A parameter whose
+standard deviation exceeds its :data:`IDENTIFIABLE_SIGMA` (the data cannot tell it from zero at a
+useful level) is flagged, fixed at its design value and the stage refitted without it, instead of
+returning noise as a value.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from dataclasses import dataclass, field
+
+import h5py
+import numpy as np
+import torch
+
+from simulator.errors import InputError
+from simulator.fabrication import AberrationOptics, FabricationErrors, apply_psf_errors
+from simulator.system import OpticalSystem
+from simulator.zernike import noll_to_nm
+
+from .noise import PixelNoise
+from .psf import PSFMeasurement
+
+log = logging.getLogger(__name__)
+
+STAGES = ("geometry", "photometry", "optics", "residual")
+#: Start of even Zernike terms, in waves RMS (their gradient vanishes at 0).
+ZERNIKE_START_WAVES = 0.02
+#: Largest standard deviation at which a parameter counts as measured (per kind; Zernike in waves).
+IDENTIFIABLE_SIGMA = {
+    "shift_px": 0.1, "rotation_rad": 0.01, "magnification": 0.01, "brightness": 0.05,
+    "crosstalk": 0.005, "vignetting_tan2": 0.05, "blur_variance_px2": 0.1, "zernike_waves": 0.05,
+}
+_BLUR_FLOOR = 1e-12
+#: Finite-difference steps of the Jacobian, per kind (in the kind's fitted unit).
+FD_STEP = {"shift_px": 1e-4, "rotation_rad": 1e-5, "magnification": 1e-5, "brightness": 1e-5, "crosstalk": 1e-6,
+           "vignetting_tan2": 1e-5, "blur_variance_px2": 1e-4, "zernike_waves": 1e-4}
+
+
+@dataclass(frozen=True)
+class FitSettings:
+    """What the mismatch fit adjusts and how long it may try.
+
+    stages: subset of :data:`STAGES`, in order. zernike_noll: Noll indices fitted in the optics stage
+    (>= 4; tilt is the shift). kernel_error_prior: prior RMS of the relative kernel error.
+    max_iterations: per Levenberg-Marquardt or L-BFGS run.
+    """
+
+    stages: tuple[str, ...] = STAGES
+    zernike_noll: tuple[int, ...] = (4, 5, 6)
+    kernel_error_prior: float = 0.1
+    max_iterations: int = 60
+
+    def __post_init__(self):
+        stages = tuple(self.stages)
+        unknown = [s for s in stages if s not in STAGES]
+        if unknown or not stages or list(stages) != sorted(stages, key=STAGES.index):
+            raise InputError(f"stages must be a non-empty ordered subset of {STAGES}, got {self.stages!r}")
+        object.__setattr__(self, "stages", stages)
+        noll = tuple(int(j) for j in self.zernike_noll)
+        if any(j < 4 for j in noll) or len(set(noll)) != len(noll):
+            raise InputError(f"zernike_noll must list distinct Noll indices >= 4, got {self.zernike_noll!r}")
+        object.__setattr__(self, "zernike_noll", noll)
+        if not (self.kernel_error_prior > 0):
+            raise InputError(f"kernel_error_prior must be > 0, got {self.kernel_error_prior!r}")
+        if isinstance(self.max_iterations, bool) or not isinstance(self.max_iterations, int) or self.max_iterations < 1:
+            raise InputError(f"max_iterations must be an int >= 1, got {self.max_iterations!r}")
+
+
+@dataclass(frozen=True)
+class Parameter:
+    """One fitted quantity: its value, Fisher standard deviation, and whether the data determine it."""
+
+    name: str              # e.g. "shift_px[3][0]"
+    kind: str              # key of IDENTIFIABLE_SIGMA
+    value: float           # in the kind's unit (Zernike: metres)
+    sigma: float           # same unit; inf where the Fisher matrix is singular in it
+    identifiable: bool
+    sign_ambiguous: bool = False
+
+
+@dataclass
+class MismatchFit:
+    """The fitted errors, their uncertainties, and how well the model matches (see module docstring)."""
+
+    errors: FabricationErrors
+    parameters: list[Parameter]
+    chi2_reduced: dict[str, float]                # per stage, and "design" (identity errors)
+    psf_residual_before: float                    # relative L2, measured vs design model
+    psf_residual_after: float                     # relative L2, measured vs calibrated model
+    model_rate: np.ndarray                        # calibrated model (DN/s), frame shape
+    design_rate: np.ndarray                       # design model (DN/s), frame shape
+    settings: FitSettings = field(default_factory=FitSettings)
+
+    def table(self) -> list[dict]:
+        return [{"name": p.name, "kind": p.kind, "value": p.value, "sigma": p.sigma,
+                 "identifiable": p.identifiable, "sign_ambiguous": p.sign_ambiguous} for p in self.parameters]
+
+    def summary(self) -> dict:
+        flagged = [p.name for p in self.parameters if not p.identifiable]
+        return {"chi2_reduced": self.chi2_reduced, "psf_residual_before": self.psf_residual_before,
+                "psf_residual_after": self.psf_residual_after, "parameters": len(self.parameters),
+                "unidentifiable": flagged, "stages": list(self.settings.stages)}
+
+    def to_hdf5(self, group: h5py.Group) -> None:
+        import json
+
+        group.attrs["errors_json"] = json.dumps(self.errors.to_dict())
+        group.attrs["chi2_reduced_json"] = json.dumps(self.chi2_reduced)
+        group.attrs["settings_json"] = json.dumps({"stages": list(self.settings.stages),
+                                                   "zernike_noll": list(self.settings.zernike_noll),
+                                                   "kernel_error_prior": self.settings.kernel_error_prior,
+                                                   "max_iterations": self.settings.max_iterations})
+        group.attrs["psf_residual_before"] = self.psf_residual_before
+        group.attrs["psf_residual_after"] = self.psf_residual_after
+        table = self.table()
+        dtype = np.dtype([("name", h5py.string_dtype()), ("kind", h5py.string_dtype()), ("value", "f8"),
+                          ("sigma", "f8"), ("identifiable", "?"), ("sign_ambiguous", "?")])
+        group.create_dataset("parameters", data=np.array([tuple(r.values()) for r in table], dtype=dtype))
+        group.create_dataset("model_rate", data=self.model_rate, compression="gzip")
+        group.create_dataset("design_rate", data=self.design_rate, compression="gzip")
+
+    @classmethod
+    def from_hdf5(cls, group: h5py.Group) -> "MismatchFit":
+        import json
+
+        params = [Parameter(name=r["name"].decode() if isinstance(r["name"], bytes) else r["name"],
+                            kind=r["kind"].decode() if isinstance(r["kind"], bytes) else r["kind"],
+                            value=float(r["value"]), sigma=float(r["sigma"]), identifiable=bool(r["identifiable"]),
+                            sign_ambiguous=bool(r["sign_ambiguous"])) for r in group["parameters"][()]]
+        settings = json.loads(group.attrs["settings_json"])
+        return cls(errors=FabricationErrors.from_dict(json.loads(group.attrs["errors_json"])), parameters=params,
+                   chi2_reduced=json.loads(group.attrs["chi2_reduced_json"]),
+                   psf_residual_before=float(group.attrs["psf_residual_before"]),
+                   psf_residual_after=float(group.attrs["psf_residual_after"]),
+                   model_rate=group["model_rate"][()], design_rate=group["design_rate"][()],
+                   settings=FitSettings(stages=tuple(settings["stages"]), zernike_noll=tuple(settings["zernike_noll"]),
+                                        kernel_error_prior=settings["kernel_error_prior"],
+                                        max_iterations=settings["max_iterations"]))
+
+
+# ----------------------------------------------------------------------------------------- the model
+class _Model:
+    """Measured data, the system to evaluate, and the map from a flat parameter vector to errors."""
+
+    def __init__(self, measurement: PSFMeasurement, system: OpticalSystem, noise: PixelNoise,
+                 aberration: AberrationOptics, settings: FitSettings):
+        self.system = copy.deepcopy(system).double().eval()
+        self.system.requires_grad_(False)
+        p, self.channels, k, _ = self.system.design.psfs().shape
+        self.p, self.k, self.aberration = p, k, aberration
+        self.num_zernike = max(settings.zernike_noll)
+        self.zernike_index = [j - 1 for j in settings.zernike_noll]
+        self.even = [noll_to_nm(j)[0] % 2 == 0 for j in settings.zernike_noll]  # W(-r) = W(r)
+        mask = torch.from_numpy(measurement.mask)
+        self.mask = mask
+        self.data = torch.from_numpy(measurement.rate)[mask]
+        self.sigma = torch.from_numpy(np.sqrt(measurement.variance))[mask]
+        self.scale = self.system.sensor.quantum_efficiency / noise.e_per_dn  # DN per photon
+        gray = torch.from_numpy(measurement.pattern.astype(np.int64))[None, None]
+        design = self.system.design.psfs()
+        self.radiance = (self.system.relative_radiance(gray, design)
+                         - self.system.relative_radiance(torch.zeros_like(gray), design))
+        self.design_psfs = design
+        self.layout = [  # (kind, field, shape)
+            ("shift_px", "shift_px", (p, 2)), ("rotation_rad", "rotation_rad", (p,)),
+            ("magnification", "magnification", (p,)), ("brightness", "brightness", (p,)),
+            ("crosstalk", "crosstalk", ()), ("vignetting_tan2", "vignetting_tan_edge", ()),
+            ("blur_variance_px2", "blur_sigma_px", (p,)), ("zernike_waves", "zernike_m", (p, len(self.zernike_index))),
+        ]
+        self.sizes = [int(np.prod(shape)) for _, _, shape in self.layout]
+        self.offsets = np.cumsum([0] + self.sizes)
+        # which PSF each parameter belongs to (-1: frame-level) and its slot within the PSF
+        self.owner = np.concatenate([np.repeat(np.arange(p), size // p) if shape else [-1]
+                                     for (_, _, shape), size in zip(self.layout, self.sizes)]).astype(np.int64)
+        self.slot = [(kind, i % (size // p) if shape else 0) for (kind, _, shape), size in zip(self.layout, self.sizes)
+                     for i in range(size)]
+        grid_cols = self.system.layout.grid_cols
+        rows, cols = np.divmod(np.arange(p), grid_cols)
+        self.colour = (rows + 2 * cols) % 5  # equal colours are >= 3 grid steps apart
+        tile_of = torch.full(self.system.frame_shape, -1, dtype=torch.int64)
+        for t in range(p):
+            r, c = self.system.layout.tile_slices(t)
+            tile_of[r, c] = t
+        tile_of = tile_of[mask]
+        adjacent = np.abs(rows[:, None] - rows[None]) + np.abs(cols[:, None] - cols[None]) <= 1
+        self.near = torch.stack([torch.from_numpy(adjacent[t])[tile_of.clamp(min=0)] & (tile_of >= 0)
+                                 for t in range(p)]).double()
+
+    def block(self, kind: str) -> slice:
+        i = [entry[0] for entry in self.layout].index(kind)
+        return slice(int(self.offsets[i]), int(self.offsets[i + 1]))
+
+    def identity(self) -> torch.Tensor:
+        theta = torch.zeros(int(self.offsets[-1]), dtype=torch.float64)
+        theta[self.block("magnification")] = 1.0
+        theta[self.block("brightness")] = 1.0
+        return theta
+
+    def errors(self, theta: torch.Tensor, kernel_error: torch.Tensor | None = None) -> FabricationErrors:
+        values = {}
+        for (kind, name, shape), start, size in zip(self.layout, self.offsets, self.sizes):
+            part = theta[int(start):int(start) + size].reshape(shape)
+            if kind in ("vignetting_tan2", "blur_variance_px2"):
+                part = torch.sqrt(part.clamp(min=0) + _BLUR_FLOOR)
+            elif kind == "zernike_waves":
+                full = torch.zeros(self.p, self.num_zernike, dtype=theta.dtype)
+                wavelength = self.aberration.wavelengths_m[0]
+                part = full.index_copy(1, torch.tensor(self.zernike_index), part * wavelength) if self.zernike_index else full
+            values[name] = part
+        return FabricationErrors(self.p, num_zernike=self.num_zernike, aberration=self.aberration,
+                                 kernel_error=kernel_error, **values)
+
+    def rate(self, theta: torch.Tensor, kernel_error: torch.Tensor | None = None) -> torch.Tensor:
+        """Model signal rate (DN/s), whole frame."""
+        errors = self.errors(theta, kernel_error)
+        self.system.errors = errors
+        psfs = apply_psf_errors(self.design_psfs, errors, self.system.geometry.psf_margin_px)
+        return self.system.radiance_frame(self.radiance, psfs)[0] * self.scale
+
+    def whitened(self, theta: torch.Tensor, kernel_error: torch.Tensor | None = None) -> torch.Tensor:
+        return (self.data - self.rate(theta, kernel_error)[self.mask]) / self.sigma
+
+    def jacobian(self, theta: torch.Tensor, free: np.ndarray) -> torch.Tensor:
+        """d(model/sigma)/d theta over the masked pixels, columns for the ``free`` indices, by central
+        differences (one-sided at a non-negativity bound), steps :data:`FD_STEP` per kind.
+
+        A PSF's parameters change only its own tile and, by crosstalk, its 4 neighbours; so one pass
+        perturbs the same parameter of every PSF of a colour class whose tiles are >= 3 grid steps
+        apart, and each PSF's column is read off its own neighbourhood (5 classes instead of P).
+        """
+        steps = np.zeros(theta.numel())
+        for kind, _, _ in self.layout:
+            steps[self.block(kind)] = FD_STEP[kind]
+        nonneg = self.nonnegative()
+        columns = torch.zeros(int(self.mask.sum()), len(free), dtype=torch.float64)
+        position = {int(index): n for n, index in enumerate(free)}
+        groups: dict[tuple, list[int]] = {}
+        for index in free:
+            owner = self.owner[index]
+            key = (self.slot[index], -1 - int(index) if owner < 0 else self.colour[owner])
+            groups.setdefault(key, []).append(int(index))
+        with torch.no_grad():
+            centre = self.rate(theta)[self.mask]
+            for indices in groups.values():
+                h = float(steps[indices[0]])
+                up = theta.clone()
+                up[indices] += h
+                if nonneg[indices[0]] and float(theta[indices].min()) < h:
+                    change = (self.rate(up)[self.mask] - centre) / h
+                else:
+                    down = theta.clone()
+                    down[indices] -= h
+                    change = (self.rate(up)[self.mask] - self.rate(down)[self.mask]) / (2 * h)
+                for index in indices:
+                    owner = self.owner[index]
+                    column = change if owner < 0 else change * self.near[owner]
+                    columns[:, position[index]] = column / self.sigma
+        return columns
+
+    def nonnegative(self) -> np.ndarray:
+        """Parameters bounded below by 0 (variances, squared tangent, crosstalk)."""
+        mask = np.zeros(int(self.offsets[-1]), dtype=bool)
+        for kind in ("vignetting_tan2", "blur_variance_px2", "crosstalk"):
+            mask[self.block(kind)] = True
+        return mask
+
+
+def _chi2_reduced(model: _Model, theta, kernel_error, nparams: int) -> float:
+    with torch.no_grad():
+        r = model.whitened(theta, kernel_error)
+    return float(r.square().sum()) / max(r.numel() - nparams, 1)
+
+
+def _levenberg_marquardt(model: _Model, theta: torch.Tensor, free: np.ndarray, max_iterations: int) -> torch.Tensor:
+    theta = theta.clone()
+    nonneg = model.nonnegative()
+    with torch.no_grad():
+        cost = float(model.whitened(theta).square().sum())
+    damping = 1e-3
+    for _ in range(max_iterations):
+        jac = model.jacobian(theta, free)
+        with torch.no_grad():
+            r = model.whitened(theta)
+        hessian = jac.T @ jac
+        gradient = jac.T @ r
+        diag = torch.diag(hessian).clamp(min=1e-12)
+        improved = False
+        for _ in range(20):
+            step = torch.linalg.solve(hessian + damping * torch.diag(diag), gradient)
+            trial = theta.clone()
+            trial[free] += step
+            trial[nonneg] = trial[nonneg].clamp(min=0)
+            with torch.no_grad():
+                trial_cost = float(model.whitened(trial).square().sum())
+            if trial_cost < cost:
+                improved = True
+                decrease = cost - trial_cost
+                theta, cost, damping = trial, trial_cost, max(damping / 3, 1e-9)
+                break
+            damping *= 4
+        if not improved or decrease < 1e-8 * cost:
+            break
+    return theta
+
+
+def _fisher_sigma(model: _Model, theta: torch.Tensor, free: np.ndarray) -> np.ndarray:
+    jac = model.jacobian(theta, free)
+    fisher = (jac.T @ jac).numpy()
+    try:
+        cov = np.linalg.inv(fisher)
+        sigma = np.sqrt(np.clip(np.diag(cov), 0, None))
+    except np.linalg.LinAlgError:
+        sigma = np.full(len(free), np.inf)
+    return np.where(np.isfinite(sigma), sigma, np.inf)
+
+
+def fit_mismatch(measurement: PSFMeasurement, system: OpticalSystem, *, noise: PixelNoise | None = None,
+                 aberration: AberrationOptics | None = None, settings: FitSettings | None = None) -> MismatchFit:
+    """Fit the fabrication errors of ``system``'s design to ``measurement`` (module docstring).
+
+    ``noise`` must be the one the measurement's variance came from (for the DN scale; default the
+    nominal of ``system.sensor``); ``aberration`` the optics behind the Zernike terms (default: those
+    of ``system.errors``).
+    """
+    settings = settings or FitSettings()
+    noise = noise or PixelNoise.from_sensor(system.sensor)
+    aberration = aberration or system.errors.aberration
+    if measurement.rate.shape != system.frame_shape:
+        raise InputError(f"the measurement's frames are {measurement.rate.shape} but the optics' layout is {system.frame_shape}")
+    model = _Model(measurement, system, noise, aberration, settings)
+    theta = model.identity()
+    chi2 = {"design": _chi2_reduced(model, theta, None, 0)}
+    with torch.no_grad():
+        design_rate = model.rate(theta)
+    theta[model.block("brightness")], theta[model.block("shift_px")] = _start(model, design_rate)
+    wavelength = aberration.wavelengths_m[0]
+    active: list[str] = []
+    kinds = {"geometry": ["shift_px", "rotation_rad", "magnification", "brightness"],
+             "photometry": ["crosstalk", "vignetting_tan2"], "optics": ["blur_variance_px2", "zernike_waves"]}
+    fixed = np.zeros(theta.numel(), dtype=bool)
+    sigma = np.full(theta.numel(), np.inf)
+    for stage in settings.stages:
+        if stage == "residual":
+            break
+        active += kinds[stage]
+        if stage == "optics" and model.zernike_index:
+            z = theta[model.block("zernike_waves")].reshape(model.p, -1)
+            z[:, torch.tensor(model.even)] = ZERNIKE_START_WAVES
+            theta[model.block("zernike_waves")] = z.reshape(-1)
+        for _ in range(3):  # fit, flag what the data cannot determine, refit without it
+            free = np.flatnonzero(_mask_of(model, active) & ~fixed)
+            theta = _levenberg_marquardt(model, theta, free, settings.max_iterations)
+            sigma[:] = np.inf
+            sigma[free] = _fisher_sigma(model, theta, free)
+            unknown = _unidentifiable(model, sigma, free, wavelength)
+            log.debug("stage %s: %d free, %d not identifiable", stage, len(free), len(unknown))
+            if not len(unknown):
+                break
+            fixed[unknown] = True
+            theta[unknown] = model.identity()[unknown]
+        chi2[stage] = _chi2_reduced(model, theta, None, len(free))
+        log.info("calibration fit, %s stage: reduced chi-square %.3g", stage, chi2[stage])
+    kernel_error = None
+    physical = len(np.flatnonzero(_mask_of(model, active) & ~fixed))
+    if "residual" in settings.stages:
+        kernel_error = _fit_kernel_error(model, theta, settings)
+        chi2["residual"] = _chi2_reduced(model, theta, kernel_error, physical)
+    with torch.no_grad():
+        model_rate = model.rate(theta, kernel_error)
+        errors = model.errors(theta, kernel_error)
+    data = model.data
+    norm = float(data.norm())
+    before = float((design_rate[model.mask] - data).norm()) / norm
+    after = float((model_rate[model.mask] - data).norm()) / norm
+    params = _parameters(model, theta, sigma, fixed, active, wavelength)
+    return MismatchFit(errors=_detached(errors), parameters=params, chi2_reduced=chi2, psf_residual_before=before,
+                       psf_residual_after=after, model_rate=model_rate.numpy(), design_rate=design_rate.numpy(),
+                       settings=settings)
+
+
+def _mask_of(model: _Model, kinds) -> np.ndarray:
+    mask = np.zeros(int(model.offsets[-1]), dtype=bool)
+    for kind in kinds:
+        mask[model.block(kind)] = True
+    return mask
+
+
+def _start(model: _Model, design_rate: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per PSF, a start near the answer (the cost is multimodal in the shift, as the PSFs are
+    structured at the pixel scale): brightness = measured over modelled light in its tile, shift =
+    the difference of their intensity centroids."""
+    brightness = torch.ones(model.p, dtype=torch.float64)
+    shift = torch.zeros(model.p, 2, dtype=torch.float64)
+    measured = torch.zeros_like(design_rate)
+    measured[model.mask] = model.data
+    for p in range(model.p):
+        rows, cols = model.system.layout.tile_slices(p)
+        a, b = measured[rows, cols].clamp(min=0), design_rate[rows, cols]
+        if float(b.sum()) > 0 and float(a.sum()) > 0:
+            brightness[p] = float(a.sum()) / float(b.sum())
+            shift[p] = _centroid(a) - _centroid(b)
+    return brightness, shift.reshape(-1)
+
+
+def _centroid(image: torch.Tensor) -> torch.Tensor:
+    y = torch.arange(image.shape[0], dtype=image.dtype)
+    x = torch.arange(image.shape[1], dtype=image.dtype)
+    total = image.sum()
+    return torch.stack([(image.sum(1) * y).sum() / total, (image.sum(0) * x).sum() / total])
+
+
+def _unidentifiable(model: _Model, sigma: np.ndarray, free: np.ndarray, wavelength: float) -> np.ndarray:
+    bad = []
+    for kind, _, _ in model.layout:
+        block = np.arange(model.block(kind).start, model.block(kind).stop)
+        limit = IDENTIFIABLE_SIGMA[kind]
+        bad += [i for i in block if i in set(free) and not sigma[i] <= limit]
+    return np.asarray(bad, dtype=np.int64)
+
+
+def _fit_kernel_error(model: _Model, theta: torch.Tensor, settings: FitSettings) -> torch.Tensor:
+    delta = torch.zeros(model.p, model.channels, model.k, model.k, dtype=torch.float64, requires_grad=True)
+    optimiser = torch.optim.LBFGS([delta], max_iter=settings.max_iterations * 4, line_search_fn="strong_wolfe",
+                                  tolerance_grad=1e-10, tolerance_change=1e-12)
+    prior = settings.kernel_error_prior
+
+    def closure():
+        optimiser.zero_grad()
+        loss = model.whitened(theta, delta).square().sum() + delta.square().sum() / prior**2
+        loss.backward()
+        return loss
+
+    optimiser.step(closure)
+    return delta.detach()
+
+
+def _parameters(model: _Model, theta, sigma, fixed, active, wavelength) -> list[Parameter]:
+    out = []
+    for kind, _, shape in model.layout:
+        if kind not in active:
+            continue
+        block = model.block(kind)
+        for flat, i in enumerate(range(block.start, block.stop)):
+            index = np.unravel_index(flat, shape) if shape else ()
+            name = kind + "".join(f"[{v}]" for v in index)
+            value, s = float(theta[i]), float(sigma[i])
+            ambiguous = False
+            if kind == "zernike_waves":
+                mode = index[1]
+                name = f"zernike_m[{index[0]}][noll {model.zernike_index[mode] + 1}]"
+                value, s = value * wavelength, s * wavelength
+                ambiguous = model.even[mode]
+            out.append(Parameter(name=name, kind=kind, value=value, sigma=s, identifiable=not fixed[i],
+                                 sign_ambiguous=ambiguous and not fixed[i]))
+    return out
+
+
+def _detached(errors: FabricationErrors) -> FabricationErrors:
+    return FabricationErrors.from_dict(errors.to_dict())
+
+
+__all__ = ["FitSettings", "IDENTIFIABLE_SIGMA", "MismatchFit", "Parameter", "STAGES", "fit_mismatch"]

@@ -1,0 +1,38 @@
+"""The temporal noise of a camera pixel, in the frame's DN: the model the calibration fits weight by."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from simulator.sensor import SensorModel
+
+
+@dataclass(frozen=True)
+class PixelNoise:
+    """Temporal noise of one pixel reading, in the camera frame's DN (Poisson-Gaussian).
+
+    With the conversion gain ``e_per_dn`` in electrons per frame DN: ``var = max(mean - offset_dn, 0)
+    / e_per_dn + read_noise_dn**2 + step_dn**2 / 12`` (shot noise, read noise, and the quantisation
+    of an ADC step of ``step_dn`` frame DN).
+    """
+
+    e_per_dn: float
+    offset_dn: float
+    read_noise_dn: float
+    step_dn: float = 1.0
+
+    @classmethod
+    def from_sensor(cls, sensor: SensorModel) -> "PixelNoise":
+        """The nominal noise of a :class:`~simulator.sensor.SensorModel` (frame DN include the
+        left-justification factor of a container wider than the ADC)."""
+        scale = sensor.justify_scale
+        return cls(e_per_dn=sensor.gain_e_per_dn / scale, offset_dn=sensor.offset_dn * scale,
+                   read_noise_dn=sensor.read_noise_e / sensor.gain_e_per_dn * scale,
+                   step_dn=float(scale) if sensor.bit_depth is not None else 0.0)
+
+    def variance_dn2(self, mean_dn: np.ndarray) -> np.ndarray:
+        """Expected variance (DN^2) of a single reading whose expectation is ``mean_dn``."""
+        signal = np.maximum(np.asarray(mean_dn, dtype=np.float64) - self.offset_dn, 0.0)
+        return signal / self.e_per_dn + self.read_noise_dn**2 + self.step_dn**2 / 12.0
