@@ -253,9 +253,9 @@ class _Model:
         self.out_grid = Grid((rows * s, cols * s), (step, step), center)
         self.pixel_area = step * step
         self.power = float((pupil.transmission ** 2).sum()) * grid.pixel_area_m2
-        phase = pupil.design_phase_rad
-        self.amplitude = (pupil.transmission if phase is None
-                          else torch.polar(pupil.transmission, phase))
+        phase = pupil.design_phase_rad  # cloned: a pupil built under inference_mode holds inference tensors
+        self.amplitude = (pupil.transmission.clone() if phase is None
+                          else torch.polar(pupil.transmission.clone(), phase.clone()))
 
     def psfs(self, waves: torch.Tensor) -> torch.Tensor:
         """Unit-flux pixel PSFs (D, rows, cols) for coefficients in waves (J,)."""
@@ -387,7 +387,8 @@ def retrieve_zernike(psfs, pupil: PupilModel, *, wavelength_m: float, focal_leng
     if isinstance(starts, bool) or not isinstance(starts, int) or starts < 1:
         raise InputError(f"starts must be an int >= 1, got {starts!r}")
 
-    with torch.enable_grad():
+    with torch.inference_mode(False), torch.enable_grad():  # the fit needs autograd even if the caller has none
+        data = data.clone()  # not an inference tensor
         model = _Model(pupil, noll, wavelength_m, focal_length_m, pixel_pitch_m, defocus, tuple(data.shape[-2:]),
                        oversample)
         variance0 = float(read_noise_e) ** 2
