@@ -21,7 +21,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import h5py
 import numpy as np
 from tqdm.auto import tqdm
 
@@ -29,8 +28,10 @@ from simulator.errors import InputError
 from simulator.system import OpticalSystem
 
 from .errors import CalibrationError
+from .hdf5 import read_dataclass, write_dataclass
 from .noise import PixelNoise
 
+SCHEMA, SCHEMA_VERSION = "onn_hil.calibration.psf", 1
 #: Fraction of the saturation level the brightest pixel may reach at the bracket's shortest exposure.
 PEAK_FRACTION = 0.7
 #: Signal-to-noise ratio below which a PSF counts as not seen.
@@ -69,16 +70,13 @@ class PSFMeasurement:
                 "snr_min": float(self.snr.min()), "snr_median": float(np.median(self.snr)),
                 "saturated_pixels": int(self.saturated.sum()), "fit_pixels": int(self.mask.sum())}
 
-    def to_hdf5(self, group: h5py.Group) -> None:
-        for name in ("pattern", "points", "exposures_s", "lit", "dark", "rate", "variance", "saturated", "mask", "snr"):
-            group.create_dataset(name, data=getattr(self, name), compression="gzip" if getattr(self, name).ndim > 1 else None)
-        group.attrs["averages"] = self.averages
+    def to_hdf5(self, group) -> None:
+        write_dataclass(group, self, SCHEMA, SCHEMA_VERSION)
 
     @classmethod
-    def from_hdf5(cls, group: h5py.Group) -> "PSFMeasurement":
-        arrays = {name: group[name][()] for name in ("pattern", "points", "exposures_s", "lit", "dark", "rate",
-                                                      "variance", "saturated", "mask", "snr")}
-        return cls(**arrays, averages=int(group.attrs["averages"]))
+    def from_hdf5(cls, group) -> "PSFMeasurement":
+        """Read what :meth:`to_hdf5` wrote (:class:`~calibration.errors.CalibrationFileError` if not)."""
+        return read_dataclass(cls, group, SCHEMA, SCHEMA_VERSION)
 
 
 def point_grid(system: OpticalSystem) -> np.ndarray:

@@ -48,8 +48,7 @@ from __future__ import annotations
 
 import logging
 import math
-import typing
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -58,7 +57,8 @@ from tqdm.auto import tqdm
 from simulator.errors import InputError
 from simulator.files import atomic_write
 
-from .errors import CalibrationError, CalibrationFileError
+from .errors import CalibrationError
+from .hdf5 import read_dataclass, write_dataclass
 from .noise import PixelNoise
 
 log = logging.getLogger(__name__)
@@ -265,46 +265,6 @@ class SensorCalibration:
 
 
 # =============================================================================================== files
-def write_dataclass(group, obj, schema: str, version: int) -> None:
-    """Write a frozen dataclass of numpy arrays and scalars into an h5py group (arrays as datasets,
-    gzip-compressed when 2-D or more; scalars as attributes) with ``schema`` and ``schema_version``."""
-    group.attrs["schema"] = schema
-    group.attrs["schema_version"] = version
-    for f in fields(obj):
-        value = getattr(obj, f.name)
-        if isinstance(value, np.ndarray):
-            group.create_dataset(f.name, data=value, compression="gzip" if value.ndim > 1 else None)
-        else:
-            group.attrs[f.name] = value
-
-
-def read_dataclass(cls, group, schema: str, version: int):
-    """Read a dataclass written by :func:`write_dataclass`, checking the schema, its version and
-    that every field is present (:class:`CalibrationFileError` naming what is wrong)."""
-    found = group.attrs.get("schema")
-    found = found.decode() if isinstance(found, bytes) else found
-    if found != schema:
-        raise CalibrationFileError(f"{group.name}: schema {found!r}, expected {schema!r}")
-    found_version = group.attrs.get("schema_version")
-    if found_version is None or int(found_version) != version:
-        shown = None if found_version is None else int(found_version)
-        raise CalibrationFileError(f"{group.name}: {schema} version {shown}, this toolkit reads version {version}")
-    hints = typing.get_type_hints(cls)
-    values = {}
-    for f in fields(cls):
-        kind = hints[f.name]
-        if kind is np.ndarray:
-            if f.name not in group:
-                raise CalibrationFileError(f"{group.name}: dataset {f.name!r} missing (truncated file?)")
-            values[f.name] = group[f.name][()]
-        else:
-            if f.name not in group.attrs:
-                raise CalibrationFileError(f"{group.name}: attribute {f.name!r} missing (truncated file?)")
-            values[f.name] = kind(group.attrs[f.name])
-    return cls(**values)
-
-
-# =============================================================================================== measuring
 def capture_stack(bench, image, frames: int) -> tuple[np.ndarray, float]:
     """Show ``image`` and return ``frames`` consecutive frames that see it, (frames, rows, cols), and
     their exposure (s). The first comes from :meth:`~drivers.bench.Bench.measure` (fresh after settling),
