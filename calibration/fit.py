@@ -48,6 +48,7 @@ import h5py
 import numpy as np
 import torch
 
+from simulator import config as config_io
 from simulator.errors import InputError
 from simulator.fabrication import AberrationOptics, FabricationErrors, apply_psf_errors
 from simulator.system import OpticalSystem
@@ -78,13 +79,15 @@ class FitSettings:
 
     stages: subset of :data:`STAGES`, in order. zernike_noll: Noll indices fitted in the optics stage
     (>= 4; tilt is the shift). kernel_error_prior: prior RMS of the relative kernel error.
-    max_iterations: per Levenberg-Marquardt or L-BFGS run.
+    max_iterations: per Levenberg-Marquardt or L-BFGS run. aberration: the optics behind the Zernike
+    terms (wavelength, image-side f-number of a sub-optic, sensor pixel pitch).
     """
 
     stages: tuple[str, ...] = STAGES
     zernike_noll: tuple[int, ...] = (4, 5, 6)
     kernel_error_prior: float = 0.1
     max_iterations: int = 60
+    aberration: AberrationOptics = field(default_factory=AberrationOptics)
 
     def __post_init__(self):
         stages = tuple(self.stages)
@@ -142,10 +145,7 @@ class MismatchFit:
 
         group.attrs["errors_json"] = json.dumps(self.errors.to_dict())
         group.attrs["chi2_reduced_json"] = json.dumps(self.chi2_reduced)
-        group.attrs["settings_json"] = json.dumps({"stages": list(self.settings.stages),
-                                                   "zernike_noll": list(self.settings.zernike_noll),
-                                                   "kernel_error_prior": self.settings.kernel_error_prior,
-                                                   "max_iterations": self.settings.max_iterations})
+        group.attrs["settings_json"] = json.dumps(config_io.to_plain(self.settings))
         group.attrs["psf_residual_before"] = self.psf_residual_before
         group.attrs["psf_residual_after"] = self.psf_residual_after
         table = self.table()
@@ -169,9 +169,7 @@ class MismatchFit:
                    psf_residual_before=float(group.attrs["psf_residual_before"]),
                    psf_residual_after=float(group.attrs["psf_residual_after"]),
                    model_rate=group["model_rate"][()], design_rate=group["design_rate"][()],
-                   settings=FitSettings(stages=tuple(settings["stages"]), zernike_noll=tuple(settings["zernike_noll"]),
-                                        kernel_error_prior=settings["kernel_error_prior"],
-                                        max_iterations=settings["max_iterations"]))
+                   settings=config_io.build(FitSettings, settings, "fit.settings"))
 
 
 # ----------------------------------------------------------------------------------------- the model
@@ -184,7 +182,7 @@ class _Model:
         self.system.requires_grad_(False)
         p, self.channels, k, _ = self.system.design.psfs().shape
         self.p, self.k, self.aberration = p, k, aberration
-        self.num_zernike = max(settings.zernike_noll)
+        self.num_zernike = max(settings.zernike_noll, default=0)
         self.zernike_index = [j - 1 for j in settings.zernike_noll]
         self.even = [noll_to_nm(j)[0] % 2 == 0 for j in settings.zernike_noll]  # W(-r) = W(r)
         mask = torch.from_numpy(measurement.mask)
@@ -351,16 +349,15 @@ def _fisher_sigma(model: _Model, theta: torch.Tensor, free: np.ndarray) -> np.nd
 
 
 def fit_mismatch(measurement: PSFMeasurement, system: OpticalSystem, *, noise: PixelNoise | None = None,
-                 aberration: AberrationOptics | None = None, settings: FitSettings | None = None) -> MismatchFit:
+                 settings: FitSettings | None = None) -> MismatchFit:
     """Fit the fabrication errors of ``system``'s design to ``measurement`` (module docstring).
 
     ``noise`` must be the one the measurement's variance came from (for the DN scale; default the
-    nominal of ``system.sensor``); ``aberration`` the optics behind the Zernike terms (default: those
-    of ``system.errors``).
+    nominal of ``system.sensor``).
     """
     settings = settings or FitSettings()
     noise = noise or PixelNoise.from_sensor(system.sensor)
-    aberration = aberration or system.errors.aberration
+    aberration = settings.aberration
     if measurement.rate.shape != system.frame_shape:
         raise InputError(f"the measurement's frames are {measurement.rate.shape} but the optics' layout is {system.frame_shape}")
     model = _Model(measurement, system, noise, aberration, settings)

@@ -67,7 +67,7 @@ from simulator.metaoptic import aperture_center_m, square_aperture
 from simulator.pupil import circular_pupil, psf_from_pupil
 from simulator.zernike import noll_to_nm, zernike_wavefront
 
-from .sensor import read_dataclass, write_dataclass
+from .hdf5 import read_dataclass, write_dataclass
 
 __all__ = ["PupilModel", "PhaseRetrievalResult", "retrieve_zernike", "SCHEMA", "SCHEMA_VERSION"]
 

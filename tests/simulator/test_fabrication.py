@@ -107,15 +107,28 @@ def test_brightness_scales_energy_exactly():
     torch.testing.assert_close(out.sum(dim=(1, 2, 3)), alpha * psfs.sum(dim=(1, 2, 3)), rtol=1e-15, atol=0)
 
 
-def test_gaussian_blur_of_a_delta_is_the_normalised_gaussian():
+def test_blur_of_a_delta_is_the_discrete_gaussian():
+    """Oracle: the discrete Gaussian exp(-t) I_n(t) per axis (scipy's exponentially scaled Bessel)."""
+    from scipy.special import ive
+
     k, sigma = 11, 1.3
     delta = torch.zeros((1, 1, k, k), dtype=D)
     delta[..., k // 2, k // 2] = 1
     out = apply_psf_errors(delta, FabricationErrors(1, blur_sigma_px=torch.tensor([sigma], dtype=D)))[0, 0]
-    # normalised over the (2K-1)^2 lag window the filter spans (module docstring)
-    lags = torch.arange(-(k - 1), k, dtype=D)
-    norm = torch.exp(-(lags[:, None] ** 2 + lags[None, :] ** 2) / (2 * sigma**2)).sum()
-    torch.testing.assert_close(out, gaussian(k, sigma) / norm, atol=1e-12, rtol=0)
+    axis = torch.from_numpy(ive(np.arange(k) - k // 2, sigma**2))
+    torch.testing.assert_close(out, axis[:, None] * axis[None, :], atol=1e-12, rtol=0)
+
+
+def test_blur_changes_linearly_with_its_variance_from_zero():
+    """d PSF / d(sigma^2) at sigma = 0 is half the discrete Laplacian of the PSF (the discrete Gaussian's
+    generator), so a fit can start at no blur."""
+    psfs = random_psfs(p=1, c=1, k=7)
+    padded = torch.nn.functional.pad(psfs, (1, 1, 1, 1))
+    laplacian = (padded[..., :-2, 1:-1] + padded[..., 2:, 1:-1] + padded[..., 1:-1, :-2] + padded[..., 1:-1, 2:]
+                 - 4 * psfs)
+    variance = 1e-7
+    blurred = apply_psf_errors(psfs, FabricationErrors(1, blur_sigma_px=torch.tensor([variance**0.5], dtype=D)))
+    torch.testing.assert_close((blurred - psfs) / variance, laplacian / 2, atol=1e-5 * float(psfs.max()), rtol=0)
 
 
 NYQUIST_OPTICS = AberrationOptics(wavelengths_m=(500e-9,), f_number=4.0, pixel_pitch_m=1e-6)

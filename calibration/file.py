@@ -1,0 +1,153 @@
+"""The calibration file: one HDF5 file per calibration, written once, read with checks.
+
+Layout: root attributes ``schema`` (:data:`SCHEMA`), ``schema_version``, ``calibration_id``,
+``created_utc``, ``saved_utc``, ``toolkit_version``, ``versions_json`` (Python and dependency
+versions), ``bench_settings_json`` (the devices' settings while measuring), ``config_json`` (the
+resolved calibration config), ``optics_json`` (the nominal optical system) and ``stages``; one group
+per stage (``sensor``, ``display``, ``geometry``, ``psf``, ``fit``), each with its own schema name and
+version.
+
+Writing is atomic (a temporary file in the same folder, flushed, then renamed) and never replaces an
+existing file: an earlier calibration stays as it was. Reading refuses, with
+:class:`~calibration.errors.CalibrationFileError`, a file that is not HDF5 or is truncated, one of
+another schema or version, and one missing a stage it lists; given the bench, it refuses a
+calibration of another frame or display size and warns about every device setting that differs
+from those it was measured with.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import os
+import platform
+from importlib import metadata
+from pathlib import Path
+
+import h5py
+
+from simulator import config as config_io
+
+from .api import STAGES, Calibration
+from .display_response import DisplayCalibration
+from .errors import CalibrationFileError
+from .fit import MismatchFit
+from .geometry import GeometryCalibration
+from .psf import PSFMeasurement
+from .sensor import SensorCalibration
+
+log = logging.getLogger(__name__)
+
+SCHEMA, SCHEMA_VERSION = "onn_hil.calibration", 1
+_STAGE_TYPES = {"sensor": SensorCalibration, "display": DisplayCalibration, "geometry": GeometryCalibration,
+                "psf": PSFMeasurement, "fit": MismatchFit}
+_JSON_ATTRS = ("bench_settings", "config", "optics")
+#: Settings whose change does not matter to a calibration (per device).
+_IGNORED_SETTINGS = {"exposure_s", "timeout_s", "retries", "max_stale_reads", "name", "frames_served", "faults"}
+
+
+def versions() -> dict:
+    """Python, toolkit and dependency versions (recorded with every calibration)."""
+    out = {"python": platform.python_version()}
+    for name in ("onn-hil", "torch", "numpy", "h5py", "opencv-python", "scipy"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def save_calibration(calibration: Calibration, path) -> Path:
+    """Write ``calibration`` to ``path`` (a new file; an existing one is refused, never replaced)."""
+    path = Path(path)
+    if path.exists():
+        raise CalibrationFileError(f"{path} exists: a calibration is never overwritten; choose a new file name")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        with h5py.File(temporary, "w") as f:
+            f.attrs["schema"] = SCHEMA
+            f.attrs["schema_version"] = SCHEMA_VERSION
+            f.attrs["calibration_id"] = calibration.calibration_id
+            f.attrs["created_utc"] = calibration.created_utc
+            f.attrs["saved_utc"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+            f.attrs["toolkit_version"] = versions()["onn-hil"] or "unknown"
+            f.attrs["versions_json"] = json.dumps(versions())
+            for name in _JSON_ATTRS:
+                f.attrs[f"{name}_json"] = json.dumps(config_io.to_plain(getattr(calibration, name)))
+            f.attrs["stages"] = json.dumps(calibration.stages)
+            for stage in calibration.stages:
+                getattr(calibration, stage).to_hdf5(f.create_group(stage))
+        with open(temporary, "rb+") as handle:
+            os.fsync(handle.fileno())
+        if path.exists():  # appeared meanwhile
+            raise CalibrationFileError(f"{path} appeared while writing; the new calibration is left in {temporary}")
+        os.replace(temporary, path)
+    except BaseException:
+        if temporary.exists() and not path.exists():
+            temporary.unlink()
+        raise
+    log.info("calibration %s written to %s", calibration.calibration_id, path)
+    return path
+
+
+def load_calibration(path, bench=None) -> Calibration:
+    """Read a calibration file (module docstring for the checks); ``bench``: the bench it will be
+    used on, checked against the one it was measured on."""
+    path = Path(path)
+    if not path.is_file():
+        raise CalibrationFileError(f"{path}: no such calibration file")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as exc:
+        raise CalibrationFileError(f"{path} is not a readable HDF5 file (truncated or foreign): {exc}") from exc
+    with f:
+        schema = f.attrs.get("schema")
+        schema = schema.decode() if isinstance(schema, bytes) else schema
+        if schema != SCHEMA:
+            raise CalibrationFileError(f"{path} is not a calibration file (schema {schema!r}, expected {SCHEMA!r})")
+        version = int(f.attrs.get("schema_version", -1))
+        if version != SCHEMA_VERSION:
+            raise CalibrationFileError(f"{path} is calibration schema version {version}; this toolkit reads {SCHEMA_VERSION}")
+        try:
+            stages = json.loads(f.attrs["stages"])
+            values = {name: json.loads(f.attrs[f"{name}_json"]) for name in _JSON_ATTRS}
+            values.update(created_utc=str(f.attrs["created_utc"]), calibration_id=str(f.attrs["calibration_id"]))
+            for stage in stages:
+                if stage not in STAGES or stage not in f:
+                    raise CalibrationFileError(f"{path}: stage {stage!r} listed but missing (truncated file?)")
+                values[stage] = _STAGE_TYPES[stage].from_hdf5(f[stage])
+        except (KeyError, ValueError, OSError) as exc:
+            if isinstance(exc, CalibrationFileError):
+                raise
+            raise CalibrationFileError(f"{path}: incomplete or corrupted calibration file ({exc})") from exc
+    calibration = Calibration(**values)
+    if bench is not None:
+        check_bench(calibration, bench)
+    return calibration
+
+
+def check_bench(calibration: Calibration, bench) -> list[str]:
+    """Refuse a calibration of another frame or display size; warn about (and return) each device
+    setting that differs from those it was measured with."""
+    measured = calibration.bench_settings
+    now = config_io.to_plain(bench.settings())
+    system = calibration.nominal_system()
+    if tuple(bench.camera.shape) != system.frame_shape or tuple(bench.slm.shape) != system.image_shape:
+        raise CalibrationFileError(
+            f"calibration {calibration.calibration_id} is of a bench with a {system.frame_shape} frame and a "
+            f"{system.image_shape} display; this bench has {tuple(bench.camera.shape)} and {tuple(bench.slm.shape)}")
+    changed = []
+    for device in ("slm", "camera"):
+        before, after = measured.get(device, {}), now.get(device, {})
+        for key in sorted(set(before) | set(after)):
+            if key not in _IGNORED_SETTINGS and before.get(key) != after.get(key):
+                changed.append(f"{device}.{key}: {before.get(key)!r} when calibrated, {after.get(key)!r} now")
+    if changed:
+        log.warning("calibration %s was measured with other device settings: %s", calibration.calibration_id,
+                    "; ".join(changed))
+    return changed
+
+
+__all__ = ["SCHEMA", "SCHEMA_VERSION", "check_bench", "load_calibration", "save_calibration", "versions"]
