@@ -50,7 +50,7 @@ import torch
 
 from simulator import config as config_io
 from simulator.errors import InputError
-from simulator.fabrication import AberrationOptics, FabricationErrors, apply_psf_errors
+from simulator.fabrication import AberrationOptics, FabricationErrors, place_psfs, shape_psfs
 from simulator.system import OpticalSystem
 from simulator.zernike import noll_to_nm
 
@@ -195,6 +195,7 @@ class _Model:
         self.radiance = (self.system.relative_radiance(gray, design)
                          - self.system.relative_radiance(torch.zeros_like(gray), design))
         self.design_psfs = design
+        self._shaped: tuple | None = None  # (shape parameters, kernel error, shaped PSFs) of the last call
         self.layout = [  # (kind, field, shape)
             ("shift_px", "shift_px", (p, 2)), ("rotation_rad", "rotation_rad", (p,)),
             ("magnification", "magnification", (p,)), ("brightness", "brightness", (p,)),
@@ -230,7 +231,9 @@ class _Model:
         theta[self.block("brightness")] = 1.0
         return theta
 
-    def errors(self, theta: torch.Tensor, kernel_error: torch.Tensor | None = None) -> FabricationErrors:
+    def errors(self, theta: torch.Tensor, kernel_error: torch.Tensor | None = None,
+               rows: torch.Tensor | None = None) -> FabricationErrors:
+        """The errors of parameter vector ``theta`` (for the PSFs ``rows`` only, when given)."""
         values = {}
         for (kind, name, shape), start, size in zip(self.layout, self.offsets, self.sizes):
             part = theta[int(start):int(start) + size].reshape(shape)
@@ -240,15 +243,35 @@ class _Model:
                 full = torch.zeros(self.p, self.num_zernike, dtype=theta.dtype)
                 wavelength = self.aberration.wavelengths_m[0]
                 part = full.index_copy(1, torch.tensor(self.zernike_index), part * wavelength) if self.zernike_index else full
+            if rows is not None and shape:
+                part = part[rows]
             values[name] = part
-        return FabricationErrors(self.p, num_zernike=self.num_zernike, aberration=self.aberration,
+        count = self.p if rows is None else len(rows)
+        if rows is not None and kernel_error is not None:
+            kernel_error = kernel_error[rows]
+        return FabricationErrors(count, num_zernike=self.num_zernike, aberration=self.aberration,
                                  kernel_error=kernel_error, **values)
 
-    def rate(self, theta: torch.Tensor, kernel_error: torch.Tensor | None = None) -> torch.Tensor:
-        """Model signal rate (DN/s), whole frame."""
+    def rate(self, theta: torch.Tensor, kernel_error: torch.Tensor | None = None, remember: bool = True) -> torch.Tensor:
+        """Model signal rate (DN/s), whole frame. The shaped PSFs (blur, aberration: the costly part)
+        are recomputed only for the PSFs whose shape parameters differ from the last remembered call."""
         errors = self.errors(theta, kernel_error)
         self.system.errors = errors
-        psfs = apply_psf_errors(self.design_psfs, errors, self.system.geometry.psf_margin_px)
+        margin = self.system.geometry.psf_margin_px
+        shape_params = torch.cat([theta[self.block("blur_variance_px2")].reshape(self.p, -1),
+                                  theta[self.block("zernike_waves")].reshape(self.p, -1)], dim=1)
+        cached = self._shaped
+        if kernel_error is not None and kernel_error.requires_grad or cached is None or cached[1] is not kernel_error:
+            shaped = shape_psfs(self.design_psfs, errors, margin)
+        else:
+            rows = torch.nonzero((shape_params != cached[0]).any(dim=1)).flatten()
+            shaped = cached[2]
+            if len(rows):
+                shaped = shaped.clone()
+                shaped[rows] = shape_psfs(self.design_psfs[rows], self.errors(theta, kernel_error, rows), margin)
+        if remember and not shaped.requires_grad:
+            self._shaped = (shape_params.clone(), kernel_error, shaped)
+        psfs = place_psfs(shaped, errors)
         return self.system.radiance_frame(self.radiance, psfs)[0] * self.scale
 
     def whitened(self, theta: torch.Tensor, kernel_error: torch.Tensor | None = None) -> torch.Tensor:
@@ -279,12 +302,13 @@ class _Model:
                 h = float(steps[indices[0]])
                 up = theta.clone()
                 up[indices] += h
+                high = self.rate(up, remember=False)[self.mask]
                 if nonneg[indices[0]] and float(theta[indices].min()) < h:
-                    change = (self.rate(up)[self.mask] - centre) / h
+                    change = (high - centre) / h
                 else:
                     down = theta.clone()
                     down[indices] -= h
-                    change = (self.rate(up)[self.mask] - self.rate(down)[self.mask]) / (2 * h)
+                    change = (high - self.rate(down, remember=False)[self.mask]) / (2 * h)
                 for index in indices:
                     owner = self.owner[index]
                     column = change if owner < 0 else change * self.near[owner]

@@ -410,12 +410,19 @@ def _at_identity(tensor: torch.Tensor | None, value: float) -> bool:
 def apply_psf_errors(psfs: torch.Tensor, errors: FabricationErrors, margin_px: int = 0) -> torch.Tensor:
     """The fabricated PSFs: ``psfs`` (P, C, K, K), non-negative design PSFs, with ``errors`` applied.
 
-    Stages in order: kernel error, blur + aberration, geometric transform, brightness (module
-    docstring). ``margin_px`` widens the window by that many zero pixels on every side after the
-    kernel error (which stays on the design's K x K support), so that light the later stages move
-    outwards is kept: the result is (P, C, K + 2 margin, K + 2 margin), centred on the same pixel.
-    Differentiable in ``psfs`` and every error tensor; dtype/device follow ``psfs``.
+    Stages in order: kernel error, blur + aberration (:func:`shape_psfs`), geometric transform,
+    brightness (:func:`place_psfs`); module docstring. ``margin_px`` widens the window by that many
+    zero pixels on every side after the kernel error (which stays on the design's K x K support), so
+    that light the later stages move outwards is kept: the result is (P, C, K + 2 margin, K + 2
+    margin), centred on the same pixel. Differentiable in ``psfs`` and every error tensor; dtype and
+    device follow ``psfs``.
     """
+    return place_psfs(shape_psfs(psfs, errors, margin_px), errors)
+
+
+def shape_psfs(psfs: torch.Tensor, errors: FabricationErrors, margin_px: int = 0) -> torch.Tensor:
+    """The stages of :func:`apply_psf_errors` that change a PSF's shape: kernel error, the margin, then
+    blur and aberration (P, C, K + 2 margin, K + 2 margin)."""
     check_tensor("psfs", psfs, ndim=4)
     p, c, k1, k2 = psfs.shape
     if k1 != k2:
@@ -436,6 +443,15 @@ def apply_psf_errors(psfs: torch.Tensor, errors: FabricationErrors, margin_px: i
         if not _at_identity(zern, 0.0):
             transfer = transfer * aberration_transfer(zern.to(psfs), errors.aberration, c, k1, psfs.dtype)
         out = filter_psfs(out, transfer)
+    return out
+
+
+def place_psfs(psfs: torch.Tensor, errors: FabricationErrors) -> torch.Tensor:
+    """The stages of :func:`apply_psf_errors` that move and scale a PSF: rotation, magnification and
+    shift, then brightness, on (P, C, K', K') PSFs."""
+    if psfs.shape[0] != errors.num_psfs:
+        raise InputError(f"psfs hold {psfs.shape[0]} PSFs (dim 0) but the fabrication errors are for {errors.num_psfs}")
+    out = psfs
     rot, mag, shift = errors.rotation_rad, errors.magnification, errors.shift_px
     geometric_shift = shift if errors.shift_method == "bilinear" else torch.zeros_like(shift)
     if not (_at_identity(rot, 0.0) and _at_identity(mag, 1.0) and _at_identity(geometric_shift, 0.0)):
