@@ -16,7 +16,8 @@ File layout (what the v1 reader needs, plus):
 * ``count``: a scalar dataset, the number of complete rows;
 * attributes: ``schema``, ``schema_version``, ``created_utc``, ``versions`` (toolkit and dependencies,
   JSON), ``settings`` (the devices' settings snapshot at the start, JSON), ``config`` (the bench's
-  resolved config and the caller's, JSON), ``calibration_id`` ("" without one), ``dataset``.
+  resolved config and the caller's, JSON), ``calibration_id`` ("" without one), ``design_id`` (the
+  fingerprint of the design the optics were made from, :func:`design_fingerprint`; "" if not given).
 
 Nothing lost: the file is written in HDF5's single-writer/multiple-reader (SWMR) mode; each row's
 data is flushed before ``count`` is raised and flushed, so a reader, or a resumed capture, sees only
@@ -24,7 +25,8 @@ complete rows, and a ``kill -9`` loses at most the frame in flight. Running :fun
 with the same ``out`` and indices continues after the last complete row (no duplicate, no gap); a
 file that another process killed mid-write (HDF5 then refuses to reopen it for writing) is first
 recovered by copying its complete rows into a fresh file that atomically replaces it. A foreign
-file, one for other indices, or a truncated one is refused with a clear message and never touched.
+file, one for other indices or another design, or a truncated one is refused with a clear message
+and never touched.
 """
 
 from __future__ import annotations
@@ -109,13 +111,37 @@ def display_image(image: torch.Tensor, slm) -> np.ndarray:
     return levels.astype(slm.dtype)
 
 
-def capture(bench, dataset, indices, out, *, calibration_id: str = "", config: dict | None = None,
-            progress: bool = True) -> CaptureSummary:
+def design_fingerprint(psfs) -> str:
+    """A short fingerprint (sha256, 16 hex digits) of a design's PSFs or kernels (array-like), rounded to
+    float32, to tell the captures of one design from another's."""
+    import hashlib
+
+    values = np.ascontiguousarray(np.asarray(psfs, dtype=np.float32))
+    return hashlib.sha256(str(values.shape).encode() + values.tobytes()).hexdigest()[:16]
+
+
+def check_design(path, design_id: str) -> None:
+    """Refuse (:class:`CaptureFileError`) a captures file recorded through another design than
+    ``design_id``; one recorded without a design id is accepted with a warning."""
+    import h5py
+
+    with h5py.File(path, "r", swmr=True) as f:
+        recorded = f.attrs.get("design_id", "")
+    recorded = recorded.decode() if isinstance(recorded, bytes) else str(recorded)
+    if not recorded:
+        log.warning("%s records no design id: cannot check it was captured through this design", path)
+    elif recorded != design_id:
+        raise CaptureFileError(f"{path} was captured through design {recorded}, not this run's design {design_id}: "
+                               "its frames belong to other optics; capture again into another file")
+
+
+def capture(bench, dataset, indices, out, *, calibration_id: str = "", design_id: str = "",
+            config: dict | None = None, progress: bool = True) -> CaptureSummary:
     """Show ``dataset[i]`` for every ``i`` of ``indices`` on ``bench`` and append its frame to ``out``.
 
     ``dataset`` items are ``(image (C, H, W) in [0, 1], label)``. Resumes an earlier capture of the
-    same ``indices`` into ``out`` (module docstring). ``config`` (plain mapping) is recorded with the
-    bench's resolved config. A device error stops the capture with the file closed and consistent;
+    same ``indices`` (and ``design_id``) into ``out`` (module docstring). ``config`` (plain mapping) is
+    recorded with the bench's resolved config. A device error stops the capture with the file closed and consistent;
     call again to continue.
     """
     indices = np.asarray(indices, dtype=np.int64)
@@ -126,8 +152,10 @@ def capture(bench, dataset, indices, out, *, calibration_id: str = "", config: d
     out = Path(out)
     if out.exists():
         count = _check_resumable(out, indices)
+        if design_id:
+            check_design(out, design_id)
     else:
-        _create(out, bench, indices, _first_frame_shape(bench), calibration_id, config)
+        _create(out, bench, indices, _first_frame_shape(bench), calibration_id, design_id, config)
         count = 0
     handle, recovered = _open_for_append(out, count)
     with handle as f:
@@ -168,7 +196,7 @@ def _is_dark(image: np.ndarray, camera) -> bool:
     return float(image.max()) - black <= 0.01 * (float(camera.saturation_dn) - black)
 
 
-def _create(out: Path, bench, indices: np.ndarray, frame_format, calibration_id: str, config) -> None:
+def _create(out: Path, bench, indices: np.ndarray, frame_format, calibration_id: str, design_id: str, config) -> None:
     """A new captures file with no rows, written to a temporary name and renamed into place."""
     import h5py
 
@@ -183,7 +211,7 @@ def _create(out: Path, bench, indices: np.ndarray, frame_format, calibration_id:
                 "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                 "versions": json.dumps(_versions()), "settings": json.dumps(bench.settings(), default=str),
                 "config": json.dumps({"bench": getattr(bench, "config", None), "capture": config}, default=str),
-                "calibration_id": calibration_id,
+                "calibration_id": calibration_id, "design_id": design_id,
             })
             f.create_dataset("frames", (0, *shape), dtype, maxshape=(None, *shape), chunks=(1, *shape))
             f.create_dataset("shown", (0, *shown_shape), bench.slm.dtype, maxshape=(None, *shown_shape),
@@ -280,4 +308,5 @@ def _versions() -> dict:
     return found
 
 
-__all__ = ["CaptureFileError", "CaptureSummary", "capture", "display_image", "stratified_indices"]
+__all__ = ["CaptureFileError", "CaptureSummary", "capture", "check_design", "design_fingerprint", "display_image",
+           "stratified_indices"]

@@ -20,7 +20,8 @@ import sys
 
 from simulator.errors import HilError
 
-COMMAND_MODULES = ("hil.commands.devices", "hil.commands.train", "hil.commands.capture", "hil.commands.estimate")
+COMMAND_MODULES = ("hil.commands.devices", "hil.commands.train", "hil.commands.capture", "hil.commands.estimate",
+                   "hil.commands.run")
 
 
 def build_parser() -> argparse.ArgumentParser:

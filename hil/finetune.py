@@ -2,13 +2,20 @@
 stage 3).
 
 The optics are frozen; what changes is the backend that reads them. :func:`captured_features` turns
-the raw frames of a captures file into the feature tensors the backend reads, through an optical
-system's :meth:`~simulator.system.OpticalSystem.features` (the *calibration layer*: tile positions,
-dark level, conversion gain and exposure of that system; the student's own design system until a
-calibration supplies fitted ones). :func:`finetune` then trains a copy of the student's backend on
-those features with the task loss ("end-to-end compensation"), classic KD, or NTKD, where the frozen
-teacher sees the raw images of the same samples (``source_indices``) and the student's kernel is over
-the backend's parameters only. :func:`accuracy` scores a backend on captured features.
+the raw frames of a captures file into the feature tensors the backend reads, through the
+*calibration layer* (:class:`calibration.layer.CalibrationLayer`: dark frame, measured gain,
+vignetting, fitted tile shifts and brightness), or, for the uncompensated reference, through the
+nominal :meth:`~simulator.system.OpticalSystem.features` of the design (tiles where the design puts
+them, nominal sensor). :func:`synthetic_features` renders images that were never captured through the
+calibrated forward model (:meth:`calibration.api.Calibration.calibrated_system`: the design with the
+fitted errors, measured display and sensor) with sensor noise, and reads them through the same layer,
+so they have the statistics of real captures. :func:`finetune` then trains a copy of the student's
+backend on those features with the task loss ("end-to-end compensation"), classic KD, or NTKD, where
+the frozen teacher sees the raw images of the same samples (``source_indices``) and the student's
+kernel is over the backend's parameters only. :func:`accuracy` scores a backend on captured features.
+
+The job's compensation methods (:data:`COMPENSATIONS`): ``e2e`` (task loss on real captures),
+``ntkd``, and each of the two plus synthetic captures (``e2e_synthetic``, ``ntkd_synthetic``).
 """
 
 from __future__ import annotations
@@ -30,6 +37,9 @@ from .data.captures import CaptureDataset
 log = logging.getLogger(__name__)
 
 METHODS = ("task", "kd", "ntkd")
+#: Compensation method of the job -> (:func:`finetune` method, with synthetic captures).
+COMPENSATIONS = {"e2e": ("task", False), "ntkd": ("ntkd", False), "e2e_synthetic": ("task", True),
+                 "ntkd_synthetic": ("ntkd", True)}
 
 
 @dataclass
@@ -44,13 +54,35 @@ class CapturedSet:
     def __len__(self) -> int:
         return len(self.labels)
 
+    def subset(self, rows) -> "CapturedSet":
+        """The rows ``rows`` (indices or a boolean mask)."""
+        rows = torch.as_tensor(rows)
+        return CapturedSet(self.features[rows], self.labels[rows], self.source_indices[rows])
 
-def captured_features(captures, system, *, rows_per_batch: int = 256) -> CapturedSet:
+    @staticmethod
+    def concat(*sets: "CapturedSet") -> "CapturedSet":
+        return CapturedSet(torch.cat([s.features for s in sets]), torch.cat([s.labels for s in sets]),
+                           torch.cat([s.source_indices for s in sets]))
+
+
+def captured_features(captures, layer, *, design_id: str | None = None, rows_per_batch: int = 256) -> CapturedSet:
     """Features of every complete row of a captures file (path or :class:`CaptureDataset`), each frame
-    read with its own exposure, through ``system`` (the calibration layer, module docstring)."""
+    read with its own exposure, through ``layer``: a calibration layer (callable ``(frames_dn,
+    exposure_s) -> features``) or an :class:`~simulator.system.OpticalSystem`, whose nominal
+    :meth:`~simulator.system.OpticalSystem.features` are used. With ``design_id``, a file captured
+    through another design (:func:`hil.capture.capture`'s ``design_id``) is refused."""
     import h5py
 
+    from simulator.system import OpticalSystem
+
+    from .capture import check_design
+
+    read = layer.features if isinstance(layer, OpticalSystem) else layer
     data = captures if isinstance(captures, CaptureDataset) else CaptureDataset(captures)
+    if data.count == 0:
+        raise InputError(f"{data.path} holds no complete frame")
+    if design_id is not None:
+        check_design(data.path, design_id)
     features = None
     with h5py.File(data.path, "r", swmr=True) as f:
         if "exposure_s" not in f:
@@ -62,11 +94,39 @@ def captured_features(captures, system, *, rows_per_batch: int = 256) -> Capture
                 exposures = np.asarray(f["exposure_s"][start:stop], dtype=np.float64)
                 for exposure in np.unique(exposures):  # usually one: rows of one exposure go together
                     rows = np.flatnonzero(exposures == exposure)
-                    values = system.features(frames[rows], float(exposure)).float()
+                    values = read(frames[rows], float(exposure)).float()
                     if features is None:
                         features = torch.empty((data.count, *values.shape[1:]))
                     features[start + rows] = values
     return CapturedSet(features, data.labels.clone(), data.source_indices.clone())
+
+
+def synthetic_features(calibration, images: torch.Tensor, labels: torch.Tensor, source_indices: torch.Tensor, *,
+                       exposure_s: float, seed: int = 0, batch_size: int = 500) -> CapturedSet:
+    """Synthetic captures of ``images`` (N, C, H, W) in [0, 1]: what the calibrated bench would record,
+    read through the same calibration layer as real frames (module docstring).
+
+    Each image is shown as ``round(image x 255)`` gray levels (as :func:`hil.capture.display_image`),
+    rendered by ``calibration.calibrated_system()`` with sensor noise (seeded by ``seed``) at
+    ``exposure_s``; its dark-subtracted photo-electrons (the noise-free black frame of the same model
+    removed) go through ``calibration.layer().from_electrons``.
+    """
+    if images.ndim != 4 or len(images) != len(labels) or len(images) != len(source_indices):
+        raise InputError(f"images must be (N, C, H, W) with one label and source index each, got {tuple(images.shape)}, "
+                         f"{len(labels)} labels, {len(source_indices)} indices")
+    system, layer = calibration.calibrated_system(), calibration.layer()
+    system.eval()
+    generator = torch.Generator().manual_seed(seed)
+    out = []
+    with torch.no_grad():
+        levels = system.display.levels - 1
+        black = system.frame(torch.zeros((1, *images.shape[1:]), dtype=torch.int64), exposure_s, noise=False)
+        black_e = system.sensor.electrons(black)
+        for start in range(0, len(images), batch_size):
+            gray = torch.round(images[start:start + batch_size].double() * levels).long()
+            frames = system.frame(gray, exposure_s, noise=True, generator=generator)
+            out.append(layer.from_electrons(system.sensor.electrons(frames) - black_e, exposure_s).float())
+    return CapturedSet(torch.cat(out), labels.clone(), source_indices.clone())
 
 
 class PairedObjective:
@@ -99,12 +159,13 @@ def accuracy(backend: nn.Module, data: CapturedSet, batch_size: int = 1000) -> f
 def finetune(student, train: CapturedSet, *, method: str = "task", teacher: nn.Module | None = None,
              source_inputs: torch.Tensor | None = None, loss: dict | None = None, epochs: int = 10,
              lr: float = 1e-3, batch_size: int = 64, seed: int = 0, val: CapturedSet | None = None,
-             out_dir=None, progress: bool = False):
+             max_steps: int | None = None, out_dir=None, progress: bool = False):
     """Retrain a copy of ``student.backend`` on captured features; returns ``(backend, TrainResult)``.
 
     ``method``: ``task`` (cross-entropy), ``kd`` or ``ntkd`` (``teacher`` and the raw ``source_inputs``
     (N_source, C, H, W) of the captured samples' source dataset needed; ``loss``: further fields of
-    :class:`hil.config.LossConfig`). ``val`` selects the best epoch (else the last is kept). With
+    :class:`hil.config.LossConfig`). ``val`` selects the best epoch (else the last is kept).
+    ``max_steps`` stops after that many optimiser steps (an equal budget whatever the set's size). With
     ``out_dir`` the run is checkpointed and resumes like ``hil train``.
     """
     from .losses import build_objective
@@ -116,6 +177,8 @@ def finetune(student, train: CapturedSet, *, method: str = "task", teacher: nn.M
         raise InputError(f"method {method!r} needs the teacher and the source images its captures came from")
     if len(train) < batch_size:
         raise InputError(f"{len(train)} captured samples are fewer than one batch of {batch_size}")
+    if max_steps is not None:
+        epochs = -(-int(max_steps) // (len(train) // batch_size))
     backend = copy.deepcopy(student.backend).train().requires_grad_(True)
     objective = build_objective({"method": method, "seed": seed, **(loss or {})}, "classification", teacher)
     if method != "task":
@@ -125,10 +188,11 @@ def finetune(student, train: CapturedSet, *, method: str = "task", teacher: nn.M
         trainer = Trainer(backend, objective, TensorDataset(train.features, train.labels), task="classification",
                           num_classes=int(train.labels.max()) + 1, optimizer=torch.optim.Adam(backend.parameters(), lr=lr),
                           val_data=None if val is None else TensorDataset(val.features, val.labels),
-                          batch_size=batch_size, epochs=epochs, seed=seed, progress=progress,
+                          batch_size=batch_size, epochs=epochs, max_steps=max_steps, seed=seed, progress=progress,
                           out_dir=None if out_dir is None else Path(out_dir))
         result = trainer.fit()
     return backend.eval(), result
 
 
-__all__ = ["CapturedSet", "METHODS", "PairedObjective", "accuracy", "captured_features", "finetune"]
+__all__ = ["COMPENSATIONS", "CapturedSet", "METHODS", "PairedObjective", "accuracy", "captured_features", "finetune",
+           "synthetic_features"]
