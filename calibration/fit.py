@@ -68,6 +68,11 @@ IDENTIFIABLE_SIGMA = {
     "crosstalk": 0.005, "vignetting_tan2": 0.05, "blur_variance_px2": 0.1, "zernike_waves": 0.05,
 }
 _BLUR_FLOOR = 1e-12
+#: Start of the relative kernel error in the residual stage (see _fit_kernel_error).
+KERNEL_ERROR_START = 1e-3
+#: Levenberg-Marquardt stops when a step lowers chi-square by less than this fraction of it, or by less
+#: than this absolute amount (a change far below 1 in chi-square moves no parameter by a sigma's worth).
+TOLERANCE_REL, TOLERANCE_CHI2 = 1e-7, 1e-2
 #: Finite-difference steps of the Jacobian, per kind (in the kind's fitted unit).
 FD_STEP = {"shift_px": 1e-4, "rotation_rad": 1e-5, "magnification": 1e-5, "brightness": 1e-5, "crosstalk": 1e-6,
            "vignetting_tan2": 1e-5, "blur_variance_px2": 1e-4, "zernike_waves": 1e-4}
@@ -356,7 +361,7 @@ def _levenberg_marquardt(model: _Model, theta: torch.Tensor, free: np.ndarray, m
                 theta, cost, damping = trial, trial_cost, max(damping / 3, 1e-9)
                 break
             damping *= 4
-        if not improved or decrease < 1e-8 * cost:
+        if not improved or decrease < max(TOLERANCE_REL * cost, TOLERANCE_CHI2):
             break
     return theta
 
@@ -476,14 +481,17 @@ def _unidentifiable(model: _Model, sigma: np.ndarray, free: np.ndarray, waveleng
 
 
 def _fit_kernel_error(model: _Model, theta: torch.Tensor, settings: FitSettings) -> torch.Tensor:
-    delta = torch.zeros(model.p, model.channels, model.k, model.k, dtype=torch.float64, requires_grad=True)
+    # Start just above 0: where a design PSF is exactly 0, relu(psf + delta rms) has no gradient at delta = 0.
+    delta = torch.full((model.p, model.channels, model.k, model.k), KERNEL_ERROR_START, dtype=torch.float64,
+                       requires_grad=True)
     optimiser = torch.optim.LBFGS([delta], max_iter=settings.max_iterations * 4, line_search_fn="strong_wolfe",
-                                  tolerance_grad=1e-10, tolerance_change=1e-12)
+                                  tolerance_grad=1e-9, tolerance_change=1e-12)
     prior = settings.kernel_error_prior
+    count = model.data.numel()
 
-    def closure():
+    def closure():  # chi-square + prior, per residual (a well-scaled objective for L-BFGS' tolerances)
         optimiser.zero_grad()
-        loss = model.whitened(theta, delta).square().sum() + delta.square().sum() / prior**2
+        loss = (model.whitened(theta, delta).square().sum() + delta.square().sum() / prior**2) / count
         loss.backward()
         return loss
 

@@ -21,7 +21,7 @@ import sys
 from simulator.errors import HilError
 
 COMMAND_MODULES = ("hil.commands.devices", "hil.commands.train", "hil.commands.capture", "hil.commands.estimate",
-                   "hil.commands.run")
+                   "hil.commands.calibrate", "hil.commands.run")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,6 +51,11 @@ def main(argv: list[str] | None = None) -> int:
         signum = getattr(exc, "signum", signal.SIGINT)
         print(f"hil {args.command}: interrupted ({signal.Signals(signum).name})", file=sys.stderr)
         return 128 + signum
+
+
+def calibrate_main() -> int:
+    """The ``hil-calibrate`` console script: ``hil calibrate`` under its own name."""
+    return main(["calibrate", *sys.argv[1:]])
 
 
 if __name__ == "__main__":

@@ -99,6 +99,7 @@ PSFs bit-exact.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -535,16 +536,23 @@ def _otf_ratio(zernike_m: torch.Tensor, wavelength: float, optics: AberrationOpt
     reach = min(q * (m - 1) // 2, support)
     n = fast_fft_size(support + reach + 1)
     grid = Grid.square(n, 2.0 / n_diameter)  # normalised pupil coordinates: radius 1
-    pupil = circular_pupil(grid, 1.0, dtype=dtype, device=zernike_m.device)
+    pupil, otf_dl = _clear_pupil(n, n_diameter, dtype, zernike_m.device)
     phase = wavefront_to_phase(zernike_wavefront(zernike_m.to(dtype), grid, 1.0), wavelength)[..., 0, :, :]
     otf_ab = _autocorrelation(pupil * torch.exp(1j * phase))
-    otf_dl = _autocorrelation(pupil.to(otf_ab.dtype))
     lags = (_lag_axis(m, torch.float64, zernike_m.device) * q).long().clamp(-reach, reach) % n
     otf_ab = otf_ab[..., lags[:, None], lags[None, :]]
     otf_dl = otf_dl[..., lags[:, None], lags[None, :]]
     passband = otf_dl.abs() > _OTF_CUTOFF_RTOL * otf_dl[..., :1, :1].abs()
     return torch.where(passband, otf_ab / torch.where(passband, otf_dl, torch.ones_like(otf_dl)),
                        torch.ones_like(otf_ab))
+
+
+@functools.lru_cache(maxsize=16)
+def _clear_pupil(n: int, n_diameter: float, dtype, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The clear circular pupil on an ``n x n`` grid ``n_diameter`` samples across, and its
+    autocorrelation (the diffraction-limited OTF), cached: they do not depend on the aberration."""
+    pupil = circular_pupil(Grid.square(n, 2.0 / n_diameter), 1.0, dtype=dtype, device=device)
+    return pupil, _autocorrelation(pupil.to(complex_dtype_for(dtype)))
 
 
 def _autocorrelation(pupil: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,14 @@
+"""``hil calibrate CONFIG --out DIR``: measure the bench's optics and fit them (:mod:`calibration.cli`)."""
+
+from __future__ import annotations
+
+
+def register(subparsers) -> None:
+    from calibration.cli import add_arguments, run
+
+    parser = subparsers.add_parser(
+        "calibrate", help="calibrate the bench: sensor, display, geometry, PSFs and the mismatch fit",
+        description="Run the calibration stages on the config's bench against its nominal optics; write "
+                    "calibration.h5 (never over an earlier one) and a report (PNG, markdown, JSON) into --out.")
+    add_arguments(parser)
+    parser.set_defaults(func=run)

@@ -1,0 +1,150 @@
+"""PSF capture and the mismatch fit, by round trip: inject known fabrication errors into a simulated
+bench, measure, fit, compare with the truth (seeds and magnitudes are not examples/optics.yaml's)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from calibration.errors import CalibrationError
+from calibration.fit import FitSettings, fit_mismatch
+from calibration.psf import measure_psfs, point_grid, window_mask
+from simulator.system import OpticalSystem
+from tests.calibration.benches import example_optics, simulated_bench
+
+#: Injected errors within the fitted model (no Zernike terms, no kernel error).
+SPEC = {"shift_std_px": 0.6, "rotation_std_rad": 0.012, "magnification_rel_std": 0.015, "brightness_rel_std": 0.12,
+        "blur_sigma_max_px": 0.6, "crosstalk": 0.004, "vignetting_tan_edge": 0.15, "background": 2500.0}
+GEOMETRY_PHOTOMETRY_OPTICS = FitSettings(stages=("geometry", "photometry", "optics"), zernike_noll=())
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def nominal() -> OpticalSystem:
+    return OpticalSystem.from_config({**example_optics(), "errors": None})
+
+
+def measure(errors: dict | None, seed: int = 0, **kwargs):
+    with simulated_bench({"errors": errors, "seed": seed}) as bench:
+        return measure_psfs(bench, nominal(), **kwargs), bench.camera.optics.errors
+
+
+def test_point_sources_do_not_overlap_and_cover_every_tile():
+    system = nominal()
+    points = point_grid(system)
+    window = system.fabricated_psfs().shape[-1]
+    assert len(points) == 9 and np.diff(np.unique(points[:, 0])).min() >= window
+    mask = window_mask(system, points)
+    assert mask.sum() == system.num_psfs * len(points) * window**2  # disjoint windows, all inside tiles
+
+
+def test_fit_recovers_injected_errors_within_the_acceptance():
+    measurement, truth = measure({"seed": 31, "spec": SPEC}, averages=4)
+    fit = fit_mismatch(measurement, nominal(), settings=GEOMETRY_PHOTOMETRY_OPTICS)
+    e = fit.errors
+    assert float((e.shift_px - truth.shift_px).abs().max()) < 0.05
+    assert math.degrees(float((e.rotation_rad - truth.rotation_rad).abs().max())) < 0.05
+    assert float((e.magnification - truth.magnification).abs().max()) < 1e-3
+    assert float((e.brightness / truth.brightness - 1).abs().max()) < 0.01
+    assert float((e.blur_sigma_px - truth.blur_sigma_px).abs().max()) < 0.05
+    assert abs(float(e.crosstalk - truth.crosstalk)) < 5e-4
+    assert abs(float(e.vignetting_tan_edge - truth.vignetting_tan_edge)) < 0.01
+    assert 0.8 <= fit.chi2_reduced["optics"] <= 1.2
+    assert fit.chi2_reduced["design"] > 100 * fit.chi2_reduced["optics"]
+    assert fit.psf_residual_after < 0.1 * fit.psf_residual_before
+    # the stated uncertainties are consistent with the errors: |z| < 4 for every shift
+    sigma = {p.name: p.sigma for p in fit.parameters}
+    for i in range(truth.num_psfs):
+        for axis in range(2):
+            error = float(e.shift_px[i, axis] - truth.shift_px[i, axis])
+            assert abs(error) < 4 * sigma[f"shift_px[{i}][{axis}]"]
+    assert all(p.identifiable for p in fit.parameters)
+
+
+@pytest.mark.slow
+def test_stated_shift_uncertainties_cover_the_errors_at_their_rate():
+    """Over noise realisations, ~68 % of shift errors lie within 1 sigma (Fisher) and ~95 % within 2."""
+    inside1 = inside2 = total = 0
+    spec = {"shift_std_px": 0.5, "brightness_rel_std": 0.1}
+    for seed in range(12):
+        measurement, truth = measure({"seed": 41, "spec": spec}, seed=seed, averages=2)
+        fit = fit_mismatch(measurement, nominal(), settings=FitSettings(stages=("geometry",)))
+        sigma = {p.name: p.sigma for p in fit.parameters}
+        for i in range(truth.num_psfs):
+            for axis in range(2):
+                z = abs(float(fit.errors.shift_px[i, axis] - truth.shift_px[i, axis])) / sigma[f"shift_px[{i}][{axis}]"]
+                inside1 += z < 1
+                inside2 += z < 2
+                total += 1
+    assert 0.6 <= inside1 / total <= 0.76
+    assert 0.9 <= inside2 / total <= 0.99
+
+
+def test_a_zernike_term_the_data_cannot_see_is_flagged_and_left_at_the_design():
+    """At ~1e4 photo-electrons per PSF, spherical aberration (Noll 11) on a 7 x 7 PSF sampled at 0.4
+    lambda F# is noise: it is reported as not identifiable, fixed at 0, instead of a fitted value."""
+    dim = {**example_optics(), "photometry": {"photons_per_s": 1.0e5, "exposure_s": 0.01}}
+    with simulated_bench({"errors": {"seed": 3, "spec": {"shift_std_px": 0.3}}, "photometry": dim["photometry"]},
+                         exposure_s=0.01) as bench:
+        system = OpticalSystem.from_config({**dim, "errors": None})
+        measurement = measure_psfs(bench, system, averages=1, exposures_s=[0.01])
+    fit = fit_mismatch(measurement, system, settings=FitSettings(stages=("geometry", "optics"), zernike_noll=(11,),
+                                                                 max_iterations=8))
+    spherical = [p for p in fit.parameters if "noll 11" in p.name]
+    assert spherical and not any(p.identifiable for p in spherical)
+    assert float(fit.errors.zernike_m[:, 10].abs().max()) == 0.0
+    shifts = [p for p in fit.parameters if p.kind == "shift_px"]
+    assert all(p.identifiable for p in shifts)
+
+
+@pytest.mark.slow
+def test_even_zernike_terms_are_fitted_and_their_sign_reported_undetermined():
+    defocus_m = [(-1) ** p * (30 + 2 * p) * 1e-9 for p in range(16)]
+    errors = {"num_psfs": 16, "aberration": example_optics()["errors"]["aberration"],
+              "errors": {"zernike_m": [[0.0, 0.0, 0.0, c] for c in defocus_m],
+                         "shift_px": [[0.1 * (p % 3), -0.05 * (p % 4)] for p in range(16)]}}
+    measurement, truth = measure(errors, averages=4)
+    fit = fit_mismatch(measurement, nominal(), settings=FitSettings(stages=("geometry", "optics"), zernike_noll=(4,)))
+    # the PSF determines |c| (an even mode's sign changes nothing in the cascade model)
+    torch.testing.assert_close(fit.errors.zernike_m[:, 3].abs(), truth.zernike_m[:, 3].abs(), atol=3e-9, rtol=0)
+    defocus = [p for p in fit.parameters if "noll 4" in p.name]
+    assert len(defocus) == 16 and all(p.identifiable and p.sign_ambiguous for p in defocus)
+    assert 0.8 <= fit.chi2_reduced["optics"] <= 1.2
+
+
+def test_the_residual_stage_absorbs_a_kernel_error_without_moving_the_geometry():
+    spec = {"shift_std_px": 0.4, "brightness_rel_std": 0.1, "kernel_error_rms": 0.15}
+    measurement, truth = measure({"seed": 12, "spec": spec}, averages=4)
+    geometry = fit_mismatch(measurement, nominal(), settings=FitSettings(stages=("geometry",)))
+    fit = fit_mismatch(measurement, nominal(), settings=FitSettings(stages=("geometry", "residual"), kernel_error_prior=0.2))
+    assert fit.chi2_reduced["residual"] < 0.2 * fit.chi2_reduced["geometry"]
+    correlation = torch.corrcoef(torch.stack([fit.errors.kernel_error.flatten(), truth.kernel_error.flatten()]))[0, 1]
+    assert float(correlation) > 0.5
+    torch.testing.assert_close(fit.errors.shift_px, geometry.errors.shift_px, rtol=0, atol=0)
+    torch.testing.assert_close(fit.errors.brightness, geometry.errors.brightness, rtol=0, atol=0)
+
+
+def test_saturated_and_empty_frames_are_refused_with_the_reason():
+    with simulated_bench({"errors": None}, exposure_s=2.0, exposure_limits_s=(0.5, 10.0)) as bench:
+        with pytest.raises(CalibrationError, match="saturate"):
+            measure_psfs(bench, nominal(), averages=1, exposures_s=[2.0])
+    dark = {"num_psfs": 16, "errors": {"brightness": [0.0] * 16}}
+    with simulated_bench({"errors": dark}) as bench:
+        with pytest.raises(CalibrationError, match="too dark"):
+            measure_psfs(bench, nominal(), averages=1, exposures_s=[0.01])
+
+
+def test_a_bench_of_another_frame_size_is_refused():
+    other = {**example_optics(), "errors": None, "geometry": {**example_optics()["geometry"], "gap_px": 6}}
+    with simulated_bench({"errors": None}) as bench:
+        with pytest.raises(CalibrationError, match="wrong optics"):
+            measure_psfs(bench, OpticalSystem.from_config(other))
