@@ -8,8 +8,10 @@ level; :class:`CalibrationLayer` undoes what the calibration measured, in this o
 1. subtract the dark frame at the exposure (sensor offset, dark current and stray light) and convert
    to photo-electrons with the measured conversion gain;
 2. divide by the fitted vignetting (relative, 1 at the frame centre);
-3. cut each tile at its nominal place and move its content back by the fitted PSF shift (bilinear,
-   sub-pixel), then divide by the fitted brightness;
+3. cut each tile at its nominal place and move its content back by the fitted PSF shift (a Fourier
+   phase ramp, sub-pixel: on the example bench it leaves 0.32 of the design-relative feature error
+   where bilinear interpolation left 0.42 and whole-pixel rounding 0.37), then divide by the fitted
+   brightness;
 4. take the "same" crop, tile ``2i`` minus tile ``2i + 1``, and divide by the expected
    photo-electrons per unit (``QE x photons_per_s x exposure``, nominal), as training does.
 
@@ -28,7 +30,7 @@ import torch
 from torch import nn
 
 from simulator.errors import InputError
-from simulator.fabrication import FabricationErrors, apply_frame_errors
+from simulator.fabrication import FabricationErrors, apply_frame_errors, fourier_shift
 from simulator.system import OpticalSystem
 
 
@@ -103,16 +105,9 @@ def vignetting_map(errors: FabricationErrors, system: OpticalSystem) -> torch.Te
 
 
 def shift_tiles(tiles: torch.Tensor, shift_px: torch.Tensor) -> torch.Tensor:
-    """Move the content of tile ``p`` of (N, P, h, w) by ``shift_px[p]`` = (dy, dx) pixels (bilinear,
-    zero outside)."""
-    n, p, h, w = tiles.shape
-    y = torch.arange(h, dtype=tiles.dtype) - shift_px[:, 0, None].to(tiles.dtype)  # (P, h): where to read
-    x = torch.arange(w, dtype=tiles.dtype) - shift_px[:, 1, None].to(tiles.dtype)
-    gx = (x[:, None, :] * 2 / (w - 1) - 1).expand(p, h, w)
-    gy = (y[:, :, None] * 2 / (h - 1) - 1).expand(p, h, w)
-    sampled = torch.nn.functional.grid_sample(tiles.transpose(0, 1), torch.stack([gx, gy], dim=-1), mode="bilinear",
-                                              padding_mode="zeros", align_corners=True)  # PSFs as the batch
-    return sampled.transpose(0, 1)
+    """Move the content of tile ``p`` of (N, P, h, w) by ``shift_px[p]`` = (dy, dx) pixels (Fourier
+    phase ramp on the zero-padded tile: sub-pixel without the blur of an interpolation)."""
+    return fourier_shift(tiles.transpose(0, 1), shift_px.to(tiles.dtype)).transpose(0, 1)
 
 
 def _as_batch(frames, shape) -> torch.Tensor:

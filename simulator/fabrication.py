@@ -605,21 +605,20 @@ def affine_resample(psfs: torch.Tensor, rotation_rad: torch.Tensor, magnificatio
 
 
 def fourier_shift(psfs: torch.Tensor, shift_px: torch.Tensor) -> torch.Tensor:
-    """Shift each (P, C, K, K) slice by ``shift_px`` (P, 2) = (dy, dx) pixels with a Fourier phase
-    ramp on the window zero-padded to ``2K`` (then cropped): exact for band-limited content."""
-    k = psfs.shape[-1]
-    n = 2 * k
-    f = torch.fft.fftfreq(n, dtype=psfs.dtype, device=psfs.device)
-    nyquist = torch.zeros_like(f, dtype=torch.bool)
-    nyquist[n // 2] = True  # its bin has no sign: a real ramp (cos) keeps the result real
+    """Shift each (P, C, H, W) slice by ``shift_px`` (P, 2) = (dy, dx) pixels with a Fourier phase
+    ramp on the window zero-padded to ``(2H, 2W)`` (then cropped): exact for band-limited content."""
+    h, w = psfs.shape[-2:]
 
-    def ramp(shift):
+    def ramp(shift, n):
+        f = torch.fft.fftfreq(n, dtype=psfs.dtype, device=psfs.device)
+        nyquist = torch.zeros_like(f, dtype=torch.bool)
+        nyquist[n // 2] = True  # its bin has no sign: a real ramp (cos) keeps the result real
         angle = -2 * math.pi * shift[:, None] * f
         return torch.where(nyquist, torch.cos(angle).to(complex_dtype_for(f.dtype)), torch.exp(1j * angle))
 
-    ramp = ramp(shift_px[:, 0])[:, :, None] * ramp(shift_px[:, 1])[:, None, :]
-    spectrum = torch.fft.fft2(psfs, s=(n, n)) * ramp[:, None]
-    return ifft2(spectrum).real[..., :k, :k]
+    ramp = ramp(shift_px[:, 0], 2 * h)[:, :, None] * ramp(shift_px[:, 1], 2 * w)[:, None, :]
+    spectrum = torch.fft.fft2(psfs, s=(2 * h, 2 * w)) * ramp[:, None]
+    return ifft2(spectrum).real[..., :h, :w]
 
 
 # ---------------------------------------------------------------------------------------- frame stages
