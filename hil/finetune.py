@@ -106,25 +106,27 @@ def synthetic_features(calibration, images: torch.Tensor, labels: torch.Tensor, 
     """Synthetic captures of ``images`` (N, C, H, W) in [0, 1]: what the calibrated bench would record,
     read through the same calibration layer as real frames (module docstring).
 
-    Each image is shown as ``round(image x 255)`` gray levels (as :func:`hil.capture.display_image`),
-    rendered by ``calibration.calibrated_system()`` with sensor noise (seeded by ``seed``) at
-    ``exposure_s``; its dark-subtracted photo-electrons (the noise-free black frame of the same model
+    Each image is shown as the gray levels a capture shows (:func:`simulator.display.quantise_intensities`,
+    as :func:`hil.capture.display_image`),
+    rendered by ``calibration.calibrated_system()`` at ``exposure_s``, with the sensor noise of its
+    sensor model (its ``noise`` switch; seeded by ``seed``); its dark-subtracted photo-electrons (the noise-free black frame of the same model
     removed) go through ``calibration.layer().from_electrons``.
     """
     if images.ndim != 4 or len(images) != len(labels) or len(images) != len(source_indices):
         raise InputError(f"images must be (N, C, H, W) with one label and source index each, got {tuple(images.shape)}, "
                          f"{len(labels)} labels, {len(source_indices)} indices")
+    from simulator.display import quantise_intensities
+
     system, layer = calibration.calibrated_system(), calibration.layer()
     system.eval()
     generator = torch.Generator().manual_seed(seed)
     out = []
     with torch.no_grad():
-        levels = system.display.levels - 1
         black = system.frame(torch.zeros((1, *images.shape[1:]), dtype=torch.int64), exposure_s, noise=False)
         black_e = system.sensor.electrons(black)
         for start in range(0, len(images), batch_size):
-            gray = torch.round(images[start:start + batch_size].double() * levels).long()
-            frames = system.frame(gray, exposure_s, noise=True, generator=generator)
+            gray = quantise_intensities(images[start:start + batch_size], system.display.levels)
+            frames = system.frame(gray, exposure_s, generator=generator)  # noise as the sensor model says
             out.append(layer.from_electrons(system.sensor.electrons(frames) - black_e, exposure_s).float())
     return CapturedSet(torch.cat(out), labels.clone(), source_indices.clone())
 

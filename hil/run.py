@@ -504,7 +504,8 @@ def evaluate(job: Job, student, calibration, design_id: str, name: str = "finetu
     simulation on the same test images), ``uncompensated`` (the student's backend on the nominal
     features of the captured frames: no calibration, no retraining), ``calibration_layer`` (its
     backend on the calibration layer's features, no retraining) and every fine-tuned backend of
-    ``<name>.json``: ``by_fraction[method][fraction]`` (:func:`score_runs`)."""
+    ``<name>.json``: ``by_fraction[method][fraction]`` (:func:`score_runs`). Written to
+    ``evaluation.json`` (``evaluation_<name>.json`` for another ``name``)."""
     from .finetune import accuracy, captured_features
 
     test_file = job.run_dir / "captures" / "test.h5"
@@ -519,7 +520,7 @@ def evaluate(job: Job, student, calibration, design_id: str, name: str = "finetu
     results_file = job.run_dir / f"{name}.json"
     results = json.loads(results_file.read_text()) if results_file.is_file() else {}
     out["by_fraction"] = score_runs(job, student, calibrated, results, out)
-    write_json(job.run_dir / "evaluation.json", out)
+    write_json(job.run_dir / ("evaluation.json" if name == "finetune" else f"evaluation_{name}.json"), out)
     return out
 
 

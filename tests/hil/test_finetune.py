@@ -108,3 +108,37 @@ def test_paired_objective_maps_rows_to_source_images():
                                 torch.arange(10.0)[:, None] * 10, torch.tensor([7, 3, 5]))
     objective(None, torch.zeros(2, 1), torch.zeros(2), indices=torch.tensor([2, 0]))
     assert calls[0][1].tolist() == [5, 7] and calls[0][0].flatten().tolist() == [50.0, 70.0]
+
+
+def test_synthetic_captures_are_what_the_bench_records_read_through_the_same_layer(tmp_path):
+    """With the calibrated model equal to the bench's optics (noise off), a synthetic capture of an image
+    is the real capture of it read through the same calibration layer, to the camera's DN rounding."""
+    from types import SimpleNamespace
+
+    from calibration.layer import CalibrationLayer
+    from hil.finetune import synthetic_features
+
+    student = build_model({"name": "optical_student", "num_kernels": 2, "kernel_size": 5, "image_size": SIZE,
+                           "hidden": [16], "pool": 1, "num_classes": 4, "seed": 1,
+                           "optics": {"geometry": {"gap_px": 2, "psf_margin_px": 3}, "photometry": {"photons_per_s": 1e6},
+                                      "sensor": {"noise": False, "offset_dn": 16.0, "gain_e_per_dn": 2.0}}})
+    errors = {"num_psfs": 4, "errors": {"shift_px": [[0.6, -0.4], [-0.3, 0.7], [1.2, 0.0], [0.0, -1.1]],
+                                        "brightness": [1.2, 0.8, 0.9, 1.1]}}
+    data = blob_dataset(6, 4)
+    with open_bench(fabricated_bench(student, errors), clock=VirtualClock()) as bench:
+        capture(bench, data, np.arange(6), tmp_path / "c.h5", progress=False)
+        truth = bench.camera.optics
+    sensor = truth.sensor
+    zeros = torch.zeros((1, 1, SIZE, SIZE), dtype=torch.int64)
+    layer = CalibrationLayer.from_errors(student.frontend, truth.errors, e_per_dn=sensor.gain_e_per_dn / sensor.justify_scale,
+                                         dark_dn=lambda t: truth.frame(zeros, t, noise=False)[0].numpy())
+    calibration = SimpleNamespace(calibrated_system=lambda: truth, layer=lambda: layer)
+    real = captured_features(tmp_path / "c.h5", layer)
+    exposure = float(truth.photometry.exposure_s)
+    synthetic = synthetic_features(calibration, data.tensors[0], data.tensors[1], torch.arange(6), exposure_s=exposure)
+    assert synthetic.features.shape == real.features.shape == (6, 2, SIZE, SIZE)
+    assert torch.equal(synthetic.labels, real.labels) and synthetic.source_indices.tolist() == list(range(6))
+    scale = float(real.features.abs().max())
+    torch.testing.assert_close(synthetic.features, real.features, atol=1e-3 * scale, rtol=0)  # 0.5 DN rounding
+    nominal = captured_features(tmp_path / "c.h5", student.frontend)  # the uncompensated reading is far off
+    assert float((nominal.features - real.features).abs().max()) > 0.2 * scale

@@ -1,0 +1,162 @@
+"""Hardware-in-the-loop benchmark (issue 10): how much of the accuracy that fabrication costs does each
+post-fabrication compensation win back, with 1 %, 3 % and 10 % of the training split captured?
+
+The job is ``examples/run_sim.yaml`` (what ``make demo`` runs): the 8-kernel Fashion-MNIST student
+trained in simulation, its design fabricated on the simulated bench with the default errors of
+``examples/optics_fabricated.yaml``, calibrated, captured (the fractions nest in the 10 % capture) and a
+held-out captured test set of 2 000 images. This script reuses that run folder (``--run-dir``, default
+``out/demo``; it runs the job there first if it has no report) and adds:
+
+1. a captured **validation** set: ``--val-size`` training images outside every captured fraction;
+2. **equal tuning**: every method (e2e, ntkd, e2e_synthetic, ntkd_synthetic) at every fraction gets the
+   same learning-rate grid (``--lrs``), the same number of Adam steps, batch and (for the synthetic ones)
+   the same synthetic set, trained on tuning seed 100 and scored on the validation captures; the best
+   learning rate per (method, fraction) is kept;
+3. the chosen setting on ``--seeds`` (0, 1, 2: initial backend = the student's, batch order and the
+   NTK projections differ), scored on the held-out captured test set.
+
+``recovered_fraction`` = (mean - uncompensated) / (design - uncompensated). Resumable: every fine-tuning
+run is stored in the run folder as it finishes (``tune_lr*.json``, ``bench.json``), and the results JSON
+is rewritten after every phase; a run that cannot finish leaves ``complete: false``.
+
+Usage::
+
+    nice -n 19 python benchmarks/hil.py [--run-dir out/demo] [--demo-seconds S]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import logging
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from hil import run as steps  # noqa: E402
+from hil.capture import capture, design_fingerprint, stratified_indices  # noqa: E402
+from hil.finetune import captured_features  # noqa: E402
+from simulator import config as config_io  # noqa: E402
+from simulator.system import OpticalSystem  # noqa: E402
+
+log = logging.getLogger("benchmarks.hil")
+TUNING_SEED = 100
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, default=REPO / "examples" / "run_sim.yaml")
+    parser.add_argument("--run-dir", type=Path, default=REPO / "out" / "demo")
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "hil.json")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--lrs", type=float, nargs="+", default=[1e-3, 3e-3, 1e-2])
+    parser.add_argument("--val-size", type=int, default=1000)
+    parser.add_argument("--demo-seconds", type=float, default=None,
+                        help="measured wall time of `make demo` (else the sum of the run's step times)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    torch.set_num_threads(1)
+    started = time.perf_counter()
+
+    job = steps.load_job(args.config, args.run_dir)
+    if not (job.run_dir / "report.json").is_file():
+        start = time.perf_counter()
+        steps.run_job(job, progress=False)
+        args.demo_seconds = args.demo_seconds or time.perf_counter() - start
+    state = steps.read_state(job.run_dir)
+    run_seconds = args.demo_seconds if args.demo_seconds is not None else sum(state["seconds"].values())
+    models = steps.train_models(job)
+    design_file = job.run_dir / "design" / "optics.yaml"
+    system = OpticalSystem.from_config(steps.design_config(design_file))
+    design_id = design_fingerprint(system.design.psfs().detach())
+    calibration = steps.load_job_calibration(job)
+    student = steps.load_student(models["student"])
+    train_split, test_split = steps.datasets(job)
+    capture_info = json.loads((job.run_dir / "capture.json").read_text())
+
+    # 1. validation captures, outside every captured fraction
+    val_file = job.run_dir / "captures" / "val.h5"
+    plan = steps.capture_plan(job, train_split.tensors[1].numpy(), test_split.tensors[1].numpy())
+    val_indices = stratified_indices(train_split.tensors[1].numpy(), args.val_size / len(train_split), 7,
+                                     exclude=plan["train"])
+    with steps.open_job_bench(job, steps.bench_config(job, design_file)) as bench:
+        capture(bench, train_split, val_indices, val_file, calibration_id=calibration.calibration_id,
+                design_id=design_id, progress=False)
+    val = captured_features(val_file, calibration.layer(), design_id=design_id)
+    base = job.config.finetune
+    result = {"benchmark": "hil", "complete": False,
+              "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+              "machine": {"platform": platform.platform(), "python": platform.python_version(),
+                          "cpus": os.cpu_count(), "load_average_1min": os.getloadavg()[0]},
+              "settings": {"config": str(args.config.relative_to(REPO)), "run_dir": str(job.run_dir),
+                           "fabrication": config_io.load_yaml(job.path(job.config.fabrication))["errors"],
+                           "finetune": {**config_io.to_plain(base), "seeds": args.seeds},
+                           "tuning": {"lrs": args.lrs, "seed": TUNING_SEED, "validation_captures": len(val),
+                                      "what": "learning rate per (method, fraction); steps, batch, synthetic set "
+                                              "and NTKD loss fixed and equal for every method"},
+                           "test_captures": None},
+              "capture_frames_per_s": capture_info["frames_per_s"],
+              "capture_clock": job.config.clock or "bench",
+              "run_seconds": run_seconds}
+    evaluation = steps.evaluate(job, student, calibration, design_id, name="bench")
+    result.update({k: evaluation[k] for k in ("design", "uncompensated", "calibration_layer")})
+    result["settings"]["test_captures"] = evaluation["test_samples"]
+    write(args.out, result)
+
+    # 2. equal tuning on the validation captures
+    reference = {"design": result["design"], "uncompensated": result["uncompensated"]}
+    tuning: dict = {}
+    for lr in args.lrs:
+        settings = dataclasses.replace(base, lr=lr, seeds=[TUNING_SEED])
+        runs = steps.finetune_all(job, student, calibration, design_id, models["teacher"], settings=settings,
+                                  name=f"tune_lr{lr:g}")
+        for method, fractions in steps.score_runs(job, student, val, runs, reference).items():
+            for key, scored in fractions.items():
+                tuning.setdefault(method, {}).setdefault(key, {})[f"{lr:g}"] = scored["mean"]
+        result["tuning"] = tuning
+        write(args.out, result)
+    chosen = {m: {k: float(max(v, key=v.get)) for k, v in fr.items()} for m, fr in tuning.items()}
+    result["settings"]["chosen_lr"] = chosen
+
+    # 3. the chosen settings on every seed, scored on the held-out captured test set
+    for method in base.methods:
+        for fraction in sorted(job.config.capture.fractions):
+            settings = dataclasses.replace(base, methods=[method], lr=chosen[method][steps.fraction_key(fraction)],
+                                           seeds=args.seeds)
+            steps.finetune_all(job, student, calibration, design_id, models["teacher"], settings=settings,
+                               fractions=[fraction], name="bench")
+        evaluation = steps.evaluate(job, student, calibration, design_id, name="bench")
+        result["by_fraction"] = {m: {k: {f: v[f] for f in ("mean", "std", "seeds", "recovered_fraction", "accuracies")}
+                                     for k, v in fr.items()} for m, fr in evaluation["by_fraction"].items()}
+        write(args.out, result)
+    runs = json.loads((job.run_dir / "bench.json").read_text())
+    result["step_seconds"] = {m: float(np.mean([e["mean_step_s"] for es in fr.values() for e in es]))
+                              for m, fr in runs.items()}
+    result["complete"] = all(len(result["by_fraction"].get(m, {})) == len(job.config.capture.fractions)
+                             for m in base.methods)
+    result["benchmark_seconds"] = time.perf_counter() - started
+    write(args.out, result)
+    print(json.dumps({k: result[k] for k in ("design", "uncompensated", "calibration_layer", "complete")}))
+    return 0
+
+
+def write(path: Path, value: dict) -> None:
+    from simulator.files import atomic_write
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(path, "w") as fh:
+        json.dump(value, fh, indent=1)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
