@@ -104,21 +104,12 @@ def plot_psfs(calibration: Calibration, path) -> None:
 def markdown(calibration: Calibration, files: dict[str, Path]) -> str:
     lines = [f"# Calibration {calibration.calibration_id}", "", f"Measured {calibration.created_utc}; stages: "
              f"{', '.join(calibration.stages)}.", ""]
-    if calibration.sensor is not None:
-        s = calibration.sensor.summary()
-        lines += ["## Sensor", "", "| figure | value |", "|---|---|"]
-        lines += [f"| {k} | {_fmt(v)} |" for k, v in s.items() if not isinstance(v, (list, dict))]
-        lines.append("")
-    if calibration.display is not None:
-        d = calibration.display.summary()
-        lines += ["## Display response", "", "| figure | value |", "|---|---|"]
-        lines += [f"| {k} | {_fmt(v)} |" for k, v in d.items() if not isinstance(v, (list, dict))]
-        lines.append("")
-    if calibration.geometry is not None:
-        g = calibration.geometry.summary()
-        lines += ["## Geometry", "", "| figure | value |", "|---|---|"]
-        lines += [f"| {k} | {_fmt(v)} |" for k, v in g.items() if not isinstance(v, (list, dict))]
-        lines.append("")
+    for stage, title in (("sensor", "Sensor"), ("display", "Display response"), ("geometry", "Geometry")):
+        if getattr(calibration, stage) is not None:
+            figures = getattr(calibration, stage).summary()
+            lines += [f"## {title}", "", "| figure | value |", "|---|---|"]
+            lines += [f"| {k} | {_fmt(v)} |" for k, v in figures.items() if not isinstance(v, (list, dict))]
+            lines.append("")
     if calibration.fit is not None:
         fit = calibration.fit
         lines += ["## Mismatch fit", "", "Reduced chi-square by stage: " + ", ".join(

@@ -25,26 +25,20 @@ FAST = {"sensor": {"frames": 4, "read_frames": 4, "num_exposures": 6}, "display"
 SPEC = {"shift_std_px": 0.5, "brightness_rel_std": 0.1, "crosstalk": 0.003, "vignetting_tan_edge": 0.1}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def nominal() -> OpticalSystem:
     return OpticalSystem.from_config({**example_optics(), "errors": None})
 
 
 @pytest.fixture(scope="module")
 def calibrated():
-    """One calibration of a bench with injected errors (module-scoped: measured once)."""
+    """One calibration of a bench with injected errors (module-scoped: measured once, on one thread)."""
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    with simulated_bench({"errors": {"seed": 19, "spec": SPEC}}) as bench:
-        calibration = calibrate(bench, nominal(), FAST)
-        truth = bench.camera.optics
-    return calibration, truth
+    try:
+        with simulated_bench({"errors": {"seed": 19, "spec": SPEC}}) as bench:
+            return calibrate(bench, nominal(), FAST), bench.camera.optics
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_calibrate_runs_every_stage_and_recovers_the_injected_errors(calibrated):

@@ -5,7 +5,6 @@ import json
 import h5py
 import numpy as np
 import pytest
-import torch
 
 from calibration.display_response import DisplayCalibration, default_levels, measure_display_response, plot
 from calibration.errors import CalibrationError, CalibrationFileError
@@ -26,15 +25,6 @@ SMOOTHSTEP = (0.015 + 0.985 * (3 * GRAY**2 - 2 * GRAY**3)).tolist()
 #: Linear interpolation between 33 measured levels misses a smooth curve by at most ~1e-3 (smoothstep:
 #: max |f''| h^2 / 8 = 6 (8/255)^2 / 8 = 7e-4), plus noise ~1e-4.
 LUT_TOLERANCE = 2e-3
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """The simulated camera renders tiny convolutions: one thread is fastest on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _overrides(seed=0, **optics):

@@ -21,14 +21,6 @@ SPEC = {"shift_std_px": 0.6, "rotation_std_rad": 0.012, "magnification_rel_std":
 GEOMETRY_PHOTOMETRY_OPTICS = FitSettings(stages=("geometry", "photometry", "optics"), zernike_noll=())
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def nominal() -> OpticalSystem:
     return OpticalSystem.from_config({**example_optics(), "errors": None})
 

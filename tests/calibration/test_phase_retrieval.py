@@ -33,15 +33,6 @@ TRUTH = {4: 0.03, 5: -0.02, 6: 0.025, 7: 0.015, 8: -0.01, 9: 0.02, 10: -0.012, 1
 EVEN = {4, 5, 6, 11}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The fits are many small matrix products: on a shared 2-core machine one thread is ~4x faster."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def oracle_psfs(coeffs_waves: dict, defocus=(0.0, DEFOCUS), pupil=None, radius=DIAMETER / 2, design_phase=None):
     pupil = oracle.disk(N, DX, DIAMETER / 2) if pupil is None else pupil
     w = oracle.wavefront({j: c * WAVELENGTH for j, c in coeffs_waves.items()}, pupil.shape[0], DX, radius)

@@ -32,15 +32,6 @@ DEFECTS = {"prnu_rel_std": 0.012, "hot_pixel_fraction": 0.003, "hot_pixel_dark_c
            "dead_pixel_fraction": 0.003}
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """The simulated camera renders tiny convolutions: one thread is fastest on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _bench(sensor=None, seed=0, **overrides):
     """A simulated bench with the sensor settings ``sensor`` and optics ``overrides``."""
     return simulated_bench(merged(NO_ABERRATION, {"seed": seed, "sensor": sensor or {}, **overrides}))
