@@ -69,6 +69,8 @@ IDENTIFIABLE_SIGMA = {
 _BLUR_FLOOR = 1e-12
 #: Start of the relative kernel error in the residual stage (see _fit_kernel_error).
 KERNEL_ERROR_START = 1e-3
+#: A tile whose chi-square per pixel exceeds this many times the median is refitted from other starts.
+STUCK_CHI2_FACTOR = 3.0
 #: Levenberg-Marquardt stops when a step lowers chi-square by less than this fraction of it, or by less
 #: than this absolute amount (a change far below 1 in chi-square moves no parameter by a sigma's worth).
 TOLERANCE_REL, TOLERANCE_CHI2 = 1e-7, 1e-2
@@ -221,6 +223,7 @@ class _Model:
             r, c = self.system.layout.tile_slices(t)
             tile_of[r, c] = t
         tile_of = tile_of[mask]
+        self.tile_of = tile_of
         adjacent = np.abs(rows[:, None] - rows[None]) + np.abs(cols[:, None] - cols[None]) <= 1
         self.near = torch.stack([torch.from_numpy(adjacent[t])[tile_of.clamp(min=0)] & (tile_of >= 0)
                                  for t in range(p)]).double()
@@ -411,6 +414,8 @@ def fit_mismatch(measurement: PSFMeasurement, system: OpticalSystem, *, noise: P
         for _ in range(3):  # fit, flag what the data cannot determine, refit without it
             free = np.flatnonzero(_mask_of(model, active) & ~fixed)
             theta = _levenberg_marquardt(model, theta, free, settings.max_iterations)
+            if stage == "geometry":
+                theta = _rescue_stuck_shifts(model, theta, free, settings.max_iterations)
             sigma[:] = np.inf
             sigma[free] = _fisher_sigma(model, theta, free)
             unknown = _unidentifiable(model, sigma, free, wavelength)
@@ -437,6 +442,39 @@ def fit_mismatch(measurement: PSFMeasurement, system: OpticalSystem, *, noise: P
     return MismatchFit(errors=_detached(errors), parameters=params, chi2_reduced=chi2, psf_residual_before=before,
                        psf_residual_after=after, model_rate=model_rate.numpy(), design_rate=design_rate.numpy(),
                        settings=settings)
+
+
+def _tile_chi2(model: _Model, theta: torch.Tensor) -> np.ndarray:
+    """Chi-square per pixel of every PSF's tile (P,)."""
+    with torch.no_grad():
+        r2 = model.whitened(theta).square()
+    own = torch.stack([model.tile_of == p for p in range(model.p)]).double()
+    return ((own * r2).sum(dim=1) / own.sum(dim=1).clamp(min=1)).numpy()
+
+
+def _rescue_stuck_shifts(model: _Model, theta: torch.Tensor, free: np.ndarray, max_iterations: int) -> torch.Tensor:
+    """A PSF whose tile fits far worse than the others is taken for stuck in a spurious minimum (the
+    cost is multimodal at the pixel scale: bilinear resampling has kinks at whole-pixel shifts): try
+    its rotation and magnification back at the design with its shift as fitted and moved by half a
+    pixel each way, keep the best start, and refit."""
+    per_tile = _tile_chi2(model, theta)
+    stuck = np.flatnonzero(per_tile > STUCK_CHI2_FACTOR * max(np.median(per_tile), 1.0))
+    if not len(stuck):
+        return theta
+    shift, rotation, magnification = (model.block(k) for k in ("shift_px", "rotation_rad", "magnification"))
+    for p in stuck:
+        best, best_cost = theta, per_tile[p]
+        for dy, dx in ((0, 0), (0.5, 0), (-0.5, 0), (0, 0.5), (0, -0.5)):
+            trial = theta.clone()  # rotation and magnification back at the design, the shift moved
+            trial[rotation.start + p], trial[magnification.start + p] = 0.0, 1.0
+            trial[shift.start + 2 * p] += dy
+            trial[shift.start + 2 * p + 1] += dx
+            cost = _tile_chi2(model, trial)[p]
+            if cost < best_cost:
+                best, best_cost = trial, cost
+        theta = best
+    log.info("calibration fit: PSFs %s restarted from a neighbouring shift", stuck.tolist())
+    return _levenberg_marquardt(model, theta, free, max_iterations)
 
 
 def _mask_of(model: _Model, kinds) -> np.ndarray:
