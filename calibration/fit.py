@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 from dataclasses import dataclass, field
 
 import h5py
@@ -71,6 +72,11 @@ _BLUR_FLOOR = 1e-12
 KERNEL_ERROR_START = 1e-3
 #: A tile whose chi-square per pixel exceeds this many times the median is refitted from other starts.
 STUCK_CHI2_FACTOR = 3.0
+#: Shift moves (dy, dx) px tried as restarts of a stuck PSF (besides its shift mirrored across the
+#: nearest whole pixel, where the bilinear model has a kink).
+RESCUE_SHIFTS_PX = ((0, 0), (0.5, 0), (-0.5, 0), (0, 0.5), (0, -0.5))
+#: Levenberg-Marquardt iterations over a stuck PSF's own parameters from each restart.
+RESCUE_ITERATIONS = 15
 #: Levenberg-Marquardt stops when a step lowers chi-square by less than this fraction of it, or by less
 #: than this absolute amount (a change far below 1 in chi-square moves no parameter by a sigma's worth).
 TOLERANCE_REL, TOLERANCE_CHI2 = 1e-7, 1e-2
@@ -310,17 +316,30 @@ class _Model:
                 up = theta.clone()
                 up[indices] += h
                 high = self.rate(up, remember=False)[self.mask]
+                forward = (high - centre) / h
                 if nonneg[indices[0]] and float(theta[indices].min()) < h:
-                    change = (high - centre) / h
+                    change = {index: forward for index in indices}
                 else:
                     down = theta.clone()
                     down[indices] -= h
-                    change = (high - self.rate(down, remember=False)[self.mask]) / (2 * h)
+                    low = self.rate(down, remember=False)[self.mask]
+                    central, backward = (high - low) / (2 * h), (centre - low) / h
+                    change = {index: self._difference(theta[index], kind_of=index, h=h, forward=forward,
+                                                      central=central, backward=backward) for index in indices}
                 for index in indices:
                     owner = self.owner[index]
-                    column = change if owner < 0 else change * self.near[owner]
+                    column = change[index] if owner < 0 else change[index] * self.near[owner]
                     columns[:, position[index]] = column / self.sigma
         return columns
+
+    def _difference(self, value, *, kind_of: int, h: float, forward, central, backward):
+        """The bilinear model of a shift has kinks at whole pixels: within ``h`` of one, a central
+        difference would mix the slopes of both sides, so take the one-sided difference on the side
+        of the point's own piece."""
+        if self.slot[kind_of][0] != "shift_px":
+            return central
+        fraction = float(value) - math.floor(float(value))
+        return forward if fraction < h else backward if fraction > 1 - h else central
 
     def nonnegative(self) -> np.ndarray:
         """Parameters bounded below by 0 (variances, squared tangent, crosstalk)."""
@@ -455,8 +474,9 @@ def _tile_chi2(model: _Model, theta: torch.Tensor) -> np.ndarray:
 def _rescue_stuck_shifts(model: _Model, theta: torch.Tensor, free: np.ndarray, max_iterations: int) -> torch.Tensor:
     """A PSF whose tile fits far worse than the others is taken for stuck in a spurious minimum (the
     cost is multimodal at the pixel scale: bilinear resampling has kinks at whole-pixel shifts): try
-    its rotation and magnification back at the design with its shift as fitted and moved by half a
-    pixel each way, keep the best start, and refit."""
+    its rotation and magnification back at the design with its shift as fitted, moved by
+    :data:`RESCUE_SHIFTS_PX` and mirrored across the nearest whole pixel; fit its own parameters from
+    each, keep the best, and refit all."""
     per_tile = _tile_chi2(model, theta)
     stuck = np.flatnonzero(per_tile > STUCK_CHI2_FACTOR * max(np.median(per_tile), 1.0))
     if not len(stuck):
@@ -464,11 +484,16 @@ def _rescue_stuck_shifts(model: _Model, theta: torch.Tensor, free: np.ndarray, m
     shift, rotation, magnification = (model.block(k) for k in ("shift_px", "rotation_rad", "magnification"))
     for p in stuck:
         best, best_cost = theta, per_tile[p]
-        for dy, dx in ((0, 0), (0.5, 0), (-0.5, 0), (0, 0.5), (0, -0.5)):
+        y, x = float(theta[shift.start + 2 * p]), float(theta[shift.start + 2 * p + 1])
+        mirrored = (2 * round(y) - y, 2 * round(x) - x)  # the same distance across the nearest kink
+        starts = [(y + dy, x + dx) for dy, dx in RESCUE_SHIFTS_PX]
+        starts += [(mirrored[0], x), (y, mirrored[1]), mirrored]
+        for start in starts:
             trial = theta.clone()  # rotation and magnification back at the design, the shift moved
             trial[rotation.start + p], trial[magnification.start + p] = 0.0, 1.0
-            trial[shift.start + 2 * p] += dy
-            trial[shift.start + 2 * p + 1] += dx
+            trial[shift.start + 2 * p], trial[shift.start + 2 * p + 1] = start
+            own = np.asarray([i for i in free if model.owner[i] == p])
+            trial = _levenberg_marquardt(model, trial, own, RESCUE_ITERATIONS)
             cost = _tile_chi2(model, trial)[p]
             if cost < best_cost:
                 best, best_cost = trial, cost
