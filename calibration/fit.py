@@ -50,7 +50,7 @@ import torch
 
 from simulator import config as config_io
 from simulator.errors import InputError
-from simulator.fabrication import AberrationOptics, FabricationErrors, place_psfs, shape_psfs
+from simulator.fabrication import AberrationOptics, FabricationErrors, place_psfs, shape_psfs, shape_transfer
 from simulator.system import OpticalSystem
 from simulator.zernike import noll_to_nm
 
@@ -208,6 +208,7 @@ class _Model:
                          - self.system.relative_radiance(torch.zeros_like(gray), design))
         self.design_psfs = design
         self._shaped: tuple | None = None  # (shape parameters, kernel error, shaped PSFs) of the last call
+        self._transfer: tuple | None = None  # (shape parameters, blur + aberration filter)
         self.layout = [  # (kind, field, shape)
             ("shift_px", "shift_px", (p, 2)), ("rotation_rad", "rotation_rad", (p,)),
             ("magnification", "magnification", (p,)), ("brightness", "brightness", (p,)),
@@ -274,7 +275,12 @@ class _Model:
         shape_params = torch.cat([theta[self.block("blur_variance_px2")].reshape(self.p, -1),
                                   theta[self.block("zernike_waves")].reshape(self.p, -1)], dim=1)
         cached = self._shaped
-        if kernel_error is not None and kernel_error.requires_grad or cached is None or cached[1] is not kernel_error:
+        if kernel_error is not None and kernel_error.requires_grad:  # the residual stage: filters fixed
+            if self._transfer is None or not torch.equal(self._transfer[0], shape_params):
+                k = self.design_psfs.shape[-1] + 2 * margin
+                self._transfer = (shape_params.clone(), shape_transfer(errors, self.channels, k, theta.dtype))
+            shaped = shape_psfs(self.design_psfs, errors, margin, transfer=self._transfer[1])
+        elif cached is None or cached[1] is not kernel_error:
             shaped = shape_psfs(self.design_psfs, errors, margin)
         else:
             rows = torch.nonzero((shape_params != cached[0]).any(dim=1)).flatten()

@@ -421,9 +421,11 @@ def apply_psf_errors(psfs: torch.Tensor, errors: FabricationErrors, margin_px: i
     return place_psfs(shape_psfs(psfs, errors, margin_px), errors)
 
 
-def shape_psfs(psfs: torch.Tensor, errors: FabricationErrors, margin_px: int = 0) -> torch.Tensor:
+def shape_psfs(psfs: torch.Tensor, errors: FabricationErrors, margin_px: int = 0,
+               transfer: torch.Tensor | None = None) -> torch.Tensor:
     """The stages of :func:`apply_psf_errors` that change a PSF's shape: kernel error, the margin, then
-    blur and aberration (P, C, K + 2 margin, K + 2 margin)."""
+    blur and aberration (P, C, K + 2 margin, K + 2 margin). ``transfer``: the blur and aberration
+    filter if already known (:func:`shape_transfer` of the same errors), to skip computing it."""
     check_tensor("psfs", psfs, ndim=4)
     p, c, k1, k2 = psfs.shape
     if k1 != k2:
@@ -438,13 +440,19 @@ def shape_psfs(psfs: torch.Tensor, errors: FabricationErrors, margin_px: int = 0
     if margin_px:
         out = torch.nn.functional.pad(out, (margin_px,) * 4)
         k1 += 2 * margin_px
+    transfer = shape_transfer(errors, c, k1, psfs.dtype) if transfer is None else transfer
+    return out if transfer is None else filter_psfs(out, transfer)
+
+
+def shape_transfer(errors: FabricationErrors, channels: int, k: int, dtype) -> torch.Tensor | None:
+    """The blur and aberration filter (P, C, M, M) for a K x K window (None when both are at identity)."""
     blur, zern = errors.blur_sigma_px, errors.zernike_m
-    if not (_at_identity(blur, 0.0) and _at_identity(zern, 0.0)):
-        transfer = gaussian_transfer(blur.to(psfs), k1)[:, None]
-        if not _at_identity(zern, 0.0):
-            transfer = transfer * aberration_transfer(zern.to(psfs), errors.aberration, c, k1, psfs.dtype)
-        out = filter_psfs(out, transfer)
-    return out
+    if _at_identity(blur, 0.0) and _at_identity(zern, 0.0):
+        return None
+    transfer = gaussian_transfer(blur.to(dtype), k)[:, None]
+    if not _at_identity(zern, 0.0):
+        transfer = transfer * aberration_transfer(zern.to(dtype), errors.aberration, channels, k, dtype)
+    return transfer
 
 
 def place_psfs(psfs: torch.Tensor, errors: FabricationErrors) -> torch.Tensor:
