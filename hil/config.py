@@ -99,7 +99,8 @@ class LossConfig:
     ``sum_of_logits`` ones on noisy optical students (see ``examples/train_fmnist_ntkd.yaml``).
     ``discrepancy``: how two kernels are compared (``mse`` raw, ``normalized`` / ``normalized_trace``
     MSE of kernels scaled to unit Frobenius norm / unit mean diagonal, ``cka`` 1 - centred kernel
-    alignment).
+    alignment). ``alignment_weight``: weight of a kernel-target alignment term on the student's kernel
+    (:func:`hil.losses.kernel_target_alignment`; 0: off).
     """
 
     method: Literal["task", "kd", "ntkd"] = "task"
@@ -114,13 +115,14 @@ class LossConfig:
     num_projections: int = 64
     output_sketch_dim: int | None = None
     seed: int | None = None
+    alignment_weight: float = 0.0
 
     def __post_init__(self):
         if self.temperature <= 0:
             raise ConfigError("loss.temperature", self.temperature, "a number > 0")
         if not 0.0 <= self.kd_mix <= 1.0:
             raise ConfigError("loss.kd_mix", self.kd_mix, "a number in [0, 1]")
-        for name in ("task_weight", "ntk_weight"):
+        for name in ("task_weight", "ntk_weight", "alignment_weight"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"loss.{name}", getattr(self, name), "a number >= 0")
         if self.kernel_batch < 2:
