@@ -20,7 +20,7 @@ install: $(STAMP)
 # calibrate, capture, fine-tune, report into out/demo (about 10 min on 2 cores, offline; rerun resumes).
 # The simulator alone: $(BIN)/python examples/simulator_demo.py --out out/simulator_demo
 demo: $(STAMP)
-	$(BIN)/python -m hil.cli run examples/run_sim.yaml
+	$(BIN)/python -m hil.cli -v run examples/run_sim.yaml
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -103,7 +103,7 @@ class FinetuneStep:
     batch_size: int = 64
     seeds: list[int] = field(default_factory=lambda: [0])
     synthetic: int = 5000
-    loss: dict[str, Any] = field(default_factory=lambda: {"kernel_batch": 16, "student_method": "exact",
+    loss: dict[str, Any] = field(default_factory=lambda: {"kernel_batch": 64, "student_method": "exact_mlp",
                                                           "teacher_method": "jvp_projection"})
 
     def __post_init__(self):
@@ -487,16 +487,25 @@ def _capture_exposure(path: Path) -> float:
 
 def synthetic_set(job: Job, calibration, train_split, captured_indices: torch.Tensor, count: int):
     """Synthetic captures of ``count`` training images never captured (a seeded choice), at the
-    exposure of the real captures."""
-    from .finetune import synthetic_features
+    exposure of the real captures; kept in ``synthetic_<count>.pt`` (for this calibration) and reused."""
+    from .finetune import CapturedSet, synthetic_features
 
+    cache = job.run_dir / f"synthetic_{count}.pt"
+    if cache.is_file():
+        saved = torch.load(cache, weights_only=True)
+        if saved["calibration_id"] == calibration.calibration_id:
+            return CapturedSet(saved["features"], saved["labels"], saved["source_indices"])
     exposure_s = _capture_exposure(job.run_dir / "captures" / "train.h5")
     pool = np.setdiff1d(np.arange(len(train_split)), captured_indices.numpy())
     rng = np.random.default_rng(job.config.capture.seed + 1000)
     chosen = torch.from_numpy(np.sort(rng.choice(pool, size=min(count, len(pool)), replace=False)))
     log.info("rendering %d synthetic captures through the calibrated forward model", len(chosen))
     images, labels = train_split.tensors[0][chosen], train_split.tensors[1][chosen]
-    return synthetic_features(calibration, images, labels, chosen, exposure_s=exposure_s, seed=job.config.capture.seed)
+    data = synthetic_features(calibration, images, labels, chosen, exposure_s=exposure_s, seed=job.config.capture.seed)
+    with atomic_write(cache) as fh:
+        torch.save({"calibration_id": calibration.calibration_id, "features": data.features, "labels": data.labels,
+                    "source_indices": data.source_indices}, fh)
+    return data
 
 
 def evaluate(job: Job, student, calibration, design_id: str, name: str = "finetune") -> dict:
@@ -558,6 +567,9 @@ def report(job: Job, evaluation: dict, calibration, extra: dict) -> Path:
         for name, style in (("design", "k--"), ("calibration_layer", "g:"), ("uncompensated", "r--")):
             ax.axhline(100 * evaluation[name], color=style[0], linestyle=style[1:], label=name)
         ax.set_xscale("log")
+        ticks = sorted({100 * float(k) for fr in by_fraction.values() for k in fr})
+        ax.set_xticks(ticks, [f"{t:g} %" for t in ticks])
+        ax.minorticks_off()
         ax.set_xlabel("captured fraction of the training split (%)")
         ax.set_ylabel("test accuracy on captured frames (%)")
         ax.legend(fontsize=8)

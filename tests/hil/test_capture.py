@@ -147,3 +147,24 @@ def test_saturated_and_dark_frames_are_counted_and_warned(tmp_path, caplog):
         summary = capture(bench, dataset, [0, 1, 2], tmp_path / "c.h5", progress=False)
     assert (summary.saturated_frames, summary.dark_frames) == (1, 1)
     assert "saturated" in caplog.text and "dark" in caplog.text
+
+
+def test_a_capture_of_another_design_is_refused_and_left_untouched(tmp_path):
+    from hil.capture import check_design, design_fingerprint
+
+    kernels = np.arange(18.0).reshape(2, 1, 3, 3)
+    design_a = design_fingerprint(kernels)
+    changed = kernels.copy()
+    changed[1, 0, 2, 2] += 1e-3
+    assert design_a == design_fingerprint(kernels.astype(np.float32)) != design_fingerprint(changed)
+    dataset = toy_dataset()
+    with open_bench(bench_config(), clock=VirtualClock()) as bench:
+        capture(bench, dataset, [1, 2, 3], tmp_path / "a.h5", design_id=design_a, progress=False)
+        before = (tmp_path / "a.h5").read_bytes()
+        with pytest.raises(CaptureFileError, match=f"captured through design {design_a}, not this run's design"):
+            capture(bench, dataset, [1, 2, 3], tmp_path / "a.h5", design_id=design_fingerprint(changed), progress=False)
+        assert (tmp_path / "a.h5").read_bytes() == before
+        capture(bench, dataset, [1, 2, 3], tmp_path / "a.h5", design_id=design_a, progress=False)  # same design: fine
+    check_design(tmp_path / "a.h5", design_a)
+    with h5py.File(tmp_path / "a.h5", "r") as f:
+        assert f.attrs["design_id"] == design_a
