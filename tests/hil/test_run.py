@@ -79,7 +79,6 @@ def write_job(tmp_path, student_run, *, errors=None, slm_shape=(SIZE, SIZE), met
     return job
 
 
-@pytest.mark.slow  # a whole job: ~20-30 s on 2 cores
 def test_identity_fabrication_reproduces_the_simulated_accuracy(tmp_path, student_run):
     """Issue 10's consistency check: a design fabricated without errors, captured on the (noisy) bench and
     read through the calibration layer gives the student's own backend its simulated accuracy within
@@ -103,7 +102,6 @@ SHIFTED = {"num_psfs": 4, "errors": {"shift_px": [[1.6, -1.2], [-1.3, 1.5], [1.4
                                      "brightness": [1.4, 0.7, 0.75, 1.3]}}
 
 
-@pytest.mark.slow  # a whole job: ~20-30 s on 2 cores
 def test_fabrication_loss_is_undone_by_the_layer_and_fine_tuning_resumes(tmp_path, student_run, monkeypatch):
     """Shifted, unevenly bright PSFs cost accuracy read nominally; the calibration layer wins it back;
     a job stopped during fine-tuning resumes there, without calibrating or capturing again."""
@@ -153,7 +151,6 @@ def test_fabrication_loss_is_undone_by_the_layer_and_fine_tuning_resumes(tmp_pat
     assert runs["e2e_synthetic"]["0.2"][0]["synthetic"] == 160 and runs["e2e"]["0.2"][0]["synthetic"] == 0
 
 
-@pytest.mark.slow  # a whole job: ~20-30 s on 2 cores
 def test_a_design_that_does_not_fit_the_bench_is_refused(tmp_path, student_run):
     from types import SimpleNamespace
 
@@ -172,7 +169,6 @@ def test_a_design_that_does_not_fit_the_bench_is_refused(tmp_path, student_run):
         check_fits(wrong, system)
 
 
-@pytest.mark.slow  # a whole job: ~20-30 s on 2 cores
 def test_captures_of_another_design_and_a_missing_calibration_are_refused(tmp_path, student_run):
     from hil.finetune import captured_features
 
