@@ -192,6 +192,28 @@ def _plain(value):
     return str(value)
 
 
+class JobConfigChanged(HilError):
+    """A run folder is resumed with another config than the one it was started with."""
+
+
+def check_same_config(job: Job) -> None:
+    """Record the config in ``config.yaml`` of a new run folder; refuse to resume one started with a
+    different config (its finished steps would not be what this config asks for)."""
+    from .config import config_changes
+
+    current = config_io.to_plain(job.config)
+    file = job.run_dir / "config.yaml"
+    if not file.is_file():
+        config_io.save_yaml(current, file)
+        return
+    changes = {path: values for path, values in config_changes(config_io.load_yaml(file), current).items()
+               if path != "threads"}  # out_dir (where the folder is) and threads change nothing done
+    if changes:
+        listed = ", ".join(f"{path} = {new!r} (was {old!r})" for path, (old, new) in changes.items())
+        raise JobConfigChanged(f"{job.run_dir} was started with another config: {listed}. Resume it with its own "
+                               f"config ({file}) or choose another --out-dir")
+
+
 # ------------------------------------------------------------------------------------------ steps
 def train_models(job: Job) -> dict:
     """Train (or locate) the student and, for NTKD, the teacher; returns ``{"student": run dir,
@@ -200,9 +222,10 @@ def train_models(job: Job) -> dict:
     from .config import load_run_config
 
     cfg, out = job.config, {}
-    for role in ("teacher", "student"):  # the teacher first: a student config may name its checkpoint
+    needs_teacher = any(COMPENSATIONS[m][0] != "task" for m in cfg.finetune.methods)
+    for role in ("teacher", "student"):
         step: TrainStep | None = getattr(cfg, role)
-        if step is None:
+        if step is None or (role == "teacher" and not needs_teacher):
             out[role] = None
             continue
         if step.run_dir or step.checkpoint:
@@ -637,8 +660,7 @@ def run_job(job: Job, *, progress: bool = True) -> Path:
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
     try:
-        if not (job.run_dir / "config.yaml").exists():
-            config_io.save_yaml(config_io.to_plain(cfg), job.run_dir / "config.yaml")
+        check_same_config(job)
 
         def step(name, fn):
             if name in read_state(job.run_dir)["finished"]:
@@ -688,7 +710,7 @@ def run_job(job: Job, *, progress: bool = True) -> Path:
         torch.set_num_threads(threads)
 
 
-__all__ = ["BenchMismatchError", "CaptureStep", "FinetuneStep", "Job", "JobConfig", "STEPS", "TrainStep",
-           "bench_config", "calibrate_bench", "capture_plan", "capture_sets", "check_fits", "design_config", "evaluate",
-           "export", "finetune_all", "fraction_rows", "load_job", "load_student", "open_job_bench", "report", "run_job",
-           "score_runs", "synthetic_set", "train_models"]
+__all__ = ["BenchMismatchError", "CaptureStep", "FinetuneStep", "Job", "JobConfig", "JobConfigChanged", "STEPS",
+           "TrainStep", "bench_config", "calibrate_bench", "capture_plan", "capture_sets", "check_fits",
+           "check_same_config", "design_config", "evaluate", "export", "finetune_all", "fraction_rows", "load_job",
+           "load_student", "open_job_bench", "report", "run_job", "score_runs", "synthetic_set", "train_models"]

@@ -13,7 +13,7 @@ from torch.utils.data import TensorDataset
 from hil.capture import CaptureFileError
 from hil.checkpoint import save_checkpoint
 from hil.models import build_model
-from hil.run import BenchMismatchError, JobConfig, load_job, run_job
+from hil.run import BenchMismatchError, JobConfig, JobConfigChanged, load_job, run_job
 from simulator import config as config_io
 from simulator.errors import InputError
 
@@ -176,6 +176,9 @@ def test_captures_of_another_design_and_a_missing_calibration_are_refused(tmp_pa
     run_job(job, progress=False)
     with pytest.raises(CaptureFileError, match="captured through design .* not this run's design 0123"):
         captured_features(job.run_dir / "captures" / "test.h5", student_run[1].frontend, design_id="0123456789abcdef")
+    changed = write_job(tmp_path, student_run, methods=("e2e",), steps=11)  # another config, same folder
+    with pytest.raises(JobConfigChanged, match=r"started with another config: finetune.steps = 11 \(was 10\)"):
+        run_job(changed, progress=False)
     (job.run_dir / "calibration.h5").unlink()
     state = json.loads((job.run_dir / "state.json").read_text())
     state["finished"] = state["finished"][:4]  # as if stopped before fine-tuning
