@@ -13,14 +13,18 @@ Stages (each refits its own parameters together with the earlier stages' ones, s
 geometry        per PSF: shift (dy, dx) px, rotation (rad), magnification, brightness
 photometry      + crosstalk between neighbouring tiles, cos^4 vignetting (its squared tangent)
 optics          + per PSF: blur (its variance, px^2) and Zernike terms (Noll ``zernike_noll``, m)
-residual        a regularised relative kernel error on the design window; everything else frozen
+residual        a regularised relative kernel error on the design window, the rest held fixed;
+                then, in turn, the rest refitted given it and it refitted given them
 ==============  ==============================================================================
 
 The first three stages are solved by Levenberg-Marquardt (Marquardt's diagonal scaling, so units do
 not matter) with the Jacobian by central differences in float64 (two forward passes per parameter;
 forward-mode automatic differentiation gave the same columns to 1e-7 but ran ~100x slower here).
-The residual stage minimises chi-square plus ``sum(delta^2) / kernel_error_prior^2`` with L-BFGS;
-freezing the physical parameters keeps the kernel error from absorbing a shift or a brightness.
+The residual stage minimises chi-square plus ``sum(delta^2) / kernel_error_prior^2`` with L-BFGS
+while the physical parameters are held fixed, and the physical parameters are refitted (LM) while
+the kernel error is held fixed, :data:`RESIDUAL_ALTERNATIONS` times: never jointly, so the
+regularised kernel error cannot take over a shift or a brightness, but the physical parameters no
+longer carry the bias of an unmodelled kernel error.
 
 Reparametrisations that let a fit start at the design: blur enters through its variance (the PSF
 depends on sigma only through sigma^2, so d/d sigma = 0 at 0, but d/d variance is not); the
@@ -70,6 +74,10 @@ IDENTIFIABLE_SIGMA = {
 _BLUR_FLOOR = 1e-12
 #: Start of the relative kernel error in the residual stage (see _fit_kernel_error).
 KERNEL_ERROR_START = 1e-3
+#: Rounds of refitting the physical parameters given the kernel error, then the kernel error given
+#: them, after the residual stage's first fit (the kernel error stays regularised and is held fixed
+#: while the physical parameters move, so it cannot take over their physics).
+RESIDUAL_ALTERNATIONS = 2
 #: A tile whose chi-square per pixel exceeds this many times the median is refitted from other starts.
 STUCK_CHI2_FACTOR = 3.0
 #: Shift moves (dy, dx) px tried as restarts of a stuck PSF (besides its shift mirrored across the
@@ -209,6 +217,7 @@ class _Model:
         self.design_psfs = design
         self._shaped: tuple | None = None  # (shape parameters, kernel error, shaped PSFs) of the last call
         self._transfer: tuple | None = None  # (shape parameters, blur + aberration filter)
+        self.kernel_error: torch.Tensor | None = None  # held fixed while the physical parameters refit
         self.layout = [  # (kind, field, shape)
             ("shift_px", "shift_px", (p, 2)), ("rotation_rad", "rotation_rad", (p,)),
             ("magnification", "magnification", (p,)), ("brightness", "brightness", (p,)),
@@ -269,6 +278,7 @@ class _Model:
     def rate(self, theta: torch.Tensor, kernel_error: torch.Tensor | None = None, remember: bool = True) -> torch.Tensor:
         """Model signal rate (DN/s), whole frame. The shaped PSFs (blur, aberration: the costly part)
         are recomputed only for the PSFs whose shape parameters differ from the last remembered call."""
+        kernel_error = self.kernel_error if kernel_error is None else kernel_error
         errors = self.errors(theta, kernel_error)
         self.system.errors = errors
         margin = self.system.geometry.psf_margin_px
@@ -454,7 +464,18 @@ def fit_mismatch(measurement: PSFMeasurement, system: OpticalSystem, *, noise: P
     kernel_error = None
     physical = len(np.flatnonzero(_mask_of(model, active) & ~fixed))
     if "residual" in settings.stages:
-        kernel_error = _fit_kernel_error(model, theta, settings)
+        free = np.flatnonzero(_mask_of(model, active) & ~fixed)
+        for round_ in range(1 + RESIDUAL_ALTERNATIONS):
+            if round_:  # the physical parameters again, given the kernel error (which stays fixed there)
+                model.kernel_error = kernel_error
+                theta = _levenberg_marquardt(model, theta, free, settings.max_iterations)
+                model.kernel_error = None
+            kernel_error = _fit_kernel_error(model, theta, settings, start=kernel_error)
+        if RESIDUAL_ALTERNATIONS:
+            model.kernel_error = kernel_error
+            sigma[:] = np.inf
+            sigma[free] = _fisher_sigma(model, theta, free)
+            model.kernel_error = None
         chi2["residual"] = _chi2_reduced(model, theta, kernel_error, physical)
     with torch.no_grad():
         model_rate = model.rate(theta, kernel_error)
@@ -548,10 +569,11 @@ def _unidentifiable(model: _Model, sigma: np.ndarray, free: np.ndarray, waveleng
     return np.asarray(bad, dtype=np.int64)
 
 
-def _fit_kernel_error(model: _Model, theta: torch.Tensor, settings: FitSettings) -> torch.Tensor:
+def _fit_kernel_error(model: _Model, theta: torch.Tensor, settings: FitSettings,
+                      start: torch.Tensor | None = None) -> torch.Tensor:
     # Start just above 0: where a design PSF is exactly 0, relu(psf + delta rms) has no gradient at delta = 0.
-    delta = torch.full((model.p, model.channels, model.k, model.k), KERNEL_ERROR_START, dtype=torch.float64,
-                       requires_grad=True)
+    delta = (torch.full((model.p, model.channels, model.k, model.k), KERNEL_ERROR_START, dtype=torch.float64)
+             if start is None else start.clone()).requires_grad_(True)
     optimiser = torch.optim.LBFGS([delta], max_iter=settings.max_iterations * 4, line_search_fn="strong_wolfe",
                                   tolerance_grad=1e-9, tolerance_change=1e-12)
     prior = settings.kernel_error_prior

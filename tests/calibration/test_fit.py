@@ -113,16 +113,19 @@ def test_even_zernike_terms_are_fitted_and_their_sign_reported_undetermined():
     assert 0.8 <= fit.chi2_reduced["optics"] <= 1.2
 
 
-def test_the_residual_stage_absorbs_a_kernel_error_without_moving_the_geometry():
+def test_the_residual_stage_absorbs_a_kernel_error_and_sharpens_the_geometry():
     spec = {"shift_std_px": 0.4, "brightness_rel_std": 0.1, "kernel_error_rms": 0.15}
     measurement, truth = measure({"seed": 12, "spec": spec}, averages=4)
     geometry = fit_mismatch(measurement, nominal(), settings=FitSettings(stages=("geometry",)))
     fit = fit_mismatch(measurement, nominal(), settings=FitSettings(stages=("geometry", "residual"), kernel_error_prior=0.2))
-    assert fit.chi2_reduced["residual"] < 0.2 * fit.chi2_reduced["geometry"]
+    assert fit.chi2_reduced["residual"] < 0.05 * fit.chi2_reduced["geometry"]
     correlation = torch.corrcoef(torch.stack([fit.errors.kernel_error.flatten(), truth.kernel_error.flatten()]))[0, 1]
-    assert float(correlation) > 0.5
-    torch.testing.assert_close(fit.errors.shift_px, geometry.errors.shift_px, rtol=0, atol=0)
-    torch.testing.assert_close(fit.errors.brightness, geometry.errors.brightness, rtol=0, atol=0)
+    assert float(correlation) > 0.6
+    # the geometry refitted given the kernel error is closer to the truth than without it
+    def worst(errors):
+        return float((errors.shift_px - truth.shift_px).abs().max())
+
+    assert worst(fit.errors) < worst(geometry.errors)
 
 
 def test_saturated_and_empty_frames_are_refused_with_the_reason():
