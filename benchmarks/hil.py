@@ -7,7 +7,9 @@ trained in simulation, its design fabricated on the simulated bench with the def
 held-out captured test set of 2 000 images. This script reuses that run folder (``--run-dir``, default
 ``out/demo``; it runs the job there first if it has no report) and adds:
 
-1. a captured **validation** set: ``--val-size`` training images outside every captured fraction;
+1. a captured **validation** set: ``--val-size`` training images outside every captured fraction and
+   outside the images the student was trained on (a backend that stays close to the design's would
+   otherwise score well on images it memorised, which biases the tuning towards small learning rates);
 2. **equal tuning**: every method (e2e, ntkd, e2e_synthetic, ntkd_synthetic) gets the same
    learning-rate grid (``--lrs``), the same number of Adam steps, batch and (for the synthetic ones) the
    same synthetic set, trained on tuning seed 100 at the middle fraction (``--tune-fraction``, 3 %) and
@@ -87,10 +89,10 @@ def main(argv=None) -> int:
     capture_info = json.loads((args.timing_dir / "capture.json").read_text())
 
     # 1. validation captures, outside every captured fraction
-    val_file = job.run_dir / "captures" / "val.h5"
+    val_file = job.run_dir / "captures" / "val_unseen.h5"
     plan = steps.capture_plan(job, train_split.tensors[1].numpy(), test_split.tensors[1].numpy())
-    val_indices = stratified_indices(train_split.tensors[1].numpy(), args.val_size / len(train_split), 7,
-                                     exclude=plan["train"])
+    seen = np.union1d(plan["train"], student_training_indices(models["student"], train_split))
+    val_indices = stratified_indices(train_split.tensors[1].numpy(), args.val_size / len(train_split), 7, exclude=seen)
     with steps.open_job_bench(job, steps.bench_config(job, design_file)) as bench:
         capture(bench, train_split, val_indices, val_file, calibration_id=calibration.calibration_id,
                 design_id=design_id, progress=False)
@@ -122,7 +124,7 @@ def main(argv=None) -> int:
     for lr in args.lrs:
         settings = dataclasses.replace(base, lr=lr, seeds=[TUNING_SEED])
         runs = steps.finetune_all(job, student, calibration, design_id, models["teacher"], settings=settings,
-                                  fractions=[args.tune_fraction], name=f"tune_lr{lr:g}")
+                                  fractions=[args.tune_fraction], name=f"tune_unseen_lr{lr:g}")
         for method, fractions in steps.score_runs(job, student, val, runs, reference).items():
             tuning.setdefault(method, {})[f"{lr:g}"] = fractions[steps.fraction_key(args.tune_fraction)]["mean"]
         result["tuning"] = {"validation_accuracy": tuning, "fraction": args.tune_fraction}
@@ -130,11 +132,16 @@ def main(argv=None) -> int:
     chosen = {m: float(max(v, key=v.get)) for m, v in tuning.items()}
     result["settings"]["chosen_lr"] = chosen
 
-    # 3. the chosen settings on every seed (outermost), scored on the held-out captured test set
+    # 3. the chosen settings on every seed (outermost), scored on the held-out captured test set; the runs
+    #    of each learning rate are kept apart (final_lr*.json), bench.json gathers each method's chosen ones
     for seed in args.seeds:
         for method in base.methods:
             settings = dataclasses.replace(base, methods=[method], lr=chosen[method], seeds=[seed])
-            steps.finetune_all(job, student, calibration, design_id, models["teacher"], settings=settings, name="bench")
+            steps.finetune_all(job, student, calibration, design_id, models["teacher"], settings=settings,
+                               name=f"final_lr{chosen[method]:g}")
+        gathered = {m: json.loads((job.run_dir / f"final_lr{chosen[m]:g}.json").read_text()).get(m, {})
+                    for m in base.methods}
+        write(job.run_dir / "bench.json", gathered)
         evaluation = steps.evaluate(job, student, calibration, design_id, name="bench")
         result["by_fraction"] = {m: {k: {f: v[f] for f in ("mean", "std", "seeds", "recovered_fraction", "accuracies")}
                                      for k, v in fr.items()} for m, fr in evaluation["by_fraction"].items()}
@@ -149,6 +156,17 @@ def main(argv=None) -> int:
     write(args.out, result)
     print(json.dumps({k: result[k] for k in ("design", "uncompensated", "calibration_layer", "complete")}))
     return 0
+
+
+def student_training_indices(student_run: str, train_split) -> np.ndarray:
+    """Indices of the training split the student of ``student_run`` trained on (its run config's split)."""
+    from hil.api import split_train_val
+    from hil.checkpoint import load_checkpoint
+
+    config = load_checkpoint(Path(student_run) / "checkpoints" / "last.pt")["config"]
+    data = config["data"]
+    subset, _ = split_train_val(train_split, data["val_size"], data["train_subset"], config["seed"])
+    return np.asarray(subset.indices)
 
 
 def timed_run(config: Path, folder: Path) -> dict:
