@@ -13,7 +13,7 @@ from torch.utils.data import TensorDataset
 from hil.capture import CaptureFileError
 from hil.checkpoint import save_checkpoint
 from hil.models import build_model
-from hil.run import BenchMismatchError, JobConfig, JobConfigChanged, load_job, run_job
+from hil.run import STEPS, BenchMismatchError, JobConfig, JobConfigChanged, load_job, run_job
 from simulator import config as config_io
 from simulator.errors import InputError
 
@@ -94,7 +94,7 @@ def test_identity_fabrication_reproduces_the_simulated_accuracy(tmp_path, studen
     assert set(report["plots"]) == {"psfs", "accuracy", "curves"}
     assert all((job.run_dir / name).is_file() for name in report["plots"].values())
     assert summary.read_text().startswith("# Hardware-in-the-loop run")
-    assert json.loads((job.run_dir / "state.json").read_text())["finished"] == \
+    assert json.loads((job.run_dir / "state.json").read_text())["finished"] == list(STEPS) == \
         ["train", "export", "calibrate", "capture", "finetune", "evaluate", "report"]
 
 
