@@ -219,6 +219,9 @@ def _run_stage(stage: str, bench, system: OpticalSystem, config: CalibrationConf
 def _nominal_config(system: OpticalSystem) -> dict:
     optics = system.to_config()
     optics["errors"] = None  # the nominal system: the design itself
+    # the design's PSFs themselves, so the calibration file needs no design file nor its folder
+    optics["design"] = {"generator": "inline", "signed": False,
+                        "psfs": system.design.psfs().detach().cpu().double().tolist()}
     return optics
 
 
