@@ -25,9 +25,10 @@ import numpy as np
 
 from simulator import config as config_io
 from simulator.errors import ConfigError
+from simulator.fabrication import FabricationErrors
 from simulator.system import OpticalSystem
 
-from .display_response import DisplayCalibration, measure_display_response
+from .display_response import DisplayCalibration, default_levels, measure_display_response
 from .errors import CalibrationError
 from .fit import FitSettings, MismatchFit, fit_mismatch
 from .geometry import GeometryCalibration, measure_geometry
@@ -146,16 +147,12 @@ class Calibration:
             def dark(exposure_s, offset=noise.offset_dn, shape=system.frame_shape):
                 return np.full(shape, offset)
         if self.fit is not None:
-            return CalibrationLayer.from_errors(system, self.fit.errors, e_per_dn=noise.e_per_dn, dark_dn=dark)
-        import torch
-
-        p = system.num_psfs
-        shift = torch.zeros(p, 2, dtype=torch.float64)
-        if self.geometry is not None:
-            shift = torch.as_tensor(np.asarray(self.geometry.offsets_px, dtype=np.float64))
-        return CalibrationLayer(system, shift_px=shift, brightness=torch.ones(p, dtype=torch.float64),
-                                vignetting=torch.ones(system.frame_shape, dtype=torch.float64),
-                                e_per_dn=noise.e_per_dn, dark_dn=dark)
+            errors = self.fit.errors
+        elif self.geometry is not None:  # tiles cut at the measured offsets
+            errors = FabricationErrors(system.num_psfs, shift_px=np.asarray(self.geometry.offsets_px, dtype=np.float64))
+        else:
+            errors = FabricationErrors.identity(system.num_psfs)
+        return CalibrationLayer.from_errors(system, errors, e_per_dn=noise.e_per_dn, dark_dn=dark)
 
     def summary(self) -> dict:
         out = {"calibration_id": self.calibration_id, "created_utc": self.created_utc, "stages": self.stages}
@@ -196,8 +193,6 @@ def _run_stage(stage: str, bench, system: OpticalSystem, config: CalibrationConf
         result.sensor = measure_sensor(bench, frames=s.frames, read_frames=s.read_frames, num_exposures=s.num_exposures)
     elif stage == "display":
         d = config.display
-        from .display_response import default_levels
-
         result.display = measure_display_response(bench, levels=default_levels(bench.slm.bit_depth, d.levels),
                                                   frames=d.frames, sensor=result.sensor)
     elif stage == "geometry":

@@ -36,8 +36,9 @@ from simulator.errors import InputError
 from simulator.lut import LUT
 
 from .errors import CalibrationError
-from .sensor import (SensorCalibration, capture_stack, check_count, probe_signal_rate, pyplot, read_dataclass,
-                     save_figure, uniform_image, write_dataclass)
+from .hdf5 import read_dataclass, write_dataclass
+from .plotting import pyplot, save_figure
+from .sensor import SensorCalibration, capture_stack, check_count, probe_signal_rate, uniform_image
 
 SCHEMA = "onn-hil/display-calibration"
 SCHEMA_VERSION = 1

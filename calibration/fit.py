@@ -44,6 +44,7 @@ returning noise as a value.
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import math
 from dataclasses import dataclass, field
@@ -161,8 +162,6 @@ class MismatchFit:
                 "unidentifiable": flagged, "stages": list(self.settings.stages)}
 
     def to_hdf5(self, group: h5py.Group) -> None:
-        import json
-
         group.attrs["errors_json"] = json.dumps(self.errors.to_dict())
         group.attrs["chi2_reduced_json"] = json.dumps(self.chi2_reduced)
         group.attrs["settings_json"] = json.dumps(config_io.to_plain(self.settings))
@@ -177,8 +176,6 @@ class MismatchFit:
 
     @classmethod
     def from_hdf5(cls, group: h5py.Group) -> "MismatchFit":
-        import json
-
         params = [Parameter(name=r["name"].decode() if isinstance(r["name"], bytes) else r["name"],
                             kind=r["kind"].decode() if isinstance(r["kind"], bytes) else r["kind"],
                             value=float(r["value"]), sigma=float(r["sigma"]), identifiable=bool(r["identifiable"]),
@@ -453,7 +450,7 @@ def fit_mismatch(measurement: PSFMeasurement, system: OpticalSystem, *, noise: P
                 theta = _rescue_stuck_shifts(model, theta, free, settings.max_iterations)
             sigma[:] = np.inf
             sigma[free] = _fisher_sigma(model, theta, free)
-            unknown = _unidentifiable(model, sigma, free, wavelength)
+            unknown = _unidentifiable(model, sigma, free)
             log.debug("stage %s: %d free, %d not identifiable", stage, len(free), len(unknown))
             if not len(unknown):
                 break
@@ -560,13 +557,12 @@ def _centroid(image: torch.Tensor) -> torch.Tensor:
     return torch.stack([(image.sum(1) * y).sum() / total, (image.sum(0) * x).sum() / total])
 
 
-def _unidentifiable(model: _Model, sigma: np.ndarray, free: np.ndarray, wavelength: float) -> np.ndarray:
-    bad = []
+def _unidentifiable(model: _Model, sigma: np.ndarray, free: np.ndarray) -> np.ndarray:
+    """The free parameters whose Fisher sigma exceeds their kind's :data:`IDENTIFIABLE_SIGMA`."""
+    limits = np.empty(len(sigma))
     for kind, _, _ in model.layout:
-        block = np.arange(model.block(kind).start, model.block(kind).stop)
-        limit = IDENTIFIABLE_SIGMA[kind]
-        bad += [i for i in block if i in set(free) and not sigma[i] <= limit]
-    return np.asarray(bad, dtype=np.int64)
+        limits[model.block(kind)] = IDENTIFIABLE_SIGMA[kind]
+    return free[~(sigma[free] <= limits[free])].astype(np.int64)
 
 
 def _fit_kernel_error(model: _Model, theta: torch.Tensor, settings: FitSettings,

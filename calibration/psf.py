@@ -154,12 +154,13 @@ def measure_psfs(bench, system: OpticalSystem, *, noise: PixelNoise | None = Non
     lit, dark, clipped = np.stack(lit), np.stack(dark), np.stack(clipped)
     exposures = np.asarray(exposures, dtype=np.float64)
     rate, variance, saturated = _combine(lit, dark, clipped, exposures, noise, averages)
-    mask = window_mask(system, points) & ~saturated
+    windows = window_mask(system, points)
+    mask = windows & ~saturated
     snr = _psf_snr(system, rate, variance, mask)
     if not np.isfinite(snr).all() or snr.max() < MIN_SNR:
         raise CalibrationError(f"no PSF rises above the noise (best SNR {snr.max():.2g} < {MIN_SNR}): the frames are "
                                "too dark; raise the exposure or the light level")
-    if saturated[window_mask(system, points)].mean() > 0.01:
+    if saturated[windows].mean() > 0.01:
         raise CalibrationError(f"{int(saturated.sum())} PSF pixels saturate even at the shortest exposure "
                                f"{exposures[0]:.3g} s: shorten it or lower the light level")
     return PSFMeasurement(pattern=pattern, points=points, exposures_s=exposures, lit=lit, dark=dark, rate=rate,

@@ -18,6 +18,7 @@ from simulator.files import atomic_write
 
 from . import display_response, geometry, sensor
 from .api import Calibration
+from .plotting import pyplot, save_figure
 from .psf import point_grid
 
 
@@ -72,8 +73,6 @@ def psf_windows(calibration: Calibration) -> dict[str, np.ndarray]:
 
 def plot_psfs(calibration: Calibration, path) -> None:
     """Measured / designed / calibrated / residual PSF images, one row per PSF (PNG)."""
-    from .sensor import pyplot, save_figure
-
     plt = pyplot()
     windows = psf_windows(calibration)
     p = len(windows["measured"])

@@ -49,16 +49,15 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from simulator.errors import InputError
-from simulator.files import atomic_write
 
 from .errors import CalibrationError
 from .hdf5 import read_dataclass, write_dataclass
+from .plotting import pyplot, save_figure
 from .noise import PixelNoise
 
 log = logging.getLogger(__name__)
@@ -656,24 +655,6 @@ def _linearity(m: _Ladder, flat_rate, good, saturation_signal: float, tolerance:
 
 
 # =============================================================================================== plotting
-def pyplot():
-    """``matplotlib.pyplot`` on the Agg backend (no display needed), imported on first use."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def save_figure(fig, path) -> None:
-    """Lay out ``fig`` and write it atomically to ``path``, in the format of its suffix (png by default)."""
-    fig.tight_layout()
-    suffix = Path(path).suffix.lstrip(".") or "png"
-    with atomic_write(path, "wb") as fh:
-        fig.savefig(fh, format=suffix, dpi=100)
-
-
 def plot(result: SensorCalibration, path) -> None:
     """Photon-transfer curve with its fit and normalised residuals, and the linearity curve, as one
     figure written (atomically) to ``path`` (format from its suffix, e.g. ``.png``)."""
