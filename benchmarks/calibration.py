@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 
 from calibration.fit import FitSettings, fit_mismatch  # noqa: E402
 from calibration.psf import measure_psfs  # noqa: E402
-from simulator.files import atomic_write  # noqa: E402
+from onn_core.files import atomic_write  # noqa: E402
 from simulator.system import OpticalSystem  # noqa: E402
 from tests.calibration import test_phase_retrieval as phase  # noqa: E402
 from tests.calibration.benches import example_optics, simulated_bench  # noqa: E402

@@ -47,7 +47,7 @@ sys.path.insert(0, str(ROOT))
 
 from drivers import Bench, RealClock, VirtualClock, open_bench  # noqa: E402
 from drivers.simulated import SimulatedCamera, SimulatedSLM, direct_render  # noqa: E402
-from simulator.files import atomic_write  # noqa: E402
+from onn_core.files import atomic_write  # noqa: E402
 
 SHAPE = (64, 64)
 

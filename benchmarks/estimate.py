@@ -36,7 +36,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from hil.api import train  # noqa: E402
-from simulator.files import atomic_write  # noqa: E402
+from onn_core.files import atomic_write  # noqa: E402
 
 log = logging.getLogger("benchmarks.estimate")
 

@@ -183,7 +183,7 @@ def timed_run(config: Path, folder: Path) -> dict:
 
 
 def write(path: Path, value: dict) -> None:
-    from simulator.files import atomic_write
+    from onn_core.files import atomic_write
 
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(path, "w") as fh:

@@ -52,8 +52,8 @@ sys.path.insert(0, str(REPO))
 from hil.api import build_datasets, build_model, load_teacher, resolve_config, train  # noqa: E402
 from hil.losses import build_objective  # noqa: E402
 from hil.trainer import fetch_batch  # noqa: E402
-from simulator.config import to_plain  # noqa: E402
-from simulator.files import atomic_write  # noqa: E402
+from onn_core.config import to_plain  # noqa: E402
+from onn_core.files import atomic_write  # noqa: E402
 
 log = logging.getLogger("benchmarks.ntkd")
 

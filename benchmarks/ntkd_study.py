@@ -130,9 +130,9 @@ from hil.data import build_datasets  # noqa: E402
 from hil.losses import KDObjective, NTKDObjective, TaskObjective  # noqa: E402
 from hil.models import build_model, student_optics_from_file  # noqa: E402
 from hil.ntk import empirical_ntk  # noqa: E402
-from simulator.config import to_plain  # noqa: E402
-from simulator.errors import InputError  # noqa: E402
-from simulator.files import atomic_write  # noqa: E402
+from onn_core.config import to_plain  # noqa: E402
+from onn_core.errors import InputError  # noqa: E402
+from onn_core.files import atomic_write  # noqa: E402
 from simulator.system import OpticalSystem  # noqa: E402
 
 log = logging.getLogger("benchmarks.ntkd_study")
@@ -377,7 +377,7 @@ def design_optics() -> dict:
 
 def fabrication_errors() -> dict:
     """The example's error spec (examples/optics.yaml ``errors``) with shift_std_px 0.7."""
-    from simulator.config import load_yaml
+    from onn_core.config import load_yaml
 
     errors = copy.deepcopy(load_yaml(REPO / "examples" / "optics.yaml")["errors"])
     errors["spec"]["shift_std_px"] = 0.7

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from simulator import config as config_io
-from simulator.errors import ConfigError
+from onn_core.errors import ConfigError
 from simulator.fabrication import FabricationErrors
 from simulator.system import OpticalSystem
 

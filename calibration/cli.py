@@ -41,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from drivers import open_bench
     from simulator import config as config_io
-    from simulator.errors import ConfigError
+    from onn_core.errors import ConfigError
     from simulator.system import OpticalSystem
 
     from .api import CalibrationConfig, calibrate

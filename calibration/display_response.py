@@ -18,7 +18,7 @@ the frames' own per-pixel variance.
 
 Fits: a gamma curve ``R = (g / max) ** gamma`` by weighted least squares (Gauss-Newton) with its
 standard error, reduced chi-square and residuals; and a full LUT of every gray level,
-:meth:`simulator.lut.LUT.from_measurement` (linear interpolation between the measured levels, made
+:meth:`onn_core.lut.LUT.from_measurement` (linear interpolation between the measured levels, made
 monotonic), which :meth:`DisplayCalibration.save_lut` writes in the two-column format that the SLM
 drivers' ``lut_file`` option and the optics' ``display.lut_file`` read. The white level is measured
 again at the end: its relative change (``white_drift_rel``) shows a display that drifted meanwhile.
@@ -32,8 +32,8 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm.auto import tqdm
 
-from simulator.errors import InputError
-from simulator.lut import LUT
+from onn_core.errors import InputError
+from onn_core.lut import LUT
 
 from .errors import CalibrationError
 from .hdf5 import read_dataclass, write_dataclass
@@ -102,7 +102,7 @@ class DisplayCalibration:
     frames: int
 
     def lut(self) -> LUT:
-        """The measured intensity :class:`~simulator.lut.LUT` of every gray level."""
+        """The measured intensity :class:`~onn_core.lut.LUT` of every gray level."""
         return LUT(self.lut_values, "intensity")
 
     def save_lut(self, path) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from simulator.errors import HilError
+from onn_core.errors import HilError
 
 
 class CalibrationError(HilError):

@@ -54,7 +54,7 @@ import numpy as np
 import torch
 
 from simulator import config as config_io
-from simulator.errors import InputError
+from onn_core.errors import InputError
 from simulator.fabrication import AberrationOptics, FabricationErrors, place_psfs, shape_psfs, shape_transfer
 from simulator.system import OpticalSystem
 from simulator.zernike import noll_to_nm

@@ -37,7 +37,7 @@ whole camera frame (not of the tile). A display point maps to the intensity cent
 Failures raise :class:`~calibration.errors.CalibrationError` saying why (saturated, too dark, a tile
 not found, the pattern not found) and, when ``diagnostics_dir`` is given, save a PNG of the frame with
 the expected spots marked; bad arguments or a bench that contradicts the optical system raise
-:class:`~simulator.errors.InputError`.
+:class:`~onn_core.errors.InputError`.
 """
 
 from __future__ import annotations
@@ -49,8 +49,8 @@ from pathlib import Path
 
 import numpy as np
 
-from simulator.errors import InputError
-from simulator.files import atomic_write
+from onn_core.errors import InputError
+from onn_core.files import atomic_write
 
 from .errors import CalibrationError, CalibrationFileError
 

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from simulator.errors import InputError
+from onn_core.errors import InputError
 from simulator.fabrication import FabricationErrors, apply_frame_errors, fourier_shift
 from simulator.system import OpticalSystem
 

@@ -61,7 +61,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from simulator.errors import InputError
+from onn_core.errors import InputError
 from simulator.field import Grid
 from simulator.metaoptic import aperture_center_m, square_aperture
 from simulator.pupil import circular_pupil, psf_from_pupil

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm.auto import tqdm
 
-from simulator.errors import InputError
+from onn_core.errors import InputError
 from simulator.system import OpticalSystem
 
 from .errors import CalibrationError

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from simulator.files import atomic_write
+from onn_core.files import atomic_write
 
 from . import display_response, geometry, sensor
 from .api import Calibration

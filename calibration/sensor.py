@@ -53,7 +53,7 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm.auto import tqdm
 
-from simulator.errors import InputError
+from onn_core.errors import InputError
 
 from .errors import CalibrationError
 from .hdf5 import read_dataclass, write_dataclass

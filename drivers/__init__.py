@@ -31,7 +31,7 @@ from .errors import (
     UnsupportedFeature,
 )
 from .faults import FaultConfig
-from simulator.lut import LUT
+from onn_core.lut import LUT
 from .registry import ENTRY_POINT_GROUP, available_backends, load_backend, register_backend
 
 __all__ = [

@@ -25,7 +25,7 @@ Every device is a context manager, ``close()`` is idempotent, and a closed devic
 ``time`` directly, so simulated benches run on a virtual clock in tests.
 
 Opening from YAML: :meth:`Device.from_config` validates the device's settings mapping into the
-backend's ``Config`` dataclass (with :func:`simulator.config.build`, so a bad field is reported with its
+backend's ``Config`` dataclass (with :func:`onn_core.config.build`, so a bad field is reported with its
 YAML path) and passes its fields to the constructor as keyword arguments, plus ``name`` and ``clock``.
 A backend whose constructor needs more (a file path relative to the YAML file, a peer device)
 overrides :meth:`from_config` and uses the :class:`OpenContext`.
@@ -43,14 +43,14 @@ from types import MappingProxyType
 
 import numpy as np
 
-from simulator.config import build
-from simulator.errors import ConfigError, InputError
-from simulator.files import resolve_relative
-from simulator.validation import check_positive
+from onn_core.config import build
+from onn_core.errors import ConfigError, InputError
+from onn_core.files import resolve_relative
+from onn_core.validation import check_positive
 
 from .clock import Clock, RealClock
 from .errors import DeviceClosed, DeviceFault, UnsupportedFeature, backend_errors
-from simulator.lut import LUT
+from onn_core.lut import LUT
 
 TRIGGER_MODES = ("software", "free-run")
 MODULATIONS = ("amplitude", "phase")

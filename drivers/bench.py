@@ -25,8 +25,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from simulator.errors import InputError
-from simulator.validation import check_positive
+from onn_core.errors import InputError
+from onn_core.validation import check_positive
 
 from .base import Camera, Device, Frame, SLM
 from .errors import DeviceClosed, DeviceFault, DeviceTimeout, StaleFrame

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 
-from simulator.validation import check_positive
+from onn_core.validation import check_positive
 
 
 class Clock:

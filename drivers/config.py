@@ -19,7 +19,7 @@ An optional ``light:`` section opens a light source (a backend of kind ``light-s
 closes then).
 
 The SLM is opened first, then the camera (which may need it: a simulated camera looks at the simulated
-SLM), then the light. A bad field raises :class:`~simulator.errors.ConfigError` naming its YAML path
+SLM), then the light. A bad field raises :class:`~onn_core.errors.ConfigError` naming its YAML path
 (``camera.exposure_s``); if a device fails to open, the ones opened before are closed again.
 """
 
@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from simulator.config import build, load_yaml, to_plain
-from simulator.errors import ConfigError
+from onn_core.config import build, load_yaml, to_plain
+from onn_core.errors import ConfigError
 
 from .base import Device, OpenContext, config_errors
 from .bench import Bench

@@ -32,13 +32,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from simulator.errors import InputError
-from simulator.validation import check_positive
+from onn_core.errors import InputError
+from onn_core.validation import check_positive
 
 from .base import SLM
 from .clock import Clock, RealClock
 from .errors import DeviceDisconnected, DeviceFault, DeviceNotFound
-from simulator.lut import LUT
+from onn_core.lut import LUT
 
 __all__ = ["DisplaySLM", "DisplaySLMConfig"]
 

@@ -1,6 +1,6 @@
 """Device errors: the part of the toolkit's exception hierarchy that drivers raise.
 
-Everything derives from :class:`simulator.errors.HilError`, so a bench script catches every toolkit
+Everything derives from :class:`onn_core.errors.HilError`, so a bench script catches every toolkit
 failure with one clause. A backend's own exception (a vendor SDK error, an ``OSError`` from a serial
 port, ...) is never swallowed: the driver layer raises one of these classes *from* it, so the
 original is kept as ``__cause__``.
@@ -8,7 +8,7 @@ original is kept as ``__cause__``.
 ::
 
     HilError
-    ├── ConfigError, InputError, ...          (simulator.errors)
+    ├── ConfigError, InputError, ...          (onn_core.errors)
     └── DeviceError                           any device failure; .device names the device
         ├── DeviceTimeout    (TimeoutError)   no answer/frame within the timeout
         ├── DeviceDisconnected (ConnectionError) the device went away; reopen it
@@ -25,7 +25,7 @@ from __future__ import annotations
 import contextlib
 import errno
 
-from simulator.errors import ConfigError, HilError, InputError
+from onn_core.errors import ConfigError, HilError, InputError
 
 __all__ = [
     "ConfigError",

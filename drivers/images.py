@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from simulator.errors import InputError
-from simulator.files import atomic_write
+from onn_core.errors import InputError
+from onn_core.files import atomic_write
 
 __all__ = ["FRAME_FORMATS", "READ_MODES", "check_frame_path", "read_image", "sidecar_path", "write_frame"]
 

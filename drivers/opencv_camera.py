@@ -39,8 +39,8 @@ from typing import Any
 
 import numpy as np
 
-from simulator.errors import ConfigError, InputError
-from simulator.validation import check_positive
+from onn_core.errors import ConfigError, InputError
+from onn_core.validation import check_positive
 
 from .base import Camera, OpenContext, RawFrame, config_errors
 from .clock import Clock
@@ -217,7 +217,7 @@ class OpenCVCamera(Camera):
         YAML file's folder."""
         import dataclasses
 
-        from simulator.config import build
+        from onn_core.config import build
 
         config = build(cls.Config, dict(settings), path)
         kwargs = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}

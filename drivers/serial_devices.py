@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from simulator.validation import check_positive
+from onn_core.validation import check_positive
 
 from .base import Device
 from .clock import Clock

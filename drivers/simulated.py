@@ -33,12 +33,12 @@ from typing import Any, Callable, Literal
 
 import numpy as np
 
-from simulator.errors import ConfigError
+from onn_core.errors import ConfigError
 
 from .base import OpenContext, RawFrame, SLM, Camera, config_errors
 from .clock import Clock
 from .faults import CAMERA_ONLY, FaultConfig, FaultInjector
-from simulator.lut import LUT
+from onn_core.lut import LUT
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ class SimulatedSLM(SLM):
 
     @classmethod
     def from_config(cls, settings, context: OpenContext, path: str = ""):
-        from simulator.config import build
+        from onn_core.config import build
 
         cfg = build(cls.Config, dict(settings), path)
         kind = "phase" if cfg.modulation == "phase" else "intensity"
@@ -305,7 +305,7 @@ class SimulatedCamera(Camera):
 
     @classmethod
     def from_config(cls, settings, context: OpenContext, path: str = ""):
-        from simulator.config import build
+        from onn_core.config import build
 
         if "frontend" in settings:
             raise ConfigError(f"{path}.frontend", settings["frontend"], "no such field: the optical system is now "

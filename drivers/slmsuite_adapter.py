@@ -41,13 +41,13 @@ from typing import Any
 
 import numpy as np
 
-from simulator.config import build
-from simulator.errors import ConfigError, InputError
+from onn_core.config import build
+from onn_core.errors import ConfigError, InputError
 
 from .base import Camera, OpenContext, RawFrame, SLM, config_errors
 from .clock import Clock
 from .errors import DeviceFault, DeviceNotFound, MissingDependency, backend_errors
-from simulator.lut import LUT
+from onn_core.lut import LUT
 from .registry import import_target
 
 __all__ = ["SlmsuiteCamera", "SlmsuiteCameraConfig", "SlmsuiteSLM", "SlmsuiteSLMConfig"]

@@ -20,7 +20,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from drivers import DeviceError, open_bench  # noqa: E402
-from simulator.config import save_yaml  # noqa: E402
+from onn_core.config import save_yaml  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 

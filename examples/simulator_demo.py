@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from simulator.config import load_yaml, save_yaml
+from onn_core.config import load_yaml, save_yaml
 from simulator.design import random_signed_kernels, signed_kernels_to_psfs
 from simulator.system import OpticalSystem
 from simulator.metaoptic import design_psf

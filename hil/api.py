@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from torch.utils.data import Subset
 
-from simulator.errors import ConfigError, HilError
+from onn_core.errors import ConfigError, HilError
 
 from .checkpoint import capture_rng_state, load_checkpoint, restore_rng_state
 from .config import RunConfig, config_changes, fixed_on_resume, load_run_config, parse_run_config, run_config_to_dict

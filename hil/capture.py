@@ -43,7 +43,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from simulator.errors import HilError, InputError
+from onn_core.errors import HilError, InputError
 
 from .data.captures import CAPTURE_SCHEMA, CAPTURE_SCHEMA_VERSION
 

@@ -4,7 +4,7 @@ A checkpoint is a plain dict of tensors and plain Python values (so it loads wit
 ``torch.load(..., weights_only=True)``): model, optimiser and scheduler state dicts, the random
 number generator states of torch, numpy and Python (encoded as tensors), the sampler position, the
 resolved config and the metrics history. :func:`save_checkpoint` writes to a temporary file in the
-destination folder and renames it over the target (:func:`simulator.files.atomic_write`), so a kill at
+destination folder and renames it over the target (:func:`onn_core.files.atomic_write`), so a kill at
 any moment leaves either the previous or the new checkpoint, never a torn one.
 """
 
@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from simulator.errors import HilError, InputError
-from simulator.files import atomic_write
+from onn_core.errors import HilError, InputError
+from onn_core.files import atomic_write
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ import logging
 import signal
 import sys
 
-from simulator.errors import HilError
+from onn_core.errors import HilError
 
 COMMAND_MODULES = ("hil.commands.devices", "hil.commands.train", "hil.commands.capture", "hil.commands.estimate",
                    "hil.commands.calibrate", "hil.commands.run")

@@ -2,8 +2,8 @@
 
 One file describes one run: what is trained (``job``: a teacher or an optical student), on which
 task and data, with which loss (task only, classic KD or NTKD), optimiser and schedule, and how the
-run is checkpointed and stopped. Validation goes through :func:`simulator.config.build`, so a bad field
-raises :class:`~simulator.errors.ConfigError` naming its dotted YAML path. Example::
+run is checkpointed and stopped. Validation goes through :func:`onn_core.config.build`, so a bad field
+raises :class:`~onn_core.errors.ConfigError` naming its dotted YAML path. Example::
 
     job: student
     task: classification
@@ -30,9 +30,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from simulator.config import build, load_yaml, to_plain
-from simulator.errors import ConfigError
-from simulator.files import resolve_relative
+from onn_core.config import build, load_yaml, to_plain
+from onn_core.errors import ConfigError
+from onn_core.files import resolve_relative
 
 from .losses import DEFAULT_KERNEL_BATCH, DISCREPANCIES
 from .ntk import METHODS as NTK_METHODS

@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from simulator.errors import ConfigError
-from simulator.files import atomic_write
+from onn_core.errors import ConfigError
+from onn_core.files import atomic_write
 
 from .checkpoint import load_checkpoint
 

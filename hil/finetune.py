@@ -30,7 +30,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from simulator.errors import InputError
+from onn_core.errors import InputError
 
 from .data.captures import CaptureDataset
 

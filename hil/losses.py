@@ -48,7 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from simulator.errors import ConfigError, InputError
+from onn_core.errors import ConfigError, InputError
 
 from .models import hold_random_draws
 from .ntk import METHODS, TeacherKernel, empirical_ntk

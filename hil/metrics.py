@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from simulator.errors import InputError
+from onn_core.errors import InputError
 
 
 def confusion_matrix(predicted: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:

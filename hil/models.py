@@ -27,8 +27,8 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from simulator.config import build
-from simulator.errors import ConfigError, InputError
+from onn_core.config import build
+from onn_core.errors import ConfigError, InputError
 from simulator.system import hold_random_draws  # noqa: F401  (re-exported: losses hold draws for NTKs)
 
 log = logging.getLogger(__name__)
@@ -289,8 +289,8 @@ def student_optics_from_file(path) -> dict:
     fabricated device; a student trains against ``model.fabrication`` draws instead) and ``seed`` (the
     bench's noise seed; the student's draws follow ``model.seed``). A display ``lut_file`` is made
     absolute, since the mapping no longer lives next to the file."""
-    from simulator.config import load_yaml
-    from simulator.files import resolve_relative
+    from onn_core.config import load_yaml
+    from onn_core.files import resolve_relative
 
     mapping = load_yaml(path)
     dropped = [key for key in ("design", "errors", "seed") if mapping.pop(key, None) is not None]
@@ -344,7 +344,7 @@ def _backend(spec: OpticalStudentSpec, in_shape: tuple[int, int, int]) -> nn.Mod
 def build_model(cfg: dict) -> nn.Module:
     """A model from the ``model:`` config mapping; ``cfg["name"]`` is ``lenet``, ``unet`` or
     ``optical_student`` (fields: :class:`TeacherSpec`, :class:`UNetSpec`, :class:`OpticalStudentSpec`).
-    Raises :class:`~simulator.errors.ConfigError` naming the bad ``model.*`` field."""
+    Raises :class:`~onn_core.errors.ConfigError` naming the bad ``model.*`` field."""
     if not isinstance(cfg, dict) or cfg.get("name") not in _SPECS:
         name = cfg.get("name") if isinstance(cfg, dict) else cfg
         raise ConfigError("model.name", name, f"one of {sorted(_SPECS)}")

@@ -96,8 +96,8 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, jacrev, jvp, vmap
 
-from simulator.errors import InputError
-from simulator.validation import check_positive
+from onn_core.errors import InputError
+from onn_core.validation import check_positive
 
 log = logging.getLogger(__name__)
 

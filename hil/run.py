@@ -48,8 +48,8 @@ import numpy as np
 import torch
 
 from simulator import config as config_io
-from simulator.errors import ConfigError, HilError, InputError
-from simulator.files import atomic_write
+from onn_core.errors import ConfigError, HilError, InputError
+from onn_core.files import atomic_write
 
 from .finetune import COMPENSATIONS
 

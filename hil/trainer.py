@@ -49,9 +49,9 @@ import torch
 from torch import nn
 from torch.utils.data import Subset, default_collate
 
-from simulator.config import save_yaml
-from simulator.errors import ConfigError, HilError, InputError
-from simulator.files import atomic_write
+from onn_core.config import save_yaml
+from onn_core.errors import ConfigError, HilError, InputError
+from onn_core.files import atomic_write
 
 from .checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
 from .metrics import ConfusionAccumulator, predictions, summary_metrics

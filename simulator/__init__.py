@@ -3,7 +3,7 @@ incoherent optical convolution, display and sensor models, fabrication errors, a
 system (:class:`simulator.system.OpticalSystem`) that training, the simulated bench and calibration
 share. Pure torch."""
 
-from .errors import ConfigError, HilError, InputError, SamplingError
+from onn_core.errors import ConfigError, HilError, InputError, SamplingError
 from .field import Field, Grid
 
 __all__ = ["ConfigError", "HilError", "InputError", "SamplingError", "Field", "Grid"]

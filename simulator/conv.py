@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import InputError
+from onn_core.errors import InputError
 from .layout import TileLayout
 from .sampling import fast_fft_size
 from .validation import check_tensor

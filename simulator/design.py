@@ -21,8 +21,8 @@ import torch
 from torch import nn
 
 from .conv import psf_pairs
-from .errors import ConfigError, InputError
-from .files import resolve_relative
+from onn_core.errors import ConfigError, InputError
+from onn_core.files import resolve_relative
 from .validation import check_tensor
 
 DESIGN_GENERATORS = ("random_signed", "file", "inline")

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import InputError
+from onn_core.errors import InputError
 from .field import Grid
-from .lut import LUT
+from onn_core.lut import LUT
 from .validation import check_positive
 
 TWO_PI = 2 * math.pi
@@ -27,7 +27,7 @@ def _check_bit_depth(bit_depth, maximum: int = 16) -> int:
 
 
 def _check_lut(lut, levels: int, what: str, kind: str) -> torch.Tensor:
-    """Validate a LUT; a :class:`~simulator.lut.LUT` of ``kind`` or a list or tuple of numbers (e.g. from
+    """Validate a LUT; a :class:`~onn_core.lut.LUT` of ``kind`` or a list or tuple of numbers (e.g. from
     YAML) becomes a float64 tensor."""
     if isinstance(lut, LUT):
         if lut.kind != kind:
@@ -95,7 +95,7 @@ class DisplayModel:
         Emitting fraction of the pixel's area, in (0, 1]; the emitter is a centred square.
     gamma : float
         ``radiance = max_radiance * (gray / (2**bit_depth - 1)) ** gamma`` when ``lut`` is None.
-    lut : simulator.lut.LUT, 1-D tensor, sequence of numbers, or None
+    lut : onn_core.lut.LUT, 1-D tensor, sequence of numbers, or None
         Relative radiance per gray level (``2**bit_depth`` values >= 0, e.g. measured, normalised);
         replaces the gamma curve: ``radiance = max_radiance * lut[gray]``.
     max_radiance_w_sr_m2 : float
@@ -181,7 +181,7 @@ class PhaseSLMModel:
     ----------
     bit_depth : int
         Bits per gray level (1..16).
-    lut : simulator.lut.LUT, 1-D tensor, sequence of numbers, or None
+    lut : onn_core.lut.LUT, 1-D tensor, sequence of numbers, or None
         Phase (rad) per gray level, ``2**bit_depth`` strictly increasing values spanning less than
         ``2 pi``. None: linear, ``phase = 2 pi gray / 2**bit_depth`` (levels cover [0, 2 pi) without
         repeating 0 at 2 pi).
@@ -223,7 +223,7 @@ class PhaseSLMModel:
         The phase is wrapped into ``[lut[0], lut[0] + 2 pi)``, then the nearest level is found with
         the wrap-around gap between the last level and ``lut[0] + 2 pi`` included (a phase just below
         ``2 pi`` maps to level 0 on the linear LUT); ties go to the lower phase
-        (:meth:`simulator.lut.LUT.to_gray`).
+        (:meth:`onn_core.lut.LUT.to_gray`).
         """
         if not isinstance(radians, torch.Tensor) or not radians.is_floating_point():
             got = radians.dtype if isinstance(radians, torch.Tensor) else type(radians).__name__

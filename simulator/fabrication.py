@@ -109,7 +109,7 @@ import torch
 from torch import nn
 
 from . import config as config_io
-from .errors import ConfigError, InputError
+from onn_core.errors import ConfigError, InputError
 from .fft import ifft2
 from .field import Grid
 from .layout import TileLayout

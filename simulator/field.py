@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from .errors import InputError
+from onn_core.errors import InputError
 from .validation import check_positive, check_tensor, complex_dtype_for
 
 

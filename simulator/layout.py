@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .errors import InputError
+from onn_core.errors import InputError
 from .validation import check_positive, check_tensor
 
 #: Relative tolerance for ``floor`` in :func:`kernel_grid`, so that a ratio that is an integer in exact

@@ -19,7 +19,7 @@ import math
 import torch
 from torch import nn
 
-from .errors import InputError
+from onn_core.errors import InputError
 from .field import Field, Grid
 from .propagation import lens_fourier_transform
 from .pupil import circular_pupil

@@ -51,7 +51,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .errors import InputError
+from onn_core.errors import InputError
 from .field import Field, Grid
 from .propagation import propagate_asm
 from .sampling import as_wavelengths

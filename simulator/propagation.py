@@ -16,7 +16,7 @@ import math
 
 import torch
 
-from .errors import InputError, SamplingError
+from onn_core.errors import InputError, SamplingError
 from .fft import ifft2_unscaled
 from .field import Field, Grid
 from .sampling import (

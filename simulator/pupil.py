@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from .errors import InputError
+from onn_core.errors import InputError
 from .field import Field, Grid
 from .propagation import propagate_to_focal_plane
 from .sampling import as_wavelengths

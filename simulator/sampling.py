@@ -1,6 +1,6 @@
 """Sampling guards: checks that refuse simulation set-ups that would alias or wrap around.
 
-Each guard raises :class:`~simulator.errors.SamplingError` whose message names the offending parameter,
+Each guard raises :class:`~onn_core.errors.SamplingError` whose message names the offending parameter,
 the limit it broke and the fix. The criteria (all per axis, the strictest wavelength deciding):
 
 * Angular spectrum (band-limited, Matsushima & Shimobaba 2009): the transfer function's phase changes
@@ -26,7 +26,7 @@ from collections.abc import Sequence
 
 import torch
 
-from .errors import InputError, SamplingError
+from onn_core.errors import InputError, SamplingError
 from .field import Grid
 from .validation import check_positive
 

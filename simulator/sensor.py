@@ -48,7 +48,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import InputError
+from onn_core.errors import InputError
 from .validation import check_positive, check_tensor, is_transformed
 
 JUSTIFY = ("left", "right")

@@ -72,9 +72,9 @@ from . import config as config_io
 from .conv import optical_conv2d
 from .design import KernelDesign, PSFDesign, design_from_config
 from .display import DisplayModel, quantise_intensities
-from .errors import ConfigError, InputError
-from .files import resolve_relative
-from .lut import LUT
+from onn_core.errors import ConfigError, InputError
+from onn_core.files import resolve_relative
+from onn_core.lut import LUT
 from .fabrication import AberrationOptics, ErrorSpec, FabricationErrors, apply_frame_errors, apply_psf_errors
 from .layout import TileLayout
 from .sensor import SensorModel
@@ -158,7 +158,7 @@ class Photometry:
 class DisplaySettings:
     """The ``optics.display`` section: the display's response (its pitch is ``geometry``'s): a gamma
     curve, or a relative-radiance table ``lut`` (one value per gray level), or ``lut_file`` (the
-    two-column file of :class:`simulator.lut.LUT`, e.g. measured by calibration; relative to the YAML)."""
+    two-column file of :class:`onn_core.lut.LUT`, e.g. measured by calibration; relative to the YAML)."""
 
     bit_depth: int = 8
     gamma: float = 2.2

@@ -1,26 +1,17 @@
-"""Argument checks shared by the simulator's public functions; each raises :class:`InputError` naming
-the argument, what it got and what was expected."""
+"""Tensor argument checks of the simulator's public functions; each raises :class:`InputError` naming
+the argument, what it got and what was expected. Value checks (:func:`check_positive`) live in
+:mod:`onn_core.validation` and are re-exported here."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
 
-from .errors import InputError
+from onn_core.errors import InputError
+from onn_core.validation import check_positive
 
-
-def check_positive(name: str, value: float, *, allow_zero: bool = False) -> float:
-    """Return ``value`` as float if it is finite and > 0 (or >= 0 with ``allow_zero``)."""
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise InputError(f"{name} must be a real number, got {value!r}") from None
-    if not math.isfinite(v) or v < 0 or (v == 0 and not allow_zero):
-        bound = ">= 0" if allow_zero else "> 0"
-        raise InputError(f"{name} must be finite and {bound}, got {value!r}")
-    return v
+__all__ = ["check_positive", "check_tensor", "complex_dtype_for", "is_transformed", "real_dtype_for"]
 
 
 def check_tensor(

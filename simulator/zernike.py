@@ -29,7 +29,7 @@ import operator
 
 import torch
 
-from .errors import InputError
+from onn_core.errors import InputError
 from .field import Grid
 from .sampling import as_wavelengths
 from .validation import check_positive, check_tensor

@@ -53,8 +53,8 @@ def run_capture(args: argparse.Namespace) -> int:
     from drivers import open_bench
     from hil.capture import capture, stratified_indices
     from hil.data import build_datasets
-    from simulator.config import build, load_yaml, to_plain
-    from simulator.errors import ConfigError
+    from onn_core.config import build, load_yaml, to_plain
+    from onn_core.errors import ConfigError
 
     path = Path(args.config)
     cfg = build(CaptureConfig, load_yaml(path), "")

@@ -90,7 +90,7 @@ def cmd_snap(args) -> int:
 def cmd_show(args) -> int:
     from drivers import VirtualClock, open_bench
     from drivers.images import read_image
-    from simulator.validation import check_positive
+    from onn_core.validation import check_positive
 
     hold_s = None if args.hold_s is None else check_positive("--hold-s", args.hold_s, allow_zero=True)
     image = read_image(args.image)

@@ -36,7 +36,7 @@ def parse_overrides(items: list[str]) -> dict:
     """``["a.b=1", "c=x"]`` -> ``{"a.b": 1, "c": "x"}`` with values parsed by ``yaml.safe_load``."""
     import yaml
 
-    from simulator.errors import ConfigError
+    from onn_core.errors import ConfigError
 
     out = {}
     for item in items:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from simulator.errors import ConfigError
+from onn_core.errors import ConfigError
 
 from .captures import CAPTURE_SCHEMA, CAPTURE_SCHEMA_VERSION, CaptureDataset
 from .errors import DatasetError

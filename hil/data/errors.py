@@ -1,6 +1,6 @@
 """The error raised when data is missing or malformed."""
 
-from simulator.errors import HilError
+from onn_core.errors import HilError
 
 
 class DatasetError(HilError):

@@ -27,7 +27,7 @@ def read_image(path, grayscale: bool = True) -> np.ndarray:
     """An image file as a numpy array: (rows, cols) when ``grayscale``, else (rows, cols, 3) RGB,
     in the file's own integer type (:func:`drivers.images.read_image`; errors as :class:`DatasetError`)."""
     from drivers.images import read_image as read_file
-    from simulator.errors import InputError
+    from onn_core.errors import InputError
 
     try:
         return read_file(path, "gray" if grayscale else "rgb")

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from hil.metrics import confusion_matrix, mean_iou
-from simulator.errors import ConfigError
+from onn_core.errors import ConfigError
 
 from .errors import DatasetError
 

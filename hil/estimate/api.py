@@ -31,9 +31,9 @@ from typing import Any, Literal
 
 import torch
 
-from simulator.config import build, load_yaml, save_yaml, to_plain
-from simulator.errors import ConfigError
-from simulator.files import atomic_write
+from onn_core.config import build, load_yaml, save_yaml, to_plain
+from onn_core.errors import ConfigError
+from onn_core.files import atomic_write
 
 from .kernel import ArchitectureKernel, PointFeatures
 from .layout import LayoutPlan, LayoutSpec, plan_layout, plot_layout
@@ -440,7 +440,7 @@ def estimate(config_or_path, out_dir=None, *, progress: bool = True) -> Estimate
     ``config_or_path``: an :class:`EstimateConfig`, a plain mapping or a YAML path. ``out_dir``
     (default: the config's ``out_dir``; ``None`` in both: no files) receives ``config.yaml``,
     ``estimate.json``, ``estimate.png`` and, with a layout, ``layout.png``. ``progress``: tqdm bars.
-    Raises :class:`~simulator.errors.ConfigError` naming the field of a bad config.
+    Raises :class:`~onn_core.errors.ConfigError` naming the field of a bad config.
     """
     from hil.models import build_model
 

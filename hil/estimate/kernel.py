@@ -53,7 +53,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from simulator.conv import optical_conv2d
-from simulator.errors import InputError
+from onn_core.errors import InputError
 
 
 def _check_int(name: str, value, minimum: int) -> int:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from simulator.errors import ConfigError
+from onn_core.errors import ConfigError
 from simulator.layout import TileLayout, kernel_grid
 
 

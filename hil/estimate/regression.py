@@ -30,7 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from hil.metrics import accuracy, mean_iou
-from simulator.errors import InputError
+from onn_core.errors import InputError
 
 from .kernel import ArchitectureKernel, PointFeatures
 

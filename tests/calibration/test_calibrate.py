@@ -15,7 +15,7 @@ from calibration.cli import FILE_NAME
 from calibration.errors import CalibrationFileError
 from calibration.layer import CalibrationLayer, shift_tiles
 from hil.cli import main
-from simulator.errors import ConfigError
+from onn_core.errors import ConfigError
 from simulator.system import OpticalSystem
 from tests.calibration.benches import bench_config, example_optics, simulated_bench
 

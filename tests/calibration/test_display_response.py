@@ -10,8 +10,8 @@ from calibration.display_response import DisplayCalibration, default_levels, mea
 from calibration.errors import CalibrationError, CalibrationFileError
 from calibration.sensor import measure_sensor
 from drivers.config import open_bench
-from simulator.errors import InputError
-from simulator.lut import LUT
+from onn_core.errors import InputError
+from onn_core.lut import LUT
 from simulator.system import OpticalSystem
 from tests.calibration.benches import bench_config, example_optics, merged, simulated_bench
 

@@ -16,7 +16,7 @@ from calibration.errors import CalibrationError, CalibrationFileError
 from calibration.geometry import (DIAGNOSTIC_NAME, GUARD_PX, GeometryCalibration, GeometryFrames, capture_geometry,
                                   dot_patterns, fit_geometry, intensity_centroid, measure_geometry, minimum_pitch,
                                   plot_overlay)
-from simulator.errors import InputError
+from onn_core.errors import InputError
 from simulator.fabrication import ErrorSpec, FabricationErrors
 from simulator.system import OpticalSystem
 from tests.calibration.benches import example_optics, merged, simulated_bench

@@ -16,7 +16,7 @@ import torch
 
 from calibration.errors import CalibrationFileError
 from calibration.phase_retrieval import PhaseRetrievalResult, PupilModel, retrieve_zernike
-from simulator.errors import InputError
+from onn_core.errors import InputError
 from simulator.field import Grid
 from simulator.metaoptic import square_aperture
 

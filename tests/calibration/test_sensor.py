@@ -16,7 +16,7 @@ import torch
 
 from calibration.errors import CalibrationError, CalibrationFileError
 from calibration.sensor import SensorCalibration, measure_sensor, plot
-from simulator.errors import InputError
+from onn_core.errors import InputError
 from tests.calibration.benches import bench_config, merged, simulated_bench
 from drivers.config import open_bench
 

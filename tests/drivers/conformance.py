@@ -22,8 +22,8 @@ import yaml
 
 from drivers.base import Camera, Frame, SLM
 from drivers.errors import DeviceClosed, UnsupportedFeature
-from simulator.lut import LUT
-from simulator.errors import InputError
+from onn_core.lut import LUT
+from onn_core.errors import InputError
 
 CAMERA_SETTING_KEYS = {"exposure_s", "gain", "black_level", "roi", "trigger_mode", "sensor_shape", "dtype", "bit_depth", "pixel_pitch_m"}
 SLM_SETTING_KEYS = {"shape", "dtype", "bit_depth", "pixel_pitch_m", "latency_s", "settle_s", "modulation", "wavelength_m"}

@@ -20,7 +20,7 @@ from drivers.clock import VirtualClock
 from drivers.errors import DeviceClosed, DeviceDisconnected, DeviceFault, DeviceTimeout, StaleFrame
 from drivers.faults import FaultConfig
 from drivers.simulated import SimulatedCamera, SimulatedSLM, direct_render
-from simulator.errors import InputError
+from onn_core.errors import InputError
 from tests.drivers.conftest import DN_PER_LEVEL_S, gray_seen, make_pair
 
 REPO = Path(__file__).resolve().parents[2]

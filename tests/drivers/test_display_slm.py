@@ -16,7 +16,7 @@ from drivers.display_slm import DisplaySLM, x_display_reachable
 from drivers.errors import DeviceClosed, DeviceFault, DeviceNotFound
 from drivers.registry import load_backend
 from drivers.xwd import parse_xwd
-from simulator.errors import ConfigError, InputError
+from onn_core.errors import ConfigError, InputError
 from tests.drivers.conformance import check_slm
 from tests.drivers.xvfb import window_manager, x_display, xvfb  # noqa: F401  (fixtures)
 

@@ -9,7 +9,7 @@ from drivers.errors import (
     DeviceClosed, DeviceDisconnected, DeviceError, DeviceFault, DeviceNotFound, DeviceTimeout, MissingDependency,
     StaleFrame, UnsupportedFeature, backend_errors,
 )
-from simulator.errors import HilError, InputError
+from onn_core.errors import HilError, InputError
 
 
 def test_hierarchy_roots_at_hil_error_and_builtin_kinds():

@@ -15,7 +15,7 @@ from drivers.errors import DeviceDisconnected, DeviceFault, DeviceNotFound, Devi
 from drivers.opencv_camera import OpenCVCamera
 from drivers.registry import load_backend
 from drivers.simulated import SimulatedSLM
-from simulator.errors import ConfigError, InputError
+from onn_core.errors import ConfigError, InputError
 from tests.drivers.conformance import check_camera
 
 PITCH_M = 3.45e-6

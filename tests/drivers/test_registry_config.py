@@ -15,7 +15,7 @@ from drivers.registry import (
     unregister_backend,
 )
 from drivers.simulated import SimulatedCamera, SimulatedSLM
-from simulator.errors import ConfigError
+from onn_core.errors import ConfigError
 from tests.drivers.conformance import check_camera
 
 REPO_EXAMPLES = __import__("pathlib").Path(__file__).resolve().parents[2] / "examples"
@@ -248,7 +248,7 @@ def test_real_bench_example_is_a_valid_config_for_its_backends():
     what its backend accepts."""
     from drivers.config import load_bench_config
     from drivers.registry import load_backend
-    from simulator.config import build
+    from onn_core.config import build
 
     config, _ = load_bench_config(REPO_EXAMPLES / "bench_real.yaml")
     for kind, section in (("slm", config.slm), ("camera", config.camera)):

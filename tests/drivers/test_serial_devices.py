@@ -16,7 +16,7 @@ from drivers.base import OpenContext
 from drivers.clock import RealClock
 from drivers.registry import load_backend
 from drivers.serial_devices import CommandRejected, SerialLightSource, SerialTransport
-from simulator.errors import ConfigError
+from onn_core.errors import ConfigError
 
 TIMEOUT_S = 0.03
 

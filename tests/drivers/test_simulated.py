@@ -13,9 +13,9 @@ from drivers.clock import VirtualClock
 from drivers.config import open_bench
 from drivers.errors import DeviceDisconnected, DeviceFault, DeviceTimeout, UnsupportedFeature
 from drivers.faults import FaultConfig, FaultInjector
-from simulator.lut import LUT
+from onn_core.lut import LUT
 from drivers.simulated import SimulatedCamera, SimulatedSLM, direct_render
-from simulator.errors import ConfigError
+from onn_core.errors import ConfigError
 from tests.drivers.conformance import check_camera, check_slm
 from tests.drivers.conftest import DN_PER_LEVEL_S, gray_seen, make_pair
 
@@ -251,7 +251,7 @@ def test_simulated_lut_replaced_by_measured(pair):
     slm.lut = measured
     shown = slm.show_intensity(np.full((6, 6), 0.7))
     assert np.all(shown == 128)
-    from simulator.errors import InputError
+    from onn_core.errors import InputError
     with pytest.raises(InputError):
         slm.lut = LUT.linear(8, "phase")
 

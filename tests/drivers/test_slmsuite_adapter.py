@@ -15,10 +15,10 @@ from drivers.base import OpenContext  # noqa: E402
 from drivers.bench import Bench  # noqa: E402
 from drivers.clock import RealClock  # noqa: E402
 from drivers.errors import DeviceFault, DeviceTimeout, MissingDependency, UnsupportedFeature  # noqa: E402
-from simulator.lut import LUT  # noqa: E402
+from onn_core.lut import LUT  # noqa: E402
 from drivers.registry import load_backend  # noqa: E402
 from drivers.slmsuite_adapter import SlmsuiteCamera, SlmsuiteSLM  # noqa: E402
-from simulator.errors import ConfigError  # noqa: E402
+from onn_core.errors import ConfigError  # noqa: E402
 from tests.drivers.conformance import check_camera, check_slm  # noqa: E402
 
 ROWS, COLS = 32, 48

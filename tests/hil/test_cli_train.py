@@ -23,7 +23,7 @@ from hil.checkpoint import load_checkpoint
 from hil.cli import main
 from hil.commands import train as train_command
 from hil.config import load_run_config, parse_run_config, replace
-from simulator.errors import ConfigError
+from onn_core.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -13,7 +13,7 @@ from hil.data import (
     CAPTURE_SCHEMA, CaptureDataset, DatasetError, IdxClassification, ImageMaskFolder, MaskingDataset, MaskingOptions,
     build_datasets, read_idx, threshold_baseline,
 )
-from simulator.errors import ConfigError
+from onn_core.errors import ConfigError
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 needs_fashion = pytest.mark.skipif(

@@ -18,8 +18,8 @@ from hil.estimate.kernel import bank_factor, patch_maps, relu_layers
 from hil.estimate.regression import (EvalSet, bootstrap_metrics, evaluate, extrapolate, interval_of, kernel_regression,
                                      regression_targets, ridge_solutions)
 from hil.ntk import empirical_ntk
-from simulator.config import build
-from simulator.errors import ConfigError
+from onn_core.config import build
+from onn_core.errors import ConfigError
 
 # ----------------------------------------------------------------------------------------------- layout
 

@@ -16,7 +16,7 @@ from hil.losses import (
 )
 from hil.models import FCBackend, OpticalStudent, build_model
 from hil.ntk import empirical_ntk
-from simulator.errors import ConfigError, InputError
+from onn_core.errors import ConfigError, InputError
 
 
 def test_kd_loss_equals_hand_computed_value():

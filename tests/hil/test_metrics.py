@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from hil.metrics import ConfusionAccumulator, accuracy, confusion_matrix, iou_per_class, mean_iou, predictions
-from simulator.errors import InputError
+from onn_core.errors import InputError
 
 
 def test_confusion_matrix_counts_true_rows_predicted_columns():

@@ -6,7 +6,7 @@ from torch import nn
 
 from hil.models import FCBackend, FourFDesign, LeNet, OpticalStudent, UNet, UpConvDecoder, build_model, hold_random_draws
 from simulator.conv import optical_conv2d
-from simulator.errors import ConfigError, InputError
+from onn_core.errors import ConfigError, InputError
 from simulator.system import OpticalSystem
 
 

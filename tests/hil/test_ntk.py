@@ -8,7 +8,7 @@ from torch import nn
 from hil.losses import kernel_discrepancy
 from hil.models import FCBackend, OpticalStudent, build_model
 from hil.ntk import TeacherKernel, empirical_ntk, ntk_exact, ntk_features, select_parameters
-from simulator.errors import InputError
+from onn_core.errors import InputError
 
 
 def small_cnn(seed=0):

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from hil.losses import TaskObjective
-from simulator.errors import InputError
+from onn_core.errors import InputError
 
 PATH = Path(__file__).resolve().parents[2] / "benchmarks" / "ntkd_study.py"
 spec = importlib.util.spec_from_file_location("ntkd_study", PATH)

@@ -114,7 +114,7 @@ def test_an_exported_design_fabricated_without_errors_is_the_student_on_the_benc
 def test_export_refuses_a_run_without_an_optical_student(tmp_path):
     from hil.checkpoint import save_checkpoint
     from hil.export import export_design
-    from simulator.errors import ConfigError
+    from onn_core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="RUN_DIR"):
         export_design(tmp_path, tmp_path / "out")

@@ -15,7 +15,7 @@ from hil.checkpoint import save_checkpoint
 from hil.models import build_model
 from hil.run import STEPS, BenchMismatchError, JobConfig, JobConfigChanged, load_job, run_job
 from simulator import config as config_io
-from simulator.errors import InputError
+from onn_core.errors import InputError
 
 SIZE = 12
 CORNERS = [(1, 1), (1, 8), (8, 1), (8, 8)]
@@ -155,7 +155,7 @@ def test_a_design_that_does_not_fit_the_bench_is_refused(tmp_path, student_run):
     from types import SimpleNamespace
 
     from hil.run import check_fits
-    from simulator.errors import ConfigError
+    from onn_core.errors import ConfigError
 
     job = write_job(tmp_path, student_run, slm_shape=(SIZE + 4, SIZE))
     with pytest.raises(ConfigError, match=r"slm.shape.*\(12, 12\)"):  # the simulated bench refuses to open
@@ -188,7 +188,7 @@ def test_captures_of_another_design_and_a_missing_calibration_are_refused(tmp_pa
 
 
 def test_job_config_errors_name_the_field(tmp_path):
-    from simulator.errors import ConfigError
+    from onn_core.errors import ConfigError
 
     base = {"out_dir": "run", "bench": "bench.yaml", "student": {"run_dir": "x"}}
     with pytest.raises(ConfigError, match="teacher"):

@@ -15,7 +15,7 @@ from torch import nn
 from hil.checkpoint import load_checkpoint
 from hil.losses import TaskObjective, bce_dice_loss
 from hil.trainer import BatchOrder, Trainer, TrainingDiverged, TrainingInterrupted, freeze_parts
-from simulator.errors import ConfigError, InputError
+from onn_core.errors import ConfigError, InputError
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -1,4 +1,4 @@
-"""simulator.config: YAML -> typed dataclasses, errors that name the YAML path; atomic writes."""
+"""onn_core.config: YAML -> typed dataclasses, errors that name the YAML path; atomic writes."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from typing import Literal, Optional
 
 import pytest
 
-from simulator.config import build, load_yaml, save_yaml, to_plain
-from simulator.errors import ConfigError
-from simulator.files import atomic_write
+from onn_core.config import build, load_yaml, save_yaml, to_plain
+from onn_core.errors import ConfigError
+from onn_core.files import atomic_write
 
 
 @dataclass

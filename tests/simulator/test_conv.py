@@ -9,7 +9,7 @@ from simulator.conv import (
     optical_conv2d,
     split_signed,
 )
-from simulator.errors import InputError
+from onn_core.errors import InputError
 from simulator.layout import TileLayout
 from simulator.sensor import SensorModel
 

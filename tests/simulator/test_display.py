@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from simulator.display import DisplayModel, PhaseSLMModel
-from simulator.errors import InputError
+from onn_core.errors import InputError
 
 f64 = torch.float64
 
@@ -120,7 +120,7 @@ def test_bad_gray_is_named():
 
 
 def test_lut_survives_a_config_round_trip_and_gamma_below_one_has_finite_slope():
-    from simulator.config import build, to_plain
+    from onn_core.config import build, to_plain
 
     display = build(DisplayModel, {"pixel_pitch_m": 8e-6, "bit_depth": 2, "lut": [0.0, 1 / 3, 2 / 3, 1.0]})
     again = build(DisplayModel, to_plain(display))

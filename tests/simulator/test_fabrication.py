@@ -8,7 +8,7 @@ import pytest
 import scipy.signal
 import torch
 
-from simulator.errors import ConfigError, InputError
+from onn_core.errors import ConfigError, InputError
 from simulator.fabrication import (
     AberrationOptics,
     ErrorSpec,

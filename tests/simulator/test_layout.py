@@ -3,7 +3,7 @@ import re
 import pytest
 import torch
 
-from simulator.errors import InputError
+from onn_core.errors import InputError
 from simulator.layout import TileLayout, kernel_count
 
 

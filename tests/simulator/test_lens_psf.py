@@ -7,7 +7,7 @@ import pytest
 import torch
 from scipy.special import j0, j1
 
-from simulator.errors import InputError
+from onn_core.errors import InputError
 from simulator.field import Field, Grid
 from simulator.lens import FourF, apply_thin_lens, four_f, thin_lens_phase
 from simulator.propagation import propagate_asm, propagate_fresnel

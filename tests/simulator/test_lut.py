@@ -5,8 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from simulator.lut import LUT
-from simulator.errors import InputError
+from onn_core.lut import LUT
+from onn_core.errors import InputError
 
 
 def test_linear_intensity_round_trip_is_exact():

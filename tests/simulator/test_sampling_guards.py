@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from simulator.errors import InputError, SamplingError
+from onn_core.errors import InputError, SamplingError
 from simulator.field import Field, Grid
 from simulator.lens import FourF, apply_thin_lens, thin_lens_phase
 from simulator.propagation import propagate_asm, propagate_fresnel, propagate_to_focal_plane

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from simulator import config as config_io
-from simulator.errors import ConfigError, InputError
+from onn_core.errors import ConfigError, InputError
 from simulator.sensor import SensorModel, area_resample, area_resample_matrix
 
 SAMPLES = 200_000

@@ -13,7 +13,7 @@ import yaml
 from simulator.conv import fft_conv2d
 from simulator.design import KernelDesign, PSFDesign, random_signed_kernels
 from simulator.display import DisplayModel
-from simulator.errors import ConfigError, InputError
+from onn_core.errors import ConfigError, InputError
 from simulator.fabrication import ErrorSpec, FabricationErrors
 from simulator.layout import TileLayout
 from simulator.sensor import SensorModel
@@ -277,7 +277,7 @@ def test_demo_script_runs_end_to_end(tmp_path):
 
 
 def test_display_response_from_a_measured_lut_file(tmp_path):
-    from simulator.lut import LUT
+    from onn_core.lut import LUT
 
     measured = LUT.from_measurement([0, 128, 255], [0.0, 0.3, 1.0], 8)
     measured.save(tmp_path / "lut.txt")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from simulator.errors import InputError
+from onn_core.errors import InputError
 from simulator.field import Grid
 from simulator.zernike import (
     nm_to_noll,
