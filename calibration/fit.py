@@ -284,8 +284,8 @@ class _Model:
         cached = self._shaped
         if kernel_error is not None and kernel_error.requires_grad:  # the residual stage: filters fixed
             if self._transfer is None or not torch.equal(self._transfer[0], shape_params):
-                k = self.design_psfs.shape[-1] + 2 * margin
-                self._transfer = (shape_params.clone(), shape_transfer(errors, self.channels, k, theta.dtype))
+                window = self.system.psf_window_px
+                self._transfer = (shape_params.clone(), shape_transfer(errors, self.channels, window, theta.dtype))
             shaped = shape_psfs(self.design_psfs, errors, margin, transfer=self._transfer[1])
         elif cached is None or cached[1] is not kernel_error:
             shaped = shape_psfs(self.design_psfs, errors, margin)

@@ -12,8 +12,9 @@ level; :class:`CalibrationLayer` undoes what the calibration measured, in this o
    phase ramp, sub-pixel: on the example bench it leaves 0.32 of the design-relative feature error
    where bilinear interpolation left 0.42 and whole-pixel rounding 0.37), then divide by the fitted
    brightness;
-4. take the "same" crop, tile ``2i`` minus tile ``2i + 1``, and divide by the expected
-   photo-electrons per unit (``QE x photons_per_s x exposure``, nominal), as training does.
+4. the feature formula of training (:meth:`~simulator.system.OpticalSystem.features_from_electrons`):
+   the "same" crop, tile ``2i`` minus tile ``2i + 1``, divided by the expected photo-electrons per
+   unit (``QE x photons_per_s x exposure``, nominal).
 
 So on a device built exactly to its design the layer gives what training saw (up to the stray light,
 which training's pair difference cancels and the layer removes). What it cannot undo -- PSF shapes
@@ -90,10 +91,7 @@ class CalibrationLayer(nn.Module):
         batch = _as_batch(electrons, system.frame_shape) / self.vignetting
         tiles = system.layout.extract(batch, system.num_psfs)  # (N, P, h, w)
         tiles = shift_tiles(tiles, -self.shift_px) / self.brightness[None, :, None, None]
-        crop = system._feature_crop
-        tiles = tiles[..., crop[0], crop[1]]
-        unit = system.sensor.quantum_efficiency * system.photometry.photons_per_unit(exposure_s)
-        return ((tiles[:, 0::2] - tiles[:, 1::2]) / unit).float()
+        return system.features_from_electrons(tiles, exposure_s).float()
 
 
 def vignetting_map(errors: FabricationErrors, system: OpticalSystem) -> torch.Tensor:

@@ -82,7 +82,7 @@ class PSFMeasurement:
 def point_grid(system: OpticalSystem) -> np.ndarray:
     """Display pixels (Q, 2) of a centred grid of points whose PSF windows do not overlap in a tile."""
     s = system.geometry.sensor_pixels_per_display_pixel
-    window = system.fabricated_psfs().shape[-1] + s - 1  # sensor pixels one lit display pixel covers
+    window = system.psf_window_px + s - 1  # sensor pixels one lit display pixel covers
     spacing = math.ceil(window / s)
     axes = []
     for size in system.image_shape:
@@ -95,7 +95,7 @@ def point_grid(system: OpticalSystem) -> np.ndarray:
 def window_mask(system: OpticalSystem, points: np.ndarray) -> np.ndarray:
     """Frame pixels inside the window of any point's PSF in any tile (bool, frame shape)."""
     s = system.geometry.sensor_pixels_per_display_pixel
-    window = system.fabricated_psfs().shape[-1] + s - 1
+    window = system.psf_window_px + s - 1
     mask = np.zeros(system.frame_shape, dtype=bool)
     for p in range(system.num_psfs):
         rows, cols = system.layout.tile_slices(p)

@@ -301,11 +301,10 @@ class OpticalSystem(nn.Module):
         self.image_shape, self.seed, self.frozen = tuple(image_shape), seed, False
         s, margin = self.geometry.sensor_pixels_per_display_pixel, self.geometry.psf_margin_px
         self.feature_shape = (self.image_shape[0] * s, self.image_shape[1] * s)
-        window = k + 2 * margin
+        self._psf_window_px = k + 2 * margin
+        window = self._psf_window_px
         tile = (self.feature_shape[0] + window - 1, self.feature_shape[1] + window - 1)
         self.layout = TileLayout.for_count(p, tile, self.geometry.gap_px)
-        self._feature_crop = (slice(window // 2, window // 2 + self.feature_shape[0]),
-                              slice(window // 2, window // 2 + self.feature_shape[1]))
         self._generator = torch.Generator(device=psfs.device).manual_seed(seed)
         self._cache: tuple | None = None
         self.source_config: dict | None = None  # the mapping from_config built this from (for to_config)
@@ -327,6 +326,23 @@ class OpticalSystem(nn.Module):
     @property
     def frame_shape(self) -> tuple[int, int]:
         return tuple(self.layout.frame_shape)
+
+    @property
+    def psf_window_px(self) -> int:
+        """Side ``K' = K + 2 psf_margin_px`` (sensor pixels) of the window the fabricated PSFs live on."""
+        return self._psf_window_px
+
+    @property
+    def feature_crop(self) -> tuple[slice, slice]:
+        """(rows, cols) slices of a tile (the "full" convolution, ``H s + K' - 1`` a side) that hold the
+        "same" region the features are made of: ``K' // 2`` pixels in, ``H s x W s`` large."""
+        start = self.psf_window_px // 2
+        return (slice(start, start + self.feature_shape[0]), slice(start, start + self.feature_shape[1]))
+
+    def clear_cache(self) -> None:
+        """Forget the cached fabricated PSFs: the next call recomputes them (e.g. to time what every
+        frame cost without the cache)."""
+        self._cache = None
 
     def requires_grad_(self, requires_grad: bool = True) -> "OpticalSystem":
         """Also (un)freezes the system: a frozen system draws no noise or errors in training mode."""
@@ -460,14 +476,37 @@ class OpticalSystem(nn.Module):
         with torch.no_grad():
             psf = self.fabricated_psfs()
         tiles = self.layout.extract(batch.to(device=psf.device, dtype=psf.dtype), self.num_psfs)
-        return self._tile_features(tiles[..., self._feature_crop[0], self._feature_crop[1]], self._exposure(exposure_s))
+        return self.features_from_electrons(self.sensor.electrons(tiles), self._exposure(exposure_s))
 
-    def _tile_features(self, tiles_dn: torch.Tensor, exposure_s: float) -> torch.Tensor:
+    def features_from_electrons(self, tiles_e: torch.Tensor, exposure_s: float) -> torch.Tensor:
+        """The feature formula: photo-electrons per tile -> features (N, P/2, H s, W s).
+
+        Parameters
+        ----------
+        tiles_e : (N, P, rows, cols) tensor
+            Photo-electrons of every tile (:meth:`simulator.layout.TileLayout.extract`): whole tiles, cut
+            here to their "same" region (:attr:`feature_crop`), or that region already (H s, W s).
+        exposure_s : float
+            The exposure the electrons were collected over (s).
+
+        Returns
+        -------
+        ``(tiles_e[:, 2i] - tiles_e[:, 2i + 1]) / (QE x photons_per_s x exposure_s)``: relative radiance x
+        kernel weight, independent of exposure and light level.
+        """
         if self.num_psfs % 2:
             raise InputError(f"features need PSFs in signed pairs [k1+, k1-, ...]; this design has {self.num_psfs} PSFs")
-        electrons = self.sensor.electrons(tiles_dn)
-        unit = self.sensor.quantum_efficiency * self.photometry.photons_per_unit(exposure_s)
-        return (electrons[:, 0::2] - electrons[:, 1::2]) / unit
+        tile = tuple(self.layout.tile_shape)
+        if (not isinstance(tiles_e, torch.Tensor) or tiles_e.ndim != 4 or tiles_e.shape[1] != self.num_psfs
+                or tuple(tiles_e.shape[-2:]) not in (tile, self.feature_shape)):
+            raise InputError(f"tiles_e must be a tensor (N, {self.num_psfs}, rows, cols) of whole tiles {tile} or of "
+                             f"their \"same\" region {self.feature_shape}, got {type(tiles_e).__name__} "
+                             f"{tuple(getattr(tiles_e, 'shape', ()))}")
+        if tuple(tiles_e.shape[-2:]) != self.feature_shape:
+            rows, cols = self.feature_crop
+            tiles_e = tiles_e[..., rows, cols]
+        unit = self.sensor.quantum_efficiency * self.photometry.photons_per_unit(check_positive("exposure_s", exposure_s))
+        return (tiles_e[:, 0::2] - tiles_e[:, 1::2]) / unit
 
     def forward(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Training's frontend: images (N, C, H, W) in [0, 1] -> features (N, P/2, H s, W s), exactly
@@ -483,8 +522,8 @@ class OpticalSystem(nn.Module):
         if not _frame_errors_at_identity(self.errors):
             frame = self.sensor.forward(self.photon_rate_frame(gray, psfs) * exposure_s, generator=generator,
                                         exposure_s=exposure_s, noise=noise)
-            tiles = self.layout.extract(frame, self.num_psfs)[..., self._feature_crop[0], self._feature_crop[1]]
-            return self._tile_features(tiles, exposure_s)
+            return self.features_from_electrons(self.sensor.electrons(self.layout.extract(frame, self.num_psfs)),
+                                                exposure_s)
         radiance = self.relative_radiance(gray, psfs)
         psfs = _trim_zero_border(psfs, self.geometry.psf_margin_px)
         linear = self.sensor.bit_depth is None and self.sensor.full_well_e is None
@@ -493,7 +532,7 @@ class OpticalSystem(nn.Module):
             return optical_conv2d(radiance, psfs[0::2] - psfs[1::2], mode="same")
         photons = optical_conv2d(radiance, psfs, mode="same") * self.photometry.photons_per_unit()
         tiles = self.sensor.forward(photons, generator=generator, exposure_s=exposure_s, noise=noise)
-        return self._tile_features(tiles, exposure_s)
+        return self.features_from_electrons(self.sensor.electrons(tiles), exposure_s)
 
     def _exposure(self, exposure_s) -> float:
         return self.photometry.exposure_s if exposure_s is None else check_positive("exposure_s", exposure_s)

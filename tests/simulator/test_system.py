@@ -117,6 +117,30 @@ def test_fabricated_psfs_are_cached_until_a_tensor_changes_and_gradients_still_f
     assert float(errors.brightness.grad.abs().sum()) > 0 and float(errors.shift_px.grad.abs().sum()) > 0
 
 
+def test_window_crop_and_feature_formula_are_public_and_agree_with_features():
+    """psf_window_px is K + 2 margin, feature_crop the "same" region of a whole tile, and
+    features_from_electrons (whole tiles or that region) is what features() computes."""
+    sensor = SensorModel(noise=False, gain_e_per_dn=2.5, offset_dn=10.0, quantum_efficiency=0.6)
+    system = OpticalSystem(psf_design(p=4, k=5), (12, 10), geometry=Geometry(psf_margin_px=3), sensor=sensor,
+                           photometry=Photometry(photons_per_s=800.0, exposure_s=0.01))
+    cached = system.fabricated_psfs()
+    assert system.psf_window_px == 11 == cached.shape[-1] and system.fabricated_psfs() is cached
+    system.clear_cache()
+    fresh = system.fabricated_psfs()
+    assert fresh is not cached and torch.equal(fresh, cached)
+    rows, cols = system.feature_crop
+    assert (rows.start, rows.stop, cols.start, cols.stop) == (5, 17, 5, 15)
+    frame = system.frame(gray_batch(), 0.02)
+    electrons = sensor.electrons(system.layout.extract(frame, 4))
+    expected = (electrons[:, 0::2] - electrons[:, 1::2])[..., 5:17, 5:15] / (0.6 * 800.0 * 0.02)
+    torch.testing.assert_close(system.features_from_electrons(electrons, 0.02), expected, rtol=1e-12, atol=0)
+    torch.testing.assert_close(system.features_from_electrons(electrons[..., rows, cols], 0.02), expected,
+                               rtol=1e-12, atol=0)
+    torch.testing.assert_close(system.features(frame, 0.02), expected, rtol=1e-12, atol=0)
+    with pytest.raises(InputError, match="whole tiles"):
+        system.features_from_electrons(electrons[..., 1:, :], 0.02)
+
+
 def test_psf_margin_keeps_the_light_that_fabrication_shifts_move():
     """Shift std 1.2 px: the bare K x K window loses several percent of a PSF's light, the widened
     window none; the frame of a uniform display then holds brightness x design light exactly."""
