@@ -49,7 +49,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from hil.api import build_datasets, build_model, load_teacher, resolve_config, train  # noqa: E402
+from hil.api import build_datasets, build_model, resolve_config, train  # noqa: E402
+from hil.checkpoint import load_model  # noqa: E402
 from hil.losses import build_objective  # noqa: E402
 from hil.trainer import fetch_batch  # noqa: E402
 from onn_core.config import to_plain  # noqa: E402
@@ -313,7 +314,7 @@ def step_time_ratio(student_mapping: dict, losses: dict, teacher_checkpoint: Pat
     this one process on the same batches, alternating KD and NTKD steps."""
     cfg = resolve_config(with_seed({**student_mapping, "teacher": {"checkpoint": str(teacher_checkpoint)}}, 0))
     train_set, _, _, _ = build_datasets(cfg)
-    teacher = load_teacher(teacher_checkpoint)
+    teacher = load_model(teacher_checkpoint)
     student = build_model(cfg.model)
     optimizer = torch.optim.Adam(student.parameters(), lr=cfg.optim.lr)
     objectives = {m: build_objective(losses[m], cfg.task, teacher) for m in ("kd", "ntkd")}

@@ -126,6 +126,7 @@ from torch import nn
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from hil.checkpoint import load_model, save_checkpoint  # noqa: E402
 from hil.data import build_datasets  # noqa: E402
 from hil.losses import KDObjective, NTKDObjective, TaskObjective  # noqa: E402
 from hil.models import build_model, student_optics_from_file  # noqa: E402
@@ -356,16 +357,10 @@ def train_teacher(data: Data, sizes: Sizes, path: Path) -> dict:
             schedule.step()
         curve.append(accuracy(teacher, data.x_val, data.y_val))
         log.info("teacher epoch %d: val %.4f", len(curve), curve[-1])
-    torch.save(teacher.state_dict(), path)
+    save_checkpoint(path, {"model": teacher.state_dict(), "config": {"model": {"name": "lenet"}}})
     return {"val_curve": curve, "test": accuracy(teacher, data.x_test, data.y_test),
             "best_epoch": 1 + max(range(len(curve)), key=curve.__getitem__), "epochs": len(curve),
             "wall_s": time.perf_counter() - start}
-
-
-def load_teacher(path: Path) -> nn.Module:
-    teacher = build_model({"name": "lenet"})
-    teacher.load_state_dict(torch.load(path, weights_only=True))
-    return teacher.eval().requires_grad_(False)
 
 
 def design_optics() -> dict:
@@ -685,7 +680,7 @@ def main(argv=None) -> int:
     if "teacher" not in study.data or not teacher_path.is_file():
         study.data["teacher"] = train_teacher(data, sizes, teacher_path)
         study.write()
-    teacher = load_teacher(teacher_path)
+    teacher = load_model(teacher_path)
     compensation = None
     if args.exploratory:
         run_exploratory(study, data, teacher, build_compensation(data, sizes, study.work))

@@ -28,7 +28,7 @@ from torch.utils.data import Subset
 
 from onn_core.errors import ConfigError, HilError
 
-from .checkpoint import capture_rng_state, load_checkpoint, restore_rng_state
+from .checkpoint import capture_rng_state, load_checkpoint, load_model, restore_rng_state
 from .config import RunConfig, config_changes, fixed_on_resume, load_run_config, parse_run_config, run_config_to_dict
 from .trainer import Objective, Trainer, TrainResult, freeze_parts, trainable_parameters
 
@@ -98,19 +98,6 @@ def build_model(model_cfg: dict) -> nn.Module:
     from . import models
 
     return models.build_model(model_cfg)
-
-
-def load_teacher(checkpoint_path, device="cpu") -> nn.Module:
-    """Rebuild a frozen teacher (eval mode, no gradients) from a checkpoint of a ``job: teacher`` run."""
-    state = load_checkpoint(checkpoint_path, map_location=device)
-    config = state.get("config") or {}
-    if "model" not in config:
-        raise ConfigError("teacher.checkpoint", str(checkpoint_path), "a checkpoint written by `hil train` "
-                          "(it stores the model config)")
-    teacher = build_model(config["model"])
-    teacher.load_state_dict(state["model"])
-    teacher.to(device).eval().requires_grad_(False)
-    return teacher
 
 
 def build_objective(cfg: RunConfig, teacher: nn.Module | None) -> Objective:
@@ -219,7 +206,7 @@ def train(config_or_path, out_dir=None, *, resume: bool = True, resume_changed: 
         train_set, val_set, test_set, num_classes = build_datasets(cfg, datasets)
         model = build_model(cfg.model)
         freeze_parts(model, cfg.train.freeze)
-        teacher = load_teacher(cfg.teacher.checkpoint, device) if cfg.teacher is not None else None
+        teacher = load_model(cfg.teacher.checkpoint, device) if cfg.teacher is not None else None
         objective = build_objective(cfg, teacher)
         steps_per_epoch = len(train_set) // cfg.data.batch_size
         total = cfg.train.epochs * steps_per_epoch

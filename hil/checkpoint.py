@@ -18,8 +18,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from onn_core.errors import HilError, InputError
+from onn_core.errors import ConfigError, HilError, InputError
 from onn_core.files import atomic_write
+
+from .models import build_model
 
 log = logging.getLogger(__name__)
 
@@ -102,3 +104,33 @@ def model_state_from(path_or_state, part: str | None = None) -> dict:
     if not selected:
         raise InputError(f"checkpoint model has no parameters under {part!r}")
     return selected
+
+
+def find_checkpoint(run_dir_or_checkpoint) -> Path:
+    """The checkpoint a path names: the file itself, or ``checkpoints/best.pt`` (else ``last.pt``) of a
+    ``hil train`` run folder. Raises :class:`CheckpointError` naming the path if there is none."""
+    path = Path(run_dir_or_checkpoint)
+    if path.is_file():
+        return path
+    for name in ("best.pt", "last.pt"):
+        if (path / "checkpoints" / name).is_file():
+            return path / "checkpoints" / name
+    raise CheckpointError(f"{path} is neither a checkpoint file nor a `hil train` run folder with "
+                          "checkpoints/best.pt or checkpoints/last.pt")
+
+
+def load_model(run_dir_or_checkpoint, device="cpu", *, name: str | None = None) -> torch.nn.Module:
+    """The model of a ``hil train`` run folder or checkpoint file (:func:`find_checkpoint`), rebuilt from
+    the model config the checkpoint stores, on ``device``, in eval mode with gradients off (a frozen
+    student or teacher). ``name``: the model the caller needs (``model.name``, e.g. ``optical_student``);
+    another one is refused with a :class:`ConfigError` before anything is built."""
+    path = find_checkpoint(run_dir_or_checkpoint)
+    state = load_checkpoint(path, map_location=device)
+    model_config = (state.get("config") or {}).get("model")
+    if not isinstance(model_config, dict):
+        raise CheckpointError(f"{path} stores no model config (config.model): not written by `hil train`")
+    if name is not None and model_config.get("name") != name:
+        raise ConfigError("model.name", model_config.get("name"), f"a {name} model ({path})")
+    model = build_model(model_config)
+    model.load_state_dict(model_state_from(state))
+    return model.to(device).eval().requires_grad_(False)

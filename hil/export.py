@@ -23,7 +23,7 @@ import yaml
 from onn_core.errors import ConfigError
 from onn_core.files import atomic_write
 
-from .checkpoint import load_checkpoint
+from .checkpoint import CheckpointError, load_model
 
 HEADER = """\
 # The optics of a trained optical student, exported by `hil export-design` from {run}.
@@ -36,22 +36,11 @@ HEADER = """\
 def export_design(run_dir, out) -> Path:
     """Write the design file and ``optics.yaml`` of the student trained in ``run_dir`` into ``out``;
     returns the path of ``optics.yaml``."""
-    from .models import build_model
-
     run_dir, out = Path(run_dir), Path(out)
-    for name in ("best.pt", "last.pt"):
-        checkpoint = run_dir / "checkpoints" / name
-        if checkpoint.is_file():
-            break
-    else:
-        raise ConfigError("RUN_DIR", str(run_dir), "a run folder of `hil train` (with checkpoints/best.pt or last.pt)")
-    state = load_checkpoint(checkpoint, map_location="cpu")
-    model_config = (state.get("config") or {}).get("model")
-    if not isinstance(model_config, dict) or model_config.get("name") != "optical_student":
-        raise ConfigError("model.name", (model_config or {}).get("name"), "an optical_student run (only its optics "
-                          "can be exported)")
-    student = build_model(model_config)
-    student.load_state_dict(state["model"])
+    try:
+        student = load_model(run_dir, name="optical_student")  # only an optical student's optics export
+    except CheckpointError as exc:
+        raise ConfigError("RUN_DIR", str(run_dir), f"a run folder of `hil train` ({exc})") from exc
     system = student.frontend
     kernels = getattr(system.design, "kernels", None)
     if kernels is not None:
