@@ -9,10 +9,13 @@ Open a bench from YAML and measure::
         m.frame.image, m.frame.exposure_s
 
 Backends (``hil devices`` lists them) are classes derived from :class:`Camera` / :class:`SLM`; see
-:mod:`drivers.base` for the hooks a backend fills in and :mod:`drivers.registry` for adding one.
+:mod:`drivers.device`, :mod:`drivers.camera` and :mod:`drivers.slm` for the hooks a backend fills in and :mod:`drivers.registry` for adding one.
 """
 
-from .base import SLM, Camera, Device, Frame, OpenContext, RawFrame
+from .camera import Camera
+from .device import Device, OpenContext
+from .frames import Frame, RawFrame
+from .slm import SLM
 from .bench import Bench, Measurement
 from .clock import Clock, RealClock, VirtualClock
 from .config import BenchConfig, open_bench, open_device

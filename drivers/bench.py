@@ -28,7 +28,10 @@ import numpy as np
 from onn_core.errors import InputError
 from onn_core.validation import check_positive
 
-from .base import Camera, Device, Frame, SLM
+from .camera import Camera
+from .device import Device
+from .frames import Frame
+from .slm import SLM
 from .errors import DeviceClosed, DeviceFault, DeviceTimeout, StaleFrame
 
 log = logging.getLogger(__name__)
@@ -201,7 +204,7 @@ class Bench:
         if not isinstance(slm, SLM) or not isinstance(camera, Camera):
             raise InputError(f"Bench needs an SLM and a Camera, got {type(slm).__name__} and {type(camera).__name__}")
         if light is not None and not isinstance(light, Device):
-            raise InputError(f"light must be a drivers.base.Device, got {type(light).__name__}")
+            raise InputError(f"light must be a drivers.device.Device, got {type(light).__name__}")
         if not slm.clock.shares_timeline(camera.clock):
             raise InputError("the SLM and the camera must share one clock (timestamps are compared)")
         if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
@@ -242,7 +245,7 @@ class Bench:
         """Show ``image`` (gray levels, or radians with ``phase=True``) and capture the frame that sees it.
 
         The frame is fresh -- exposed entirely after the image settled, and newer than the last one
-        returned -- by what the camera knows (:attr:`~drivers.base.Frame.timing`): its exposure
+        returned -- by what the camera knows (:attr:`~drivers.frames.Frame.timing`): its exposure
         timestamp; else, in software-trigger mode, that it was exposed after the request (which
         follows the settling); else (free-running without timestamps) its index: after a flush, the
         first :data:`FREE_RUN_UNSURE_FRAMES` frames may have begun before it and are discarded.

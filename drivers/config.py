@@ -33,7 +33,7 @@ from typing import Any, Literal
 from onn_core.config import build, load_yaml, to_plain
 from onn_core.errors import ConfigError
 
-from .base import Device, OpenContext, config_errors
+from .device import Device, OpenContext, config_errors
 from .bench import Bench
 from .clock import Clock, make_clock
 from .errors import DeviceNotFound
@@ -85,7 +85,7 @@ def open_device(kind: str, settings: dict, context: OpenContext, path: str | Non
     """Open one device of role ``kind`` ("slm", "camera", "light-source") from its settings mapping.
 
     ``settings["backend"]`` names the backend (default :data:`DEFAULT_BACKENDS`); the rest goes to the
-    backend's :meth:`~drivers.base.Device.from_config`. ``path`` (default ``kind``) prefixes errors.
+    backend's :meth:`~drivers.device.Device.from_config`. ``path`` (default ``kind``) prefixes errors.
     """
     path = path or kind
     if not isinstance(settings, dict):
@@ -97,7 +97,7 @@ def open_device(kind: str, settings: dict, context: OpenContext, path: str | Non
         raise ConfigError(f"{path}.backend", name, f"one of the backends {sorted(known)}")
     cls = load_backend(name)
     if not (isinstance(cls, type) and issubclass(cls, Device)):
-        raise DeviceNotFound(f"backend {name!r} ({known[name].target}) is not a drivers.base.Device subclass")
+        raise DeviceNotFound(f"backend {name!r} ({known[name].target}) is not a drivers.device.Device subclass")
     if cls.kind != kind:
         raise ConfigError(f"{path}.backend", name, f"a {kind} backend (this one is a {cls.kind})")
     return cls.from_config(settings, context, path)

@@ -3,7 +3,7 @@
 The window is an OpenCV HighGUI window (``WINDOW_AUTOSIZE | WINDOW_GUI_NORMAL``: no toolbar, no status
 bar, no scaling, window size = frame size) moved to ``position`` = the top-left corner of the chosen
 monitor in desktop coordinates (e.g. ``(1920, 0)`` for a monitor right of a 1920-pixel-wide one).
-Each :meth:`~drivers.base.SLM.show` draws the frame and pumps the GUI event loop (``cv2.waitKey(1)``,
+Each :meth:`~drivers.slm.SLM.show` draws the frame and pumps the GUI event loop (``cv2.waitKey(1)``,
 ``pump_events`` times) so it normally reaches the window system before ``show`` returns;
 :meth:`DisplaySLM.wait_settled` (which the bench calls) keeps the event loop running until
 ``latency_s + settle_s`` have passed, so a late expose of the window is painted too.
@@ -35,7 +35,7 @@ import numpy as np
 from onn_core.errors import InputError
 from onn_core.validation import check_positive
 
-from .base import SLM
+from .slm import SLM
 from .clock import Clock, RealClock
 from .errors import DeviceDisconnected, DeviceFault, DeviceNotFound
 from onn_core.lut import LUT
@@ -109,7 +109,7 @@ class DisplaySLM(SLM):
         The delay before a new frame appears (s; default 50 ms: GUI paint, compositor and about
         three refreshes at 60 Hz -- measure yours) and its settling time (s).
     name, clock, default_timeout_s
-        See :class:`~drivers.base.Device`.
+        See :class:`~drivers.device.Device`.
     """
 
     Config = DisplaySLMConfig

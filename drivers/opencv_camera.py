@@ -22,7 +22,7 @@ set exposure through ``CAP_PROP_EXPOSURE`` (manual mode, units of 100 us) and ga
 :class:`UnsupportedFeature`. ROI is applied in software (a crop). Every blocking capture call runs in
 its own daemon thread, one at a time, and is abandoned after the timeout (:class:`DeviceTimeout`;
 the next call first waits for the late one; a capture that a late open returns, or that a blocked call
-holds at close, is released when that call returns). :meth:`~drivers.base.Camera.flush` drops a live
+holds at close, is released when that call returns). :meth:`~drivers.camera.Camera.flush` drops a live
 source's buffered frames. OpenCV errors (``cv2.error``) are chained into
 :class:`~drivers.errors.DeviceError`.
 """
@@ -42,7 +42,9 @@ import numpy as np
 from onn_core.errors import ConfigError, InputError
 from onn_core.validation import check_positive
 
-from .base import Camera, OpenContext, RawFrame, config_errors
+from .camera import Camera
+from .device import OpenContext, config_errors
+from .frames import RawFrame
 from .clock import Clock
 from .errors import DeviceDisconnected, DeviceFault, DeviceNotFound, DeviceTimeout, UnsupportedFeature
 
@@ -123,7 +125,7 @@ def _release_opened(future: concurrent.futures.Future) -> None:
 
 
 class OpenCVCamera(Camera):
-    """A ``cv2.VideoCapture`` source as a :class:`~drivers.base.Camera` (see the module docstring).
+    """A ``cv2.VideoCapture`` source as a :class:`~drivers.camera.Camera` (see the module docstring).
 
     Parameters
     ----------
@@ -152,7 +154,7 @@ class OpenCVCamera(Camera):
     timeout_s : float
         Default timeout (s) of opening (streams) and of each frame.
     name, clock
-        See :class:`~drivers.base.Device`.
+        See :class:`~drivers.device.Device`.
     """
 
     Config = OpenCVCameraConfig

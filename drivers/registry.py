@@ -1,7 +1,7 @@
 """Backends by name: a built-in table plus third-party backends found through entry points.
 
-A backend is a :class:`~drivers.base.Camera` or :class:`~drivers.base.SLM` subclass (or another
-:class:`~drivers.base.Device`) named in a bench config (``camera: {backend: opencv, ...}``). Names map to
+A backend is a :class:`~drivers.camera.Camera` or :class:`~drivers.slm.SLM` subclass (or another
+:class:`~drivers.device.Device`) named in a bench config (``camera: {backend: opencv, ...}``). Names map to
 ``"module:Class"`` strings and are imported only when used, so a backend with a missing optional
 dependency does not break the others.
 

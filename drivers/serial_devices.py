@@ -27,7 +27,7 @@ from typing import TypeVar
 
 from onn_core.validation import check_positive
 
-from .base import Device
+from .device import Device
 from .clock import Clock
 from .errors import DeviceClosed, DeviceDisconnected, DeviceError, DeviceFault, DeviceNotFound, DeviceTimeout, InputError
 
@@ -210,7 +210,7 @@ class LineProtocolDevice(Device):
     reconnect_timeout_s : float
         How long (s) reopening keeps trying before the device counts as gone.
     name, clock
-        See :class:`~drivers.base.Device` (the pauses between reopening attempts are slept on ``clock``).
+        See :class:`~drivers.device.Device` (the pauses between reopening attempts are slept on ``clock``).
     """
 
     kind = "serial-device"

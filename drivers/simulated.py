@@ -35,7 +35,10 @@ import numpy as np
 
 from onn_core.errors import ConfigError
 
-from .base import OpenContext, RawFrame, SLM, Camera, config_errors
+from .camera import Camera
+from .device import OpenContext, config_errors
+from .frames import RawFrame
+from .slm import SLM
 from .clock import Clock
 from .faults import CAMERA_ONLY, FaultConfig, FaultInjector
 from onn_core.lut import LUT
@@ -71,7 +74,7 @@ def _raise_fault(fault: str, device: str, clock: Clock, limit_s: float) -> None:
 class SimulatedSLM(SLM):
     """An SLM that remembers what it displayed when (for :class:`SimulatedCamera`).
 
-    Parameters are those of :class:`~drivers.base.SLM`, plus ``faults`` (:class:`FaultConfig`; stale
+    Parameters are those of :class:`~drivers.slm.SLM`, plus ``faults`` (:class:`FaultConfig`; stale
     and drop faults do not apply to an SLM).
     """
 
@@ -218,7 +221,7 @@ class SimulatedCamera(Camera):
     buffer_frames : int
         Frames a free-running camera buffers.
     bit_depth, pixel_pitch_m, saturation_dn
-        As :class:`~drivers.base.Camera` (``saturation_dn`` default: the dtype's maximum).
+        As :class:`~drivers.camera.Camera` (``saturation_dn`` default: the dtype's maximum).
     native_black_level_dn : float
         Black level of the rendered frames (DN). Setting ``black_level`` moves it; the simulated ``gain``
         multiplies the signal above it: ``DN = (rendered - native) * gain + black_level``.

@@ -44,7 +44,10 @@ import numpy as np
 from onn_core.config import build
 from onn_core.errors import ConfigError, InputError
 
-from .base import Camera, OpenContext, RawFrame, SLM, config_errors
+from .camera import Camera
+from .device import OpenContext, config_errors
+from .frames import RawFrame
+from .slm import SLM
 from .clock import Clock
 from .errors import DeviceFault, DeviceNotFound, MissingDependency, backend_errors
 from onn_core.lut import LUT
@@ -104,7 +107,7 @@ class SlmsuiteSLMConfig:
 
 
 class SlmsuiteSLM(SLM):
-    """A slmsuite SLM (``slmsuite.hardware.slms.slm.SLM`` subclass) as a phase :class:`~drivers.base.SLM`.
+    """A slmsuite SLM (``slmsuite.hardware.slms.slm.SLM`` subclass) as a phase :class:`~drivers.slm.SLM`.
 
     Parameters
     ----------
@@ -115,7 +118,7 @@ class SlmsuiteSLM(SLM):
     settle_s : float, optional
         Liquid-crystal settling time (s); default: the device's ``settle_time_s``.
     name, clock
-        See :class:`~drivers.base.Device`.
+        See :class:`~drivers.device.Device`.
     """
 
     Config = SlmsuiteSLMConfig
@@ -208,7 +211,7 @@ class SlmsuiteCameraConfig:
 
 class SlmsuiteCamera(Camera):
     """A slmsuite camera (``slmsuite.hardware.cameras.camera.Camera`` subclass) as a
-    :class:`~drivers.base.Camera`.
+    :class:`~drivers.camera.Camera`.
 
     Parameters
     ----------
@@ -224,7 +227,7 @@ class SlmsuiteCamera(Camera):
     timeout_s : float
         Default timeout (s) of a frame, beyond the exposure.
     name, clock
-        See :class:`~drivers.base.Device`.
+        See :class:`~drivers.device.Device`.
     """
 
     Config = SlmsuiteCameraConfig

@@ -20,7 +20,9 @@ import numpy as np
 import pytest
 import yaml
 
-from drivers.base import Camera, Frame, SLM
+from drivers.camera import Camera
+from drivers.frames import Frame
+from drivers.slm import SLM
 from drivers.errors import DeviceClosed, UnsupportedFeature
 from onn_core.lut import LUT
 from onn_core.errors import InputError

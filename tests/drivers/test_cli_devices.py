@@ -190,7 +190,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from drivers.base import SLM, Camera, RawFrame
+from drivers.camera import Camera
+from drivers.frames import RawFrame
+from drivers.slm import SLM
 
 
 class RecordingSLM(SLM):

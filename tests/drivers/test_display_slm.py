@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
-from drivers.base import OpenContext
+from drivers.device import OpenContext
 from drivers.clock import RealClock
 from drivers.display_slm import DisplaySLM, x_display_reachable
 from drivers.errors import DeviceClosed, DeviceFault, DeviceNotFound

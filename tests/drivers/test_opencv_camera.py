@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from drivers.base import OpenContext
+from drivers.device import OpenContext
 from drivers.bench import Bench
 from drivers.clock import RealClock
 from drivers.errors import DeviceDisconnected, DeviceFault, DeviceNotFound, DeviceTimeout, UnsupportedFeature

@@ -25,7 +25,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from drivers.base import Camera, RawFrame
+from drivers.camera import Camera
+from drivers.frames import RawFrame
 
 
 class ConstantCamera(Camera):
@@ -221,7 +222,7 @@ def test_camera_failure_closes_the_slm(monkeypatch):
 
 
 def test_simulated_camera_needs_a_simulated_slm(dummy_distribution):
-    from drivers.base import OpenContext
+    from drivers.device import OpenContext
     from drivers.config import open_device
     with pytest.raises(ConfigError, match="simulated SLM"):
         open_device("camera", {"backend": "simulated-camera", "render": "direct"}, OpenContext(clock=VirtualClock()))

@@ -12,7 +12,7 @@ from drivers.clock import VirtualClock
 
 from drivers.errors import DeviceClosed, DeviceDisconnected, DeviceError, DeviceFault, DeviceNotFound, DeviceTimeout, InputError
 from drivers.firmware_emulator import LightSourceFirmware, PtyFirmwareEmulator
-from drivers.base import OpenContext
+from drivers.device import OpenContext
 from drivers.clock import RealClock
 from drivers.registry import load_backend
 from drivers.serial_devices import CommandRejected, SerialLightSource, SerialTransport

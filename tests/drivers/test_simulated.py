@@ -152,7 +152,8 @@ def test_hdr_recovers_a_scene_beyond_one_exposure():
 
 
 def test_unsupported_feature_from_a_minimal_backend():
-    from drivers.base import Camera, RawFrame
+    from drivers.camera import Camera
+    from drivers.frames import RawFrame
 
     class Minimal(Camera):
         def __init__(self):

@@ -11,7 +11,7 @@ pytest.importorskip("slmsuite")
 from slmsuite.hardware.cameras.simulated import SimulatedCamera  # noqa: E402
 from slmsuite.hardware.slms.simulated import SimulatedSLM  # noqa: E402
 
-from drivers.base import OpenContext  # noqa: E402
+from drivers.device import OpenContext  # noqa: E402
 from drivers.bench import Bench  # noqa: E402
 from drivers.clock import RealClock  # noqa: E402
 from drivers.errors import DeviceFault, DeviceTimeout, MissingDependency, UnsupportedFeature  # noqa: E402
