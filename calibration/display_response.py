@@ -30,7 +30,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from tqdm.auto import tqdm
+from onn_core.progress import progress_bar
 
 from onn_core.errors import InputError
 from onn_core.lut import LUT
@@ -188,7 +188,7 @@ def measure_display_response(bench, *, levels=None, frames: int = 4, sensor: Sen
         else:
             camera.exposure_s = exposure_s
         means, variances = [], []
-        for level in tqdm(levels, desc="display: gray levels", unit="level", disable=None):
+        for level in progress_bar(levels, desc="display: gray levels", unit="level"):
             stack, exposure = capture_stack(bench, uniform_image(bench, int(level)), frames)
             means.append(stack.mean(axis=0, dtype=np.float64))
             variances.append(stack.var(axis=0, ddof=1, dtype=np.float64) if sensor is None else

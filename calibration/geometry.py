@@ -269,7 +269,7 @@ def capture_geometry(bench, system, *, pitch: int | None = None, phases: int = 3
         Mean dark frame (rows, cols) in DN at the camera's current exposure; None measures one with the
         display black (which also removes stray light).
     """
-    from tqdm.auto import tqdm
+    from onn_core.progress import progress_bar
 
     _check_bench(bench, system)
     if isinstance(averages, bool) or not isinstance(averages, (int, np.integer)) or averages < 1:
@@ -294,7 +294,7 @@ def capture_geometry(bench, system, *, pitch: int | None = None, phases: int = 3
     else:
         dark, _ = _mean_frame(bench, np.zeros(slm.shape, slm.dtype), averages)
     means, saturated = [], []
-    for q in tqdm(range(len(patterns.dots)), desc="geometry patterns", leave=False, disable=None):
+    for q in progress_bar(range(len(patterns.dots)), desc="geometry patterns", unit="pattern"):
         mean, sat = _mean_frame(bench, patterns.image(q, level, slm.shape, slm.dtype), averages)
         means.append(mean)
         saturated.append(sat)

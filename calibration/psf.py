@@ -22,7 +22,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from tqdm.auto import tqdm
+from onn_core.progress import progress_bar
 
 from onn_core.errors import InputError
 from simulator.system import OpticalSystem
@@ -142,7 +142,7 @@ def measure_psfs(bench, system: OpticalSystem, *, noise: PixelNoise | None = Non
         exposures = (sorted(float(e) for e in exposures_s) if exposures_s is not None
                      else _auto_bracket(bench, pattern, bracket_factor))
         lit, dark, clipped = [], [], []
-        for exposure in tqdm(exposures, desc="PSF capture", unit="exposure", disable=None if progress is None else not progress):
+        for exposure in progress_bar(exposures, desc="PSF capture", unit="exposure", enabled=progress):
             camera.exposure_s = exposure
             for frames, image in ((lit, pattern), (dark, black)):
                 stack = _frames(bench, image, averages)

@@ -51,7 +51,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from tqdm.auto import tqdm
+from onn_core.progress import progress_bar
 
 from onn_core.errors import InputError
 
@@ -489,7 +489,7 @@ def _measure_ladder(bench, black, white, ladder, frames: int) -> _Ladder:
     bins = _Bins(edges)
     exposures, dark_means, flat_means, clipped = [], [], [], []
     step = 0
-    for exposure in tqdm(ladder, desc="sensor: exposures", unit="exposure", disable=None):
+    for exposure in progress_bar(ladder, desc="sensor: exposures", unit="exposure"):
         camera.exposure_s = float(exposure)
         dark_stack, read_back = capture_stack(bench, black, frames)
         flat_stack, _ = capture_stack(bench, white, frames)

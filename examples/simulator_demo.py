@@ -106,7 +106,7 @@ def main(argv=None) -> int:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from tqdm import tqdm
+    from onn_core.progress import progress_bar
 
     args.out.mkdir(parents=True, exist_ok=True)
     config = load_yaml(args.config)
@@ -117,7 +117,7 @@ def main(argv=None) -> int:
         raise SystemExit("this demo designs monochrome kernels (design.channels: 1)")
     targets = signed_kernels_to_psfs(kernels)[:, 0]  # (16, 7, 7)
     started = time.perf_counter()
-    with tqdm(total=args.steps, desc="designing 16 PSFs", unit="step") as bar:
+    with progress_bar(total=args.steps, desc="designing 16 PSFs", unit="step") as bar:
         def progress(step, loss):
             bar.set_postfix(loss=f"{loss:.3g}", refresh=False)
             bar.update(1)

@@ -164,10 +164,9 @@ def capture(bench, dataset, indices, out, *, calibration_id: str = "", design_id
         summary = CaptureSummary(out, done, 0, 0, 0, recovered)
         if done:
             log.warning("continuing %s after %d of %d frames", out, done, len(indices))
-        from tqdm.auto import tqdm
+        from onn_core.progress import progress_bar
 
-        with tqdm(total=len(indices), initial=done, desc="capture", unit="frame", disable=not progress,
-                  dynamic_ncols=True) as bar:
+        with progress_bar(total=len(indices), initial=done, desc="capture", unit="frame", enabled=progress) as bar:
             for row in range(done, len(indices)):
                 image, label = dataset[int(indices[row])]
                 shown = display_image(image, bench.slm)

@@ -19,6 +19,7 @@ import signal
 import sys
 
 from onn_core.errors import HilError
+from onn_core.progress import set_progress
 
 COMMAND_MODULES = ("hil.commands.devices", "hil.commands.train", "hil.commands.capture", "hil.commands.estimate",
                    "hil.commands.calibrate", "hil.commands.run")
@@ -27,6 +28,8 @@ COMMAND_MODULES = ("hil.commands.devices", "hil.commands.train", "hil.commands.c
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hil", description="Hardware-in-the-loop toolkit for hybrid optical neural networks.")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-v info, -vv debug)")
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                        help="force progress bars on or off (default: only when stderr is a terminal; env ONN_PROGRESS=1/0)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name in COMMAND_MODULES:
@@ -38,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     level = (logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)]
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    set_progress(args.progress)  # onn_core.progress: the one console rule
     try:
         return int(args.func(args) or 0)
     except HilError as exc:

@@ -52,6 +52,7 @@ from torch.utils.data import Subset, default_collate
 from onn_core.config import save_yaml
 from onn_core.errors import ConfigError, HilError, InputError
 from onn_core.files import atomic_write
+from onn_core.progress import Throttle, progress_bar, progress_enabled
 
 from .checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
 from .metrics import ConfusionAccumulator, predictions, summary_metrics
@@ -189,8 +190,12 @@ class Trainer:
     num_classes : classes of the confusion matrix (2 for a binary mask).
     batch_size : global batch size (samples per optimiser step, over all processes).
     max_steps : stop after that many optimiser steps in total (``None``: ``epochs`` epochs).
-    progress : show a progress bar per epoch (rank 0); log lines (the run's estimated duration after
-        :data:`ESTIMATE_AFTER_STEPS` steps, one line per epoch) are written either way.
+    progress : allow a progress bar per epoch (rank 0), drawn by the toolkit's one console rule
+        (:mod:`onn_core.progress`: only when standard error is a terminal, unless forced with
+        ``--progress`` or ``ONN_PROGRESS=1``); ``False``: never. Log lines are written either way: the
+        run's estimated duration after :data:`ESTIMATE_AFTER_STEPS` steps and one line per epoch, at
+        most one every :data:`onn_core.progress.LOG_INTERVAL_S` seconds (the last epoch's always;
+        every epoch stays in ``metrics.json`` and at debug level).
     checkpoint_every_steps : also write ``checkpoints/last.pt`` every that many steps (0: per epoch).
     early_stopping_patience : stop after that many epochs without a better ``monitor`` on ``val_data``.
     callbacks : called as ``callback(trainer)`` after every optimiser step (and its checkpoint).
@@ -240,6 +245,7 @@ class Trainer:
         self._step_times: list[float] = []
         self._signal: int | None = None  # the stop signal received during fit()
         self._fit_start: tuple[float, int] | None = None  # (perf_counter, step) when fit() began training
+        self._epoch_lines = Throttle()  # one epoch line every few seconds at most (onn_core.progress)
 
     # ----------------------------------------------------------------------------------- files
     @property
@@ -383,20 +389,19 @@ class Trainer:
 
     def _train(self) -> None:
         """The epochs of :meth:`fit`, ending with the checkpoint; raises :class:`TrainingInterrupted`."""
-        from tqdm.auto import tqdm
         from tqdm.contrib.logging import logging_redirect_tqdm
 
         self._fit_start = (time.perf_counter(), self.step)
         interrupted = False
-        show_bar = self.progress and self.rank == 0
+        show_bar = self.rank == 0 and progress_enabled(self.progress)
         while not self._finished() and not interrupted:
             with logging_redirect_tqdm() if show_bar else contextlib.nullcontext():
-                bar = tqdm(total=len(self.order), initial=self.batch_in_epoch, disable=not show_bar, leave=False,
-                           desc=f"epoch {self.epoch + 1}/{self.epochs}", dynamic_ncols=True)
+                bar = progress_bar(total=len(self.order), initial=self.batch_in_epoch, enabled=show_bar,
+                                   desc=f"epoch {self.epoch + 1}/{self.epochs}", unit="step")
                 for indices in self.order.batches(self.epoch, self.batch_in_epoch):
                     loss = self._train_step(indices)
+                    bar.set_postfix(loss=f"{loss:.4f}", refresh=False)  # drawn with the update, as the rule allows
                     bar.update(1)
-                    bar.set_postfix(loss=f"{loss:.4f}")
                     if self.checkpoint_every_steps and self.step % self.checkpoint_every_steps == 0:
                         self.save()
                     for callback in self.callbacks:
@@ -523,8 +528,10 @@ class Trainer:
                              self.monitor, self.patience)
         self.history.append(entry)
         if self.rank == 0:
-            log.info("epoch %d/%d (step %d): %s%s", self.epoch + 1, self.epochs, self.step,
-                     ", ".join(f"{k}={v:.4g}" for k, v in entry.items() if isinstance(v, float)), self._time_left())
+            last = self.stopped_early or self.epoch + 1 >= self.epochs or self.step >= self.total_steps
+            level = logging.INFO if self._epoch_lines.ready(force=last) else logging.DEBUG
+            log.log(level, "epoch %d/%d (step %d): %s%s", self.epoch + 1, self.epochs, self.step,
+                    ", ".join(f"{k}={v:.4g}" for k, v in entry.items() if isinstance(v, float)), self._time_left())
         self.epoch += 1
         self.batch_in_epoch = 0
         self.epoch_loss_sum = 0.0

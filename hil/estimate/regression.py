@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from onn_core.progress import progress_bar
 
 from hil.metrics import accuracy, mean_iou
 from onn_core.errors import InputError
@@ -74,7 +74,7 @@ def kernel_matrix(kernel: ArchitectureKernel, rows: PointFeatures, cols: PointFe
                   progress: bool = False, desc: str = "kernel") -> torch.Tensor:
     """``kernel(rows, cols)`` (n_rows, n_cols) float64, formed ``chunk_size`` rows at a time."""
     out = torch.empty(len(rows), len(cols), dtype=torch.float64)
-    for start in tqdm(range(0, len(rows), chunk_size), desc=desc, disable=not progress, leave=False):
+    for start in progress_bar(range(0, len(rows), chunk_size), desc=desc, enabled=progress):
         stop = min(start + chunk_size, len(rows))
         out[start:stop] = kernel(rows.select(slice(start, stop)), cols)
     return out
@@ -87,7 +87,7 @@ def ridge_solutions(train_kernel: torch.Tensor, targets: torch.Tensor, grid, *,
     diagonal = train_kernel.diagonal().clone()
     scale = float(diagonal.mean())
     solutions = {}
-    for rel in tqdm(grid, desc="regulariser", disable=not progress, leave=False):
+    for rel in progress_bar(grid, desc="regulariser", enabled=progress):
         train_kernel.diagonal().add_(float(rel) * scale)
         try:
             factor, info = torch.linalg.cholesky_ex(train_kernel)
@@ -125,7 +125,7 @@ def evaluate(kernel: ArchitectureKernel, train: PointFeatures, solutions: torch.
     per_image = 1 if task == "classification" else data.radiance.shape[-2] * data.radiance.shape[-1]
     step = max(1, chunk_size // per_image)
     out = torch.zeros(s, len(data), classes * classes, dtype=torch.int64)
-    for start in tqdm(range(0, len(data), step), desc=desc, disable=not progress, leave=False):
+    for start in progress_bar(range(0, len(data), step), desc=desc, enabled=progress):
         stop = min(start + step, len(data))
         block = kernel(kernel.features(data.radiance[start:stop]), train)
         labels = _labels((block @ stacked).reshape(-1, s, c).transpose(0, 1), task)  # (S, points)
