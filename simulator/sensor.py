@@ -16,7 +16,8 @@ Stages, in order (each has an off switch; defaults are an ideal, noiseless, unqu
 2. **Quantum efficiency** ``quantum_efficiency`` (e-/photon) and **dark current**
    ``dark_current_e_per_s * exposure_s`` (e-) give the expected electrons. An optional seeded
    **fixed pattern** (off by default; :meth:`SensorModel.fixed_pattern`) makes pixels differ: a
-   per-pixel photo-response factor (PRNU, ``prnu_rel_std``), hot pixels (``hot_pixel_fraction``, with
+   per-pixel photo-response factor (PRNU, ``prnu_rel_std``), a per-pixel dark-current spread (DSNU,
+   ``dsnu_e_per_s_std``), hot pixels (``hot_pixel_fraction``, with
    ``hot_pixel_dark_current_e_per_s`` more dark current) and dead pixels (``dead_pixel_fraction``: no
    photo- or dark electrons, only read noise and offset). It is part of the device, so it applies
    with ``noise`` off too.
@@ -98,7 +99,7 @@ class FixedPattern:
     """A sensor's per-pixel fixed pattern, (rows, cols) float64 CPU tensors.
 
     ``response``: photo-electrons per expected photo-electron (PRNU factor, 0 on dead pixels);
-    ``dark_current_e_per_s``: each pixel's dark current; ``hot`` and ``dead``: bool masks (a pixel
+    ``dark_current_e_per_s``: each pixel's dark current (DSNU and hot pixels included); ``hot`` and ``dead``: bool masks (a pixel
     drawn both is dead).
     """
 
@@ -110,15 +111,18 @@ class FixedPattern:
 
 @functools.lru_cache(maxsize=8)
 def _draw_fixed_pattern(shape: tuple[int, int], seed: int, prnu_rel_std: float, hot_fraction: float,
-                        hot_extra_e_per_s: float, dead_fraction: float, dark_e_per_s: float) -> FixedPattern:
-    """The fixed pattern of ``shape`` drawn from ``seed`` (uniforms for hot, uniforms for dead, then
-    normals for PRNU, in that order; cached, so never modify the result)."""
+                        hot_extra_e_per_s: float, dead_fraction: float, dark_e_per_s: float,
+                        dsnu_e_per_s_std: float = 0.0) -> FixedPattern:
+    """The fixed pattern of ``shape`` drawn from ``seed`` (uniforms for hot, uniforms for dead, normals
+    for PRNU, then normals for DSNU, in that order; cached, so never modify the result). A pixel's dark
+    current is ``dark_e_per_s + N(0, dsnu_e_per_s_std)``, clipped at 0, plus the hot pixels' extra."""
     generator = torch.Generator().manual_seed(seed)
     hot = torch.rand(shape, generator=generator, dtype=torch.float64) < hot_fraction
     dead = torch.rand(shape, generator=generator, dtype=torch.float64) < dead_fraction
     prnu = 1.0 + prnu_rel_std * torch.randn(shape, generator=generator, dtype=torch.float64)
     response = torch.where(dead, 0.0, prnu.clamp(min=0.0))
-    dark = torch.where(dead, 0.0, dark_e_per_s + torch.where(hot, hot_extra_e_per_s, 0.0))
+    spread = dsnu_e_per_s_std * torch.randn(shape, generator=generator, dtype=torch.float64) if dsnu_e_per_s_std else 0.0
+    dark = torch.where(dead, 0.0, (dark_e_per_s + spread).clamp(min=0.0) + torch.where(hot, hot_extra_e_per_s, 0.0))
     return FixedPattern(response, dark, hot & ~dead, dead)
 
 
@@ -158,11 +162,14 @@ class SensorModel:
     prnu_rel_std : float
         Photo-response non-uniformity: each pixel's photo-electrons are scaled by ``1 + N(0, prnu_rel_std)``
         (clipped at 0), >= 0.
+    dsnu_e_per_s_std : float
+        Dark-signal non-uniformity: each pixel's dark current is ``dark_current_e_per_s + N(0, dsnu_e_per_s_std)``
+        (e-/s, clipped at 0), >= 0.
     hot_pixel_fraction, dead_pixel_fraction : float
         Probability, in [0, 1], that a pixel is hot (``hot_pixel_dark_current_e_per_s`` more dark current,
         e-/s, >= 0) or dead (no photo- or dark electrons).
     defect_seed : int
-        Seed of the fixed pattern (PRNU, hot and dead pixels), drawn once per frame shape.
+        Seed of the fixed pattern (PRNU, DSNU, hot and dead pixels), drawn once per frame shape.
     """
 
     exposure_s: float = 1.0
@@ -180,6 +187,7 @@ class SensorModel:
     justify: str = "left"
     noise: bool = True
     prnu_rel_std: float = 0.0
+    dsnu_e_per_s_std: float = 0.0
     hot_pixel_fraction: float = 0.0
     hot_pixel_dark_current_e_per_s: float = 0.0
     dead_pixel_fraction: float = 0.0
@@ -208,6 +216,7 @@ class SensorModel:
         if self.justify not in JUSTIFY:
             raise InputError(f"justify must be one of {JUSTIFY}, got {self.justify!r}")
         check_positive("prnu_rel_std", self.prnu_rel_std, allow_zero=True)
+        check_positive("dsnu_e_per_s_std", self.dsnu_e_per_s_std, allow_zero=True)
         check_positive("hot_pixel_dark_current_e_per_s", self.hot_pixel_dark_current_e_per_s, allow_zero=True)
         for name in ("hot_pixel_fraction", "dead_pixel_fraction"):
             if not 0 <= check_positive(name, getattr(self, name), allow_zero=True) <= 1:
@@ -258,9 +267,9 @@ class SensorModel:
 
     @property
     def has_fixed_pattern(self) -> bool:
-        """Whether pixels differ (PRNU, hot or dead pixels); False: every pixel is the nominal one."""
+        """Whether pixels differ (PRNU, DSNU, hot or dead pixels); False: every pixel is the nominal one."""
         hot = self.hot_pixel_fraction > 0 and self.hot_pixel_dark_current_e_per_s > 0
-        return self.prnu_rel_std > 0 or hot or self.dead_pixel_fraction > 0
+        return self.prnu_rel_std > 0 or self.dsnu_e_per_s_std > 0 or hot or self.dead_pixel_fraction > 0
 
     def fixed_pattern(self, shape) -> FixedPattern:
         """The per-pixel fixed pattern of a (rows, cols) sensor (the ground truth a calibration's
@@ -268,7 +277,8 @@ class SensorModel:
         rows, cols = (int(v) for v in shape)
         return _draw_fixed_pattern((rows, cols), self.defect_seed, float(self.prnu_rel_std),
                                    float(self.hot_pixel_fraction), float(self.hot_pixel_dark_current_e_per_s),
-                                   float(self.dead_pixel_fraction), float(self.dark_current_e_per_s))
+                                   float(self.dead_pixel_fraction), float(self.dark_current_e_per_s),
+                                   float(self.dsnu_e_per_s_std))
 
     def electrons(self, dn: torch.Tensor) -> torch.Tensor:
         """Stored values ``dn`` -> photo-electrons (offset removed, ADC justification undone, times the
