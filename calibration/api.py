@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from drivers.bench_fits import check_bench_fits
 from simulator import config as config_io
 from onn_core.errors import ConfigError
 from simulator.fabrication import FabricationErrors
@@ -164,13 +165,12 @@ class Calibration:
 def calibrate(bench, system: OpticalSystem, config: CalibrationConfig | dict | None = None) -> Calibration:
     """Run the configured stages on ``bench`` against the nominal ``system`` (module docstring).
 
-    Raises :class:`~calibration.errors.CalibrationError` (with the stage named) when a measurement
-    or fit fails; the SLM is left blank by the bench on any exit.
+    Raises :class:`~drivers.bench_fits.BenchMismatch` before anything is shown when the bench does not
+    fit ``system``, and :class:`~calibration.errors.CalibrationError` (with the stage named) when a
+    measurement or fit fails; the SLM is left blank by the bench on any exit.
     """
     config = config if isinstance(config, CalibrationConfig) else CalibrationConfig.from_dict(config)
-    if tuple(bench.camera.shape) != system.frame_shape or tuple(bench.slm.shape) != system.image_shape:
-        raise CalibrationError(f"the bench (SLM {tuple(bench.slm.shape)}, camera {tuple(bench.camera.shape)}) does not "
-                               f"fit the optics (image {system.image_shape}, frame {system.frame_shape})")
+    check_bench_fits(bench, system)
     result = Calibration(optics=_nominal_config(system), bench_settings=config_io.to_plain(bench.settings()),
                          config=config_io.to_plain(config),
                          created_utc=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

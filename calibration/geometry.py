@@ -49,6 +49,7 @@ from pathlib import Path
 
 import numpy as np
 
+from drivers.bench_fits import check_bench_fits
 from onn_core.errors import InputError
 from onn_core.files import atomic_write
 
@@ -271,7 +272,7 @@ def capture_geometry(bench, system, *, pitch: int | None = None, phases: int = 3
     """
     from onn_core.progress import progress_bar
 
-    _check_bench(bench, system)
+    check_bench_fits(bench, system)
     if isinstance(averages, bool) or not isinstance(averages, (int, np.integer)) or averages < 1:
         raise InputError(f"averages must be an int >= 1, got {averages!r}")
     smallest = minimum_pitch(system)
@@ -300,22 +301,6 @@ def capture_geometry(bench, system, *, pitch: int | None = None, phases: int = 3
         saturated.append(sat)
     return GeometryFrames(patterns, np.stack(means), dark, np.stack(saturated), float(camera.exposure_s),
                           int(averages), float(camera.saturation_dn))
-
-
-def _check_bench(bench, system) -> None:
-    """Refuse a bench whose display or camera contradicts the nominal system's."""
-    slm_shape = tuple(bench.slm.shape[:2])
-    if slm_shape != tuple(system.image_shape):
-        raise InputError(f"the SLM shows {slm_shape} pixels but the optical system's image_shape is "
-                         f"{tuple(system.image_shape)}: the bench and the optics describe different displays")
-    channels = bench.slm.shape[2] if len(bench.slm.shape) == 3 else 1
-    if channels != system.design.psfs().shape[1]:
-        raise InputError(f"the SLM has {channels} channel(s) but the optical system's PSFs have "
-                         f"{system.design.psfs().shape[1]}")
-    if tuple(bench.camera.shape) != tuple(system.frame_shape):
-        raise InputError(f"the camera delivers {tuple(bench.camera.shape)} frames but the optical system's tile "
-                         f"layout needs {tuple(system.frame_shape)}: check the camera ROI and the optics' geometry "
-                         f"(gap_px, psf_margin_px, magnification)")
 
 
 def _mean_frame(bench, image: np.ndarray, averages: int) -> tuple[np.ndarray, np.ndarray]:

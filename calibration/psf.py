@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 from onn_core.progress import progress_bar
 
+from drivers.bench_fits import check_bench_fits
 from onn_core.errors import InputError
 from simulator.system import OpticalSystem
 
@@ -127,10 +128,8 @@ def measure_psfs(bench, system: OpticalSystem, *, noise: PixelNoise | None = Non
     """
     if isinstance(averages, bool) or not isinstance(averages, int) or averages < 1:
         raise InputError(f"averages must be an int >= 1, got {averages!r}")
+    check_bench_fits(bench, system)
     camera = bench.camera
-    if tuple(camera.shape) != system.frame_shape:
-        raise CalibrationError(f"the camera's frames are {tuple(camera.shape)} pixels but the optics' layout needs "
-                               f"{system.frame_shape}: wrong optics for this bench")
     noise = noise or PixelNoise.from_sensor(system.sensor)
     level = (2**bench.slm.bit_depth - 1) if level is None else int(level)
     points = point_grid(system)

@@ -17,6 +17,7 @@ from .device import Device, OpenContext
 from .frames import Frame, RawFrame
 from .slm import SLM
 from .bench import Bench, Measurement
+from .bench_fits import BenchMismatch, check_bench_fits
 from .clock import Clock, RealClock, VirtualClock
 from .config import BenchConfig, open_bench, open_device
 from .errors import (
@@ -38,9 +39,9 @@ from onn_core.lut import LUT
 from .registry import ENTRY_POINT_GROUP, available_backends, load_backend, register_backend
 
 __all__ = [
-    "LUT", "SLM", "Bench", "BenchConfig", "Camera", "Clock", "ConfigError", "Device", "DeviceClosed",
+    "LUT", "SLM", "Bench", "BenchConfig", "BenchMismatch", "Camera", "Clock", "ConfigError", "Device", "DeviceClosed",
     "DeviceDisconnected", "DeviceError", "DeviceFault", "DeviceNotFound", "DeviceTimeout", "ENTRY_POINT_GROUP",
     "FaultConfig", "Frame", "HilError", "InputError", "Measurement", "MissingDependency", "OpenContext",
-    "RawFrame", "RealClock", "StaleFrame", "UnsupportedFeature", "VirtualClock", "available_backends",
+    "RawFrame", "RealClock", "StaleFrame", "UnsupportedFeature", "VirtualClock", "available_backends", "check_bench_fits",
     "load_backend", "open_bench", "open_device", "register_backend",
 ]

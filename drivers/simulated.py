@@ -35,6 +35,7 @@ import numpy as np
 
 from onn_core.errors import ConfigError
 
+from .bench_fits import check_slm_fits
 from .camera import Camera
 from .device import OpenContext, config_errors
 from .frames import RawFrame
@@ -329,7 +330,7 @@ class SimulatedCamera(Camera):
         else:
             optics_path = f"{path}.optics" if path else "optics"
             system = load_optics(cfg.optics, context, optics_path)
-            check_slm_matches_optics(slm, system, optics_path)
+            check_slm_fits(slm, system, optics_path=optics_path)
             pixel_pitch_m = system.geometry.sensor_pixel_pitch_m
             if cfg.pixel_pitch_m is not None and cfg.pixel_pitch_m != pixel_pitch_m:
                 raise ConfigError(f"{path}.pixel_pitch_m", cfg.pixel_pitch_m,
@@ -489,18 +490,6 @@ def load_optics(spec, context: OpenContext, path: str):
     if isinstance(spec, dict):
         return OpticalSystem.from_config(spec, base_dir=context.base_dir, path=path).eval()
     raise ConfigError(path, spec, "a path to an optics YAML file (e.g. optics.yaml) or a mapping (render: optics)")
-
-
-def check_slm_matches_optics(slm: SLM, system, path: str) -> None:
-    """Refuse an SLM whose shape, bit depth or pixel pitch contradicts the optical system, naming both
-    fields (``slm.*`` and ``path.*``)."""
-    checks = (("shape", tuple(slm.shape[:2]), "image_shape", tuple(system.image_shape)),
-              ("bit_depth", slm.bit_depth, "display.bit_depth", system.display.bit_depth),
-              ("pixel_pitch_m", slm.pixel_pitch_m, "geometry.display_pixel_pitch_m", system.geometry.display_pixel_pitch_m))
-    for slm_field, slm_value, optics_field, optics_value in checks:
-        if slm_value != optics_value:
-            raise ConfigError(f"slm.{slm_field}", list(slm_value) if isinstance(slm_value, tuple) else slm_value,
-                              f"{path}.{optics_field} = {optics_value!r} (the SLM and the optics describe one display)")
 
 
 def direct_render(dn_per_level_s: float) -> Render:

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from calibration.errors import CalibrationError, CalibrationFileError
+from drivers.bench_fits import BenchMismatch
 from calibration.geometry import (DIAGNOSTIC_NAME, GUARD_PX, GeometryCalibration, GeometryFrames, capture_geometry,
                                   dot_patterns, fit_geometry, intensity_centroid, measure_geometry, minimum_pitch,
                                   plot_overlay)
@@ -187,9 +188,9 @@ def test_coarse_search_finds_tiles_moved_far_and_refuses_to_guess_beyond():
 def test_bench_contradicting_the_optics_is_refused_before_showing_anything(tmp_path):
     with simulated_bench({"errors": SHIFTS}) as bench:
         shown = bench.slm.frame_id
-        with pytest.raises(InputError, match="gap_px"):
+        with pytest.raises(BenchMismatch, match="gap_px"):
             measure_geometry(bench, nominal_system({"geometry": {"gap_px": 6}}), diagnostics_dir=tmp_path)
-        with pytest.raises(InputError, match="image_shape"):
+        with pytest.raises(BenchMismatch, match="image_shape"):
             measure_geometry(bench, nominal_system({"image_shape": [27, 28]}), diagnostics_dir=tmp_path)
         assert bench.slm.frame_id == shown  # nothing was displayed
     assert list(tmp_path.iterdir()) == []
