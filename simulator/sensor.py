@@ -121,8 +121,10 @@ def _draw_fixed_pattern(shape: tuple[int, int], seed: int, prnu_rel_std: float, 
     dead = torch.rand(shape, generator=generator, dtype=torch.float64) < dead_fraction
     prnu = 1.0 + prnu_rel_std * torch.randn(shape, generator=generator, dtype=torch.float64)
     response = torch.where(dead, 0.0, prnu.clamp(min=0.0))
-    spread = dsnu_e_per_s_std * torch.randn(shape, generator=generator, dtype=torch.float64) if dsnu_e_per_s_std else 0.0
-    dark = torch.where(dead, 0.0, (dark_e_per_s + spread).clamp(min=0.0) + torch.where(hot, hot_extra_e_per_s, 0.0))
+    dark = torch.full(shape, dark_e_per_s, dtype=torch.float64)
+    if dsnu_e_per_s_std:
+        dark = (dark + dsnu_e_per_s_std * torch.randn(shape, generator=generator, dtype=torch.float64)).clamp(min=0.0)
+    dark = torch.where(dead, 0.0, dark + torch.where(hot, hot_extra_e_per_s, 0.0))
     return FixedPattern(response, dark, hot & ~dead, dead)
 
 
