@@ -5,12 +5,14 @@ Layout: root attributes ``schema`` (:data:`SCHEMA`), ``schema_version``, ``calib
 versions), ``bench_settings_json`` (the devices' settings while measuring), ``config_json`` (the
 resolved calibration config), ``optics_json`` (the nominal optical system) and ``stages``; one group
 per stage (``sensor``, ``display``, ``geometry``, ``psf``, ``fit``), each with its own schema name and
-version.
+version, written by the codec of :mod:`calibration.hdf5` (datasets with Fletcher-32 checksums).
+Version 2 (this one) added the checksums and the fit's own schema; version 1 files are refused.
 
 Writing is atomic (a temporary file in the same folder, flushed, then renamed) and never replaces an
 existing file: an earlier calibration stays as it was. Reading refuses, with
 :class:`~calibration.errors.CalibrationFileError`, a file that is not HDF5 or is truncated, one of
-another schema or version, and one missing a stage it lists; given the bench, it refuses a
+another schema or version, one missing a stage it lists, and one whose data fail their checksums
+(naming the dataset); given the bench, it refuses a
 calibration of another frame or display size and warns about every device setting that differs
 from those it was measured with.
 """
@@ -27,7 +29,7 @@ from pathlib import Path
 
 import h5py
 
-from simulator import config as config_io
+from onn_core import config as config_io
 
 from .api import STAGES, Calibration
 from .display_response import DisplayCalibration
@@ -39,7 +41,7 @@ from .sensor import SensorCalibration
 
 log = logging.getLogger(__name__)
 
-SCHEMA, SCHEMA_VERSION = "onn_hil.calibration", 1
+SCHEMA, SCHEMA_VERSION = "onn_hil.calibration", 2
 _STAGE_TYPES = {"sensor": SensorCalibration, "display": DisplayCalibration, "geometry": GeometryCalibration,
                 "psf": PSFMeasurement, "fit": MismatchFit}
 _JSON_ATTRS = ("bench_settings", "config", "optics")
@@ -109,7 +111,8 @@ def load_calibration(path, bench=None) -> Calibration:
             raise CalibrationFileError(f"{path} is not a calibration file (schema {schema!r}, expected {SCHEMA!r})")
         version = int(f.attrs.get("schema_version", -1))
         if version != SCHEMA_VERSION:
-            raise CalibrationFileError(f"{path} is calibration schema version {version}; this toolkit reads {SCHEMA_VERSION}")
+            raise CalibrationFileError(f"{path} is calibration schema version {version}; this toolkit reads "
+                                       f"{SCHEMA_VERSION}: calibrate again (hil calibrate) to get a file it reads")
         try:
             stages = json.loads(f.attrs["stages"])
             values = {name: json.loads(f.attrs[f"{name}_json"]) for name in _JSON_ATTRS}

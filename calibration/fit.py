@@ -44,7 +44,6 @@ returning noise as a value.
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import math
 from dataclasses import dataclass, field
@@ -53,18 +52,21 @@ import h5py
 import numpy as np
 import torch
 
-from simulator import config as config_io
+from onn_core import config as config_io
 from onn_core.errors import InputError
 from simulator.fabrication import AberrationOptics, FabricationErrors, place_psfs, shape_psfs, shape_transfer
 from simulator.system import OpticalSystem
 from simulator.zernike import noll_to_nm
 
+from .hdf5 import read_group, write_group
 from .noise import PixelNoise
 from .psf import PSFMeasurement
 
 log = logging.getLogger(__name__)
 
 STAGES = ("geometry", "photometry", "optics", "residual")
+#: Schema name and version of a stored :class:`MismatchFit` (:mod:`calibration.hdf5`).
+SCHEMA, SCHEMA_VERSION = "onn_hil.calibration.fit", 1
 #: Start of even Zernike terms, in waves RMS (their gradient vanishes at 0).
 ZERNIKE_START_WAVES = 0.02
 #: Largest standard deviation at which a parameter counts as measured (per kind; Zernike in waves).
@@ -162,31 +164,39 @@ class MismatchFit:
                 "unidentifiable": flagged, "stages": list(self.settings.stages)}
 
     def to_hdf5(self, group: h5py.Group) -> None:
-        group.attrs["errors_json"] = json.dumps(self.errors.to_dict())
-        group.attrs["chi2_reduced_json"] = json.dumps(self.chi2_reduced)
-        group.attrs["settings_json"] = json.dumps(config_io.to_plain(self.settings))
-        group.attrs["psf_residual_before"] = self.psf_residual_before
-        group.attrs["psf_residual_after"] = self.psf_residual_after
-        table = self.table()
+        """Write into the empty h5py ``group`` with the codec of :mod:`calibration.hdf5` (schema
+        :data:`SCHEMA` version :data:`SCHEMA_VERSION`; the parameter table and the model frames as
+        checksummed datasets, the errors, reduced chi-squares and settings as JSON)."""
         dtype = np.dtype([("name", h5py.string_dtype()), ("kind", h5py.string_dtype()), ("value", "f8"),
                           ("sigma", "f8"), ("identifiable", "?"), ("sign_ambiguous", "?")])
-        group.create_dataset("parameters", data=np.array([tuple(r.values()) for r in table], dtype=dtype))
-        group.create_dataset("model_rate", data=self.model_rate, compression="gzip")
-        group.create_dataset("design_rate", data=self.design_rate, compression="gzip")
+        table = np.array([tuple(row.values()) for row in self.table()], dtype=dtype)
+        write_group(group, SCHEMA, SCHEMA_VERSION,
+                    arrays={"parameters": table, "model_rate": self.model_rate, "design_rate": self.design_rate},
+                    attrs={"psf_residual_before": self.psf_residual_before,
+                           "psf_residual_after": self.psf_residual_after},
+                    json_attrs={"errors": self.errors.to_dict(), "chi2_reduced": self.chi2_reduced,
+                                "settings": config_io.to_plain(self.settings)})
 
     @classmethod
     def from_hdf5(cls, group: h5py.Group) -> "MismatchFit":
-        params = [Parameter(name=r["name"].decode() if isinstance(r["name"], bytes) else r["name"],
-                            kind=r["kind"].decode() if isinstance(r["kind"], bytes) else r["kind"],
-                            value=float(r["value"]), sigma=float(r["sigma"]), identifiable=bool(r["identifiable"]),
-                            sign_ambiguous=bool(r["sign_ambiguous"])) for r in group["parameters"][()]]
-        settings = json.loads(group.attrs["settings_json"])
-        return cls(errors=FabricationErrors.from_dict(json.loads(group.attrs["errors_json"])), parameters=params,
-                   chi2_reduced=json.loads(group.attrs["chi2_reduced_json"]),
-                   psf_residual_before=float(group.attrs["psf_residual_before"]),
-                   psf_residual_after=float(group.attrs["psf_residual_after"]),
-                   model_rate=group["model_rate"][()], design_rate=group["design_rate"][()],
-                   settings=config_io.build(FitSettings, settings, "fit.settings"))
+        """Read what :meth:`to_hdf5` wrote (:class:`~calibration.errors.CalibrationFileError` if it is
+        foreign, of another version, incomplete or corrupted)."""
+        values = read_group(group, SCHEMA, SCHEMA_VERSION, arrays=("parameters", "model_rate", "design_rate"),
+                            attrs=("psf_residual_before", "psf_residual_after"),
+                            json_attrs=("errors", "chi2_reduced", "settings"))
+        params = [Parameter(name=_text(r["name"]), kind=_text(r["kind"]), value=float(r["value"]),
+                            sigma=float(r["sigma"]), identifiable=bool(r["identifiable"]),
+                            sign_ambiguous=bool(r["sign_ambiguous"])) for r in values["parameters"]]
+        return cls(errors=FabricationErrors.from_dict(values["errors"]), parameters=params,
+                   chi2_reduced=values["chi2_reduced"],
+                   psf_residual_before=float(values["psf_residual_before"]),
+                   psf_residual_after=float(values["psf_residual_after"]),
+                   model_rate=values["model_rate"], design_rate=values["design_rate"],
+                   settings=config_io.build(FitSettings, values["settings"], "fit.settings"))
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 # ----------------------------------------------------------------------------------------- the model
@@ -610,4 +620,4 @@ def _detached(errors: FabricationErrors) -> FabricationErrors:
     return FabricationErrors.from_dict(errors.to_dict())
 
 
-__all__ = ["FitSettings", "IDENTIFIABLE_SIGMA", "MismatchFit", "Parameter", "STAGES", "fit_mismatch"]
+__all__ = ["FitSettings", "IDENTIFIABLE_SIGMA", "MismatchFit", "Parameter", "SCHEMA", "SCHEMA_VERSION", "STAGES", "fit_mismatch"]

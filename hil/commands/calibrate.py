@@ -1,4 +1,5 @@
-"""``hil calibrate CONFIG --out DIR``: measure the bench's optics and fit them (:mod:`calibration.cli`)."""
+"""``hil calibrate CONFIG --out DIR`` (or ``--report-only DIR``): measure the bench's optics and fit them
+(:mod:`calibration.cli`)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "calibrate", help="calibrate the bench: sensor, display, geometry, PSFs and the mismatch fit",
         description="Run the calibration stages on the config's bench against its nominal optics; write "
-                    "calibration.h5 (never over an earlier one) and a report (PNG, markdown, JSON) into --out.")
+                    "calibration.h5 (never over an earlier one) and a report (PNG, markdown, JSON) into --out. "
+                    "With --report-only DIR: rebuild the report of DIR/calibration.h5, opening no bench.")
     add_arguments(parser)
     parser.set_defaults(func=run)

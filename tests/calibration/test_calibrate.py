@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from calibration import file as calfile
-from calibration.api import STAGES, Calibration, CalibrationConfig, calibrate
+from calibration.api import STAGES, CalibrationConfig, calibrate
 from calibration.cli import FILE_NAME
 from calibration.errors import CalibrationFileError
 from calibration.layer import CalibrationLayer, shift_tiles
@@ -18,6 +18,7 @@ from hil.cli import main
 from onn_core.errors import ConfigError
 from simulator.system import OpticalSystem
 from tests.calibration.benches import bench_config, example_optics, simulated_bench
+from tests.calibration.test_hdf5 import corrupt
 
 FAST = {"sensor": {"frames": 4, "read_frames": 4, "num_exposures": 6}, "display": {"levels": 9, "frames": 2},
         "geometry": {"averages": 2, "phases": 2}, "psf": {"averages": 2},
@@ -173,6 +174,19 @@ def test_foreign_truncated_and_other_bench_files_are_refused(calibrated, tmp_pat
     assert changed and any("black_level" in c for c in changed) and "other device settings" in caplog.text
 
 
+
+def test_every_stored_result_has_a_schema_and_changed_data_bytes_are_reported(calibrated, tmp_path):
+    """Every stage group (the fit's included) carries a schema and version; a dataset whose bytes
+    changed on disk is refused by its checksum, naming the dataset."""
+    calibration, _ = calibrated
+    path = calfile.save_calibration(calibration, tmp_path / "cal.h5")
+    with h5py.File(path) as f:
+        assert all("schema" in f[stage].attrs and "schema_version" in f[stage].attrs for stage in STAGES)
+        assert f["fit/parameters"].fletcher32 and f["psf/exposures_s"].fletcher32
+    corrupt(path, "psf/exposures_s")
+    with pytest.raises(CalibrationFileError, match="dataset /psf/exposures_s is corrupted"):
+        calfile.load_calibration(path)
+
 def test_a_bad_calibration_config_names_the_field():
     with pytest.raises(ConfigError, match="calibration.stages"):
         CalibrationConfig.from_dict({"stages": ["sensor", "focus"]})
@@ -182,7 +196,7 @@ def test_a_bad_calibration_config_names_the_field():
         CalibrationConfig.from_dict({"fit": {"kernel_error_prior": "big"}})
 
 
-def test_cli_writes_the_calibration_and_its_report_and_refuses_to_overwrite(tmp_path, capsys):
+def test_cli_writes_the_calibration_and_its_report_refuses_to_overwrite_and_rebuilds_the_report(tmp_path, capsys):
     import yaml
 
     bench = bench_config({"errors": {"seed": 4, "spec": {"shift_std_px": 0.3}}})
@@ -202,11 +216,25 @@ def test_cli_writes_the_calibration_and_its_report_and_refuses_to_overwrite(tmp_
     assert (out / FILE_NAME).read_bytes() == before
     assert main(["calibrate", str(tmp_path / "cal.yaml"), "--out", str(tmp_path / "o2"), "--stages", "fit"]) == 2
     assert "calibration.stages" in capsys.readouterr().err
+    # a run killed after writing calibration.h5 leaves no report: --report-only rebuilds it, opening no bench
+    report_json = (out / "report.json").read_text()
+    for name in names - {FILE_NAME}:
+        (out / name).unlink()
+    (tmp_path / "bench.yaml").unlink()
+    assert main(["calibrate", "--report-only", str(out)]) == 0
+    assert "report.md" in capsys.readouterr().out
+    assert {p.name for p in out.iterdir()} == names and (out / "report.json").read_text() == report_json
+    assert main(["calibrate", "--report-only", str(tmp_path)]) == 2
+    assert "no such calibration file" in capsys.readouterr().err
+    assert main(["calibrate", str(tmp_path / "cal.yaml"), "--report-only", str(out)]) == 2
+    assert "takes no CONFIG" in capsys.readouterr().err
+    assert main(["calibrate", str(tmp_path / "cal.yaml")]) == 2
+    assert "--out DIR" in capsys.readouterr().err
 
 
 def test_calibration_summary_is_json_ready(calibrated):
     import json
 
     calibration, _ = calibrated
-    text = json.dumps(calibration.summary())
-    assert "chi2_reduced" in text and isinstance(calibration, Calibration)
+    back = json.loads(json.dumps(calibration.summary()))
+    assert back["fit"]["chi2_reduced"] == calibration.fit.chi2_reduced and back["stages"] == list(STAGES)
