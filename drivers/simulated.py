@@ -248,6 +248,8 @@ class SimulatedCamera(Camera):
         gain_limits: tuple[float, float] = (1.0, 16.0)
         default_timeout_s: float = 1.0
         faults: FaultConfig = field(default_factory=FaultConfig)
+        placement: Any = None  # a lab-like camera: simulator.placement.Placement (null: the design's frame)
+        defects: Any = None    # its sensor's fixed pattern: simulator.placement.SensorDefects
 
     def __init__(
         self,
@@ -320,8 +322,9 @@ class SimulatedCamera(Camera):
             raise ConfigError(f"{path}.backend" if path else "backend", "simulated-camera",
                               "a real camera backend, or slm.backend: simulated-slm (a simulated camera can only look at a simulated SLM)")
         if cfg.render == "direct":
-            if cfg.optics is not None:
-                raise ConfigError(f"{path}.optics", cfg.optics, "null with render: direct (no optics simulated)")
+            for name in ("optics", "placement", "defects"):
+                if getattr(cfg, name) is not None:
+                    raise ConfigError(f"{path}.{name}", getattr(cfg, name), "null with render: direct (no optics simulated)")
             if not cfg.direct_dn_per_level_s > 0:
                 raise ConfigError(f"{path}.direct_dn_per_level_s", cfg.direct_dn_per_level_s, "a number > 0")
             render, bit_depth, saturation_dn, black = direct_render(cfg.direct_dn_per_level_s), 16, 65535.0, 0.0
@@ -336,6 +339,13 @@ class SimulatedCamera(Camera):
                 raise ConfigError(f"{path}.pixel_pitch_m", cfg.pixel_pitch_m,
                                   f"null or {optics_path}.geometry.sensor_pixel_pitch_m = {pixel_pitch_m!r} (one source)")
             render = system.render
+            if cfg.placement is not None or cfg.defects is not None:  # a lab-like camera (simulator.placement)
+                from simulator.placement import lab_renderer
+
+                if cfg.placement is None:
+                    raise ConfigError(f"{path}.placement", None, f"a placement mapping when {path}.defects is given")
+                lab = lab_renderer(system, cfg.placement, cfg.defects, path)
+                render, pixel_pitch_m = lab.render, lab.placement.pixel_pitch_m(pixel_pitch_m)
             bit_depth, saturation_dn, black = sensor_format(system.sensor, optics_path)
             exposure_s = cfg.exposure_s if cfg.exposure_s is not None else system.photometry.exposure_s
         kwargs = {k: getattr(cfg, k) for k in ("exposure_limits_s", "exposure_step_s", "readout_s", "frame_period_s",

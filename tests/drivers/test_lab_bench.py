@@ -1,0 +1,50 @@
+"""The lab-like simulated bench (examples/bench_lab_sim.yaml): the camera delivers its own sensor format
+with the design's image placed as configured, and its config fields are checked by name."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from drivers.clock import VirtualClock
+from drivers.config import open_bench
+from onn_core.errors import ConfigError
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def _config(**camera):
+    config = yaml.safe_load((EXAMPLES / "bench_lab_sim.yaml").read_text())
+    config["camera"]["optics"] = str(EXAMPLES / "optics.yaml")
+    config["camera"].update(camera)
+    return config
+
+
+def test_the_lab_bench_delivers_the_sensor_format_with_the_image_where_placed():
+    config = _config()
+    placement = config["camera"]["placement"]
+    with open_bench(config, clock=VirtualClock()) as bench:
+        assert bench.camera.sensor_shape == tuple(placement["sensor_shape"])
+        assert bench.camera.pixel_pitch_m == pytest.approx(3.45e-6 / placement["magnification"])
+        dark = bench.measure(np.zeros((28, 28), np.uint8)).frame.image.astype(float)
+        lit = bench.measure(np.full((28, 28), 255, np.uint8)).frame.image.astype(float)
+    signal = np.clip(lit - dark, 0, None)
+    signal[signal < 0.2 * signal.max()] = 0
+    rows, cols = np.nonzero(signal)
+    weights = signal[rows, cols]
+    centroid = np.array([np.average(rows, weights=weights), np.average(cols, weights=weights)])
+    # the tiles' light is centred near where the design frame's centre lands (the tiles' brightness differs)
+    assert np.hypot(*(centroid - placement["center_px"])) < 0.05 * 164 * placement["magnification"]
+
+
+@pytest.mark.parametrize("camera, field", [
+    ({"placement": {"magnification": -2}}, "camera.placement.magnification"),
+    ({"placement": {"center_px": [1, 2, 3]}}, "camera.placement.center_px"),
+    ({"placement": None, "defects": {"prnu_rel_std": 0.01}}, "camera.placement"),
+    ({"defects": {"dsnu_e_per_s_std": -1}}, "camera.defects.dsnu_e_per_s_std"),
+    ({"render": "direct", "optics": None}, "camera.placement"),
+])
+def test_bad_lab_camera_fields_are_named(camera, field):
+    with pytest.raises(ConfigError, match=f"'{field}'"):
+        open_bench(_config(**camera), clock=VirtualClock())
