@@ -1,4 +1,4 @@
-"""Estimate benchmark (METHOD.md stage 1): the NTK accuracy estimate against trained optical students.
+"""Estimate benchmark (docs/method.md#accuracy-estimate): the NTK accuracy estimate against trained optical students.
 
 On Fashion-MNIST, random-init optical students with 8, 64 and 512 signed 7x7 kernels (2 FC layers,
 hidden 32, pool 2, ideal optics with the default gamma-2.2 8-bit display) are trained as ``hil train``

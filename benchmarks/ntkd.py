@@ -60,7 +60,7 @@ log = logging.getLogger("benchmarks.ntkd")
 
 METHODS = ("no_transfer", "kd", "ntkd")
 
-#: The paper-like 8-kernel 7x7 mono optical student, 2 FC layers (METHOD.md reference configuration).
+#: The paper-like 8-kernel 7x7 mono optical student, 2 FC layers (docs/method.md#reference-configurations).
 CLASSIFICATION = {
     "teacher": {
         "job": "teacher", "task": "classification",

@@ -103,8 +103,8 @@ def build_model(model_cfg: dict) -> nn.Module:
 def build_objective(cfg: RunConfig, teacher: nn.Module | None) -> Objective:
     """The training objective of a run: task loss, KD or NTKD (:func:`hil.losses.build_objective`)."""
     if cfg.data.dataset == "captures" and cfg.loss.method != "task":
-        # Distillation on captures needs the teacher to see the raw images behind each frame (METHOD.md
-        # stage 3); that pairing belongs to the post-fabrication fine-tuning, not yet built.
+        # Distillation on captures needs the teacher to see the raw images behind each frame
+        # (docs/method.md#stage-3-compensation); hil.finetune pairs them, a plain training run does not.
         raise ConfigError("loss.method", cfg.loss.method,
                           "'task' for data.dataset 'captures' (KD/NTKD on captured frames would feed the "
                           "teacher camera frames instead of the raw images)")

@@ -1,5 +1,5 @@
-"""Post-fabrication compensation: retrain only the digital backend on captured frames (METHOD.md,
-stage 3).
+"""Post-fabrication compensation: retrain only the digital backend on captured frames
+(docs/method.md#stage-3-compensation).
 
 The optics are frozen; what changes is the backend that reads them. :func:`captured_features` turns
 the raw frames of a captures file into the feature tensors the backend reads, through the

@@ -18,7 +18,7 @@ NTKD
     samples, is the same either way).
 Kernel discrepancies ``D`` (:data:`DISCREPANCIES`)
     ``mse``: ``mean((A - B)^2)``, the paper's; dominated by scale when the two kernels' magnitudes differ
-    by orders (they do: METHOD.md). ``normalized``: MSE of ``A / ||A||_F`` and ``B / ||B||_F``;
+    by orders (they do: docs/method.md#loss-and-kernel-discrepancies). ``normalized``: MSE of ``A / ||A||_F`` and ``B / ||B||_F``;
     ``normalized_trace``: MSE of ``A / tr(A) * n`` and ``B / tr(B) * n`` (mean diagonal 1). ``cka``:
     ``1 - CKA``, centred kernel alignment ``<HAH, HBH>_F / (||HAH||_F ||HBH||_F)``, ``H = I - 11^T/n``
     (invariant to scale and to adding a constant to every entry). ``normalized_trace`` is the paper's MSE

@@ -1,6 +1,6 @@
 """How a fabricated frontend differs from its design: a differentiable fabrication-error model.
 
-The paper's measurement model per kernel (METHOD.md, stage 3) is ``y = alpha * (a * (k + delta))``
+The paper's measurement model per kernel (docs/method.md#fabrication-error-model) is ``y = alpha * (a * (k + delta))``
 shifted by ``beta``, plus sensor noise. :class:`FabricationErrors` holds that model's parameters and a
 few more that real benches show, every one a tensor so that a calibration fit can make any of them
 trainable (:meth:`FabricationErrors.make_trainable`):

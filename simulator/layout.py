@@ -7,7 +7,7 @@ sensor. :class:`TileLayout` places a stack of ``P`` images of shape ``(h, w)`` o
 ``origin_px``. All units here are sensor pixels.
 
 :func:`kernel_grid` and :func:`kernel_count` are the stage-1 design count of how many kernels fit on a
-metasurface (METHOD.md).
+metasurface (docs/method.md#layout).
 """
 
 from __future__ import annotations
@@ -149,7 +149,7 @@ class TileLayout:
 def kernel_grid(metasurface_hw_m: tuple[float, float], kernel_pitch_m: float, spacing_m: float) -> tuple[int, int]:
     """(rows, cols) of square kernels (sub-optics) of side ``kernel_pitch_m`` that fit on a metasurface
     of ``metasurface_hw_m`` = (height, width) in metres when neighbours are ``spacing_m`` apart:
-    ``floor((h + d) / (k + d))`` rows and ``floor((w + d) / (k + d))`` columns (METHOD.md, stage-1
+    ``floor((h + d) / (k + d))`` rows and ``floor((w + d) / (k + d))`` columns (docs/method.md#layout, stage-1
     layout count; ``n`` sub-optics in a row need ``n k + (n - 1) d <= h``). 0 where none fits.
     """
     if not isinstance(metasurface_hw_m, (tuple, list)) or len(metasurface_hw_m) != 2:

@@ -1,6 +1,6 @@
 """Meta-optic PSF design: a phase mask whose incoherent PSF, binned to kernel pixels, matches a kernel.
 
-Recipe (METHOD.md, the group's design code): a normally incident plane wave passes a sub-optic's
+Recipe (docs/method.md#meta-optic-psf-design, the group's design code): a normally incident plane wave passes a sub-optic's
 phase mask (square aperture of ``aperture_px`` meta-atoms at ``spacing_m``), propagates
 ``distance_m`` to the sensor by the band-limited angular spectrum (:func:`simulator.propagation.
 propagate_asm`); the intensity's central ``k * magnification_px`` square is binned into ``k x k``

@@ -1,4 +1,4 @@
-"""Before fabrication (METHOD.md, stage 1): how many kernels a metasurface holds, and what accuracy
+"""Before fabrication (docs/method.md#stage-1-before-fabrication): how many kernels a metasurface holds, and what accuracy
 that optical student's architecture can reach on a dataset.
 
 * :mod:`hil.estimate.layout`: the layout calculator (kernel count, tile grid on the sensor, a plot).

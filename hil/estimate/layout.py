@@ -1,8 +1,8 @@
-"""How many kernels a metasurface holds, and where their images land on the sensor (METHOD.md, stage 1).
+"""How many kernels a metasurface holds, and where their images land on the sensor (docs/method.md#layout).
 
 Square sub-optics of side ``kernel_pitch_m``, ``spacing_m`` apart (fabrication spacing), fill a
 ``grid_rows x grid_cols`` grid on the metasurface (:func:`simulator.layout.kernel_grid`). A signed
-kernel takes two sub-optics (``k+`` and ``k-``, METHOD.md), so ``floor(rows cols / 2)`` kernels; an
+kernel takes two sub-optics (``k+`` and ``k-``, docs/method.md#signed-kernels-as-psf-pairs), so ``floor(rows cols / 2)`` kernels; an
 unsigned design one each. Every sub-optic images the scene onto its own tile of the sensor; the tiles
 mirror the sub-optic grid (:class:`simulator.layout.TileLayout`, tile ``i`` under sub-optic ``i``,
 row-major) and every tile must land on the sensor: the grid's frame must fit in ``sensor_shape_px``.

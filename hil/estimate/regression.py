@@ -1,7 +1,7 @@
 """Kernel ridge regression with a chunked kernel, the regulariser chosen on a validation split, and a
 bootstrap interval of the test metric.
 
-``y(test) = K(test, train) (K(train, train) + lambda I)^-1 Y(train)`` (METHOD.md, stage 1), with
+``y(test) = K(test, train) (K(train, train) + lambda I)^-1 Y(train)`` (docs/method.md#accuracy-estimate), with
 ``Y`` the centred one-hot labels (classification: ``onehot - 1/C``, class = argmax) or the centred
 mask (segmentation: ``mask - 1/2`` per pixel, object where > 0). ``lambda`` is a multiple of the mean
 diagonal of ``K(train, train)`` taken from a grid; each candidate is one Cholesky factorisation
