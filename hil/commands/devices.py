@@ -3,7 +3,9 @@
 Thin shells over :mod:`drivers`: ``hil snap CONFIG -o frame.png`` opens the bench of a bench YAML,
 captures one frame and writes it losslessly (8/16-bit PNG or TIFF, or ``.npy``; other formats are
 refused) with a JSON sidecar ``frame.png.json`` holding the frame's metadata, the device settings and
-the resolved config (:func:`drivers.images.write_frame`). ``hil show CONFIG IMAGE`` displays an image on
+the resolved config (:func:`drivers.images.write_frame`), and beside them a preview for the eye,
+``frame.png.preview.png`` (8-bit, stretched from the 0.1th to the 99.9th percentile: a 12-bit frame in
+a 16-bit file looks black in an image viewer). ``hil show CONFIG IMAGE`` displays an image on
 the bench's SLM until Ctrl-C or SIGTERM (exit status 130 or 143), or for ``--hold-s``; the bench blanks
 the SLM when it closes.
 """
@@ -82,9 +84,56 @@ def cmd_snap(args) -> int:
             "config": bench.config,
         }
         sidecar = write_frame(args.output, frame.image, meta)
+    preview, (low, high) = write_preview(args.output, frame.image)
     print(f"{args.output}: {frame.image.shape[1]}x{frame.image.shape[0]} {frame.image.dtype}, frame {frame.index}, "
-          f"exposure {frame.exposure_s:g} s, min {frame.image.min()} max {frame.image.max()} (metadata: {sidecar})")
+          f"exposure {frame.exposure_s:g} s, min {frame.image.min()} max {frame.image.max()} (metadata: {sidecar}; "
+          f"preview {preview}: {low:g}..{high:g} -> 0..255)")
     return 0
+
+
+#: Percentiles of a frame mapped to 0 and 255 in its ``hil snap`` preview.
+PREVIEW_PERCENTILES = (0.1, 99.9)
+
+
+def preview_image(image) -> tuple:
+    """An 8-bit image for viewing: ``image`` stretched linearly from its :data:`PREVIEW_PERCENTILES`
+    (over all channels; its min..max where those coincide) to 0..255. Returns ``(uint8 image, (low,
+    high))``. Only for the eye: measurements use the raw frame."""
+    import numpy as np
+
+    data = np.asarray(image, dtype=np.float64)
+    finite = data[np.isfinite(data)]
+    if finite.size == 0:
+        return np.zeros(data.shape, np.uint8), (0.0, 0.0)
+    low, high = (float(v) for v in np.percentile(finite, PREVIEW_PERCENTILES))
+    if high <= low:
+        low, high = float(finite.min()), float(finite.max())
+    scale = 255.0 / (high - low) if high > low else 0.0
+    out = np.clip((np.nan_to_num(data, nan=low) - low) * scale, 0, 255)
+    return np.round(out).astype(np.uint8), (low, high)
+
+
+def write_preview(frame_path, image) -> tuple:
+    """Write :func:`preview_image` of ``image`` as ``FRAME.EXT.preview.png`` beside the frame file
+    (atomically); returns ``(path, (low, high))``."""
+    import cv2
+
+    from onn_core.errors import InputError
+    from onn_core.files import atomic_write
+
+    frame_path = Path(frame_path)
+    path = frame_path.with_name(frame_path.name + ".preview.png")
+    preview, stretch = preview_image(image)
+    if preview.ndim == 3 and preview.shape[2] == 1:
+        preview = preview[..., 0]
+    if preview.ndim == 3 and preview.shape[2] in (3, 4):  # frames are RGB(A); OpenCV writes BGR(A)
+        preview = cv2.cvtColor(preview, cv2.COLOR_RGBA2BGRA if preview.shape[2] == 4 else cv2.COLOR_RGB2BGR)
+    ok, encoded = cv2.imencode(".png", preview)
+    if not ok:
+        raise InputError(f"{path}: OpenCV cannot encode a {preview.shape} preview as PNG")
+    with atomic_write(path, "wb") as f:
+        f.write(encoded.tobytes())
+    return path, stretch
 
 
 def cmd_show(args) -> int:
