@@ -48,11 +48,11 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from hil import run as steps  # noqa: E402
-from hil.capture import capture, design_fingerprint, stratified_indices  # noqa: E402
+from hil import job as steps  # noqa: E402
+from hil.capture import capture, stratified_indices  # noqa: E402
+from hil.checkpoint import load_model  # noqa: E402
 from hil.finetune import captured_features  # noqa: E402
-from simulator import config as config_io  # noqa: E402
-from simulator.system import OpticalSystem  # noqa: E402
+from onn_core import config as config_io  # noqa: E402
 
 log = logging.getLogger("benchmarks.hil")
 TUNING_SEED = 100
@@ -81,10 +81,9 @@ def main(argv=None) -> int:
         steps.run_job(job, progress=False)
     models = steps.train_models(job)
     design_file = job.run_dir / "design" / "optics.yaml"
-    system = OpticalSystem.from_config(steps.design_config(design_file))
-    design_id = design_fingerprint(system.design.psfs().detach())
-    calibration = steps.load_job_calibration(job)
-    student = steps.load_student(models["student"])
+    _, design_id = steps.design_identity(design_file)
+    calibration = steps.load_job_calibration(job, design_id)
+    student = load_model(models["student"])
     train_split, test_split = steps.datasets(job)
     capture_info = json.loads((args.timing_dir / "capture.json").read_text())
 
@@ -177,7 +176,7 @@ def timed_run(config: Path, folder: Path) -> dict:
             raise SystemExit(f"{folder} is not empty and has no timing.json: give a fresh --timing-dir")
         start = time.perf_counter()
         steps.run_job(steps.load_job(config, folder), progress=False)
-        write(file, {"run_seconds": time.perf_counter() - start, "command": "hil.run.run_job (what make demo runs)",
+        write(file, {"run_seconds": time.perf_counter() - start, "command": "hil.job.run_job (what make demo runs)",
                      "load_average_at_end": list(os.getloadavg())})
     return json.loads(file.read_text())
 

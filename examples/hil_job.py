@@ -1,7 +1,7 @@
 """A bench script to copy: the hardware-in-the-loop job step by step, with your own code in between.
 
 ``hil run examples/run_sim.yaml`` does all of this in one command; this script makes the same calls
-(:mod:`hil.run`) one at a time, so that a lab can look at each result, swap a step (its own dataset,
+(:mod:`hil.job`) one at a time, so that a lab can look at each result, swap a step (its own dataset,
 its own calibration, a capture on another day) or stop after any of them. Run it as::
 
     python examples/hil_job.py [examples/run_sim.yaml] [--out out/hil_job]
@@ -21,9 +21,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hil import run as job_steps  # noqa: E402
-from hil.capture import design_fingerprint  # noqa: E402
-from simulator.system import OpticalSystem  # noqa: E402
+from drivers.bench_fits import check_bench_fits  # noqa: E402
+from hil import job as job_steps  # noqa: E402
+from hil.checkpoint import load_model  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 
@@ -38,6 +38,8 @@ def main(argv=None) -> int:
     # To use your own data instead of config.data: job.datasets = (train_split, test_split), two
     # TensorDatasets of (image (C, H, W) in [0, 1], label).
     job.run_dir.mkdir(parents=True, exist_ok=True)
+    # 0. Check the config, files, dataset, bench file and free disk space before anything runs.
+    job_steps.preflight(job, job_steps.STEP_NAMES)
 
     # 1. The student (and the NTKD teacher): trained in simulation, or an existing `hil train` run.
     models = job_steps.train_models(job)
@@ -46,14 +48,13 @@ def main(argv=None) -> int:
     design_file = job.run_dir / "design" / "optics.yaml"
     if not design_file.is_file():
         job_steps.export(job, models["student"])
-    design = OpticalSystem.from_config(job_steps.design_config(design_file))
-    design_id = design_fingerprint(design.design.psfs().detach())  # recorded in every capture file
+    design, design_id = job_steps.design_identity(design_file)  # the fingerprint goes into every capture file
 
     # 3. The bench: on a simulated one, the camera looks through the design with the config's
     #    fabrication errors; a real one is used as configured (bench.yaml records what was opened).
     bench_config = job_steps.bench_config(job, design_file)
     with job_steps.open_job_bench(job, bench_config) as bench:
-        job_steps.check_fits(bench, design)  # the design's image and tiles must fit the SLM and camera
+        check_bench_fits(bench, design)  # the design's image and tiles must fit the SLM and camera
 
         # 4. Calibrate (calibration.h5: sensor, display, geometry, PSFs, mismatch fit). An existing
         #    file is loaded and checked against this bench instead of being measured again.
@@ -64,7 +65,7 @@ def main(argv=None) -> int:
         print(job_steps.capture_sets(job, bench, design_id, calibration.calibration_id))
 
     # 6. Fine-tune the backend with every method; 7. evaluate on the captured test set; 8. report.
-    student = job_steps.load_student(models["student"])
+    student = load_model(models["student"])
     job_steps.finetune_all(job, student, calibration, design_id, models["teacher"])
     evaluation = job_steps.evaluate(job, student, calibration, design_id)
     summary = job_steps.report(job, evaluation, calibration, {"design_id": design_id, "models": models})

@@ -1,0 +1,33 @@
+"""The hardware-in-the-loop job, ``hil run CONFIG``: train -> export design -> fabricate/open the bench
+-> calibrate -> capture -> fine-tune -> evaluate -> report, into one run folder (docs/method.md,
+stage 3).
+
+=====================  =====================================================================
+module                 holds
+=====================  =====================================================================
+:mod:`.config`         the config schema (:class:`JobConfig`), :func:`load_job`, the job's identity
+:mod:`.state`          ``state.json``: finished steps, the files each wrote, the identity
+:mod:`.steps`          the steps, plain functions a bench script calls (``examples/hil_job.py``),
+                       and :data:`STEPS`, their table
+:mod:`.validate`       the checks made before the first step
+:mod:`.runner`         :func:`run_job`: the table in order, resumable (``--from``, ``--until``)
+:mod:`.report`         ``report.json`` and ``summary.md``; :mod:`.plots` its figures
+=====================  =====================================================================
+"""
+
+from .config import CaptureStep, FinetuneStep, Job, JobConfig, TrainStep, job_identity, load_job
+from .report import report
+from .runner import run_job
+from .state import JobConfigChanged, read_state
+from .steps import (STEP_NAMES, STEPS, JobMismatchError, RunContext, Step, bench_config,
+                    calibrate_bench, capture_plan, capture_sets, datasets, design_config, design_identity,
+                    evaluate, export, finetune_all, fraction_key, fraction_rows, load_job_calibration, open_job_bench,
+                    score_runs, synthetic_set, train_models)
+from .validate import DiskSpaceError, preflight
+
+__all__ = ["STEPS", "STEP_NAMES", "CaptureStep", "DiskSpaceError", "FinetuneStep", "Job",
+           "JobConfig", "JobConfigChanged", "JobMismatchError", "RunContext", "Step", "TrainStep", "bench_config",
+           "calibrate_bench", "capture_plan", "capture_sets", "datasets", "design_config",
+           "design_identity", "evaluate", "export", "finetune_all", "fraction_key", "fraction_rows", "job_identity",
+           "load_job", "load_job_calibration", "open_job_bench", "preflight", "read_state", "report", "run_job",
+           "score_runs", "synthetic_set", "train_models"]

@@ -1,0 +1,53 @@
+"""The job's figures (PNG, matplotlib on the Agg backend, written atomically): accuracy against the
+captured fraction, and the fine-tuning curves. The PSF figure is the calibration report's
+(:func:`calibration.plotting.plot_psfs`)."""
+
+from __future__ import annotations
+
+from calibration.plotting import pyplot, save_figure
+
+
+def plot_accuracy(evaluation: dict, path) -> bool:
+    """Test accuracy (%) of every fine-tuning method against the captured fraction (log axis), with the
+    design, calibration-layer and uncompensated accuracies as lines; False (nothing written) when
+    ``evaluation`` has no fine-tuned backend."""
+    by_fraction = evaluation["by_fraction"]
+    if not by_fraction:
+        return False
+    fig, ax = pyplot().subplots(figsize=(6.5, 4.5))
+    for method, fractions in by_fraction.items():
+        keys = sorted(fractions, key=float)
+        ax.errorbar([100 * float(k) for k in keys], [100 * fractions[k]["mean"] for k in keys],
+                    yerr=[100 * fractions[k]["std"] for k in keys], marker="o", capsize=3, label=method)
+    for name, color, style in (("design", "k", "--"), ("calibration_layer", "g", ":"), ("uncompensated", "r", "--")):
+        ax.axhline(100 * evaluation[name], color=color, linestyle=style, label=name)
+    ax.set_xscale("log")
+    ticks = sorted({100 * float(k) for fractions in by_fraction.values() for k in fractions})
+    ax.set_xticks(ticks, [f"{t:g} %" for t in ticks])
+    ax.minorticks_off()
+    ax.set_xlabel("captured fraction of the training split (%)")
+    ax.set_ylabel("test accuracy on captured frames (%)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    save_figure(fig, path)
+    return True
+
+
+def plot_curves(results: dict, path) -> bool:
+    """Training loss against step of the first seed of every method and fraction of ``results``
+    (``finetune.json``); False (nothing written) when no run recorded a curve."""
+    curves = [(f"{method} {key}", entries[0]["curve"]) for method, fractions in results.items()
+              for key, entries in fractions.items() if entries and entries[0]["curve"]]
+    if not curves:
+        return False
+    fig, ax = pyplot().subplots(figsize=(6.5, 4.5))
+    for label, curve in curves:
+        ax.plot([c["step"] for c in curve], [c["train_loss"] for c in curve], marker=".", label=label)
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss")
+    ax.legend(fontsize=6, ncol=2)
+    save_figure(fig, path)
+    return True
+
+
+__all__ = ["plot_accuracy", "plot_curves"]

@@ -1,0 +1,532 @@
+"""The steps of the ``hil run`` job, each a plain function a bench script can call on its own (see
+``examples/hil_job.py``), and :data:`STEPS`, the table :func:`hil.job.runner.run_job` runs in order.
+
+=================  ===========================================================================
+step               writes (inside the run folder)
+=================  ===========================================================================
+:func:`train_models`     ``student/`` (a ``hil train`` run, or the given trained run is used as is),
+                         ``teacher/`` when an NTKD method is asked for and no checkpoint is given
+:func:`export`           ``design/`` (``kernels.npy`` + ``optics.yaml``, :func:`hil.export.export_design`)
+:func:`bench_config`     ``bench.yaml``: the bench config; on a simulated bench its camera looks
+                         through the exported design with the fabrication errors of ``fabrication``
+:func:`calibrate_bench`  ``calibration.h5`` (:func:`calibration.calibrate`, never overwritten)
+:func:`capture_sets`     ``captures/train.h5`` (the largest captured fraction of the training split;
+                         the smaller fractions are its first rows of every class, so nested) and
+                         ``captures/test.h5`` (the held-out captured test set)
+:func:`finetune_all`     ``finetune/<method>_<fraction>.pt`` + ``finetune.json`` (one entry per method,
+                         fraction and seed, written as each finishes)
+:func:`evaluate`         ``evaluation.json``: design accuracy (simulation), uncompensated (nominal
+                         features, no calibration), calibration layer only, and every fine-tuned backend
+:func:`hil.job.report.report`  ``report.json``, ``summary.md``, ``psfs.png``, ``accuracy.png``, ``curves.png``
+=================  ===========================================================================
+
+A step stopped midway resumes: training from its checkpoint, a capture after its last complete frame,
+fine-tuning after its last finished method.
+
+The compensation methods (:data:`hil.finetune.COMPENSATIONS`): ``e2e`` (task loss on the real captures
+read through the calibration layer), ``ntkd`` (task + NTK distillation from a teacher that sees the raw
+images of the same samples), and each of the two with **synthetic captures** added: training images
+that were not captured, rendered through the calibrated forward model and read through the same layer
+(:func:`hil.finetune.synthetic_features`). Every method gets the same fixed number of optimiser steps,
+learning rate and batch size.
+
+Identity: a calibration is used only with the design it was measured against, a capture only with
+its design, and a fine-tuned backend only with the design and calibration it was trained on
+(:class:`JobMismatchError` otherwise).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import logging
+import time
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Callable, NamedTuple
+
+import h5py
+import numpy as np
+import torch
+import yaml
+
+from calibration.api import calibrate
+from calibration.file import load_calibration, save_calibration
+from drivers.bench_fits import check_bench_fits
+from drivers.clock import make_clock
+from drivers.config import open_bench
+from onn_core.config import load_yaml, to_plain
+from onn_core.errors import ConfigError, HilError, InputError
+from onn_core.files import atomic_write
+from simulator.system import OpticalSystem
+
+from ..api import train
+from ..capture import capture, design_fingerprint, stratified_indices
+from ..checkpoint import find_checkpoint, load_checkpoint, load_model
+from ..config import load_run_config
+from ..data import build_datasets
+from ..export import export_design
+from ..finetune import COMPENSATIONS, CapturedSet, accuracy, captured_features, finetune, synthetic_features
+from .config import FinetuneStep, Job, bench_settings, fabrication_errors
+from .report import REPORT_FILES, report
+from .state import write_json
+
+log = logging.getLogger(__name__)
+
+
+class JobMismatchError(HilError):
+    """A calibration, capture or fine-tuned backend belongs to another design or calibration."""
+
+
+# ------------------------------------------------------------------------------------------ models
+def train_models(job: Job) -> dict:
+    """Train (or locate) the student and, for NTKD, the teacher; returns ``{"student": run dir,
+    "teacher": run dir or checkpoint, or None}``."""
+    cfg, out = job.config, {}
+    for role in ("teacher", "student"):
+        step = getattr(cfg, role)
+        if step is None or (role == "teacher" and not cfg.needs_teacher):
+            out[role] = None
+            continue
+        if step.run_dir or step.checkpoint:
+            out[role] = str(job.path(step.run_dir or step.checkpoint))
+            continue
+        run_dir = job.run_dir / role
+        metrics = run_dir / "metrics.json"
+        if not metrics.is_file() or "test" not in json.loads(metrics.read_text()):
+            log.info("training the %s in simulation into %s", role, run_dir)
+            train(load_run_config(job.path(step.config), step.set), run_dir)
+        out[role] = str(run_dir)
+    if not Path(out["student"]).is_dir():
+        raise ConfigError("student.run_dir", out["student"], "a run folder of `hil train`")
+    return out
+
+
+def model_sources(job: Job) -> list[Path]:
+    """What :func:`train_models` produces or uses: the role folders trained inside the run folder, the
+    checkpoint files of given runs."""
+    out = []
+    for role in ("student", "teacher"):
+        step = getattr(job.config, role)
+        if step is None or (role == "teacher" and not job.config.needs_teacher):
+            continue
+        given = step.run_dir or step.checkpoint
+        out.append(find_checkpoint(job.path(given)) if given else job.run_dir / role)
+    return out
+
+
+def student_model_config(job: Job) -> dict:
+    """The student's ``model`` config section: from its ``hil train`` config (with the ``set``
+    overrides), or from the checkpoint of the given run."""
+    step = job.config.student
+    if step.config is not None:
+        path = job.path(step.config)
+        if not path.is_file():
+            raise ConfigError("student.config", step.config, f"a `hil train` config file (no file at {path})")
+        return load_run_config(path, step.set).model
+    return load_checkpoint(find_checkpoint(job.path(step.run_dir)))["config"]["model"]
+
+
+# ------------------------------------------------------------------------------------------ design
+def export(job: Job, student_run) -> Path:
+    """Export the student's optics into ``design/``; returns its ``optics.yaml``."""
+    return export_design(student_run, job.run_dir / "design")
+
+
+def design_config(design_optics: Path) -> dict:
+    """The exported design's optics mapping with its design file's path made absolute (so that the
+    systems built from it, and the calibration that records it, work from any folder)."""
+    optics = load_yaml(design_optics)
+    optics["design"]["path"] = str((Path(design_optics).parent / optics["design"]["path"]).resolve())
+    return optics
+
+
+def design_identity(design_optics: Path) -> tuple[OpticalSystem, str]:
+    """The nominal system of an exported design and its fingerprint (:func:`hil.capture.design_fingerprint`)."""
+    system = OpticalSystem.from_config(design_config(design_optics))
+    return system, design_fingerprint(system.design.psfs().detach())
+
+
+# ------------------------------------------------------------------------------------------ bench
+def bench_config(job: Job, design_optics: Path) -> dict:
+    """The bench mapping the job opens (also written to ``bench.yaml``): the config's bench; if its
+    camera is simulated, looking through the exported design with ``fabrication``'s errors (the
+    ``errors`` section of that optics file; none: the design itself)."""
+    bench = bench_settings(job)
+    camera = bench.get("camera") or {}
+    if camera.get("backend") == "simulated-camera":
+        optics = design_config(design_optics)
+        errors = fabrication_errors(job)
+        if errors is not None:
+            optics["errors"] = errors
+        camera["optics"] = optics
+        bench["camera"] = camera
+    elif job.config.fabrication is not None:
+        log.warning("fabrication %s ignored: the bench's camera is real (%s)", job.config.fabrication, camera.get("backend"))
+    with atomic_write(job.run_dir / "bench.yaml", "w") as fh:
+        yaml.safe_dump(bench, fh, sort_keys=False)
+    return bench
+
+
+def open_job_bench(job: Job, bench: dict):
+    """Open the job's bench (relative paths in its config resolve against the config's bench file)."""
+    clock = make_clock(job.config.clock) if job.config.clock is not None else None
+    return open_bench(_with_base(bench, job.path(job.config.bench).parent), clock=clock)
+
+
+def _with_base(bench: dict, base: Path) -> dict:
+    """``bench`` with relative file paths (``lut_file``, a camera ``source`` file) made absolute."""
+    out = copy.deepcopy(bench)
+    for device in ("slm", "camera", "light"):
+        section = out.get(device) or {}
+        for key in ("lut_file", "optics"):
+            if isinstance(section.get(key), str) and not Path(section[key]).is_absolute():
+                section[key] = str((base / section[key]).resolve())
+    return out
+
+
+# ------------------------------------------------------------------------------------------ calibration
+def calibrate_bench(job: Job, bench, system):
+    """Calibrate ``bench`` against the nominal design ``system`` into ``calibration.h5`` (kept if it
+    exists: loaded and checked against the bench and the design instead); returns the
+    :class:`calibration.api.Calibration`."""
+    path = job.run_dir / "calibration.h5"
+    if path.is_file():
+        calibration = load_calibration(path, bench=bench)
+        check_calibration_design(calibration, path, design_fingerprint(system.design.psfs().detach()))
+        return calibration
+    calibration = calibrate(bench, system, job.config.calibration)
+    save_calibration(calibration, path)
+    return calibration
+
+
+def load_job_calibration(job: Job, design_id: str):
+    """The run's ``calibration.h5``, refused unless it was measured against the design ``design_id``."""
+    path = job.run_dir / "calibration.h5"
+    if not path.is_file():
+        raise InputError(f"no calibration at {path}: run the calibrate step first (hil run --from calibrate)")
+    calibration = load_calibration(path)
+    check_calibration_design(calibration, path, design_id)
+    return calibration
+
+
+def check_calibration_design(calibration, path: Path, design_id: str) -> None:
+    """Refuse (:class:`JobMismatchError`) a calibration measured against another design than ``design_id``."""
+    measured = design_fingerprint(calibration.nominal_system().design.psfs().detach())
+    if measured != design_id:
+        raise JobMismatchError(f"{path} is calibration {calibration.calibration_id} of design {measured}, not of this "
+                               f"run's design {design_id}: calibrate again (hil run --from calibrate)")
+
+
+# ------------------------------------------------------------------------------------------ data and capture
+def datasets(job: Job):
+    """``(train split, test split)`` of the job's dataset (TensorDatasets of images in [0, 1], labels):
+    the bench script's ``job.datasets``, or ``config.data`` (``root`` relative to the config file),
+    loaded once."""
+    if job.datasets is None:
+        data = dict(job.config.data)
+        if data.get("root") is not None:
+            data["root"] = str(job.path(data["root"]))
+        train_split, test_split, _ = build_datasets(data, "classification")
+        if test_split is None:
+            raise ConfigError("data.dataset", data.get("dataset"), "a dataset with a test split")
+        job.datasets = (train_split, test_split)
+    return job.datasets
+
+
+def capture_plan(job: Job, train_labels, test_labels) -> dict:
+    """The seeded, stratified samples the job captures: ``{"train": indices, "test": indices}``."""
+    c = job.config.capture
+    if not 0 < c.test_size <= len(test_labels):
+        raise ConfigError("capture.test_size", c.test_size, f"a number in [1, {len(test_labels)}] (the size of the "
+                          "dataset's test split)")
+    return {"train": stratified_indices(train_labels, max(c.fractions), c.seed),
+            "test": stratified_indices(test_labels, c.test_size / len(test_labels), c.seed + 1)}
+
+
+def capture_sets(job: Job, bench, design_id: str, calibration_id: str, progress: bool = True) -> dict:
+    """Capture the planned training and test samples (resumable); returns the two summaries."""
+    train_split, test_split = datasets(job)
+    plan = capture_plan(job, train_split.tensors[1].numpy(), test_split.tensors[1].numpy())
+    out = {}
+    for split, dataset in (("train", train_split), ("test", test_split)):
+        summary = capture(bench, dataset, plan[split], job.run_dir / "captures" / f"{split}.h5",
+                          calibration_id=calibration_id, design_id=design_id,
+                          config={"split": split, **to_plain(job.config.capture)}, progress=progress)
+        out[split] = {"frames": summary.count, "saturated_frames": summary.saturated_frames,
+                      "dark_frames": summary.dark_frames}
+    return out
+
+
+# ------------------------------------------------------------------------------------------ fine-tuning
+def fraction_rows(labels: torch.Tensor, fraction: float, class_counts: dict[int, int]) -> torch.Tensor:
+    """Rows of a capture (in capture order) forming a stratified ``fraction`` of a split whose classes
+    have ``class_counts`` samples: the first ``round(fraction n_c)`` captured rows of every class."""
+    rows = []
+    for label, n in sorted(class_counts.items()):
+        mine = torch.nonzero(labels == label).flatten()
+        take = max(1, round(fraction * n))
+        if take > len(mine):
+            raise InputError(f"the capture holds {len(mine)} samples of class {label}, fewer than the {take} of "
+                             f"fraction {fraction}: capture the largest fraction first")
+        rows.append(mine[:take])
+    return torch.sort(torch.cat(rows)).values
+
+
+def fraction_key(fraction: float) -> str:
+    """The key of a captured fraction in the results (``0.01`` -> ``"0.01"``)."""
+    return f"{fraction:g}"
+
+
+def check_backend_identity(entry: dict, file: Path, design_id: str, calibration_id: str) -> None:
+    """Refuse (:class:`JobMismatchError`) a fine-tuned backend entry trained on another design or calibration."""
+    for name, expected in (("design_id", design_id), ("calibration_id", calibration_id)):
+        if entry.get(name) != expected:
+            raise JobMismatchError(f"{file}: the backend {entry['backend']} was fine-tuned with {name} "
+                                   f"{entry.get(name)!r}, not this run's {expected!r}: move {file} and its backends "
+                                   "away to fine-tune again (hil run --from finetune)")
+
+
+def finetune_all(job: Job, student, calibration, design_id: str, teacher_path=None, *,
+                 settings: FinetuneStep | None = None, fractions=None, name: str = "finetune",
+                 progress: bool = False) -> dict:
+    """Fine-tune a copy of the student's backend with every method on every captured fraction and seed
+    (module docstring; ``settings`` and ``fractions`` default to the job's). Results are appended to
+    ``<name>.json`` (backends in ``<name>/``) as each run ends, with the design and calibration they were
+    trained on; a rerun skips those already there. Returns ``{method: {fraction: [entry per seed]}}``."""
+    cfg = settings or job.config.finetune
+    results_file = job.run_dir / f"{name}.json"
+    results = json.loads(results_file.read_text()) if results_file.is_file() else {}
+    train_split, _ = datasets(job)
+    real = captured_features(job.run_dir / "captures" / "train.h5", calibration.layer(), design_id=design_id)
+    counts = {int(c): int(n) for c, n in zip(*np.unique(train_split.tensors[1].numpy(), return_counts=True))}
+    teacher = load_model(teacher_path) if teacher_path else None
+    synthetic = None
+    (job.run_dir / name).mkdir(parents=True, exist_ok=True)
+    for fraction in sorted(fractions or job.config.capture.fractions):
+        rows = fraction_rows(real.labels, fraction, counts)
+        key = fraction_key(fraction)
+        for method in cfg.methods:
+            loss_method, with_synthetic = COMPENSATIONS[method]
+            for seed in cfg.seeds:
+                done = [entry for entry in results.get(method, {}).get(key, []) if entry["seed"] == seed]
+                for entry in done:
+                    check_backend_identity(entry, results_file, design_id, calibration.calibration_id)
+                if done:
+                    continue
+                data = real.subset(rows)
+                if with_synthetic and cfg.synthetic:
+                    if synthetic is None:
+                        synthetic = synthetic_set(job, calibration, train_split, real.source_indices, cfg.synthetic)
+                    data = CapturedSet.concat(data, synthetic)
+                if loss_method != "task" and teacher is None:
+                    raise ConfigError("teacher", None, f"a teacher for method {method!r}")
+                start = time.perf_counter()
+                log.info("fine-tuning %s on %d captured (+%d synthetic) samples, fraction %s, seed %d", method,
+                         len(rows), len(data) - len(rows), key, seed)
+                backend, result = finetune(student, data, method=loss_method, teacher=teacher,
+                                           source_inputs=train_split.tensors[0], loss=cfg.loss, lr=cfg.lr,
+                                           batch_size=cfg.batch_size, max_steps=cfg.steps, seed=seed,
+                                           progress=progress)
+                file = f"{name}/{method}_{key}_seed{seed}.pt"
+                with atomic_write(job.run_dir / file) as fh:
+                    torch.save(backend.state_dict(), fh)
+                entry = {"seed": seed, "backend": file, "design_id": design_id,
+                         "calibration_id": calibration.calibration_id, "captured": len(rows),
+                         "synthetic": len(data) - len(rows), "steps": result.steps, "lr": cfg.lr,
+                         "seconds": round(time.perf_counter() - start, 2), "mean_step_s": result.mean_step_s,
+                         "curve": [{k: v for k, v in h.items() if isinstance(v, (int, float))} for h in result.history]}
+                results.setdefault(method, {}).setdefault(key, []).append(entry)
+                write_json(results_file, results)
+    return results
+
+
+def _capture_exposure(path: Path) -> float:
+    with h5py.File(path, "r") as f:
+        exposures = np.unique(np.asarray(f["exposure_s"][: int(f["count"][()])]))
+    if len(exposures) != 1:
+        log.warning("%s holds %d exposures; synthetic captures use the first, %g s", path, len(exposures), exposures[0])
+    return float(exposures[0])
+
+
+def synthetic_set(job: Job, calibration, train_split, captured_indices: torch.Tensor, count: int):
+    """Synthetic captures of ``count`` training images never captured (a seeded choice), at the
+    exposure of the real captures; kept in ``synthetic_<count>.pt`` (for this calibration) and reused."""
+    cache = job.run_dir / f"synthetic_{count}.pt"
+    if cache.is_file():
+        saved = torch.load(cache, weights_only=True)
+        if saved["calibration_id"] == calibration.calibration_id:
+            return CapturedSet(saved["features"], saved["labels"], saved["source_indices"])
+    exposure_s = _capture_exposure(job.run_dir / "captures" / "train.h5")
+    pool = np.setdiff1d(np.arange(len(train_split)), captured_indices.numpy())
+    rng = np.random.default_rng(job.config.capture.seed + 1000)
+    chosen = torch.from_numpy(np.sort(rng.choice(pool, size=min(count, len(pool)), replace=False)))
+    log.info("rendering %d synthetic captures through the calibrated forward model", len(chosen))
+    images, labels = train_split.tensors[0][chosen], train_split.tensors[1][chosen]
+    data = synthetic_features(calibration, images, labels, chosen, exposure_s=exposure_s, seed=job.config.capture.seed)
+    with atomic_write(cache) as fh:
+        torch.save({"calibration_id": calibration.calibration_id, "features": data.features, "labels": data.labels,
+                    "source_indices": data.source_indices}, fh)
+    return data
+
+
+# ------------------------------------------------------------------------------------------ evaluation
+def score_runs(job: Job, student, data, results: dict, reference: dict | None = None, *,
+               design_id: str | None = None, calibration_id: str | None = None) -> dict:
+    """Accuracy of every fine-tuned backend of ``results`` (:func:`finetune_all`) on ``data`` (a
+    :class:`~hil.finetune.CapturedSet`): ``{method: {fraction: {mean, std, seeds, accuracies,
+    recovered_fraction}}}``; ``recovered_fraction`` = (mean - uncompensated) / (design - uncompensated)
+    of ``reference`` (``{design, uncompensated}``), when given and design > uncompensated. With
+    ``design_id`` and ``calibration_id``, a backend trained on others is refused."""
+    out: dict = {}
+    lost = None if reference is None else reference["design"] - reference["uncompensated"]
+    for method, fractions in results.items():
+        for key, entries in fractions.items():
+            values = []
+            for entry in entries:
+                if design_id is not None:
+                    check_backend_identity(entry, job.run_dir / entry["backend"], design_id, calibration_id)
+                backend = copy.deepcopy(student.backend)
+                backend.load_state_dict(torch.load(job.run_dir / entry["backend"], weights_only=True))
+                values.append(accuracy(backend, data))
+            values = np.array(values)
+            mean = float(values.mean())
+            out.setdefault(method, {})[key] = {
+                "mean": mean, "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
+                "seeds": [e["seed"] for e in entries], "accuracies": values.tolist(),
+                "recovered_fraction": (mean - reference["uncompensated"]) / lost if lost and lost > 0 else None}
+    return out
+
+
+def evaluate(job: Job, student, calibration, design_id: str, name: str = "finetune") -> dict:
+    """Accuracies on the held-out captured test set (``evaluation.json``): ``design`` (the student in
+    simulation on the same test images), ``uncompensated`` (the student's backend on the nominal
+    features of the captured frames: no calibration, no retraining), ``calibration_layer`` (its
+    backend on the calibration layer's features, no retraining) and every fine-tuned backend of
+    ``<name>.json``: ``by_fraction[method][fraction]`` (:func:`score_runs`). Written to
+    ``evaluation.json`` (``evaluation_<name>.json`` for another ``name``)."""
+    test_file = job.run_dir / "captures" / "test.h5"
+    nominal = captured_features(test_file, student.frontend, design_id=design_id)
+    calibrated = captured_features(test_file, calibration.layer(), design_id=design_id)
+    _, test_split = datasets(job)
+    with torch.no_grad():
+        images = test_split.tensors[0][calibrated.source_indices]
+        logits = torch.cat([student(images[i:i + 1000]) for i in range(0, len(images), 1000)])
+    out = {"test_samples": len(calibrated), "design": float((logits.argmax(1) == calibrated.labels).float().mean()),
+           "uncompensated": accuracy(student.backend, nominal), "calibration_layer": accuracy(student.backend, calibrated)}
+    results_file = job.run_dir / f"{name}.json"
+    results = json.loads(results_file.read_text()) if results_file.is_file() else {}
+    out["by_fraction"] = score_runs(job, student, calibrated, results, out, design_id=design_id,
+                                    calibration_id=calibration.calibration_id)
+    write_json(job.run_dir / ("evaluation.json" if name == "finetune" else f"evaluation_{name}.json"), out)
+    return out
+
+
+# ------------------------------------------------------------------------------------------ the table
+class RunContext:
+    """What the steps of one :func:`hil.job.runner.run_job` hand each other, each made on first use:
+    the models, the design and its fingerprint, the open bench, the calibration, the student."""
+
+    def __init__(self, job: Job, progress: bool = True):
+        self.job, self.progress = job, progress
+        self._bench_stack = contextlib.ExitStack()
+        self._bench = None
+
+    @cached_property
+    def models(self) -> dict:
+        return train_models(self.job)
+
+    @cached_property
+    def design(self) -> tuple[OpticalSystem, str]:
+        """``(nominal system, design fingerprint)`` of the exported design."""
+        return design_identity(self.job.run_dir / "design" / "optics.yaml")
+
+    @property
+    def bench(self):
+        """The job's bench, opened on first use and checked against the design
+        (:func:`drivers.bench_fits.check_bench_fits`)."""
+        if self._bench is None:
+            config = bench_config(self.job, self.job.run_dir / "design" / "optics.yaml")
+            self._bench = self._bench_stack.enter_context(open_job_bench(self.job, config))
+            check_bench_fits(self._bench, self.design[0], optics_path="design/optics.yaml")
+        return self._bench
+
+    def release_bench(self) -> None:
+        """Close the bench if it is open (blanking the SLM)."""
+        self._bench_stack.close()
+        self._bench = None
+
+    @cached_property
+    def calibration(self):
+        return load_job_calibration(self.job, self.design[1])
+
+    @cached_property
+    def student(self):
+        return load_model(self.models["student"])
+
+
+def _train(ctx: RunContext) -> None:
+    ctx.models = train_models(ctx.job)
+
+
+def _export(ctx: RunContext) -> None:
+    export(ctx.job, ctx.models["student"])
+
+
+def _calibrate(ctx: RunContext) -> None:
+    ctx.calibration = calibrate_bench(ctx.job, ctx.bench, ctx.design[0])
+
+
+def _capture(ctx: RunContext) -> None:
+    start = time.perf_counter()
+    captured = capture_sets(ctx.job, ctx.bench, ctx.design[1], ctx.calibration.calibration_id, progress=ctx.progress)
+    seconds = time.perf_counter() - start
+    frames = captured["train"]["frames"] + captured["test"]["frames"]
+    write_json(ctx.job.run_dir / "capture.json", {**captured, "seconds": seconds, "frames_per_s": frames / seconds})
+
+
+def _finetune(ctx: RunContext) -> None:
+    finetune_all(ctx.job, ctx.student, ctx.calibration, ctx.design[1], ctx.models["teacher"], progress=False)
+
+
+def _evaluate(ctx: RunContext) -> None:
+    evaluate(ctx.job, ctx.student, ctx.calibration, ctx.design[1])
+
+
+def _report(ctx: RunContext) -> None:
+    run = ctx.job.run_dir
+    evaluation = json.loads((run / "evaluation.json").read_text())
+    capture_info = json.loads((run / "capture.json").read_text()) if (run / "capture.json").is_file() else None
+    report(ctx.job, evaluation, ctx.calibration, {"design_id": ctx.design[1], "models": ctx.models, "capture": capture_info})
+
+
+class Step(NamedTuple):
+    """One row of :data:`STEPS`: its ``name``, ``run(context)``, ``outputs(job)`` (the files and folders
+    it writes, recorded when it finishes and moved aside when it must run again) and whether it uses
+    the ``bench``."""
+
+    name: str
+    run: Callable[[RunContext], None]
+    outputs: Callable[[Job], list[Path]]
+    bench: bool = False
+
+
+STEPS = (
+    Step("train", _train, model_sources),
+    Step("export", _export, lambda job: [job.run_dir / "design"]),
+    Step("calibrate", _calibrate, lambda job: [job.run_dir / "calibration.h5"], bench=True),
+    Step("capture", _capture, lambda job: [job.run_dir / "captures", job.run_dir / "capture.json"], bench=True),
+    Step("finetune", _finetune, lambda job: [job.run_dir / "finetune", job.run_dir / "finetune.json"]),
+    Step("evaluate", _evaluate, lambda job: [job.run_dir / "evaluation.json"]),
+    Step("report", _report, lambda job: [job.run_dir / name for name in REPORT_FILES]),
+)
+STEP_NAMES = tuple(step.name for step in STEPS)
+
+
+__all__ = ["STEPS", "STEP_NAMES", "JobMismatchError", "RunContext", "Step", "bench_config",
+           "calibrate_bench", "capture_plan", "capture_sets", "check_backend_identity", "check_calibration_design",
+           "datasets", "design_config", "design_identity", "evaluate", "export", "finetune_all",
+           "fraction_key", "fraction_rows", "load_job_calibration", "model_sources", "open_job_bench", "score_runs",
+           "student_model_config", "synthetic_set", "train_models"]

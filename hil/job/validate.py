@@ -1,0 +1,119 @@
+"""Checks of a ``hil run`` job before its first step, so that a mistake is reported in seconds, not
+after training and calibration: the files the config names, the dataset and the sizes asked of it,
+the bench's display against the design's image, and the free disk space against the capture."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from math import prod
+from pathlib import Path
+from types import SimpleNamespace
+
+from calibration.api import CalibrationConfig
+from drivers.bench_fits import check_slm_fits
+from drivers.device import integer_dtype_for
+from onn_core.errors import ConfigError, HilError
+
+from ..config import load_run_config
+from ..models import build_model
+from .config import Job, bench_settings
+from .steps import capture_plan, datasets, design_identity, model_sources, student_model_config
+
+log = logging.getLogger(__name__)
+
+ROW_BYTES = 64  # per captured frame besides its pixels and the shown image: label, index, exposure, time
+SPARE_BYTES = 64 * 2**20  # kept free beyond the captures (HDF5 metadata, fine-tuned backends, reports)
+
+
+class DiskSpaceError(HilError):
+    """The run folder's file system has too little free space for what the job will write."""
+
+
+def preflight(job: Job, to_run) -> None:
+    """Check everything that can be checked before the steps ``to_run`` (names) start: the student and
+    teacher sources, the dataset (loaded; an empty ``data.root`` folder refused), ``capture.test_size``
+    against the test split, and, for the bench steps, the calibration config, the SLM's shape against
+    the design's image and the free disk space against the capture still to do. Raises a
+    :class:`ConfigError` naming the field (or :class:`DiskSpaceError`)."""
+    to_run = set(to_run)
+    model_sources(job)  # the given student run / teacher checkpoint exist
+    teacher = job.config.teacher
+    if teacher is not None and teacher.config is not None and job.config.needs_teacher and "train" in to_run:
+        load_run_config(_existing(job, "teacher.config", teacher.config), teacher.set)
+    system = _design_system(job)
+    _check_data_root(job)
+    train_split, test_split = datasets(job)
+    plan = capture_plan(job, train_split.tensors[1].numpy(), test_split.tensors[1].numpy())
+    if to_run & {"calibrate", "capture"}:
+        CalibrationConfig.from_dict(job.config.calibration, "calibration")
+        check_display_shape(job, system)
+    if "capture" in to_run:
+        check_free_space(job, system, len(plan["train"]) + len(plan["test"]))
+
+
+def _existing(job: Job, field: str, value: str) -> Path:
+    path = job.path(value)
+    if not path.is_file():
+        raise ConfigError(field, value, f"an existing file (no file at {path})")
+    return path
+
+
+def _design_system(job: Job):
+    """The design's nominal optical system: the exported one, or (before the export) the student's
+    as its config builds it."""
+    optics = job.run_dir / "design" / "optics.yaml"
+    if optics.is_file():
+        return design_identity(optics)[0]
+    return build_model(student_model_config(job)).frontend
+
+
+def _check_data_root(job: Job) -> None:
+    root = job.config.data.get("root")
+    if root is not None and job.datasets is None:
+        path = job.path(root)
+        if path.is_dir() and not any(path.iterdir()):
+            raise ConfigError("data.root", root, f"a folder holding the dataset ({path} is empty)")
+
+
+def check_display_shape(job: Job, system) -> None:
+    """Refuse a bench file whose SLM (``slm.shape``, ``bit_depth``, ``pixel_pitch_m``) cannot show the
+    design's images (:func:`drivers.bench_fits.check_slm_fits`), before the bench is opened. A display
+    that places the image in a larger window (``slm.window``) is checked when it opens."""
+    slm = bench_settings(job).get("slm") or {}
+    if "window" in slm or not {"shape", "bit_depth", "pixel_pitch_m"} <= set(slm):
+        return
+    check_slm_fits(SimpleNamespace(shape=tuple(slm["shape"]), bit_depth=slm["bit_depth"],
+                                   pixel_pitch_m=slm["pixel_pitch_m"]), system, optics_path="the design")
+
+
+def capture_bytes_per_frame(job: Job, system) -> int:
+    """Bytes one captured sample takes uncompressed: the camera frame (``camera.shape`` of the bench file,
+    else the design's frame, in the sensor's container), the shown image and :data:`ROW_BYTES`."""
+    settings = bench_settings(job)
+    camera, slm = settings.get("camera") or {}, settings.get("slm") or {}
+    frame = camera.get("shape") or system.frame_shape
+    sensor = system.sensor
+    bits = camera.get("bit_depth") or sensor.container_bits or sensor.bit_depth
+    pixel = integer_dtype_for(bits).itemsize if bits else 4  # no ADC: float32 frames
+    shown = integer_dtype_for(slm.get("bit_depth", 8)).itemsize
+    return prod(frame) * pixel + prod(system.image_shape) * shown + ROW_BYTES
+
+
+def check_free_space(job: Job, system, frames: int) -> None:
+    """Refuse (:class:`DiskSpaceError`, saying how much is needed) a capture of ``frames`` samples that
+    the run folder's file system cannot hold, counting what ``captures/`` already holds."""
+    per_frame = capture_bytes_per_frame(job, system)
+    captures = job.run_dir / "captures"
+    held = sum(f.stat().st_size for f in captures.glob("*.h5")) if captures.is_dir() else 0
+    needed = max(frames * per_frame - held, 0) + SPARE_BYTES
+    where = next(p for p in (job.run_dir, *job.run_dir.parents) if p.exists())
+    free = shutil.disk_usage(where).free
+    if free < needed:
+        raise DiskSpaceError(f"{where} has {free / 1e6:.1f} MB free, but capturing {frames} samples of about "
+                             f"{per_frame} bytes each needs {needed / 1e6:.1f} MB (with {SPARE_BYTES / 1e6:.0f} MB "
+                             "to spare): free space or choose another --out-dir")
+    log.info("capture needs about %.1f MB; %.1f MB free", needed / 1e6, free / 1e6)
+
+
+__all__ = ["DiskSpaceError", "capture_bytes_per_frame", "check_display_shape", "check_free_space", "preflight"]
