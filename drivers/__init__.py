@@ -28,20 +28,22 @@ from .errors import (
     DeviceFault,
     DeviceNotFound,
     DeviceTimeout,
+    ExposureError,
     HilError,
     InputError,
     MissingDependency,
     StaleFrame,
     UnsupportedFeature,
 )
+from .exposure import auto_exposure, capture_stack, exposure_held
 from .faults import FaultConfig
 from onn_core.lut import LUT
 from .registry import ENTRY_POINT_GROUP, available_backends, load_backend, register_backend
 
 __all__ = [
     "LUT", "SLM", "Bench", "BenchConfig", "BenchMismatch", "Camera", "Clock", "ConfigError", "Device", "DeviceClosed",
-    "DeviceDisconnected", "DeviceError", "DeviceFault", "DeviceNotFound", "DeviceTimeout", "ENTRY_POINT_GROUP",
+    "DeviceDisconnected", "DeviceError", "DeviceFault", "DeviceNotFound", "DeviceTimeout", "ENTRY_POINT_GROUP", "ExposureError",
     "FaultConfig", "Frame", "HilError", "InputError", "Measurement", "MissingDependency", "OpenContext",
-    "RawFrame", "RealClock", "StaleFrame", "UnsupportedFeature", "VirtualClock", "available_backends", "check_bench_fits",
+    "RawFrame", "RealClock", "StaleFrame", "UnsupportedFeature", "VirtualClock", "auto_exposure", "available_backends", "capture_stack", "check_bench_fits", "exposure_held",
     "load_backend", "open_bench", "open_device", "register_backend",
 ]

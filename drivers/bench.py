@@ -17,6 +17,7 @@ garbage-collected or at interpreter exit (it is referenced weakly, so it can be 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import signal
 import threading
@@ -269,34 +270,81 @@ class Bench:
         else:
             frame_to_show = self.slm.to_frame(image)
         timeout = timeout_s if timeout_s is not None else self.timeout_s
-        shown = None
-        stale = 0
-        last_error: Exception | None = None
-        for attempt in range(1, self.retries + 2):
+        shown, shown_id, stale = None, -1, 0
+
+        def attempt() -> Measurement:
+            nonlocal shown, shown_id, stale
+            if shown is None:
+                shown = self.slm.show(frame_to_show)
+                shown_id = self.slm.frame_id
+            settled_at = self.slm.settled_at_s
+            self.slm.wait_settled()
             try:
-                if shown is None:
-                    shown = self.slm.show(frame_to_show)
-                    shown_id = self.slm.frame_id
-                settled_at = self.slm.settled_at_s
-                self.slm.wait_settled()
                 frame, discarded = self._fresh_frame(settled_at, timeout)
-                stale += discarded
-                self._last_index = frame.index
-                return Measurement(frame, shown, shown_id, self.slm.shown_at_s, settled_at, attempt, stale)
+            except StaleFrame:
+                stale += self.max_stale_reads
+                raise
+            stale += discarded
+            self._last_index = frame.index
+            return Measurement(frame, shown, shown_id, self.slm.shown_at_s, settled_at, 0, stale)
+
+        measurement, attempts = self._retrying("measure", attempt)
+        return dataclasses.replace(measurement, attempts=attempts)
+
+    def read(self, *, timeout_s: float | None = None) -> Frame:
+        """Another frame of the image last shown (by :meth:`measure`), with the same guarantees and
+        retries: exposed entirely after the image settled and newer than the last frame returned.
+
+        Use it after :meth:`measure` for more frames of one image (a stack) without showing it again.
+
+        Raises
+        ------
+        InputError
+            Nothing has been shown yet.
+        DeviceTimeout, DeviceFault, StaleFrame, DeviceDisconnected, DeviceClosed
+            As :meth:`measure`.
+        """
+        if self.closed:
+            raise DeviceClosed("bench used after close()")
+        if self.slm.frame_id < 0 or self._last_index is None:
+            raise InputError("Bench.read() reads more frames of the image shown by measure(); call measure() first")
+        timeout = timeout_s if timeout_s is not None else self.timeout_s
+
+        def attempt() -> Frame:
+            settled_at = self.slm.settled_at_s
+            self.slm.wait_settled()
+            frame, _ = self._fresh_frame(settled_at, timeout, continuing=True)
+            self._last_index = frame.index
+            return frame
+
+        return self._retrying("read", attempt)[0]
+
+    def auto_exposure(self, image, **kwargs) -> float:
+        """:meth:`Camera.auto_exposure <drivers.camera.Camera.auto_exposure>` (its keyword arguments)
+        with ``image`` shown, every frame read by :meth:`measure` (fresh, retried). Returns the exposure
+        (s), which is left set."""
+        return self.camera.auto_exposure(read=lambda: self.measure(image).frame, **kwargs)
+
+    def _retrying(self, action: str, attempt):
+        """``(attempt(), attempts used)``, calling ``attempt`` again after a :data:`RETRYABLE` failure, at
+        most :attr:`retries` more times; then the last failure is raised (with a note saying so)."""
+        for number in range(1, self.retries + 2):
+            try:
+                return attempt(), number
             except RETRYABLE as exc:
-                if isinstance(exc, StaleFrame):
-                    stale += self.max_stale_reads
                 last_error = exc
-                log.info("measure attempt %d/%d failed: %s", attempt, self.retries + 1, exc)
+                log.info("%s attempt %d/%d failed: %s", action, number, self.retries + 1, exc)
         if hasattr(last_error, "add_note"):  # Python >= 3.11
-            last_error.add_note(f"Bench.measure gave up after {self.retries + 1} attempts")
+            last_error.add_note(f"Bench.{action} gave up after {self.retries + 1} attempts")
         raise last_error
 
-    def _fresh_frame(self, settled_at_s: float, timeout_s: float | None) -> tuple[Frame, int]:
-        """A frame exposed entirely after ``settled_at_s`` and newer than the last one returned."""
-        if self.camera.trigger_mode == "free-run":
+    def _fresh_frame(self, settled_at_s: float, timeout_s: float | None, *, continuing: bool = False) -> tuple[Frame, int]:
+        """A frame exposed entirely after ``settled_at_s`` and newer than the last one returned.
+        ``continuing``: the last frame returned was already fresh (a stack), so a free-running camera is
+        not flushed and any newer frame of it is fresh."""
+        if self.camera.trigger_mode == "free-run" and not continuing:
             self.camera.flush()
-        first_index = None  # of the first frame after the flush
+        first_index = self._last_index - FREE_RUN_UNSURE_FRAMES + 1 if continuing else None  # after the flush
         for discarded in range(self.max_stale_reads):
             frame = self.camera.snap(timeout_s)
             repeated = self._last_index is not None and frame.index <= self._last_index

@@ -27,6 +27,7 @@ from onn_core.validation import check_positive
 from .clock import Clock
 from .device import DEFAULT_TIMEOUT_S, Device, check_shape, integer_dtype_for
 from .errors import DeviceFault
+from .exposure import auto_exposure
 from .frames import Frame, RawFrame
 
 TRIGGER_MODES = ("software", "free-run")
@@ -314,6 +315,17 @@ class Camera(Device):
             "saturated_pixels": int(np.count_nonzero(weight == 0)),
         }
         return dataclasses.replace(frames[-1], image=rate * longest, exposure_s=longest, timestamp_s=shortest.timestamp_s, meta=meta)
+
+    def auto_exposure(self, **kwargs) -> float:
+        """Choose and set the exposure at which the frame's peak (or a high percentile, inside an
+        optional region) reaches a target fraction of the saturation level; return it (s).
+
+        Keyword arguments and errors are those of :func:`drivers.exposure.auto_exposure` (``read``:
+        where frames come from, default :meth:`snap`; ``target_fraction``, ``percentile``, ``region``,
+        ``limit_dn``, ``tolerance``, ``max_frames``). Only :attr:`exposure_s` and frames are used, so
+        it works on every backend.
+        """
+        return auto_exposure(self, **kwargs)
 
     def _frame_from(self, raw: RawFrame, requested_s: float) -> Frame:
         image = raw.image

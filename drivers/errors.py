@@ -9,6 +9,8 @@ original is kept as ``__cause__``.
 
     HilError
     ├── ConfigError, InputError, ...          (onn_core.errors)
+    │   └── BenchMismatch                     the bench does not fit the optics (drivers.bench_fits)
+    ├── ExposureError                         no exposure gives the wanted signal (drivers.exposure)
     └── DeviceError                           any device failure; .device names the device
         ├── DeviceTimeout    (TimeoutError)   no answer/frame within the timeout
         ├── DeviceDisconnected (ConnectionError) the device went away; reopen it
@@ -35,6 +37,7 @@ __all__ = [
     "DeviceFault",
     "DeviceNotFound",
     "DeviceTimeout",
+    "ExposureError",
     "HilError",
     "InputError",
     "MissingDependency",
@@ -78,6 +81,16 @@ class StaleFrame(DeviceError):
 
 class UnsupportedFeature(DeviceError, NotImplementedError):
     """The backend cannot do this (e.g. set the gain of a webcam)."""
+
+
+class ExposureError(HilError):
+    """No exposure within the camera's limits gives the wanted signal. ``saturated``: True when even the
+    shortest exposure saturates, False when the longest stays too dark, None when the search ran out of
+    frames. Not a device failure: the light level (or the search's settings) must change."""
+
+    def __init__(self, message: str, *, device: str | None = None, saturated: bool | None = None):
+        self.device, self.saturated = device, saturated
+        super().__init__(f"{device}: {message}" if device else message)
 
 
 class MissingDependency(DeviceError, ImportError):
