@@ -148,8 +148,8 @@ def check_bench(calibration: Calibration, bench) -> list[str]:
             if key not in _IGNORED_SETTINGS and before.get(key) != after.get(key):
                 changed.append(f"{device}.{key}: {before.get(key)!r} when calibrated, {after.get(key)!r} now")
     if changed:
-        log.warning("calibration %s was measured with other device settings: %s", calibration.calibration_id,
-                    "; ".join(changed))
+        log.warning("calibration %s was measured with other device settings: %s (restore them in the bench YAML, "
+                    "or calibrate again with hil calibrate)", calibration.calibration_id, "; ".join(changed))
     return changed
 
 

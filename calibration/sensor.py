@@ -347,7 +347,8 @@ def _probe_ladder(bench, black, white, count: int) -> np.ndarray:
     top = min(LADDER_OVERSHOOT * saturating_s, high)
     if top < LADDER_OVERSHOOT * saturating_s:
         log.warning("the brightest pixels need %.3g s to saturate; the camera stops at %.3g s: the "
-                    "saturation signal will be a lower bound", saturating_s, high)
+                    "saturation signal will be a lower bound (raise camera.exposure_limits_s in the bench YAML if "
+                    "the camera allows, or turn up the display's brightness)", saturating_s, high)
     return np.maximum(top * np.arange(1, count + 1) / count, low)
 
 
@@ -524,7 +525,8 @@ def _fit(m: _Ladder, read_stack, read_exposure, reference_s, reference_dark, *, 
     saturation_reached = bool(np.any(variance[peak + 1:] < 0.5 * variance[peak]))
     if not saturation_reached:
         log.warning("the photon-transfer variance never fell: saturation was not reached; the saturation "
-                    "signal %.4g DN is a lower bound", saturation_signal)
+                    "signal %.4g DN is a lower bound (raise the upper camera.exposure_limits_s in "
+                    "the bench YAML if the camera allows)", saturation_signal)
     fit = (signal <= PTC_FIT_FRACTION * saturation_signal) & (error > 0)
     if fit.sum() < 3:
         raise CalibrationError(f"only {int(fit.sum())} photon-transfer bins below {PTC_FIT_FRACTION:.0%} of the "

@@ -146,7 +146,8 @@ def auto_exposure(camera, *, read: Callable | None = None, target_fraction: floa
                 too_long = exposure
             guess = exposure * target_fraction / fraction
             if (exposure >= high and fraction < target_fraction) or (exposure <= low and fraction > target_fraction):
-                log.warning("%s: the %s reaches %.0f %% of the range at the exposure limit %g s (target %.0f %%)",
+                log.warning("%s: the %s reaches %.0f %% of the range at the exposure limit %g s (target %.0f %%; "
+                            "widen camera.exposure_limits_s in the bench YAML if the camera allows)",
                             camera.name, statistic, 100 * fraction, exposure, 100 * target_fraction)
                 return exposure
         if not too_short < guess < too_long:  # outside the bracket: bisect it (geometrically)

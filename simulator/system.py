@@ -311,7 +311,8 @@ class OpticalSystem(nn.Module):
         lost = self.lost_light_fraction()
         if float(lost.max()) > LOST_LIGHT_WARN:
             log.warning("fabrication errors move up to %.2g of a PSF's light beyond its window; raise "
-                        "geometry.psf_margin_px (now %d)", float(lost.max()), margin)
+                        "geometry.psf_margin_px (now %d) in the optics YAML this system is built from (a bench's "
+                        "camera.optics file, or model.optics of the training config)", float(lost.max()), margin)
 
     # ------------------------------------------------------------------------------------- derived
     @property
@@ -555,7 +556,7 @@ class OpticalSystem(nn.Module):
         for key, replacement in _LEGACY_KEYS.items():
             if key in mapping:
                 raise ConfigError(f"{path}.{key}", mapping[key], f"the optics format of this version: moved to "
-                                  f"{replacement} (see examples/optics.yaml and README 'Migrating frontend files')")
+                                  f"{replacement} (see examples/optics.yaml and docs/migration.md)")
         known = {"design", "image_shape", "geometry", "photometry", "display", "sensor", "errors", "seed", "dtype"}
         for key in mapping:
             if key not in known:

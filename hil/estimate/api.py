@@ -362,7 +362,7 @@ def _estimate_one(cfg: EstimateConfig, spec, data: _Data, kernels: int | None, p
     memory = _physical_memory()
     if memory is not None and needed > memory / 2:
         log.warning("the training kernel and its factor need %.1f GB of the machine's %.1f GB: lower "
-                    "data.train_size (memory grows as its square)", needed / 1e9, memory / 1e9)
+                    "data.train_size in the estimate YAML (memory grows as its square)", needed / 1e9, memory / 1e9)
     train = _train_features(kernel, data, n.chunk_size)
     result = kernel_regression(kernel, train, data.train_targets, data.val, data.test, cfg.task, data.num_classes,
                                grid=n.regularization, chunk_size=n.chunk_size, bootstrap=n.bootstrap,

@@ -164,7 +164,8 @@ def bench_config(job: Job, design_optics: Path) -> dict:
         camera["optics"] = optics
         bench["camera"] = camera
     elif job.config.fabrication is not None:
-        log.warning("fabrication %s ignored: the bench's camera is real (%s)", job.config.fabrication, camera.get("backend"))
+        log.warning("fabrication %s ignored: the bench's camera is real (%s); set fabrication: null in the run YAML",
+                    job.config.fabrication, camera.get("backend"))
     with atomic_write(job.run_dir / "bench.yaml", "w") as fh:
         yaml.safe_dump(bench, fh, sort_keys=False)
     return bench
