@@ -2,67 +2,78 @@
 
 :func:`capture` shows each selected sample on the bench's SLM, captures the frame that saw it and
 appends one row to a captures file (schema ``onn-hil/captures`` v1 of :mod:`hil.data.captures`, which
-it extends compatibly). :func:`stratified_indices` picks the samples: a seeded, class-balanced
-fraction of a split.
+it extends compatibly; written by :mod:`hil.data.capture_writer`). :func:`stratified_indices` picks
+the samples: a seeded, class-balanced fraction of a split.
 
 File layout (what the v1 reader needs, plus):
 
-* datasets, one row per shown sample, chunked one row per chunk, first axis resizable: ``frames``
-  (the raw camera frame, camera dtype), ``labels``, ``indices`` (index in the source dataset),
-  ``shown`` (the integer image displayed), ``exposure_s``, ``timestamp_s`` (the frame's exposure
-  start, bench clock), ``saturated_pixels``;
+* datasets, one row per shown sample, first axis resizable, each with a fletcher32 checksum:
+  ``frames`` (the raw camera frame, camera dtype; one row per chunk, shuffle + gzip by default),
+  ``labels``, ``indices`` (index in the source dataset), ``shown`` (the integer image displayed),
+  ``exposure_s``, ``timestamp_s`` (the frame's exposure start, bench clock), ``saturated_pixels``;
 * ``planned``: every source index this file is meant to hold, in capture order (what a resumed
   capture checks it continues);
 * ``count``: a scalar dataset, the number of complete rows;
 * attributes: ``schema``, ``schema_version``, ``created_utc``, ``versions`` (toolkit and dependencies,
   JSON), ``settings`` (the devices' settings snapshot at the start, JSON), ``config`` (the bench's
   resolved config and the caller's, JSON), ``calibration_id`` ("" without one), ``design_id`` (the
-  fingerprint of the design the optics were made from, :func:`design_fingerprint`; "" if not given).
+  fingerprint of the design the optics were made from, :func:`design_fingerprint`), ``faults`` (JSON:
+  device faults met and retried, by kind, over every call) and ``invocations`` (calls that wrote it).
 
-Nothing lost: the file is written in HDF5's single-writer/multiple-reader (SWMR) mode; each row's
-data is flushed before ``count`` is raised and flushed, so a reader, or a resumed capture, sees only
-complete rows, and a ``kill -9`` loses at most the frame in flight. Running :func:`capture` again
-with the same ``out`` and indices continues after the last complete row (no duplicate, no gap); a
-file that another process killed mid-write (HDF5 then refuses to reopen it for writing) is first
-recovered by copying its complete rows into a fresh file that atomically replaces it. A foreign
-file, one for other indices or another design, or a truncated one is refused with a clear message
-and never touched.
+Nothing lost: rows are appended in HDF5's single-writer/multiple-reader mode, each flushed before
+``count`` is raised, so a ``kill -9`` loses at most the frame in flight. Running :func:`capture` again
+with the same ``out`` and indices continues after the last complete row (no gap, no duplicate); a
+file its writer did not close, or a truncated one, is first recovered (its intact complete rows kept,
+the count logged), with ``recapture_corrupt`` every complete frame is verified and one failing its
+checksum is captured again. A foreign file, one for other indices, another design or calibration is
+refused with a clear message and never touched. A full disk (any write error) stops the capture with
+one :class:`~hil.data.errors.CaptureWriteError`, the complete rows kept.
+
+Device faults: a transient failure (timeout, I/O error, stale frame) is retried, waiting
+``retry_wait_s`` (doubling) between attempts, up to ``frame_retries`` further attempts per frame;
+every failure is counted by device and kind. A device that stays down (disconnected, or failing
+every attempt) stops the capture with the file closed and consistent: call again to continue.
 """
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import datetime
 import json
 import logging
-import os
 import platform
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from onn_core.errors import HilError, InputError
+from onn_core.errors import InputError
 
-from .data.captures import CAPTURE_SCHEMA, CAPTURE_SCHEMA_VERSION
+from .data.capture_writer import (CaptureWriter, corrupt_rows, create_capture_file, needs_recovery, recover,
+                                  remove_stale_temporaries, set_attrs)
+from .data.captures import CAPTURE_SCHEMA, check_identity, complete_rows, open_capture, read_rows
+from .data.errors import CaptureFileError, DatasetError
 
 log = logging.getLogger(__name__)
 
-#: Per-row datasets written besides ``frames``, with their dtype.
+#: Per-row datasets written besides ``frames`` and ``shown``, with their dtype.
 ROW_FIELDS = {"labels": "i8", "indices": "i8", "exposure_s": "f8", "timestamp_s": "f8", "saturated_pixels": "i8"}
 #: Packages whose versions a captures file records.
 RECORDED_PACKAGES = ("onn-hil", "torch", "numpy", "h5py", "opencv-python", "pyserial", "slmsuite")
-
-
-class CaptureFileError(HilError):
-    """A captures file cannot be continued: foreign, for other samples, or damaged."""
+#: Fault kind of each transient device error class (by name).
+FAULT_KINDS = {"DeviceTimeout": "timeout", "DeviceFault": "io_error", "StaleFrame": "stale"}
 
 
 @dataclass
 class CaptureSummary:
     """What :func:`capture` did: rows now in the file, rows added by this call, frames with
-    saturated pixels and frames that stayed dark (both counted over this call)."""
+    saturated pixels and frames that stayed dark (both counted over this call), whether the file
+    was recovered first, rows recaptured for a failed checksum, and the device faults met by this
+    call by ``"device.kind"`` (``camera.timeout``, ``slm.io_error``, ``camera.stale``,
+    ``camera.stale_frames_discarded``, ``camera.frame_index_gaps``, ...)."""
 
     path: Path
     count: int
@@ -70,6 +81,8 @@ class CaptureSummary:
     saturated_frames: int
     dark_frames: int
     recovered: bool
+    recaptured: list = field(default_factory=list)
+    faults: dict = field(default_factory=dict)
 
 
 def stratified_indices(labels, fraction: float, seed: int, *, exclude=()) -> np.ndarray:
@@ -120,73 +133,165 @@ def design_fingerprint(psfs) -> str:
     return hashlib.sha256(str(values.shape).encode() + values.tobytes()).hexdigest()[:16]
 
 
-def check_design(path, design_id: str) -> None:
-    """Refuse (:class:`CaptureFileError`) a captures file recorded through another design than
-    ``design_id``; one recorded without a design id is accepted with a warning."""
-    import h5py
+def design_id_of(system) -> str:
+    """:func:`design_fingerprint` of an :class:`~simulator.system.OpticalSystem`'s design PSFs."""
+    with torch.no_grad():
+        return design_fingerprint(system.design.psfs().detach().cpu().numpy())
 
-    with h5py.File(path, "r", swmr=True) as f:
-        recorded = f.attrs.get("design_id", "")
-    recorded = recorded.decode() if isinstance(recorded, bytes) else str(recorded)
-    if not recorded:
-        log.warning("%s records no design id: cannot check it was captured through this design", path)
-    elif recorded != design_id:
-        raise CaptureFileError(f"{path} was captured through design {recorded}, not this run's design {design_id}: "
-                               "its frames belong to other optics; capture again into another file")
+
+def check_design(path, design_id: str, calibration_id: str | None = None) -> None:
+    """Refuse (:class:`CaptureFileError`) a captures file recorded through another design than
+    ``design_id`` (or for another calibration than ``calibration_id``), or one recording none
+    (:func:`hil.data.captures.check_identity`)."""
+    f, _ = open_capture(path)
+    with f:
+        attrs = dict(f.attrs)
+    check_identity(attrs, path, design_id=design_id, calibration_id=calibration_id)
 
 
 def capture(bench, dataset, indices, out, *, calibration_id: str = "", design_id: str = "",
-            config: dict | None = None, progress: bool = True) -> CaptureSummary:
+            config: dict | None = None, progress: bool = True, compression: str | None = "gzip",
+            recapture_corrupt: bool = False, frame_retries: int = 8, retry_wait_s: float = 0.1) -> CaptureSummary:
     """Show ``dataset[i]`` for every ``i`` of ``indices`` on ``bench`` and append its frame to ``out``.
 
-    ``dataset`` items are ``(image (C, H, W) in [0, 1], label)``. Resumes an earlier capture of the
-    same ``indices`` (and ``design_id``) into ``out`` (module docstring). ``config`` (plain mapping) is
-    recorded with the bench's resolved config. A device error stops the capture with the file closed and consistent;
-    call again to continue.
+    Parameters
+    ----------
+    bench : drivers.Bench
+    dataset
+        Items ``(image (C, H, W) in [0, 1], label)``.
+    indices : sequence of int
+        The samples, in capture order.
+    out : path
+        The captures file; an existing one for the same ``indices``, design and calibration is
+        continued (module docstring).
+    calibration_id, design_id : str
+        Recorded in the file; an existing file must record the same (each checked when given).
+    config : dict, optional
+        Recorded with the bench's resolved config.
+    compression : {"gzip", "lzf", None}
+        Of the frames of a new file (:data:`hil.data.capture_writer.COMPRESSIONS`).
+    recapture_corrupt : bool
+        Verify every complete frame of an existing file first and capture again those failing their
+        checksum (else a corrupt frame is reported when read).
+    frame_retries : int
+        Further attempts per frame after a transient device failure.
+    retry_wait_s : float
+        Wait (s, bench clock) before the first retry of a frame, doubling for each further one.
+
+    Raises
+    ------
+    CaptureFileError
+        ``out`` is foreign, for other samples, another design or calibration, or unrecoverable.
+    CaptureWriteError
+        Writing failed (disk full, ...); the complete rows are kept.
+    DeviceError
+        A device stayed down (disconnected, or ``frame_retries`` retries failed); the file is closed
+        and consistent: call again to continue.
     """
     indices = np.asarray(indices, dtype=np.int64)
     if indices.ndim != 1 or len(indices) == 0:
         raise InputError(f"indices must be a non-empty 1-D sequence of sample indices, got shape {indices.shape}")
     if len(np.unique(indices)) != len(indices):
         raise InputError("indices must not repeat a sample")
+    if isinstance(frame_retries, bool) or not isinstance(frame_retries, int) or frame_retries < 0:
+        raise InputError(f"frame_retries must be an integer >= 0, got {frame_retries!r}")
     out = Path(out)
+    recovered = False
     if out.exists():
-        count = _check_resumable(out, indices)
-        if design_id:
-            check_design(out, design_id)
+        remove_stale_temporaries(out)
+        recovered = _prepare_existing(out, indices, design_id, calibration_id)
     else:
-        _create(out, bench, indices, _first_frame_shape(bench), calibration_id, design_id, config)
-        count = 0
-    handle, recovered = _open_for_append(out, count)
-    with handle as f:
-        f.swmr_mode = True
-        done = int(f["count"][()])
-        summary = CaptureSummary(out, done, 0, 0, 0, recovered)
-        if done:
-            log.warning("continuing %s after %d of %d frames", out, done, len(indices))
-        from onn_core.progress import progress_bar
+        _create(out, bench, indices, calibration_id, design_id, config, compression)
+    summary = CaptureSummary(out, 0, 0, 0, 0, recovered)
+    faults = _FaultCounter()
+    bad = corrupt_rows(out) if recapture_corrupt else []
+    try:
+        with CaptureWriter(out) as writer, _retrying_here(bench):
+            summary.count = writer.rows
+            if bad:
+                log.warning("%s: frames %s fail their checksum; capturing them again", out, bad)
+            for row in bad:
+                values = _capture_row(bench, dataset, int(indices[row]), faults, frame_retries, retry_wait_s, summary)
+                writer.rewrite(row, values)
+                summary.recaptured.append(row)
+            if writer.rows:
+                log.warning("continuing %s after %d of %d frames", out, writer.rows, len(indices))
+            from onn_core.progress import progress_bar
 
-        with progress_bar(total=len(indices), initial=done, desc="capture", unit="frame", enabled=progress) as bar:
-            for row in range(done, len(indices)):
-                image, label = dataset[int(indices[row])]
-                shown = display_image(image, bench.slm)
-                frame = bench.measure(shown).frame
-                saturated = int(np.count_nonzero(frame.image >= bench.camera.saturation_dn))
-                _append(f, row, frame, shown, int(label), int(indices[row]), saturated)
-                summary.count, summary.added = row + 1, summary.added + 1
-                summary.saturated_frames += saturated > 0
-                summary.dark_frames += _is_dark(frame.image, bench.camera)
-                bar.update(1)
+            with progress_bar(total=len(indices), initial=writer.rows, desc="capture", unit="frame", enabled=progress) as bar:
+                for row in range(writer.rows, len(indices)):
+                    values = _capture_row(bench, dataset, int(indices[row]), faults, frame_retries, retry_wait_s,
+                                          summary, row=row, file_rows=writer.rows)
+                    writer.append(values)
+                    summary.count, summary.added = writer.rows, summary.added + 1
+                    bar.update(1)
+    except BaseException:
+        _record_faults(out, faults, quiet=True)
+        raise
+    summary.faults = dict(faults)
+    _record_faults(out, faults)
+    if faults:
+        log.warning("device faults met and retried: %s", ", ".join(f"{k} {v}" for k, v in sorted(faults.items())))
     for what, n in (("with saturated pixels", summary.saturated_frames), ("that stayed dark", summary.dark_frames)):
         if n:
-            log.warning("%d of %d frames captured %s (check the exposure)", n, summary.added, what)
+            log.warning("%d of %d frames captured %s (check camera.exposure_s in the bench YAML)", n, summary.added, what)
     return summary
 
 
-def _first_frame_shape(bench) -> tuple[tuple[int, ...], np.dtype]:
-    """Shape and dtype of the camera's frames (from one blank measurement)."""
-    frame = bench.measure(np.zeros(bench.slm.shape, bench.slm.dtype)).frame
-    return frame.image.shape, frame.image.dtype
+class _FaultCounter(collections.Counter):
+    """Faults by ``"device.kind"``, and the last frame index seen (for gaps)."""
+
+    last_index: int | None = None
+
+    def count_error(self, exc) -> None:
+        self[f"{getattr(exc, 'device', None) or 'bench'}.{FAULT_KINDS.get(type(exc).__name__, type(exc).__name__)}"] += 1
+
+    def count_measurement(self, measurement, camera: str) -> None:
+        if measurement.stale_frames:
+            self[f"{camera}.stale_frames_discarded"] += measurement.stale_frames
+        index = measurement.frame.index
+        if self.last_index is not None and index > self.last_index + 1 + measurement.stale_frames:
+            self[f"{camera}.frame_index_gaps"] += 1
+        self.last_index = index
+
+
+@contextlib.contextmanager
+def _retrying_here(bench):
+    """Inside the block the bench makes one attempt per call: :func:`capture` retries, and counts
+    every failure by kind."""
+    saved, bench.retries = bench.retries, 0
+    try:
+        yield
+    finally:
+        bench.retries = saved
+
+
+def _capture_row(bench, dataset, index: int, faults: _FaultCounter, retries: int, wait_s: float,
+                 summary: CaptureSummary, *, row: int | None = None, file_rows: int = 0) -> dict:
+    """Show sample ``index`` and measure it (retrying transient failures); the row's values."""
+    from drivers.bench import RETRYABLE
+
+    image, label = dataset[index]
+    shown = display_image(image, bench.slm)
+    for attempt in range(retries + 1):
+        try:
+            measurement = bench.measure(shown)
+            break
+        except RETRYABLE as exc:
+            faults.count_error(exc)
+            if attempt == retries:
+                if hasattr(exc, "add_note"):
+                    exc.add_note(f"capture stopped: {retries + 1} attempts at sample {index} failed; the file holds "
+                                 f"{file_rows} complete frames; run the capture again to continue")
+                raise
+            bench.clock.sleep(wait_s * 2 ** attempt)
+    faults.count_measurement(measurement, bench.camera.name)
+    frame = measurement.frame
+    saturated = int(np.count_nonzero(frame.image >= bench.camera.saturation_dn))
+    summary.saturated_frames += saturated > 0
+    summary.dark_frames += _is_dark(frame.image, bench.camera)
+    return {"frames": frame.image, "shown": shown, "labels": int(label), "indices": index,
+            "exposure_s": frame.exposure_s, "timestamp_s": frame.timestamp_s, "saturated_pixels": saturated}
 
 
 def _is_dark(image: np.ndarray, camera) -> bool:
@@ -195,106 +300,63 @@ def _is_dark(image: np.ndarray, camera) -> bool:
     return float(image.max()) - black <= 0.01 * (float(camera.saturation_dn) - black)
 
 
-def _create(out: Path, bench, indices: np.ndarray, frame_format, calibration_id: str, design_id: str, config) -> None:
-    """A new captures file with no rows, written to a temporary name and renamed into place."""
-    import h5py
+def _create(out: Path, bench, indices: np.ndarray, calibration_id: str, design_id: str, config, compression) -> None:
+    """A new captures file with no rows (frame format from one blank measurement)."""
+    frame = bench.measure(np.zeros(bench.slm.shape, bench.slm.dtype)).frame
+    row_fields = {"shown": (tuple(bench.slm.shape), bench.slm.dtype), **{k: ((), v) for k, v in ROW_FIELDS.items()}}
+    attrs = {"created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+             "versions": _versions(), "settings": json.loads(json.dumps(bench.settings(), default=str)),
+             "config": {"bench": getattr(bench, "config", None), "capture": config},
+             "calibration_id": calibration_id, "design_id": design_id, "content": "frames"}
+    create_capture_file(out, frame_shape=frame.image.shape, frame_dtype=frame.image.dtype, row_fields=row_fields,
+                        planned=indices, attrs=attrs, compression=compression)
 
-    (shape, dtype) = frame_format
-    shown_shape = tuple(bench.slm.shape)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+
+def _prepare_existing(out: Path, indices: np.ndarray, design_id: str, calibration_id: str) -> bool:
+    """Refuse a file this capture must not continue; recover one its writer did not close or that lost
+    its end. Returns whether it was recovered."""
     try:
-        with h5py.File(tmp, "w", libver="latest") as f:
-            f.attrs.update({
-                "schema": CAPTURE_SCHEMA, "schema_version": CAPTURE_SCHEMA_VERSION,
-                "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                "versions": json.dumps(_versions()), "settings": json.dumps(bench.settings(), default=str),
-                "config": json.dumps({"bench": getattr(bench, "config", None), "capture": config}, default=str),
-                "calibration_id": calibration_id, "design_id": design_id,
-            })
-            f.create_dataset("frames", (0, *shape), dtype, maxshape=(None, *shape), chunks=(1, *shape))
-            f.create_dataset("shown", (0, *shown_shape), bench.slm.dtype, maxshape=(None, *shown_shape),
-                             chunks=(1, *shown_shape))
-            for name, kind in ROW_FIELDS.items():
-                f.create_dataset(name, (0,), kind, maxshape=(None,), chunks=(1024,))
-            f.create_dataset("planned", data=indices)
-            f.create_dataset("count", (), "i8", data=0)
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def _append(f, row: int, frame, shown: np.ndarray, label: int, index: int, saturated: int) -> None:
-    """Write one row, flush it, then raise ``count`` (and flush): a reader never sees half a row."""
-    values = {"frames": frame.image, "shown": shown, "labels": label, "indices": index,
-              "exposure_s": frame.exposure_s, "timestamp_s": frame.timestamp_s, "saturated_pixels": saturated}
-    for name, value in values.items():
-        data = f[name]
-        data.resize(row + 1, axis=0)
-        data[row] = value
-        data.flush()
-    f["count"][()] = row + 1
-    f["count"].flush()
-
-
-def _check_resumable(out: Path, indices: np.ndarray) -> int:
-    """Refuse a file this capture must not continue; returns its number of complete rows."""
-    import h5py
-
-    try:
-        handle = h5py.File(out, "r", swmr=True)
-    except OSError as exc:
-        raise CaptureFileError(f"{out} exists but is not a readable HDF5 file ({exc}); it was left untouched: "
-                               "move it away or choose another output path") from exc
-    with handle as f:
+        f, _ = open_capture(out)
+    except DatasetError as exc:
+        raise CaptureFileError(f"{out} exists but is not a readable HDF5 file ({exc.__cause__ or exc}); it was "
+                               "left untouched: move it away or choose another output path") from exc
+    with f:
         schema = f.attrs.get("schema")
         if schema != CAPTURE_SCHEMA or "planned" not in f or "count" not in f:
             raise CaptureFileError(f"{out} is not a captures file of this toolkit (schema {schema!r}); "
                                    "it was left untouched: choose another output path")
-        planned = np.asarray(f["planned"][()])
+        planned = np.asarray(read_rows(f, "planned", slice(None), out))
         if not np.array_equal(planned, indices):
             raise CaptureFileError(f"{out} was started for other samples ({len(planned)} planned, first "
                                    f"{planned[:3].tolist()}); this capture asks for {len(indices)} (first "
                                    f"{indices[:3].tolist()}): choose another output path")
-        count = int(f["count"][()])
-        lengths = {name: len(f[name]) for name in ("frames", "shown", *ROW_FIELDS)}
-        if any(n < count for n in lengths.values()):
-            raise CaptureFileError(f"{out} is damaged: count = {count} but datasets hold {lengths}; left untouched")
-    return count
+        check_identity(dict(f.attrs), out, design_id=design_id or None, calibration_id=calibration_id or None)
+        complete_rows(f)
+    damaged, count, intact = needs_recovery(out)
+    if not damaged:
+        return False
+    log.warning("%s was left open by a writer that did not close it (killed?) or lost its end: %d of its %d "
+                "complete rows are intact; recovering them", out, intact, count)
+    recover(out)
+    return True
 
 
-def _open_for_append(out: Path, count: int):
-    """``(h5py.File open for appending, recovered)``: a file left open by a killed writer (which HDF5
-    refuses to reopen for writing) is first replaced by a copy of its ``count`` complete rows."""
-    import h5py
+def _record_faults(out: Path, faults: collections.Counter, quiet: bool = False) -> None:
+    """Add this call's faults (and one invocation) to the file's ``faults`` and ``invocations``. A file
+    that cannot take them is logged, at debug level with ``quiet`` (while another error, which says
+    why, stops the capture)."""
+    from .data.errors import CaptureWriteError
 
     try:
-        return h5py.File(out, "a", libver="latest"), False
-    except OSError:
-        log.warning("%s was left open by a writer that did not close it (killed?); recovering its %d "
-                    "complete rows", out, count)
-        _recover(out, count)
-        return h5py.File(out, "a", libver="latest"), True
-
-
-def _recover(out: Path, count: int) -> None:
-    """Copy the complete rows and the attributes of ``out`` into a fresh file that replaces it."""
-    import h5py
-
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.recover.tmp")
-    try:
-        with h5py.File(out, "r", swmr=True) as src, h5py.File(tmp, "w", libver="latest") as dst:
-            dst.attrs.update(dict(src.attrs))
-            for name in ("frames", "shown", *ROW_FIELDS):
-                data = src[name]
-                dst.create_dataset(name, data=data[:count], maxshape=(None, *data.shape[1:]), chunks=data.chunks)
-            dst.create_dataset("planned", data=src["planned"][()])
-            dst.create_dataset("count", (), "i8", data=count)
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+        f, state = open_capture(out)
+        with f:
+            total = collections.Counter(json.loads(f.attrs.get("faults", "{}")))
+            invocations = int(f.attrs.get("invocations", 0))
+        if state is not None and not state.healthy:
+            return  # its writer stopped mid-row: the next call recovers it first
+        set_attrs(out, {"faults": dict(total + faults), "invocations": invocations + 1})
+    except (DatasetError, CaptureWriteError) as exc:
+        log.log(logging.DEBUG if quiet else logging.WARNING, "could not record the faults in %s: %s", out, exc)
 
 
 def _versions() -> dict:
@@ -307,5 +369,5 @@ def _versions() -> dict:
     return found
 
 
-__all__ = ["CaptureFileError", "CaptureSummary", "capture", "check_design", "design_fingerprint", "display_image",
-           "stratified_indices"]
+__all__ = ["CaptureFileError", "CaptureSummary", "capture", "check_design", "design_fingerprint", "design_id_of",
+           "display_image", "stratified_indices"]

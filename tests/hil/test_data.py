@@ -264,7 +264,7 @@ def test_capture_file_read_live_while_a_swmr_writer_appends(tmp_path):
                               stdout=subprocess.PIPE, text=True)
     try:
         assert writer.stdout.readline().strip() == "ready"
-        ds = CaptureDataset(path)
+        ds = CaptureDataset(path, live=True)
         assert len(ds) == 2 and ds.source_indices.tolist() == [100, 101]
         writer.stdin.write("go\n")
         writer.stdin.flush()
