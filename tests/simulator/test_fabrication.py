@@ -48,7 +48,7 @@ def test_identity_errors_leave_psfs_and_frames_bit_exact():
     errors = FabricationErrors.identity(3)
     assert torch.equal(apply_psf_errors(psfs, errors), psfs)
     layout = TileLayout.for_count(3, (5, 6), gap_px=2)
-    frame = torch.rand((2, *layout.frame_shape), dtype=D)
+    frame = torch.rand((2, *layout.frame_shape), dtype=D, generator=torch.Generator().manual_seed(0))
     assert torch.equal(apply_frame_errors(frame, errors, layout), frame)
 
 
@@ -342,9 +342,29 @@ def test_make_trainable_exposes_parameters_for_a_fit():
     assert {n for n, _ in errors.named_parameters()} == {"shift_px", "brightness"}
     given = FabricationErrors(2, rotation_rad=torch.nn.Parameter(torch.zeros(2, dtype=D)))
     assert [n for n, _ in given.named_parameters()] == ["rotation_rad"]
-    loss = apply_psf_errors(random_psfs(p=2, c=1, k=5), errors).sum()
-    loss.backward()
-    assert errors.brightness.grad is not None and errors.shift_px.grad is not None
+    psfs = random_psfs(p=2, c=1, k=5)
+    weights = torch.rand(psfs.shape, generator=torch.Generator().manual_seed(1), dtype=D)
+    with torch.no_grad():
+        errors.shift_px.fill_(0.25)  # off the pixel grid, where bilinear resampling is smooth
+        errors.brightness.copy_(torch.tensor([0.9, 1.2], dtype=D))
+
+    def loss():
+        return (apply_psf_errors(psfs, errors) * weights).sum()
+
+    loss().backward()
+    grads = {name: getattr(errors, name).grad.clone() for name in ("shift_px", "brightness")}
+    # the gradients the fit would follow are the loss's: central differences agree
+    eps = 1e-6
+    for name, index in (("shift_px", (0, 1)), ("shift_px", (1, 0)), ("brightness", (1,))):
+        tensor = getattr(errors, name)
+        with torch.no_grad():
+            tensor[index] += eps
+            up = float(loss())
+            tensor[index] -= 2 * eps
+            down = float(loss())
+            tensor[index] += eps
+        assert float(grads[name][index]) == pytest.approx((up - down) / (2 * eps), rel=1e-5, abs=1e-9), (name, index)
+    assert float(grads["shift_px"].abs().min()) > 0 and float(grads["brightness"].abs().min()) > 0
 
 
 def test_bad_input_names_the_field():

@@ -82,7 +82,7 @@ def test_torch_scaled_transforms_are_right_or_scaled_twice(call, shape, two_thre
 
 
 def test_ifft2_inverts_fft2_and_carries_gradients():
-    x = torch.randn(4, 6, dtype=torch.complex128, requires_grad=True)
+    x = torch.randn(4, 6, dtype=torch.complex128, generator=torch.Generator().manual_seed(0), requires_grad=True)
     assert torch.allclose(ifft2(torch.fft.fft2(x)), x, atol=1e-13)
     assert torch.autograd.gradcheck(ifft2, (x,))
     assert torch.autograd.gradcheck(ifft2_unscaled, (x,))

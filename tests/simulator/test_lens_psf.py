@@ -241,7 +241,9 @@ def test_four_f_gradcheck_in_filter_parameters():
     assert torch.autograd.gradcheck(run, (logit, phase), fast_mode=True)
     psf = system.intensity_psf()
     psf.sum().backward()
-    assert system.amplitude_logit.grad is not None and system.phase_rad.grad is not None
+    # the filter's own parameters are in the graph: the transmitted light depends on the amplitude
+    assert float(system.amplitude_logit.grad.abs().sum()) > 0
+    assert system.phase_rad.grad is not None and bool(torch.isfinite(system.phase_rad.grad).all())
 
 
 def test_psf_normalisations_dtypes_and_batching():
