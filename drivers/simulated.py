@@ -315,7 +315,7 @@ class SimulatedCamera(Camera):
 
         if "frontend" in settings:
             raise ConfigError(f"{path}.frontend", settings["frontend"], "no such field: the optical system is now "
-                              f"{path}.optics (an optics YAML, see examples/optics.yaml; README 'Migrating frontend files')")
+                              f"{path}.optics (an optics YAML, see examples/optics.yaml; docs/migration.md)")
         cfg = build(cls.Config, dict(settings), path)
         slm = context.peers.get("slm")
         if not isinstance(slm, SimulatedSLM):
