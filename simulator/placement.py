@@ -31,6 +31,7 @@ identity placement the lab frame is exactly the design frame.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from dataclasses import dataclass
 
@@ -47,7 +48,8 @@ __all__ = ["FieldError", "LabRenderer", "Placement", "SensorDefects", "lab_rende
 
 #: Largest |radial_k1| accepted: the distortion stays monotonic and invertible over the sensor.
 MAX_RADIAL_K1 = 0.1
-#: Fixed-point iterations that undo the radial distortion (error ~ (3 k)^n, below 1e-12 px for k <= 0.1).
+#: Most fixed-point iterations that undo the radial distortion (they stop once a step is below 1e-10 px;
+#: the error shrinks ~ (3 k)^n, below 1e-12 px for k <= 0.1).
 _UNDISTORT_ITERATIONS = 30
 
 
@@ -141,7 +143,9 @@ class Placement:
         u = d
         for _ in range(_UNDISTORT_ITERATIONS):
             factor, _ = self._radial_factor(u)
-            u = centre + (d - centre) / factor[..., None]
+            u, previous = centre + (d - centre) / factor[..., None], u
+            if float(abs(u - previous).max()) < 1e-10:
+                break
         return u
 
     def to_camera(self, points, design_shape) -> np.ndarray:
@@ -185,28 +189,38 @@ class Placement:
             raise InputError(f"values must be at least 2 x 2 pixels, got {tuple(values.shape)}")
         rows, cols = self.sensor_shape
         out = values.new_zeros(*batch, rows, cols)
-        r0, r1, c0, c1 = self._footprint((h, w))
-        if r1 == r0 or c1 == c0:
+        (r0, r1, c0, c1), n, grid, jacobian = _sampling(self, h, w)
+        if grid is None:
             return out
-        n = math.ceil(1 / self.magnification - 1e-9)
-        dtype, device = torch.float64, values.device
-        sub = (torch.arange(n, dtype=dtype, device=device) + 0.5) / n - 0.5
-        rr = (torch.arange(r0, r1, dtype=dtype, device=device)[:, None] + sub).reshape(-1)
-        cc = (torch.arange(c0, c1, dtype=dtype, device=device)[:, None] + sub).reshape(-1)
-        d = torch.stack(torch.meshgrid(rr, cc, indexing="ij"), dim=-1)
-        u = self._undistort(d)
-        factor, rho2 = self._radial_factor(u)
-        jacobian = 1 / (self.magnification**2 * factor * (1 + 3 * self.radial_k1 * rho2))
-        inverse = torch.as_tensor(np.linalg.inv(self.linear()), dtype=dtype, device=device)
-        q = (u - torch.as_tensor(self.center, dtype=dtype, device=device)) @ inverse.T + torch.tensor(
-            [(h - 1) / 2, (w - 1) / 2], dtype=dtype, device=device)
-        grid = torch.stack([q[..., 1] * (2 / (w - 1)) - 1, q[..., 0] * (2 / (h - 1)) - 1], dim=-1)
         flat = values.reshape(-1, 1, h, w)
-        sampled = F.grid_sample(flat.to(dtype), grid.expand(flat.shape[0], *grid.shape), mode="bilinear",
+        grid, jacobian = grid.to(values.device), jacobian.to(values.device)
+        sampled = F.grid_sample(flat.to(grid.dtype), grid.expand(flat.shape[0], *grid.shape[1:]), mode="bilinear",
                                 padding_mode="zeros", align_corners=True)[:, 0] * jacobian
         pixels = sampled.reshape(-1, r1 - r0, n, c1 - c0, n).mean(dim=(2, 4)).to(values.dtype)
         out[..., r0:r1, c0:c1] = pixels.reshape(*batch, r1 - r0, c1 - c0)
         return out
+
+
+@functools.lru_cache(maxsize=4)
+def _sampling(placement: Placement, h: int, w: int):
+    """Where :meth:`Placement.warp` samples a (h, w) design frame, (cached per placement): the sensor window
+    ``(r0, r1, c0, c1)``, sub-samples per axis ``n``, the ``grid_sample`` grid (1, rows n, cols n, 2) and the
+    area factor ``|dq/dd|`` of every sub-sample (float64, CPU); grid None when no light reaches the sensor."""
+    window = r0, r1, c0, c1 = placement._footprint((h, w))
+    n = math.ceil(1 / placement.magnification - 1e-9)
+    if r1 == r0 or c1 == c0:
+        return window, n, None, None
+    dtype = torch.float64
+    sub = (torch.arange(n, dtype=dtype) + 0.5) / n - 0.5
+    rr = (torch.arange(r0, r1, dtype=dtype)[:, None] + sub).reshape(-1)
+    cc = (torch.arange(c0, c1, dtype=dtype)[:, None] + sub).reshape(-1)
+    u = placement._undistort(torch.stack(torch.meshgrid(rr, cc, indexing="ij"), dim=-1))
+    factor, rho2 = placement._radial_factor(u)
+    jacobian = 1 / (placement.magnification**2 * factor * (1 + 3 * placement.radial_k1 * rho2))
+    inverse = torch.as_tensor(np.linalg.inv(placement.linear()), dtype=dtype)
+    q = (u - torch.as_tensor(placement.center, dtype=dtype)) @ inverse.T + torch.tensor([(h - 1) / 2, (w - 1) / 2], dtype=dtype)
+    grid = torch.stack([q[..., 1] * (2 / (w - 1)) - 1, q[..., 0] * (2 / (h - 1)) - 1], dim=-1)[None]
+    return window, n, grid, jacobian
 
 
 @dataclass(frozen=True)
