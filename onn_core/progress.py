@@ -25,6 +25,8 @@ import os
 import sys
 import time
 
+from .errors import ConfigError
+
 __all__ = ["ENV_VAR", "LOG_INTERVAL_S", "Throttle", "progress_bar", "progress_enabled", "set_progress"]
 
 #: Environment variable that forces bars on (``1``, ``true``, ``yes``, ``on``) or off (``0``, ``false``, ``no``, ``off``).
@@ -60,8 +62,8 @@ def _env_setting() -> bool | None:
         return True
     if value in _FALSE:
         return False
-    raise ValueError(f"environment variable {ENV_VAR}={os.environ[ENV_VAR]!r}: expected 1 or 0 "
-                     f"(one of {_TRUE + _FALSE[:-1]}); unset it to follow the terminal")
+    raise ConfigError(f"environment variable {ENV_VAR}", os.environ[ENV_VAR],
+                      f"1 or 0 (one of {', '.join(_TRUE + _FALSE[:-1])}); unset it to follow the terminal")
 
 
 def _is_terminal(stream) -> bool:
