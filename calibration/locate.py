@@ -67,10 +67,15 @@ class LocateError(HilError):
 
 
 # ============================================================================================ patterns
+def dot_spacing(kernel_size: int) -> int:
+    """Display pixels between the dots: their images (PSF support ``kernel_size``) stay 3 pixels apart, so a
+    window of radius ``(spacing + 1) / 2`` around a dot holds its whole image and none of its neighbours'."""
+    return kernel_size + 3
+
+
 def dot_positions(image_shape, kernel_size: int) -> np.ndarray:
-    """Display pixels (n, 2) (row, col) of the dot pattern: a centred grid spaced ``kernel_size + 3``
-    apart, so that the dots' images (PSF support ``kernel_size``) stay apart."""
-    spacing = kernel_size + 3
+    """Display pixels (n, 2) (row, col) of the dot pattern: a centred grid :func:`dot_spacing` apart."""
+    spacing = dot_spacing(kernel_size)
     axes = []
     for size in image_shape:
         count = max(1, (size - 1) // spacing + 1)
@@ -226,8 +231,9 @@ def _similarity(source: np.ndarray, target: np.ndarray) -> np.ndarray:
     return np.hstack([a, (mu_t - a @ mu_s)[:, None]])
 
 
-def _windowed_centroid(image: np.ndarray, centre, radius: float, floor: float):
-    """Centroid (row, col) and weight of ``image - floor`` (clipped at 0) inside a disc; None outside the frame."""
+def _windowed_centroid(image: np.ndarray, centre, radius: float):
+    """Centroid (row, col) and total of ``image`` inside a disc (signed weights: zero-mean noise adds no
+    bias); None when the disc leaves the frame or holds no light."""
     r, c = centre
     r0, r1 = math.floor(r - radius), math.ceil(r + radius) + 1
     c0, c1 = math.floor(c - radius), math.ceil(c + radius) + 1
@@ -235,7 +241,7 @@ def _windowed_centroid(image: np.ndarray, centre, radius: float, floor: float):
         return None, 0.0
     rows, cols = np.mgrid[r0:r1, c0:c1]
     inside = (rows - r) ** 2 + (cols - c) ** 2 <= radius**2
-    weights = np.where(inside, np.clip(image[r0:r1, c0:c1] - floor, 0, None), 0.0)
+    weights = np.where(inside, image[r0:r1, c0:c1], 0.0)
     total = float(weights.sum())
     if total <= 0:
         return None, 0.0
@@ -403,23 +409,23 @@ def locate_grid(frames: dict, system, *, saturation_dn: float | None = None) -> 
     rates = design_rates("dots")
     s = system.geometry.sensor_pixels_per_display_pixel
     k_full = system.layout.tile_shape[0] - shape[0] * s + 1
-    radius = (system.design.psfs().shape[-1] + 1) / 2 * s
+    radius = (dot_spacing(system.design.psfs().shape[-1]) + 1) / 2 * s  # a dot's whole image, no neighbour's
     sigma = _robust_sigma(dots)
     design_pts, frame_pts = [], []
     for tile in range(count):
         rows, cols = layout.tile_slices(tile)
         for dot in dot_positions(shape, system.design.psfs().shape[-1]):
             guess = np.array([rows.start, cols.start]) + dot * s + (s - 1) / 2 + k_full // 2
-            q, weight = _windowed_centroid(rates, guess, radius, 0.0)
+            q, weight = _windowed_centroid(rates, guess, radius)
             if q is None or weight < 1e-3 * rates.max():
                 continue
             p = coarse[:, :2] @ q + coarse[:, 2]
             for _ in range(DOT_ITERATIONS):
-                p_new, weight = _windowed_centroid(dots, p, radius * scale, 2 * sigma)
+                p_new, weight = _windowed_centroid(dots, p, radius * scale)
                 if p_new is None:
                     break
                 p = p_new
-            if p_new is not None and weight > MIN_SNR * sigma:
+            if p_new is not None and weight > MIN_SNR * sigma * math.sqrt(math.pi) * radius * scale:
                 design_pts.append(q)
                 frame_pts.append(p)
     if len(design_pts) < 3:
