@@ -130,7 +130,7 @@ def load_model(run_dir_or_checkpoint, device="cpu", *, name: str | None = None) 
     if not isinstance(model_config, dict):
         raise CheckpointError(f"{path} stores no model config (config.model): not written by `hil train`")
     if name is not None and model_config.get("name") != name:
-        raise ConfigError("model.name", model_config.get("name"), f"a {name} model ({path})")
+        raise ConfigError("model.name", model_config.get("name"), f"{name!r} (the model of {path})")
     model = build_model(model_config)
     model.load_state_dict(model_state_from(state))
     return model.to(device).eval().requires_grad_(False)

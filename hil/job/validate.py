@@ -35,7 +35,8 @@ def preflight(job: Job, to_run) -> None:
     teacher sources, the dataset (loaded; an empty ``data.root`` folder refused), ``capture.test_size``
     against the test split, and, for the bench steps, the calibration config, the SLM's shape against
     the design's image and the free disk space against the capture still to do. Raises a
-    :class:`ConfigError` naming the field (or :class:`DiskSpaceError`)."""
+    :class:`ConfigError` naming the field (or :class:`DiskSpaceError`). The dataset's images must have
+    the design's shape."""
     to_run = set(to_run)
     model_sources(job)  # the given student run / teacher checkpoint exist
     teacher = job.config.teacher
@@ -44,6 +45,7 @@ def preflight(job: Job, to_run) -> None:
     system = _design_system(job)
     _check_data_root(job)
     train_split, test_split = datasets(job)
+    check_image_shape(job, train_split, system)
     plan = capture_plan(job, train_split.tensors[1].numpy(), test_split.tensors[1].numpy())
     if to_run & {"calibrate", "capture"}:
         CalibrationConfig.from_dict(job.config.calibration, "calibration")
@@ -74,6 +76,14 @@ def _check_data_root(job: Job) -> None:
         path = job.path(root)
         if path.is_dir() and not any(path.iterdir()):
             raise ConfigError("data.root", root, f"a folder holding the dataset ({path} is empty)")
+
+
+def check_image_shape(job: Job, train_split, system) -> None:
+    """Refuse a dataset whose images (rows, cols) are not the design's: the SLM shows them pixel for pixel."""
+    image = tuple(train_split.tensors[0].shape[-2:])
+    if image != tuple(system.image_shape):
+        raise ConfigError("data.dataset", job.config.data.get("dataset"), f"images of the design's shape "
+                          f"{tuple(system.image_shape)} (rows, cols); this dataset's are {image}")
 
 
 def check_display_shape(job: Job, system) -> None:
@@ -116,4 +126,5 @@ def check_free_space(job: Job, system, frames: int) -> None:
     log.info("capture needs about %.1f MB; %.1f MB free", needed / 1e6, free / 1e6)
 
 
-__all__ = ["DiskSpaceError", "capture_bytes_per_frame", "check_display_shape", "check_free_space", "preflight"]
+__all__ = ["DiskSpaceError", "capture_bytes_per_frame", "check_display_shape", "check_free_space", "check_image_shape",
+           "preflight"]

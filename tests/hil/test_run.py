@@ -13,9 +13,8 @@ from torch.utils.data import TensorDataset
 from hil.capture import CaptureFileError
 from hil.checkpoint import save_checkpoint
 from hil.models import build_model
-from hil.run import STEPS, BenchMismatchError, JobConfig, JobConfigChanged, load_job, run_job
-from simulator import config as config_io
-from onn_core.errors import InputError
+from hil.job import STEP_NAMES, JobConfig, JobConfigChanged, load_job, run_job
+from onn_core import config as config_io
 
 SIZE = 12
 CORNERS = [(1, 1), (1, 8), (8, 1), (8, 8)]
@@ -56,7 +55,8 @@ def student_run(tmp_path_factory):
     return run, student.eval(), (train, test)
 
 
-def write_job(tmp_path, student_run, *, errors=None, slm_shape=(SIZE, SIZE), methods=("e2e",), steps=60, **extra):
+def write_job(tmp_path, student_run, *, errors=None, slm_shape=(SIZE, SIZE), methods=("e2e",), steps=60,
+              capture=None, **extra):
     """A job config file in ``tmp_path`` (bench and fabrication files beside it) and the loaded job."""
     run, _, datasets = student_run
     bench = {"clock": "virtual", "slm": {"backend": "simulated-slm", "shape": list(slm_shape), "bit_depth": 8,
@@ -67,7 +67,7 @@ def write_job(tmp_path, student_run, *, errors=None, slm_shape=(SIZE, SIZE), met
               "calibration": {"stages": ["sensor", "geometry", "psf", "fit"],
                               "sensor": {"frames": 4, "read_frames": 8, "num_exposures": 6},
                               "psf": {"averages": 4}, "fit": {"stages": ["geometry", "photometry"], "zernike_noll": []}},
-              "capture": {"fractions": [0.2, 0.4], "test_size": 300, "seed": 0},
+              "capture": capture or {"fractions": [0.2, 0.4], "test_size": 300, "seed": 0},
               "finetune": {"methods": list(methods), "steps": steps, "lr": 3e-3, "batch_size": 32, "synthetic": 160,
                            "seeds": [0]}, **extra}
     if errors is not None:
@@ -94,7 +94,7 @@ def test_identity_fabrication_reproduces_the_simulated_accuracy(tmp_path, studen
     assert set(report["plots"]) == {"psfs", "accuracy", "curves"}
     assert all((job.run_dir / name).is_file() for name in report["plots"].values())
     assert summary.read_text().startswith("# Hardware-in-the-loop run")
-    assert json.loads((job.run_dir / "state.json").read_text())["finished"] == list(STEPS) == \
+    assert json.loads((job.run_dir / "state.json").read_text())["finished"] == list(STEP_NAMES) == \
         ["train", "export", "calibrate", "capture", "finetune", "evaluate", "report"]
 
 
@@ -105,11 +105,10 @@ SHIFTED = {"num_psfs": 4, "errors": {"shift_px": [[1.6, -1.2], [-1.3, 1.5], [1.4
 def test_fabrication_loss_is_undone_by_the_layer_and_fine_tuning_resumes(tmp_path, student_run, monkeypatch):
     """Shifted, unevenly bright PSFs cost accuracy read nominally; the calibration layer wins it back;
     a job stopped during fine-tuning resumes there, without calibrating or capturing again."""
-    import calibration.api
-    import hil.run
+    import hil.job.steps
 
     job = write_job(tmp_path, student_run, errors=SHIFTED, methods=("e2e", "e2e_synthetic"), steps=40)
-    real_finetune = hil.finetune.finetune
+    real_finetune = hil.job.steps.finetune
     calls = {"calibrate": 0, "finetune": 0}
 
     def stopping_finetune(*args, **kwargs):
@@ -118,14 +117,14 @@ def test_fabrication_loss_is_undone_by_the_layer_and_fine_tuning_resumes(tmp_pat
             raise KeyboardInterrupt
         return real_finetune(*args, **kwargs)
 
-    real_calibrate = calibration.api.calibrate
+    real_calibrate = hil.job.steps.calibrate
 
     def counting_calibrate(*args, **kwargs):
         calls["calibrate"] += 1
         return real_calibrate(*args, **kwargs)
 
-    monkeypatch.setattr(hil.finetune, "finetune", stopping_finetune)
-    monkeypatch.setattr(calibration.api, "calibrate", counting_calibrate)
+    monkeypatch.setattr(hil.job.steps, "finetune", stopping_finetune)
+    monkeypatch.setattr(hil.job.steps, "calibrate", counting_calibrate)
     with pytest.raises(KeyboardInterrupt):
         run_job(job, progress=False)
     state = json.loads((job.run_dir / "state.json").read_text())
@@ -154,7 +153,7 @@ def test_fabrication_loss_is_undone_by_the_layer_and_fine_tuning_resumes(tmp_pat
 def test_a_design_that_does_not_fit_the_bench_is_refused(tmp_path, student_run):
     from types import SimpleNamespace
 
-    from hil.run import check_fits
+    from drivers.bench_fits import BenchMismatch, check_bench_fits
     from onn_core.errors import ConfigError
 
     job = write_job(tmp_path, student_run, slm_shape=(SIZE + 4, SIZE))
@@ -163,28 +162,136 @@ def test_a_design_that_does_not_fit_the_bench_is_refused(tmp_path, student_run):
     assert not (job.run_dir / "calibration.h5").exists() and not (job.run_dir / "captures").exists()
     system = student_run[1].frontend  # a real bench opens whatever its devices are: checked before use
     rows, cols = system.frame_shape
-    check_fits(SimpleNamespace(slm=SimpleNamespace(shape=(SIZE, SIZE)), camera=SimpleNamespace(shape=(rows, cols))), system)
-    wrong = SimpleNamespace(slm=SimpleNamespace(shape=(SIZE, SIZE + 1)), camera=SimpleNamespace(shape=(1080, 1440)))
-    with pytest.raises(BenchMismatchError, match=rf"SLM shows \(12, 13\).*\(12, 12\).*4 tiles need a \({rows}, {cols}\) frame"):
-        check_fits(wrong, system)
+    display = dict(bit_depth=system.display.bit_depth, pixel_pitch_m=system.geometry.display_pixel_pitch_m)
+    check_bench_fits(SimpleNamespace(slm=SimpleNamespace(shape=(SIZE, SIZE), **display),
+                                     camera=SimpleNamespace(shape=(rows, cols))), system)
+    wrong = SimpleNamespace(slm=SimpleNamespace(shape=(SIZE, SIZE + 1), **display), camera=SimpleNamespace(shape=(1080, 1440)))
+    with pytest.raises(BenchMismatch, match=rf"SLM shows \(12, 13\).*\(12, 12\).*4 tiles need a \({rows}, {cols}\) frame"):
+        check_bench_fits(wrong, system)
 
 
-def test_captures_of_another_design_and_a_missing_calibration_are_refused(tmp_path, student_run):
+def test_a_missing_or_damaged_output_is_made_again_and_foreign_files_are_refused(tmp_path, student_run, monkeypatch):
+    """A finished run: captures of another design, a changed config of a step that ran, a calibration of
+    another design and a backend of another calibration are refused; a removed evaluation.json redoes
+    only evaluate + report; a removed calibration.h5 recalibrates and captures again (the old files
+    moved into stale/), so the captures record the new calibration."""
+    import h5py
+
+    import hil.job.steps
     from hil.finetune import captured_features
+    from hil.job import JobMismatchError, load_job_calibration
 
     job = write_job(tmp_path, student_run, methods=("e2e",), steps=10)
     run_job(job, progress=False)
     with pytest.raises(CaptureFileError, match="captured through design .* not this run's design 0123"):
         captured_features(job.run_dir / "captures" / "test.h5", student_run[1].frontend, design_id="0123456789abcdef")
     changed = write_job(tmp_path, student_run, methods=("e2e",), steps=11)  # another config, same folder
-    with pytest.raises(JobConfigChanged, match=r"started with another config: finetune.steps = 11 \(was 10\)"):
+    with pytest.raises(JobConfigChanged, match=r"started with another config: finetune.steps = 11 \(was 10\); "
+                                               r"step finetune already ran"):
         run_job(changed, progress=False)
+    with pytest.raises(JobMismatchError, match="calibration .* of design .*, not of this run's design 0123"):
+        load_job_calibration(job, "0123456789abcdef")
+
+    calls = {"calibrate": 0, "finetune": 0}
+    for name in calls:
+        real = getattr(hil.job.steps, name)
+        monkeypatch.setattr(hil.job.steps, name, lambda *a, _real=real, _name=name, **k: (
+            calls.__setitem__(_name, calls[_name] + 1), _real(*a, **k))[1])
+    (job.run_dir / "evaluation.json").unlink()
+    run_job(job, progress=False)
+    assert calls == {"calibrate": 0, "finetune": 0} and (job.run_dir / "evaluation.json").is_file()
+
+    def recorded_calibration(split):
+        with h5py.File(job.run_dir / "captures" / f"{split}.h5", "r") as f:
+            return f.attrs["calibration_id"]
+
+    old_id = recorded_calibration("test")
+    results = json.loads((job.run_dir / "finetune.json").read_text())
+    results["e2e"]["0.2"][0]["calibration_id"] = "another"
+    (job.run_dir / "finetune.json").write_text(json.dumps(results))
+    with pytest.raises(JobMismatchError, match="fine-tuned with calibration_id 'another', not this run's"):
+        hil.job.steps.evaluate(job, student_run[1], load_job_calibration(job, json.loads(
+            (job.run_dir / "report.json").read_text())["design_id"]), json.loads(
+            (job.run_dir / "report.json").read_text())["design_id"])
+
     (job.run_dir / "calibration.h5").unlink()
-    state = json.loads((job.run_dir / "state.json").read_text())
-    state["finished"] = state["finished"][:4]  # as if stopped before fine-tuning
-    (job.run_dir / "state.json").write_text(json.dumps(state))
-    with pytest.raises(InputError, match="no calibration at .*calibration.h5"):
-        run_job(job, progress=False)
+    run_job(job, progress=False)  # the damaged finetune.json is moved aside with the later steps' files
+    assert calls == {"calibrate": 1, "finetune": 2}
+    new_id = json.loads((job.run_dir / "report.json").read_text())["calibration"]["calibration_id"]
+    assert new_id != old_id and recorded_calibration("train") == recorded_calibration("test") == new_id
+    stale = list((job.run_dir / "stale").glob("*/captures/test.h5"))
+    assert len(stale) == 1 and h5py.File(stale[0], "r").attrs["calibration_id"] == old_id
+    assert json.loads((job.run_dir / "state.json").read_text())["finished"] == list(STEP_NAMES)
+
+
+def test_until_export_stops_there_later_changes_are_accepted_and_a_new_fabrication_seed_is_refused(
+        tmp_path, student_run):
+    """--until export stops after the export (to fabricate); a test_size changed before the capture ran
+    is accepted; after calibration, another fabrication seed in the optics file is refused naming it,
+    and --from calibrate calibrates the new device (the old calibration moved aside); a truncated
+    calibration.h5 is measured again."""
+    from hil.job import read_state
+
+    errors = {"seed": 1, "spec": {"shift_std_px": 0.3, "brightness_rel_std": 0.1}}
+    job = write_job(tmp_path, student_run, errors=errors)
+    assert run_job(job, progress=False, until="export") is None
+    assert read_state(job.run_dir)["finished"] == ["train", "export"]
+    assert (job.run_dir / "design" / "optics.yaml").is_file() and not (job.run_dir / "calibration.h5").exists()
+    assert set(read_state(job.run_dir)["outputs"]["export"]) == {"design/optics.yaml", "design/kernels.npy"}
+
+    job = write_job(tmp_path, student_run, errors=errors, capture={"fractions": [0.2, 0.4], "test_size": 200})
+    run_job(job, progress=False, until="calibrate")  # test_size changes the capture only: not run yet
+    assert read_state(job.run_dir)["finished"] == ["train", "export", "calibrate"]
+    assert read_state(job.run_dir)["identity"]["capture"]["test_size"] == 200
+
+    reseeded = write_job(tmp_path, student_run, errors={**errors, "seed": 2},
+                         capture={"fractions": [0.2, 0.4], "test_size": 200})
+    with pytest.raises(JobConfigChanged, match=r"fabrication_errors.seed = 2 \(was 1\); step calibrate already ran"):
+        run_job(reseeded, progress=False)
+    first = job.run_dir / "calibration.h5"
+    before = first.stat().st_mtime_ns
+    run_job(reseeded, progress=False, from_step="calibrate", until="calibrate")
+    assert first.stat().st_mtime_ns != before and len(list((job.run_dir / "stale").glob("*/calibration.h5"))) == 1
+    assert read_state(job.run_dir)["identity"]["fabrication_errors"]["seed"] == 2
+    with open(first, "r+b") as fh:  # truncated: its size differs from the record, so it is measured again
+        fh.truncate(1000)
+    run_job(reseeded, progress=False, until="calibrate")
+    assert len(list((job.run_dir / "stale").glob("*/calibration.h5"))) == 2
+    assert read_state(job.run_dir)["outputs"]["calibrate"]["calibration.h5"]["bytes"] == first.stat().st_size > 1000
+
+
+def test_bad_inputs_are_refused_before_the_first_step(tmp_path, student_run, monkeypatch):
+    """A test_size larger than the test split, a missing bench file, an empty data.root, a dataset of
+    another image size and too little disk space are each reported before any step, naming the field."""
+    import shutil
+    from collections import namedtuple
+
+    from hil.job import DiskSpaceError, read_state
+    from onn_core.errors import ConfigError
+
+    def refused(job, error, match):
+        with pytest.raises(error, match=match):
+            run_job(job, progress=False)
+        assert read_state(job.run_dir)["finished"] == [] and not (job.run_dir / "design").exists()
+
+    job = write_job(tmp_path, student_run, capture={"fractions": [0.2], "test_size": 10_000})
+    refused(job, ConfigError, r"capture.test_size' = 10000: expected a number in \[1, 400\]")
+    (tmp_path / "bench.yaml").unlink()
+    refused(job, ConfigError, r"'bench' = 'bench.yaml': expected a bench config file \(no file at")
+
+    job = write_job(tmp_path, student_run)
+    (tmp_path / "empty").mkdir()
+    job.config.data = {"dataset": "fashion_mnist", "root": "empty"}
+    job.datasets = None
+    refused(job, ConfigError, r"data.root' = 'empty': expected a folder holding the dataset \(.*empty is empty\)")
+    job.datasets = (blob_dataset(40, 0), blob_dataset(40, 1))
+    job.datasets[0].tensors = (torch.zeros(40, 1, SIZE + 2, SIZE), job.datasets[0].tensors[1])
+    refused(job, ConfigError, r"data.dataset.*design's shape \(12, 12\).*\(14, 12\)")
+
+    job = write_job(tmp_path, student_run)
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 5 * 10**6, 5 * 10**6))
+    refused(job, DiskSpaceError, r"5.0 MB free, but capturing \d+ samples of about \d+ bytes each needs \d+\.\d MB")
 
 
 def test_job_config_errors_name_the_field(tmp_path):
@@ -199,3 +306,9 @@ def test_job_config_errors_name_the_field(tmp_path):
         config_io.build(JobConfig, {**base, "student": {"run_dir": "x", "config": "y"}}, "")
     with pytest.raises(ConfigError, match="capture.fractions"):
         config_io.build(JobConfig, {**base, "capture": {"fractions": [0.0]}, "finetune": {"methods": ["e2e"]}}, "")
+
+
+def test_the_cli_offers_the_steps_of_the_table():
+    from hil.commands.run import STEP_CHOICES
+
+    assert STEP_CHOICES == STEP_NAMES
