@@ -63,8 +63,8 @@ Methods (``method=`` of :func:`empirical_ntk`)
 
 Cost of the teacher
 -------------------
-(docs/method.md#practical-notes: with per-sample gradients for both kernels, an NTKD step cost ~3x a KD step, ~40 % of the
-kernel work being the frozen teacher's.)
+(docs/method.md#practical-notes: with per-sample gradients for both kernels, an NTKD step cost ~3x
+a KD step, ~40 % of the kernel work being the frozen teacher's.)
 The teacher and the data are fixed, so its kernel needs no recomputation: :class:`TeacherKernel`
 caches the exact kernel per batch (keyed by the dataset indices of the batch, for fixed kernel
 batches) or, for the sketch methods, the per-sample features ``phi_i`` (keyed by dataset index; the

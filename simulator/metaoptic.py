@@ -1,9 +1,9 @@
 """Meta-optic PSF design: a phase mask whose incoherent PSF, binned to kernel pixels, matches a kernel.
 
-Recipe (docs/method.md#meta-optic-psf-design, the group's design code): a normally incident plane wave passes a sub-optic's
-phase mask (square aperture of ``aperture_px`` meta-atoms at ``spacing_m``), propagates
-``distance_m`` to the sensor by the band-limited angular spectrum (:func:`simulator.propagation.
-propagate_asm`); the intensity's central ``k * magnification_px`` square is binned into ``k x k``
+Recipe (the group's design code, docs/method.md#meta-optic-psf-design): a normally incident plane
+wave passes a sub-optic's phase mask (square aperture of ``aperture_px`` meta-atoms at
+``spacing_m``), propagates ``distance_m`` to the sensor by the band-limited angular spectrum
+(:func:`simulator.propagation.propagate_asm`); the intensity's central ``k * magnification_px`` square is binned into ``k x k``
 kernel pixels (each kernel pixel = ``magnification_px`` simulation pixels per side), normalised to
 sum 1 and compared with the target kernel normalised to sum 1. Adam (lr 5e-3, ~500 steps in the
 paper) minimises the mean squared difference, summed over wavelengths.

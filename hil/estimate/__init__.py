@@ -1,5 +1,5 @@
-"""Before fabrication (docs/method.md#stage-1-before-fabrication): how many kernels a metasurface holds, and what accuracy
-that optical student's architecture can reach on a dataset.
+"""Before fabrication (docs/method.md#stage-1-before-fabrication): how many kernels a metasurface
+holds, and what accuracy that optical student's architecture can reach on a dataset.
 
 * :mod:`hil.estimate.layout`: the layout calculator (kernel count, tile grid on the sensor, a plot).
 * :mod:`hil.estimate.kernel`: the architecture's neural tangent kernel in its infinite-width limit,

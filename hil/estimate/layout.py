@@ -2,8 +2,8 @@
 
 Square sub-optics of side ``kernel_pitch_m``, ``spacing_m`` apart (fabrication spacing), fill a
 ``grid_rows x grid_cols`` grid on the metasurface (:func:`simulator.layout.kernel_grid`). A signed
-kernel takes two sub-optics (``k+`` and ``k-``, docs/method.md#signed-kernels-as-psf-pairs), so ``floor(rows cols / 2)`` kernels; an
-unsigned design one each. Every sub-optic images the scene onto its own tile of the sensor; the tiles
+kernel takes two sub-optics (``k+`` and ``k-``, docs/method.md#signed-kernels-as-psf-pairs), so
+``floor(rows cols / 2)`` kernels; an unsigned design one each. Every sub-optic images the scene onto its own tile of the sensor; the tiles
 mirror the sub-optic grid (:class:`simulator.layout.TileLayout`, tile ``i`` under sub-optic ``i``,
 row-major) and every tile must land on the sensor: the grid's frame must fit in ``sensor_shape_px``.
 The tile size is the optical system's (the blurred image, ``H s + K' - 1`` pixels, see
