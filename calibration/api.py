@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from drivers.bench_fits import check_bench_fits
-from simulator import config as config_io
-from onn_core.errors import ConfigError
+from onn_core import config as config_io
+from onn_core.errors import ConfigError, HilError
 from simulator.fabrication import FabricationErrors
 from simulator.system import OpticalSystem
 
@@ -179,11 +179,11 @@ def calibrate(bench, system: OpticalSystem, config: CalibrationConfig | dict | N
         log.info("calibration stage %s", stage)
         try:
             _run_stage(stage, bench, system, config, result)
-        except CalibrationError as exc:
+        except HilError as exc:  # CalibrationError, ExposureError, device errors
             if hasattr(exc, "add_note"):
                 exc.add_note(f"in calibration stage {stage!r}")
             raise
-    bench.slm.blank()
+    bench.blank()
     return result
 
 

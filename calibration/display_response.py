@@ -32,18 +32,21 @@ from dataclasses import dataclass
 import numpy as np
 from onn_core.progress import progress_bar
 
+from drivers.exposure import capture_stack, exposure_held
 from onn_core.errors import InputError
 from onn_core.lut import LUT
 
 from .errors import CalibrationError
 from .hdf5 import read_dataclass, write_dataclass
 from .plotting import pyplot, save_figure
-from .sensor import SensorCalibration, capture_stack, check_count, probe_signal_rate, uniform_image
+from .sensor import SensorCalibration, check_count, uniform_image
 
 SCHEMA = "onn-hil/display-calibration"
 SCHEMA_VERSION = 1
 #: The exposure brings the brightest pixels to this fraction of the linear range above black.
 TARGET_FRACTION = 0.8
+#: Percentile of the white frame taken as "the brightest pixels" (ignores a few hot ones).
+BRIGHT_PERCENTILE = 99.9
 #: Gauss-Newton iterations of the gamma fit (it converges in a handful).
 GAMMA_ITERATIONS = 50
 
@@ -179,26 +182,20 @@ def measure_display_response(bench, *, levels=None, frames: int = 4, sensor: Sen
                                f"{tuple(camera.shape)} frames (same camera and ROI needed)")
     limit = float(sensor.linear_range_dn[1]) if sensor is not None else camera.saturation_dn
     black, white = uniform_image(bench, 0), uniform_image(bench, slm.max_level)
-    original = camera.exposure_s
-    try:
+    with exposure_held(camera):
         if exposure_s is None:
-            _, rate, dark = probe_signal_rate(bench, black, white, limit)
-            low, high = camera.exposure_limits_s
-            camera.exposure_s = float(np.clip(TARGET_FRACTION * (limit - dark) / rate, low, high))
+            bench.auto_exposure(white, target_fraction=TARGET_FRACTION, percentile=BRIGHT_PERCENTILE, limit_dn=limit)
         else:
             camera.exposure_s = exposure_s
         means, variances = [], []
         for level in progress_bar(levels, desc="display: gray levels", unit="level"):
-            stack, exposure = capture_stack(bench, uniform_image(bench, int(level)), frames)
+            stack, exposure = capture_stack(bench, frames, uniform_image(bench, int(level))), camera.exposure_s
             means.append(stack.mean(axis=0, dtype=np.float64))
             variances.append(stack.var(axis=0, ddof=1, dtype=np.float64) if sensor is None else
                              sensor.variance_dn2(means[-1]))
             if level == levels[-1]:
                 clipped = (stack >= camera.saturation_dn).any(axis=0) | (means[-1] >= limit)
-        white_again = capture_stack(bench, white, frames)[0].mean(axis=0, dtype=np.float64)
-    finally:
-        if not camera.closed and camera.exposure_s != original:
-            camera.exposure_s = original
+        white_again = capture_stack(bench, frames, white).mean(axis=0, dtype=np.float64)
     means, variances = np.stack(means), np.stack(variances)
     return _fit(levels, means, variances, white_again, clipped, sensor, slm.bit_depth, exposure, frames, lit_fraction)
 

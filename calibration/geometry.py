@@ -50,6 +50,7 @@ from pathlib import Path
 import numpy as np
 
 from drivers.bench_fits import check_bench_fits
+from drivers.exposure import capture_stack
 from onn_core.errors import InputError
 from onn_core.files import atomic_write
 
@@ -204,7 +205,7 @@ def _spot_positions(cutouts: np.ndarray, corners: np.ndarray, usable: np.ndarray
 
 def _spot_extent(system) -> int:
     """Side (sensor pixels) of one display pixel's spot: the PSF window K' plus s - 1."""
-    window = system.design.psfs().shape[-1] + 2 * system.geometry.psf_margin_px
+    window = system.psf_window_px
     return window + system.geometry.sensor_pixels_per_display_pixel - 1
 
 
@@ -306,11 +307,7 @@ def capture_geometry(bench, system, *, pitch: int | None = None, phases: int = 3
 def _mean_frame(bench, image: np.ndarray, averages: int) -> tuple[np.ndarray, np.ndarray]:
     """Show ``image`` and return the mean of ``averages`` frames (float64 DN) and where any single frame
     reached the camera's saturation."""
-    first = bench.measure(image).frame
-    frames = [first.image, *(f.image for f in bench.camera.grab(averages - 1))] if averages > 1 else [first.image]
-    stack = np.stack(frames)
-    if stack.ndim != 3:
-        raise InputError(f"geometry calibration needs monochrome (rows, cols) frames, got {stack.shape[1:]}")
+    stack = capture_stack(bench, averages, image)
     return stack.mean(axis=0, dtype=np.float64), (stack >= bench.camera.saturation_dn).any(axis=0)
 
 

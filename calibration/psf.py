@@ -25,6 +25,7 @@ import numpy as np
 from onn_core.progress import progress_bar
 
 from drivers.bench_fits import check_bench_fits
+from drivers.exposure import capture_stack, exposure_held
 from onn_core.errors import InputError
 from simulator.system import OpticalSystem
 
@@ -136,20 +137,17 @@ def measure_psfs(bench, system: OpticalSystem, *, noise: PixelNoise | None = Non
     pattern = np.zeros(bench.slm.shape, dtype=np.uint8 if bench.slm.bit_depth <= 8 else np.uint16)
     pattern[points[:, 0], points[:, 1]] = level
     black = np.zeros_like(pattern)
-    original = camera.exposure_s
-    try:
+    with exposure_held(camera):
         exposures = (sorted(float(e) for e in exposures_s) if exposures_s is not None
                      else _auto_bracket(bench, pattern, bracket_factor))
         lit, dark, clipped = [], [], []
         for exposure in progress_bar(exposures, desc="PSF capture", unit="exposure", enabled=progress):
             camera.exposure_s = exposure
             for frames, image in ((lit, pattern), (dark, black)):
-                stack = _frames(bench, image, averages)
+                stack = capture_stack(bench, averages, image).astype(np.float64)
                 frames.append(stack.mean(axis=0))
                 if frames is lit:
                     clipped.append((stack >= camera.saturation_dn).any(axis=0))
-    finally:
-        camera.exposure_s = original
     lit, dark, clipped = np.stack(lit), np.stack(dark), np.stack(clipped)
     exposures = np.asarray(exposures, dtype=np.float64)
     rate, variance, saturated = _combine(lit, dark, clipped, exposures, noise, averages)
@@ -166,31 +164,12 @@ def measure_psfs(bench, system: OpticalSystem, *, noise: PixelNoise | None = Non
                           variance=variance, saturated=saturated, mask=mask, averages=averages, snr=snr)
 
 
-def _frames(bench, image: np.ndarray, n: int) -> np.ndarray:
-    """``n`` frames (n, rows, cols) float64 of ``image``: the first fresh after showing it, then more."""
-    first = bench.measure(image).frame
-    frames = [first.image] + [f.image for f in bench.camera.grab(n - 1)] if n > 1 else [first.image]
-    return np.stack(frames).astype(np.float64)
-
-
 def _auto_bracket(bench, pattern: np.ndarray, factor: float) -> list[float]:
-    """Shortest exposure with the peak at ~PEAK_FRACTION of saturation, and ``factor`` times it."""
-    camera = bench.camera
-    low, high = camera.exposure_limits_s
-    exposure = camera.exposure_s
-    for _ in range(12):
-        camera.exposure_s = exposure
-        peak = float(bench.measure(pattern).frame.image.max()) - camera.black_level
-        full = camera.saturation_dn - camera.black_level
-        if peak < full * 0.98 and peak > 0:
-            break
-        exposure = max(exposure / 4.0, low)
-    else:
-        raise CalibrationError("could not find an exposure at which the PSF cores do not saturate")
-    if peak <= 0:
-        raise CalibrationError("the frames with the points lit are empty: check the light source and display")
-    shortest = min(max(exposure * PEAK_FRACTION * full / peak, low), high)
-    return [shortest] + ([min(shortest * factor, high)] if factor > 1 and shortest * factor <= high else [])
+    """The exposure at which the brightest pixel reaches :data:`PEAK_FRACTION` of saturation, and
+    ``factor`` times it (when the camera allows)."""
+    shortest = bench.auto_exposure(pattern, target_fraction=PEAK_FRACTION)
+    longest = shortest * factor
+    return [shortest] + ([longest] if factor > 1 and longest <= bench.camera.exposure_limits_s[1] else [])
 
 
 def _combine(lit, dark, clipped, exposures, noise: PixelNoise, averages: int):

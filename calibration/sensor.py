@@ -53,6 +53,7 @@ from dataclasses import dataclass
 import numpy as np
 from onn_core.progress import progress_bar
 
+from drivers.exposure import capture_stack, exposure_held
 from onn_core.errors import InputError
 
 from .errors import CalibrationError
@@ -72,6 +73,10 @@ MIN_BIN_COUNT = 30
 PTC_FIT_FRACTION = 0.7
 #: Signal range, as fractions of the saturation signal, over which each pixel's line is fitted.
 LINEARITY_FIT_RANGE = (0.05, 0.7)
+#: Percentile of the flat frame taken as "the brightest pixels" (ignores a few hot ones).
+BRIGHT_PERCENTILE = 99.9
+#: Fraction of saturation at which the brightest pixels' signal rate is probed.
+PROBE_FRACTION = 0.5
 #: The exposure ladder ends at this multiple of the exposure that saturates the brightest pixels.
 LADDER_OVERSHOOT = 1.3
 #: Side of the neighbourhood (pixels) against which defects are judged.
@@ -263,19 +268,6 @@ class SensorCalibration:
         return read_dataclass(cls, group, SCHEMA, SCHEMA_VERSION)
 
 
-# =============================================================================================== files
-def capture_stack(bench, image, frames: int) -> tuple[np.ndarray, float]:
-    """Show ``image`` and return ``frames`` consecutive frames that see it, (frames, rows, cols), and
-    their exposure (s). The first comes from :meth:`~drivers.bench.Bench.measure` (fresh after settling),
-    the others follow it."""
-    first = bench.measure(image).frame
-    if first.image.ndim != 2:
-        raise CalibrationError(f"the camera delivers {first.image.shape} frames; calibration needs a "
-                               f"monochrome (rows, cols) camera (set its pixel format to mono)")
-    rest = bench.camera.grab(frames - 1) if frames > 1 else []
-    return np.stack([first.image] + [f.image for f in rest]), first.exposure_s
-
-
 def _mean_var(stack: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-pixel temporal mean and unbiased variance (float64) of a (frames, rows, cols) stack."""
     data = stack.astype(np.float64)
@@ -300,55 +292,21 @@ def uniform_image(bench, level: int) -> np.ndarray:
     return np.full(bench.slm.shape, level, dtype=bench.slm.dtype)
 
 
-def probe_signal_rate(bench, black, white, limit_dn: float) -> tuple[float, float, float]:
-    """Find an exposure at which the brightest pixels (99.9th percentile) with ``white`` shown stay
-    below ``limit_dn`` and rise well above the noise of ``black``, stepping the camera's exposure by
-    decades from its current one; return that exposure (s), their signal rate (DN/s above ``black``)
-    and the median ``black`` level (DN). The camera is left at that exposure.
-
-    Raises :class:`CalibrationError` when the frames are empty, when the brightest pixels saturate
-    at the shortest exposure, or when no light shows at the longest.
-    """
-    camera = bench.camera
-    low, high = camera.exposure_limits_s
-    exposure = camera.exposure_s
-    while True:
-        camera.exposure_s = exposure
-        dark = bench.measure(black).frame.image.astype(np.float64)
-        flat = bench.measure(white).frame.image.astype(np.float64)
-        if flat.max() <= 0:
-            raise CalibrationError("the frames are all 0 with the display white: the camera delivers empty frames "
-                                   "(check its connection, gain and black level)")
-        bright = float(np.percentile(flat, 99.9))
-        signal = float(np.percentile(flat - dark, 99.9))
-        noise = max(float(np.std(dark)), 1.0)
-        if bright >= limit_dn:
-            if exposure <= low:
-                raise CalibrationError(f"the brightest pixels saturate ({bright:g} >= {limit_dn:g} DN) at the "
-                                       f"shortest exposure {low:g} s: dim the display or the light")
-            exposure = max(exposure / 10, low)
-        elif signal < 20 * noise:
-            if exposure >= high:
-                raise CalibrationError(f"no light: with the display white the brightest pixels are {signal:.3g} DN "
-                                       f"above dark (noise {noise:.3g} DN) at the longest exposure {high:g} s; "
-                                       f"check that the camera sees the display (cap, focus, aperture)")
-            exposure = min(exposure * 10, high)
-        else:
-            return camera.exposure_s, signal / camera.exposure_s, float(np.median(dark))
-
-
 def _probe_ladder(bench, black, white, count: int) -> np.ndarray:
-    """Exposures (s) from the brightest pixels' signal rate: ``count`` equal steps up to
-    :data:`LADDER_OVERSHOOT` times the exposure that saturates them (within the camera's limits)."""
+    """Exposures (s) from the brightest pixels' signal rate, measured where they reach
+    :data:`PROBE_FRACTION` of saturation: ``count`` equal steps up to :data:`LADDER_OVERSHOOT` times
+    the exposure that saturates them (within the camera's limits)."""
     camera = bench.camera
     low, high = camera.exposure_limits_s
-    _, rate, dark = probe_signal_rate(bench, black, white, camera.saturation_dn)
-    saturating_s = (camera.saturation_dn - dark) / rate
+    exposure = bench.auto_exposure(white, target_fraction=PROBE_FRACTION, percentile=BRIGHT_PERCENTILE)
+    dark = capture_stack(bench, 1, black)[0].astype(np.float64)
+    flat = capture_stack(bench, 1, white)[0].astype(np.float64)
+    rate = float(np.percentile(flat - dark, BRIGHT_PERCENTILE)) / exposure
+    saturating_s = (camera.saturation_dn - float(np.median(dark))) / rate
     top = min(LADDER_OVERSHOOT * saturating_s, high)
     if top < LADDER_OVERSHOOT * saturating_s:
         log.warning("the brightest pixels need %.3g s to saturate; the camera stops at %.3g s: the "
-                    "saturation signal will be a lower bound (raise camera.exposure_limits_s in the bench YAML if "
-                    "the camera allows, or turn up the display's brightness)", saturating_s, high)
+                    "saturation signal will be a lower bound", saturating_s, high)
     return np.maximum(top * np.arange(1, count + 1) / count, low)
 
 
@@ -430,11 +388,13 @@ def measure_sensor(bench, *, frames: int = 8, read_frames: int = 16, num_exposur
     Raises
     ------
     CalibrationError
-        The bench cannot be calibrated this way (phase SLM, colour camera), frames are empty, no light
-        reaches the camera, the brightest pixels saturate at the shortest exposure, or too few pixel
-        points for a photon-transfer fit.
+        The bench cannot be calibrated this way (phase SLM), the black level clips the noise, or too few
+        pixel points for a photon-transfer fit.
+    drivers.errors.ExposureError
+        Frames are empty, no light reaches the camera, or the brightest pixels saturate at the shortest
+        exposure.
     InputError
-        A bad argument.
+        A bad argument, or a colour camera.
     """
     frames = check_count("frames", frames, 2)
     read_frames = check_count("read_frames", read_frames, 2)
@@ -449,8 +409,7 @@ def measure_sensor(bench, *, frames: int = 8, read_frames: int = 16, num_exposur
                                f"{bench.slm.modulation} SLM, which shows no black and white (use an amplitude display)")
     camera = bench.camera
     black, white = uniform_image(bench, 0), uniform_image(bench, bench.slm.max_level)
-    reference_s = camera.exposure_s
-    try:
+    with exposure_held(camera) as reference_s:
         if exposures_s is None:
             ladder = _probe_ladder(bench, black, white, num_exposures)
         else:
@@ -458,17 +417,14 @@ def measure_sensor(bench, *, frames: int = 8, read_frames: int = 16, num_exposur
             if ladder.ndim != 1 or ladder.size < 3 or np.any(np.diff(ladder) <= 0):
                 raise InputError(f"exposures_s must be at least 3 ascending exposures (s), got {exposures_s!r}")
         camera.exposure_s = camera.exposure_limits_s[0]
-        read_stack, read_exposure = capture_stack(bench, black, read_frames)
+        read_stack, read_exposure = capture_stack(bench, read_frames, black), camera.exposure_s
         zeros = float(np.mean(read_stack == 0))
         if zeros > ZERO_CLIP_FRACTION:
             raise CalibrationError(f"{zeros:.1%} of the dark readings are 0: the black level clips the noise "
                                    f"(raise the camera's black level; black_level = {camera.black_level:g} DN)")
         camera.exposure_s = reference_s
-        reference_dark, _ = capture_stack(bench, black, frames)
+        reference_dark = capture_stack(bench, frames, black)
         measured = _measure_ladder(bench, black, white, ladder, frames)
-    finally:
-        if not camera.closed and camera.exposure_s != reference_s:
-            camera.exposure_s = reference_s
     return _fit(measured, read_stack, read_exposure, reference_s, reference_dark.mean(axis=0, dtype=np.float64),
                 frames=frames, tolerance=float(linearity_tolerance),
                 hot_sigma=hot_sigma, dead_sigma=dead_sigma, dead_response=float(dead_response))
@@ -492,8 +448,8 @@ def _measure_ladder(bench, black, white, ladder, frames: int) -> _Ladder:
     step = 0
     for exposure in progress_bar(ladder, desc="sensor: exposures", unit="exposure"):
         camera.exposure_s = float(exposure)
-        dark_stack, read_back = capture_stack(bench, black, frames)
-        flat_stack, _ = capture_stack(bench, white, frames)
+        dark_stack, read_back = capture_stack(bench, frames, black), camera.exposure_s
+        flat_stack = capture_stack(bench, frames, white)
         step = int(np.gcd.reduce(np.unique(np.concatenate([dark_stack.ravel(), flat_stack.ravel()])).astype(np.int64),
                                  initial=step))
         dark_mean, dark_var = _mean_var(dark_stack)

@@ -319,6 +319,13 @@ class Bench:
 
         return self._retrying("read", attempt)[0]
 
+    def blank(self) -> None:
+        """Show gray level 0 everywhere (dark for a display), retrying transient SLM failures like
+        :meth:`measure`."""
+        if self.closed:
+            raise DeviceClosed("bench used after close()")
+        self._retrying("blank", self.slm.blank)
+
     def auto_exposure(self, image, **kwargs) -> float:
         """:meth:`Camera.auto_exposure <drivers.camera.Camera.auto_exposure>` (its keyword arguments)
         with ``image`` shown, every frame read by :meth:`measure` (fresh, retried). Returns the exposure

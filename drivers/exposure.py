@@ -113,7 +113,7 @@ def auto_exposure(camera, *, read: Callable | None = None, target_fraction: floa
     rows, cols = _check_region(region, camera.shape)
     low, high = camera.exposure_limits_s
     statistic = "peak" if percentile == 100 else f"{percentile:g}th percentile"
-    too_short, too_long = low, high   # the bracket: the target lies between them
+    too_short, too_long = 0.0, math.inf  # the bracket: the target exposure lies between them
     best = None                       # (|fraction / target - 1|, exposure) of the best unsaturated frame
     exposure = min(max(float(camera.exposure_s), low), high)
     for _ in range(int(max_frames)):

@@ -8,6 +8,7 @@ import pytest
 
 from calibration.display_response import DisplayCalibration, default_levels, measure_display_response, plot
 from calibration.errors import CalibrationError, CalibrationFileError
+from drivers.errors import ExposureError
 from calibration.sensor import measure_sensor
 from drivers.config import open_bench
 from onn_core.errors import InputError
@@ -124,11 +125,11 @@ def test_hdf5_round_trip_summary_and_plot(tmp_path):
 
 def test_saturating_exposure_and_no_light_are_clear_errors():
     with simulated_bench(_overrides(photometry={"photons_per_s": 1e12})) as bench:
-        with pytest.raises(CalibrationError, match="saturate"):
+        with pytest.raises(ExposureError, match="saturate"):
             measure_display_response(bench)
         assert bench.camera.exposure_s == 0.01
     with simulated_bench(_overrides(photometry={"photons_per_s": 1.0}), exposure_limits_s=(1e-5, 0.1)) as bench:
-        with pytest.raises(CalibrationError, match="no light"):
+        with pytest.raises(ExposureError, match="no light"):
             measure_display_response(bench)
 
 

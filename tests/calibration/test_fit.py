@@ -12,6 +12,7 @@ import torch
 from calibration.errors import CalibrationError
 from calibration.fit import FitSettings, fit_mismatch
 from calibration.psf import measure_psfs, point_grid, window_mask
+from drivers.bench_fits import BenchMismatch
 from simulator.system import OpticalSystem
 from tests.calibration.benches import example_optics, simulated_bench
 
@@ -141,5 +142,5 @@ def test_saturated_and_empty_frames_are_refused_with_the_reason():
 def test_a_bench_of_another_frame_size_is_refused():
     other = {**example_optics(), "errors": None, "geometry": {**example_optics()["geometry"], "gap_px": 6}}
     with simulated_bench({"errors": None}) as bench:
-        with pytest.raises(CalibrationError, match="wrong optics"):
+        with pytest.raises(BenchMismatch, match=r"camera\.shape: .*gap_px"):
             measure_psfs(bench, OpticalSystem.from_config(other))

@@ -19,6 +19,7 @@ from calibration.sensor import SensorCalibration, measure_sensor, plot
 from onn_core.errors import InputError
 from tests.calibration.benches import bench_config, merged, simulated_bench
 from drivers.config import open_bench
+from drivers.errors import ExposureError
 
 FAST = dict(frames=4, read_frames=8, num_exposures=6)
 NO_ABERRATION = {"errors": {"spec": {"zernike_std_m": [0.0] * 6}}}
@@ -161,14 +162,14 @@ def test_hdf5_round_trip_summary_and_plot(tmp_path):
 
 def test_saturated_at_the_shortest_exposure_is_a_clear_error_and_restores_the_exposure():
     with _bench(photometry={"photons_per_s": 1e12}) as bench:
-        with pytest.raises(CalibrationError, match="saturate.*shortest exposure"):
+        with pytest.raises(ExposureError, match="saturate.*shortest exposure"):
             measure_sensor(bench, **FAST)
         assert bench.camera.exposure_s == 0.01
 
 
 def test_no_light_is_a_clear_error():
     with simulated_bench(merged(NO_ABERRATION, {"photometry": {"photons_per_s": 1.0}}), exposure_limits_s=(1e-5, 0.1)) as bench:
-        with pytest.raises(CalibrationError, match="no light"):
+        with pytest.raises(ExposureError, match="no light"):
             measure_sensor(bench, **FAST)
 
 
@@ -176,7 +177,7 @@ def test_empty_frames_are_a_clear_error():
     blank = {"sensor": {"offset_dn": 0.0, "read_noise_e": 0.0, "dark_current_e_per_s": 0.0},
              "photometry": {"photons_per_s": 1e-9}, "errors": None}
     with simulated_bench(blank) as bench:
-        with pytest.raises(CalibrationError, match="all 0"):
+        with pytest.raises(ExposureError, match="all 0"):
             measure_sensor(bench, **FAST)
 
 
