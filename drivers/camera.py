@@ -27,7 +27,7 @@ from onn_core.validation import check_positive
 from .clock import Clock
 from .device import DEFAULT_TIMEOUT_S, Device, check_shape, integer_dtype_for
 from .errors import DeviceFault
-from .exposure import auto_exposure
+from .exposure import auto_exposure, exposure_held
 from .frames import Frame, RawFrame
 
 TRIGGER_MODES = ("software", "free-run")
@@ -288,10 +288,9 @@ class Camera(Device):
         exposures = sorted(self._within("exposures_s", e, self.exposure_limits_s, "s") for e in exposures_s)
         if not exposures:
             raise InputError("exposures_s must list at least one exposure")
-        original = self._exposure_s
         signal = weight = None
         frames: list[Frame] = []
-        try:
+        with exposure_held(self):
             for e in exposures:
                 self.exposure_s = e
                 frame = self.snap(timeout_s)
@@ -302,9 +301,6 @@ class Camera(Device):
                     signal, weight = np.zeros_like(counts), np.zeros_like(counts)
                 signal += np.where(valid, counts, 0.0)
                 weight += np.where(valid, frame.exposure_s, 0.0)
-        finally:
-            if not self._closed and self._exposure_s != original:
-                self.exposure_s = original
         longest = frames[-1].exposure_s
         shortest = frames[0]
         fallback = (shortest.image.astype(np.float64) - self._black_level) / shortest.exposure_s

@@ -180,3 +180,13 @@ def test_free_run_camera_without_timestamps_reads_fresh_stacks(clock):
         for level in (10, 20, 30):
             stack = capture_stack(bench, 4, np.full((6, 6), level, np.uint8))
             assert [int(np.rint(f.mean() / 4.0)) for f in stack] == [level] * 4
+
+
+def test_bench_blank_retries_transient_slm_failures(clock):
+    slm, camera = make_pair(clock, slm_faults=FaultConfig(seed=4, exception_rate=0.5))
+    with Bench(slm, camera, retries=20) as bench:
+        for level in range(1, 20):
+            bench.measure(np.full((6, 6), level, np.uint8))
+            bench.blank()
+            assert not slm.last_frame.any()
+    assert slm.faults.counts["exception"] > 0
