@@ -47,7 +47,6 @@ from functools import cached_property
 from pathlib import Path
 from typing import Callable, NamedTuple
 
-import h5py
 import numpy as np
 import torch
 import yaml
@@ -68,7 +67,10 @@ from ..checkpoint import find_checkpoint, load_checkpoint, load_model
 from ..config import load_run_config
 from ..data import build_datasets
 from ..export import export_design
-from ..finetune import COMPENSATIONS, CapturedSet, accuracy, captured_features, finetune, synthetic_features
+from ..data.captures import CaptureDataset
+from ..data.errors import CaptureFileError
+from ..finetune import (COMPENSATIONS, CapturedSet, accuracy, captured_features, finetune, read_synthetic,
+                        synthetic_features, write_synthetic)
 from .config import FinetuneStep, Job, bench_settings, fabrication_errors
 from .report import REPORT_FILES, report
 from .state import write_json
@@ -301,7 +303,8 @@ def finetune_all(job: Job, student, calibration, design_id: str, teacher_path=No
     results_file = job.run_dir / f"{name}.json"
     results = json.loads(results_file.read_text()) if results_file.is_file() else {}
     train_split, _ = datasets(job)
-    real = captured_features(job.run_dir / "captures" / "train.h5", calibration.layer(), design_id=design_id)
+    real = captured_features(job.run_dir / "captures" / "train.h5", calibration.layer(), design_id=design_id,
+                             calibration_id=calibration.calibration_id)
     counts = {int(c): int(n) for c, n in zip(*np.unique(train_split.tensors[1].numpy(), return_counts=True))}
     teacher = load_model(teacher_path) if teacher_path else None
     synthetic = None
@@ -320,7 +323,8 @@ def finetune_all(job: Job, student, calibration, design_id: str, teacher_path=No
                 data = real.subset(rows)
                 if with_synthetic and cfg.synthetic:
                     if synthetic is None:
-                        synthetic = synthetic_set(job, calibration, train_split, real.source_indices, cfg.synthetic)
+                        synthetic = synthetic_set(job, calibration, design_id, train_split, real.source_indices,
+                                                  cfg.synthetic)
                     data = CapturedSet.concat(data, synthetic)
                 if loss_method != "task" and teacher is None:
                     raise ConfigError("teacher", None, f"a teacher for method {method!r}")
@@ -345,21 +349,26 @@ def finetune_all(job: Job, student, calibration, design_id: str, teacher_path=No
 
 
 def _capture_exposure(path: Path) -> float:
-    with h5py.File(path, "r") as f:
-        exposures = np.unique(np.asarray(f["exposure_s"][: int(f["count"][()])]))
+    """The exposure (s) of the frames of a captures file (the first one if they differ)."""
+    data = CaptureDataset(path)
+    exposures = np.unique(np.asarray(data.rows("exposure_s", 0, data.count)))
+    data.close()
     if len(exposures) != 1:
         log.warning("%s holds %d exposures; synthetic captures use the first, %g s", path, len(exposures), exposures[0])
     return float(exposures[0])
 
 
-def synthetic_set(job: Job, calibration, train_split, captured_indices: torch.Tensor, count: int):
+def synthetic_set(job: Job, calibration, design_id: str, train_split, captured_indices: torch.Tensor, count: int):
     """Synthetic captures of ``count`` training images never captured (a seeded choice), at the
-    exposure of the real captures; kept in ``synthetic_<count>.pt`` (for this calibration) and reused."""
-    cache = job.run_dir / f"synthetic_{count}.pt"
+    exposure of the real captures; kept in ``synthetic_<count>.h5`` (the capture schema, for this design
+    and calibration: :func:`hil.finetune.write_synthetic`) and reused while they match."""
+    cache = job.run_dir / f"synthetic_{count}.h5"
+    identity = {"design_id": design_id, "calibration_id": calibration.calibration_id}
     if cache.is_file():
-        saved = torch.load(cache, weights_only=True)
-        if saved["calibration_id"] == calibration.calibration_id:
-            return CapturedSet(saved["features"], saved["labels"], saved["source_indices"])
+        try:
+            return read_synthetic(cache, **identity)
+        except CaptureFileError as exc:
+            log.warning("rendering the synthetic captures again: %s", exc)
     exposure_s = _capture_exposure(job.run_dir / "captures" / "train.h5")
     pool = np.setdiff1d(np.arange(len(train_split)), captured_indices.numpy())
     rng = np.random.default_rng(job.config.capture.seed + 1000)
@@ -367,9 +376,7 @@ def synthetic_set(job: Job, calibration, train_split, captured_indices: torch.Te
     log.info("rendering %d synthetic captures through the calibrated forward model", len(chosen))
     images, labels = train_split.tensors[0][chosen], train_split.tensors[1][chosen]
     data = synthetic_features(calibration, images, labels, chosen, exposure_s=exposure_s, seed=job.config.capture.seed)
-    with atomic_write(cache) as fh:
-        torch.save({"calibration_id": calibration.calibration_id, "features": data.features, "labels": data.labels,
-                    "source_indices": data.source_indices}, fh)
+    write_synthetic(cache, data, **identity, exposure_s=exposure_s, seed=job.config.capture.seed)
     return data
 
 
@@ -409,8 +416,9 @@ def evaluate(job: Job, student, calibration, design_id: str, name: str = "finetu
     ``<name>.json``: ``by_fraction[method][fraction]`` (:func:`score_runs`). Written to
     ``evaluation.json`` (``evaluation_<name>.json`` for another ``name``)."""
     test_file = job.run_dir / "captures" / "test.h5"
-    nominal = captured_features(test_file, student.frontend, design_id=design_id)
-    calibrated = captured_features(test_file, calibration.layer(), design_id=design_id)
+    identity = {"design_id": design_id, "calibration_id": calibration.calibration_id}
+    nominal = captured_features(test_file, student.frontend, **identity)
+    calibrated = captured_features(test_file, calibration.layer(), **identity)
     _, test_split = datasets(job)
     with torch.no_grad():
         images = test_split.tensors[0][calibrated.source_indices]
