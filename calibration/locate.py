@@ -48,6 +48,8 @@ VERSION = 1
 TILE_THRESHOLD = 0.15
 #: Least peak signal, in robust noise sigmas, for a frame to count as lit.
 MIN_SNR = 10.0
+#: Fewest pixels of a bright region that can be a tile (smaller ones are noise or hot pixels).
+MIN_REGION_PX = 9
 #: Largest fraction of the lit pixels that may be saturated.
 MAX_SATURATED_FRACTION = 0.01
 #: Largest deviation of a tile from the fitted lattice, in lattice spacings.
@@ -248,12 +250,21 @@ def _windowed_centroid(image: np.ndarray, centre, radius: float):
     return np.array([(weights * rows).sum(), (weights * cols).sum()]) / total, total
 
 
+def _noise_sigma(signal: np.ndarray) -> float:
+    """Noise (DN) of a difference frame: the robust spread of neighbouring pixels' differences (signal edges
+    are few), at least the quantisation noise of the frame's smallest step."""
+    values = np.unique(signal[:: max(1, signal.shape[0] // 256)])
+    step = float(np.diff(values).min()) if values.size > 1 else 1.0
+    pairs = (signal[:, 1:] - signal[:, :-1]).ravel()
+    return max(_robust_sigma(pairs) / math.sqrt(2), step / math.sqrt(6))
+
+
 def _tile_regions(white: np.ndarray, count: int, saturated: np.ndarray | None):
     """Median-filtered signal, labels and the bright regions (list of dicts) of the white frame."""
     import cv2
 
     clean = cv2.medianBlur(white.astype(np.float32), 3).astype(np.float64)
-    sigma = _robust_sigma(clean)
+    sigma = _noise_sigma(white)
     peak = float(clean.max())
     seen = f"peak signal {peak:.0f} DN above the blank frame, noise {sigma:.1f} DN"
     if peak < MIN_SNR * sigma:
@@ -268,23 +279,24 @@ def _tile_regions(white: np.ndarray, count: int, saturated: np.ndarray | None):
                               f"shorten the exposure or dim the display", annotate(white))
     n, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
     areas = stats[1:, cv2.CC_STAT_AREA]
-    keep = [i + 1 for i in np.flatnonzero(areas >= 0.05 * areas.max())] if n > 1 else []
+    keep = 1 + np.flatnonzero((areas >= MIN_REGION_PX) & (areas >= 0.05 * areas.max())) if n > 1 else np.array([], int)
     rows, cols = white.shape
     regions = []
-    for label in keep:
-        x, y, w, h = stats[label, :4]
-        where = labels == label
-        weights = np.where(where, clean, 0.0)
-        rr, cc = np.nonzero(where)
-        centroid = np.array([np.average(rr, weights=weights[rr, cc]), np.average(cc, weights=weights[rr, cc])])
-        edge = x == 0 or y == 0 or x + w == cols or y + h == rows
-        regions.append({"label": label, "centroid": centroid, "box": (int(x), int(y), int(w), int(h)), "edge": bool(edge)})
+    if len(keep) <= 4 * count:  # more is noise or another scene: no need to measure each
+        rr, cc = np.mgrid[0:rows, 0:cols]
+        weight = np.bincount(labels.ravel(), clean.ravel(), n)
+        centroids = np.stack([np.bincount(labels.ravel(), (clean * rr).ravel(), n),
+                              np.bincount(labels.ravel(), (clean * cc).ravel(), n)], axis=-1) / weight[:, None]
+        for label in keep:
+            x, y, w, h = (int(v) for v in stats[label, :4])
+            edge = x == 0 or y == 0 or x + w == cols or y + h == rows
+            regions.append({"label": int(label), "centroid": centroids[label], "box": (x, y, w, h), "edge": edge})
     at_edge = sum(r["edge"] for r in regions)
-    if len(regions) != count or at_edge:
-        what = f"{len(regions)} bright regions ({seen})"
+    if len(keep) != count or at_edge:
+        what = f"{len(keep)} bright regions ({seen})"
         if at_edge:
             reason = f"{at_edge} of them touch the frame's edge: the grid is partly outside the frame"
-        elif len(regions) < count:
+        elif len(keep) < count:
             reason = f"the design has {count} tiles: some are dark, merged or outside the frame (or another design)"
         else:
             reason = f"the design has {count} tiles (stray light, a different design, or tiles split by defects?)"
@@ -410,7 +422,7 @@ def locate_grid(frames: dict, system, *, saturation_dn: float | None = None) -> 
     s = system.geometry.sensor_pixels_per_display_pixel
     k_full = system.layout.tile_shape[0] - shape[0] * s + 1
     radius = (dot_spacing(system.design.psfs().shape[-1]) + 1) / 2 * s  # a dot's whole image, no neighbour's
-    sigma = _robust_sigma(dots)
+    sigma = _noise_sigma(dots)
     design_pts, frame_pts = [], []
     for tile in range(count):
         rows, cols = layout.tile_slices(tile)
