@@ -439,7 +439,8 @@ def estimate(config_or_path, out_dir=None, *, progress: bool = True) -> Estimate
 
     ``config_or_path``: an :class:`EstimateConfig`, a plain mapping or a YAML path. ``out_dir``
     (default: the config's ``out_dir``; ``None`` in both: no files) receives ``config.yaml``,
-    ``estimate.json``, ``estimate.png`` and, with a layout, ``layout.png``. ``progress``: allow progress bars (drawn by the rule of :mod:`onn_core.progress`: on a terminal).
+    ``estimate.json``, ``estimate.png`` and, with a layout, ``layout.png``. ``progress``: allow progress
+    bars (drawn by the rule of :mod:`onn_core.progress`: on a terminal).
     Raises :class:`~onn_core.errors.ConfigError` naming the field of a bad config.
     """
     from hil.models import build_model
