@@ -23,7 +23,7 @@ import yaml
 from drivers.camera import Camera
 from drivers.frames import Frame
 from drivers.slm import SLM
-from drivers.errors import DeviceClosed, UnsupportedFeature
+from drivers.errors import DeviceClosed, ExposureError, UnsupportedFeature
 from onn_core.lut import LUT
 from onn_core.errors import InputError
 
@@ -122,6 +122,15 @@ def check_camera(make_camera) -> None:
         hdr = cam.hdr([max(lo, exposure / 2), exposure])
         assert hdr.image.dtype == np.float64 and hdr.image.shape[:2] == cam.shape
         assert cam.exposure_s == exposure, "hdr must restore the exposure"
+
+        # exposure search: a bounded number of frames, then an exposure within the limits left set, or
+        # ExposureError saying why (the scene may be too dark or too bright for this camera)
+        try:
+            chosen = cam.auto_exposure(max_frames=4)
+            assert lo <= chosen <= hi and cam.exposure_s == chosen
+        except ExposureError as exc:
+            assert exc.saturated in (True, False, None) and str(exc)
+        cam.exposure_s = exposure
 
         # settings: a plain, YAML-safe snapshot
         settings = cam.settings()
