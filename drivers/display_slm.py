@@ -1,20 +1,28 @@
-"""A display used as an amplitude SLM: a borderless OpenCV window showing frames pixel for pixel.
+"""A display used as an amplitude SLM: a borderless OpenCV window showing frames at an integer zoom.
 
 The window is an OpenCV HighGUI window (``WINDOW_AUTOSIZE | WINDOW_GUI_NORMAL``: no toolbar, no status
-bar, no scaling, window size = frame size) moved to ``position`` = the top-left corner of the chosen
-monitor in desktop coordinates (e.g. ``(1920, 0)`` for a monitor right of a 1920-pixel-wide one).
+bar, no scaling) moved to ``position`` = the top-left corner of the chosen monitor in desktop
+coordinates (e.g. ``(1920, 0)`` for a monitor right of a 1920-pixel-wide one). The window is
+``window_size`` (rows, cols) screen pixels (default: the zoomed image's size; full screen: the
+monitor's size) and black; each frame is shown in it enlarged ``zoom`` times (every image pixel a
+``zoom x zoom`` block of screen pixels) with its top-left corner at ``image_offset`` (row, col) inside the
+window (default: centred). The YAML section ``slm.window`` holds ``position``, ``size``, ``offset``,
+``zoom`` and ``fullscreen``. A shown image pixel is ``zoom`` screen pixels wide: the SLM's
+``pixel_pitch_m`` (the optics' ``geometry.display_pixel_pitch_m``) is ``zoom`` times the screen's
+(``screen_pixel_pitch_m``, the YAML's ``slm.pixel_pitch_m``).
 Each :meth:`~drivers.slm.SLM.show` draws the frame and pumps the GUI event loop (``cv2.waitKey(1)``,
 ``pump_events`` times) so it normally reaches the window system before ``show`` returns;
 :meth:`DisplaySLM.wait_settled` (which the bench calls) keeps the event loop running until
 ``latency_s + settle_s`` have passed, so a late expose of the window is painted too.
 
 Verified (tests/drivers/test_display_slm.py) under Xvfb with opencv-python's Qt5 backend, by reading
-the framebuffer back: the frame lands pixel-exact at ``position``, gray and RGB, after ``blank()`` and
-after later shows. Without a window manager there is no decoration; under a window manager set
+the framebuffer back: the frame lands pixel-exact at ``position`` + ``image_offset``, zoomed, gray and
+RGB, after ``blank()`` and after later shows, in windows larger than the image. Without a window manager there is no decoration; under a window manager set
 ``fullscreen: true`` so the window manager drops its border (OpenCV's ``WND_PROP_FULLSCREEN``; verified
 under openbox with a monitor-sized frame, which then fills the screen pixel-exactly); the
 constructor checks that the image area sits where configured and fails loudly otherwise. Qt's
-windows are at least 69x69 pixels: a smaller frame would be centred or scaled, so it is refused.
+windows are at least 69x69 pixels: a smaller window would be centred or scaled, so it is refused (a
+smaller image is shown in a larger window: ``window_size`` or ``zoom``).
 
 Frames are (rows, cols) gray or (rows, cols, 3) in **R, G, B** order, 8 bits. OpenCV's GUI must be
 driven from the thread that created the window.
@@ -28,7 +36,7 @@ import os
 import socket
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -37,27 +45,72 @@ from onn_core.validation import check_positive
 
 from .slm import SLM
 from .clock import Clock, RealClock
+from .device import OpenContext, config_errors
 from .errors import DeviceDisconnected, DeviceFault, DeviceNotFound
 from onn_core.lut import LUT
 
-__all__ = ["DisplaySLM", "DisplaySLMConfig"]
+__all__ = ["DisplaySLM", "DisplaySLMConfig", "DisplayWindow", "window_placement"]
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
+class DisplayWindow:
+    """The ``slm.window`` section: where the window is and where the image sits in it (see :class:`DisplaySLM`).
+
+    ``position``: desktop (x, y) of the window's top-left corner (the monitor's origin); ``size``: window
+    (rows, cols) in screen pixels (null: the zoomed image's size); ``offset``: (row, col) of the image's
+    top-left corner in the window (null: centred); ``zoom``: screen pixels per image pixel;
+    ``fullscreen``: ask the window manager for a full-screen window (``size`` = the monitor's).
+    """
+
+    position: tuple[int, int] = (0, 0)
+    size: tuple[int, int] | None = None
+    offset: tuple[int, int] | None = None
+    zoom: int = 1
+    fullscreen: bool = False
+
+
+@dataclass
 class DisplaySLMConfig:
-    """Bench-YAML settings of a ``display`` SLM (see :class:`DisplaySLM`)."""
+    """Bench-YAML settings of a ``display`` SLM (see :class:`DisplaySLM`); ``pixel_pitch_m`` is the screen's."""
 
     shape: tuple[int, ...]
     pixel_pitch_m: float
-    position: tuple[int, int] = (0, 0)
-    fullscreen: bool = False
+    window: DisplayWindow = field(default_factory=DisplayWindow)
     window_name: str = "onn-hil-slm"
     pump_events: int = 3
     open_wait_s: float = 0.5
     latency_s: float = 0.05
     settle_s: float = 0.0
+
+
+def _int_pair(name: str, value, minimum: int) -> tuple[int, int]:
+    if (not isinstance(value, (tuple, list)) or len(value) != 2
+            or any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < minimum for v in value)):
+        raise InputError(f"{name} must be two integers >= {minimum} (rows, cols), got {value!r}")
+    return int(value[0]), int(value[1])
+
+
+def window_placement(image_shape, size=None, offset=None, zoom: int = 1):
+    """Validated ``(window size (rows, cols), image offset (row, col), zoom)`` of an image of ``image_shape``
+    (rows, cols, ...) shown ``zoom`` times enlarged in a window: ``size`` None fits the zoomed image,
+    ``offset`` None centres it. Errors start with the ``slm.window`` field's name."""
+    if isinstance(zoom, bool) or not isinstance(zoom, (int, np.integer)) or zoom < 1:
+        raise InputError(f"zoom must be an integer >= 1 (screen pixels per image pixel), got {zoom!r}")
+    zoom = int(zoom)
+    zoomed = (image_shape[0] * zoom, image_shape[1] * zoom)
+    size = zoomed if size is None else _int_pair("size", size, 1)
+    if size[0] < zoomed[0] or size[1] < zoomed[1]:
+        raise InputError(f"size must hold the {image_shape[0]}x{image_shape[1]} image at zoom {zoom} ({zoomed[0]}x"
+                         f"{zoomed[1]} screen pixels), got {list(size)} (rows, cols)")
+    if offset is None:
+        offset = ((size[0] - zoomed[0]) // 2, (size[1] - zoomed[1]) // 2)
+    offset = _int_pair("offset", offset, 0)
+    if offset[0] + zoomed[0] > size[0] or offset[1] + zoomed[1] > size[1]:
+        raise InputError(f"offset must keep the {zoomed[0]}x{zoomed[1]} zoomed image inside the {size[0]}x{size[1]} "
+                         f"window, got {list(offset)} (row, col)")
+    return size, offset, zoom
 
 
 def x_display_reachable(display: str) -> bool:
@@ -89,13 +142,21 @@ class DisplaySLM(SLM):
     Parameters
     ----------
     shape : (rows, cols) or (rows, cols, 3)
-        Frame shape = window size in pixels (3 channels: colour, R, G, B).
+        Frame shape, in image pixels (3 channels: colour, R, G, B).
     pixel_pitch_m : float
-        The display's pixel pitch (m).
+        The display's (screen's) pixel pitch (m). The SLM's ``pixel_pitch_m`` is that of a shown image
+        pixel, ``zoom`` times it; this one is kept as ``screen_pixel_pitch_m``.
     position : (x, y)
         Desktop coordinates (pixels) of the window's top-left corner: the monitor's origin.
     fullscreen : bool
-        Ask the window manager for a full-screen (borderless) window on that monitor.
+        Ask the window manager for a full-screen (borderless) window on that monitor (``window_size``:
+        the monitor's size).
+    window_size : (rows, cols) or None
+        The window, in screen pixels (None: the zoomed image's size). At least 69 x 69 under Qt.
+    image_offset : (row, col) or None
+        The image's top-left corner inside the window, in screen pixels (None: centred).
+    zoom : int
+        Screen pixels per image pixel (each image pixel is shown as a ``zoom x zoom`` block).
     window_name : str
         Title of the OpenCV window (unique per display).
     pump_events : int
@@ -115,6 +176,7 @@ class DisplaySLM(SLM):
     Config = DisplaySLMConfig
 
     def __init__(self, shape, pixel_pitch_m: float, *, position=(0, 0), fullscreen: bool = False,
+                 window_size=None, image_offset=None, zoom: int = 1,
                  window_name: str = "onn-hil-slm", pump_events: int = 3, open_wait_s: float = 0.5,
                  lut: LUT | None = None, latency_s: float = 0.05, settle_s: float = 0.0, name: str | None = None,
                  clock: Clock | None = None, default_timeout_s: float = 1.0):
@@ -123,6 +185,9 @@ class DisplaySLM(SLM):
                          default_timeout_s=default_timeout_s)
         if len(self.shape) == 3 and self.shape[2] != 3:
             raise InputError(f"shape must be (rows, cols) or (rows, cols, 3), got {shape!r}")
+        self.window_size, self.image_offset, self.zoom = window_placement(self.shape, window_size, image_offset, zoom)
+        self.screen_pixel_pitch_m = self.pixel_pitch_m
+        self.pixel_pitch_m = self.zoom * self.screen_pixel_pitch_m
         try:
             x, y = (int(v) for v in position)
         except (TypeError, ValueError):
@@ -152,7 +217,7 @@ class DisplaySLM(SLM):
     def _open_window(self) -> None:
         import cv2
 
-        rows, cols = self.shape[:2]
+        rows, cols = self.window_size
         expected = (*self.position, cols, rows)
         try:  # whatever goes wrong (geometry, GUI error, Ctrl-C), no window is left behind
             with self._errors("open window"):
@@ -172,25 +237,41 @@ class DisplaySLM(SLM):
         except BaseException:
             self._close()
             raise
-        log.info("%s: window %r at %s, %dx%d", self.name, self.window_name, self.position, cols, rows)
+        log.info("%s: window %r at %s, %dx%d, image at %s zoomed %d x", self.name, self.window_name, self.position,
+                 cols, rows, self.image_offset, self.zoom)
 
     def _check_geometry(self) -> None:
         """Raise :class:`DeviceFault` unless the image area sits exactly where it was asked to."""
         import cv2
 
-        rows, cols = self.shape[:2]
+        rows, cols = self.window_size
         with self._errors("read window geometry"):
             x, y, w, h = cv2.getWindowImageRect(self.window_name)
         if (x, y, w, h) != (*self.position, cols, rows):
             raise DeviceFault(
                 f"the window's image area is {w}x{h} at ({x}, {y}), expected {cols}x{rows} at {self.position}: "
-                "the window manager moved, decorated or resized it (try fullscreen: true), or the frame is smaller "
-                "than the GUI's smallest window (69x69 pixels for opencv-python's Qt5 windows)", device=self.name)
+                "the window manager moved, decorated or resized it (try fullscreen: true), or the window is smaller "
+                "than the GUI's smallest window (69x69 pixels for opencv-python's Qt5 windows: set slm.window.size "
+                "or slm.window.zoom)", device=self.name)
+
+    def window_image(self, frame: np.ndarray) -> np.ndarray:
+        """The window's content (window rows, cols[, 3]) showing ``frame`` (the SLM's shape): black, with the
+        frame enlarged ``zoom`` times at ``image_offset``."""
+        z, (r0, c0) = self.zoom, self.image_offset
+        canvas = np.zeros((*self.window_size, *frame.shape[2:]), dtype=frame.dtype)
+        canvas[r0:r0 + frame.shape[0] * z, c0:c0 + frame.shape[1] * z] = np.repeat(np.repeat(frame, z, axis=0), z, axis=1)
+        return canvas
+
+    def image_rect(self) -> tuple[int, int, int, int]:
+        """``(x, y, width, height)`` on the desktop of the shown (zoomed) image, in screen pixels."""
+        return (self.position[0] + self.image_offset[1], self.position[1] + self.image_offset[0],
+                self.shape[1] * self.zoom, self.shape[0] * self.zoom)
 
     def _paint(self, frame: np.ndarray) -> None:
         import cv2
 
-        bgr = frame[..., ::-1] if frame.ndim == 3 else frame
+        window = self.window_image(frame)
+        bgr = window[..., ::-1] if window.ndim == 3 else window
         cv2.imshow(self.window_name, np.ascontiguousarray(bgr))
         for _ in range(self.pump_events):
             cv2.waitKey(1)
@@ -252,5 +333,31 @@ class DisplaySLM(SLM):
 
     def settings(self) -> dict:
         s = super().settings()
-        s.update(position=list(self.position), fullscreen=self.fullscreen, window_name=self.window_name)
+        s.update(position=list(self.position), fullscreen=self.fullscreen, window_name=self.window_name,
+                 window_size=list(self.window_size), image_offset=list(self.image_offset), zoom=self.zoom,
+                 screen_pixel_pitch_m=self.screen_pixel_pitch_m)
         return s
+
+    @classmethod
+    def from_config(cls, settings, context: OpenContext, path: str = ""):
+        """Open from the ``slm`` YAML section (:class:`DisplaySLMConfig`); errors name the field, e.g.
+        ``slm.window.zoom``."""
+        from onn_core.config import build
+        from onn_core.errors import ConfigError
+
+        for moved in ("position", "fullscreen"):
+            if moved in settings:
+                raise ConfigError(f"{path}.{moved}", settings[moved], f"no value here: set {path}.window.{moved}")
+        cfg = build(cls.Config, dict(settings), path)
+        window = cfg.window
+        with config_errors({"position": window.position, "size": window.size, "offset": window.offset,
+                            "zoom": window.zoom}, f"{path}.window"):
+            if len(cfg.shape) < 2:
+                raise ConfigError(f"{path}.shape", list(cfg.shape), "(rows, cols) or (rows, cols, 3)")
+            window_placement(cfg.shape, window.size, window.offset, window.zoom)
+        kwargs = {"shape": cfg.shape, "pixel_pitch_m": cfg.pixel_pitch_m, "window_name": cfg.window_name,
+                  "pump_events": cfg.pump_events, "open_wait_s": cfg.open_wait_s, "latency_s": cfg.latency_s,
+                  "settle_s": cfg.settle_s}
+        with config_errors(kwargs, path):
+            return cls(**kwargs, position=window.position, fullscreen=window.fullscreen, window_size=window.size,
+                       image_offset=window.offset, zoom=window.zoom, name=path or None, clock=context.clock)

@@ -112,6 +112,12 @@ def test_unreachable_display_is_not_found(monkeypatch, tmp_path):
 @pytest.mark.parametrize("kwargs, match", [
     ({"shape": (4, 4, 2)}, "shape"),
     ({"position": (1,)}, "position"),
+    ({"zoom": 0}, "zoom"),
+    ({"zoom": 2.0}, "zoom"),
+    ({"window_size": (3, 100)}, "size must hold the 4x4 image at zoom 1"),
+    ({"zoom": 3, "window_size": (100, 11)}, "size must hold the 4x4 image at zoom 3"),
+    ({"window_size": (100, 100), "image_offset": (97, 0)}, "offset must keep"),
+    ({"window_size": (100, 100), "image_offset": (-1, 0)}, "offset"),
     ({"pump_events": 0}, "pump_events"),
     ({"window_name": ""}, "window_name"),
 ])
@@ -119,6 +125,21 @@ def test_bad_arguments_are_refused_before_any_window(kwargs, match):
     args = {"shape": (4, 4), "pixel_pitch_m": PITCH_M, **kwargs}
     with pytest.raises(InputError, match=match):
         DisplaySLM(**args)
+
+
+@pytest.mark.parametrize("window, field", [
+    ({"zoom": 0}, "slm.window.zoom"),
+    ({"size": [10, 10]}, "slm.window.size"),
+    ({"size": [100, 100], "offset": [90, 0]}, "slm.window.offset"),
+    ({"position": [1, 2, 3]}, "slm.window.position"),
+    ({"monitor": 2}, "slm.window.monitor"),
+])
+def test_bad_window_fields_are_named_before_any_window(window, field):
+    context = OpenContext(clock=RealClock())
+    with pytest.raises(ConfigError, match=f"'{field}'"):
+        DisplaySLM.from_config({"shape": [28, 28], "pixel_pitch_m": PITCH_M, "window": window}, context, "slm")
+    with pytest.raises(ConfigError, match="slm.window.position"):  # moved into the window section
+        DisplaySLM.from_config({"shape": [28, 28], "pixel_pitch_m": PITCH_M, "position": [0, 0]}, context, "slm")
 
 
 # --------------------------------------------------------------------------- in Xvfb
@@ -190,7 +211,7 @@ def test_show_after_close_and_from_config(x_display):
     cls = load_backend("display")
     assert cls is DisplaySLM
     context = OpenContext(clock=RealClock())
-    slm = cls.from_config({"shape": [70, 72], "pixel_pitch_m": PITCH_M, "position": [10, 20],
+    slm = cls.from_config({"shape": [70, 72], "pixel_pitch_m": PITCH_M, "window": {"position": [10, 20]},
                            "window_name": "slm-config"}, context, "slm")
     assert slm.name == "slm" and slm.position == (10, 20) and slm.shape == (70, 72)
     slm.show(np.full((70, 72), 99, np.uint8))
@@ -202,13 +223,46 @@ def test_show_after_close_and_from_config(x_display):
     with pytest.raises(DeviceClosed):
         slm.show(np.zeros((70, 72), np.uint8))
         slm.wait_settled()  # as the bench does: the GUI runs while the frame settles
-    with pytest.raises(ConfigError, match="slm.position"):
-        cls.from_config({"shape": [70, 72], "pixel_pitch_m": PITCH_M, "position": "left"}, context, "slm")
+    with pytest.raises(ConfigError, match="slm.window.position"):
+        cls.from_config({"shape": [70, 72], "pixel_pitch_m": PITCH_M, "window": {"position": "left"}}, context, "slm")
 
 
 @pytest.mark.display
 def test_display_slm_conforms(x_display):
     check_slm(lambda: DisplaySLM((72, 80), PITCH_M, position=(64, 32), window_name="slm-conformance"))
+
+
+def _window_content(shape, frame, offset, zoom):
+    window = np.zeros((*shape, *frame.shape[2:]), np.uint8)
+    zoomed = np.kron(frame, np.ones((zoom, zoom, *([1] * (frame.ndim - 2))), np.uint8))
+    window[offset[0]:offset[0] + zoomed.shape[0], offset[1]:offset[1] + zoomed.shape[1]] = zoomed
+    return window
+
+
+@pytest.mark.display
+def test_a_small_image_zoomed_at_an_offset_in_a_larger_window_lands_pixel_exact(x_display):
+    # the design's 28 x 28 image (below Qt's smallest window) at zoom 3, 13 rows and 29 columns into a
+    # 110 x 150 window at desktop (37, 21)
+    shape, window, offset, zoom, position = (28, 28), (110, 150), (13, 29), 3, (37, 21)
+    frame = np.random.default_rng(11).integers(0, 256, shape, dtype=np.uint8)
+    with DisplaySLM(shape, PITCH_M, position=position, window_size=window, image_offset=offset, zoom=zoom,
+                    window_name="slm-zoom") as slm:
+        assert slm.pixel_pitch_m == pytest.approx(3 * PITCH_M) and slm.screen_pixel_pitch_m == PITCH_M
+        assert slm.window_rect() == (*position, 150, 110)
+        assert slm.image_rect() == (37 + 29, 21 + 13, 84, 84)
+        slm.show(frame)
+        slm.wait_settled()
+        _assert_on_screen(x_display, _window_content(window, frame, offset, zoom), position)
+        slm.blank()
+        slm.wait_settled()
+        _assert_on_screen(x_display, np.zeros(window, np.uint8), position)
+    rgb = np.random.default_rng(12).integers(0, 256, (30, 20, 3), dtype=np.uint8)
+    with DisplaySLM((30, 20, 3), PITCH_M, position=(5, 9), window_size=(100, 90), zoom=2,
+                    window_name="slm-zoom-rgb") as slm:
+        assert slm.image_offset == (20, 25)  # centred by default
+        slm.show(rgb)
+        slm.wait_settled()
+        _assert_on_screen(x_display, _window_content((100, 90), rgb, (20, 25), 2), (5, 9))
 
 
 @pytest.mark.display
@@ -230,10 +284,13 @@ def test_under_a_window_manager_fullscreen_is_pixel_exact_and_a_decorated_window
             while time.monotonic() < deadline:
                 slm.show(np.zeros((100, 120), np.uint8))
                 cv2.waitKey(20)
-    frame = np.random.default_rng(5).integers(0, 256, (rows, cols, 3), dtype=np.uint8)
-    with DisplaySLM((rows, cols, 3), PITCH_M, position=(0, 0), fullscreen=True, window_name="slm-fullscreen") as slm:
+    # a full-screen window of the monitor's size, the image zoomed 4 x at an offset inside it
+    image = np.random.default_rng(5).integers(0, 256, (28, 32, 3), dtype=np.uint8)
+    frame = _window_content((rows, cols), image, (150, 301), 4)
+    with DisplaySLM((28, 32, 3), PITCH_M, position=(0, 0), fullscreen=True, window_size=(rows, cols),
+                    image_offset=(150, 301), zoom=4, window_name="slm-fullscreen") as slm:
         assert slm.window_rect() == (0, 0, cols, rows)
-        slm.show(frame)
+        slm.show(image)
         slm.wait_settled()  # as the bench does: the GUI runs while the frame settles
         _assert_on_screen(window_manager, frame, (0, 0))
         slm.blank()
