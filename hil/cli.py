@@ -5,24 +5,33 @@ Each subcommand lives in its own module under :mod:`hil.commands` and exposes
 arguments and returning an exit status. Heavy imports happen inside those callables, so ``hil --help``
 stays fast.
 
-Exit status: 0 on success, 2 for a toolkit error or a file that cannot be read or written (one line on
-stderr, no traceback), ``128 + signal`` when interrupted (130 for Ctrl-C, 143 for SIGTERM while a
-bench is open).
+Exit status, the same for every subcommand (:func:`main` is the one place that decides it):
+
+* 0 on success;
+* 2 for a toolkit error or a file that cannot be read or written (a full disk included, whether
+  the OS or HDF5 reports it): one line on stderr, no traceback;
+* ``128 + signal`` when interrupted: 130 for Ctrl-C (SIGINT), 143 for SIGTERM, with one line on
+  stderr. Both signals are raised as ``KeyboardInterrupt`` wherever the command is, so every open
+  bench blanks its display and closes its devices, and files are closed consistent, on the way out.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
 import signal
 import sys
+import threading
 
 from onn_core.errors import HilError
 from onn_core.progress import set_progress
 
 COMMAND_MODULES = ("hil.commands.devices", "hil.commands.train", "hil.commands.capture", "hil.commands.estimate",
-                   "hil.commands.calibrate", "hil.commands.run")
+                   "hil.commands.calibrate", "hil.commands.run", "hil.commands.locate")
+#: Exit status of a toolkit error or a file error.
+ERROR_EXIT = 2
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,18 +52,72 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     set_progress(args.progress)  # onn_core.progress: the one console rule
     try:
-        return int(args.func(args) or 0)
+        with interrupts_raise():
+            return int(args.func(args) or 0)
     except HilError as exc:
-        print(f"hil {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        return _fail(args.command, str(exc))
     except OSError as exc:  # files and folders: permissions, a file where a folder should be, a full disk
         where = f" ({exc.filename})" if exc.filename else ""
-        print(f"hil {args.command}: error: {exc.strerror or exc}{where}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM while a bench is open (drivers.bench.Terminated)
-        signum = getattr(exc, "signum", signal.SIGINT)
+        return _fail(args.command, f"{exc.strerror or exc}{where}")
+    except RuntimeError as exc:  # h5py reports some write failures (a full disk on flush/close) so
+        if not _raised_by_h5py(exc):
+            raise
+        return _fail(args.command, f"HDF5 file error: {exc}")
+    except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM (interrupts_raise), a training run stopped by either
+        signum = int(getattr(exc, "signum", signal.SIGINT))
         print(f"hil {args.command}: interrupted ({signal.Signals(signum).name})", file=sys.stderr)
         return 128 + signum
+
+
+@contextlib.contextmanager
+def interrupts_raise():
+    """Inside the block, SIGINT raises ``KeyboardInterrupt`` (even where the shell that started the
+    command ignores it, as for a background job) and SIGTERM raises :class:`drivers.bench.Terminated`
+    (a ``KeyboardInterrupt`` carrying ``signum``); main thread only."""
+    from drivers.bench import Terminated
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum, frame):
+        raise Terminated(signum)
+
+    previous = {signal.SIGINT: signal.signal(signal.SIGINT, signal.default_int_handler),
+                signal.SIGTERM: signal.signal(signal.SIGTERM, terminate)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _fail(command: str, message: str) -> int:
+    """One error line on stderr; HDF5 files left open by the failure are closed first (so that
+    nothing flushes them again at exit); returns :data:`ERROR_EXIT`."""
+    _close_open_hdf5_files()
+    print(f"hil {command}: error: {message}", file=sys.stderr)
+    return ERROR_EXIT
+
+
+def _raised_by_h5py(exc: BaseException) -> bool:
+    tb = exc.__traceback__
+    while tb is not None:
+        if "h5py" in tb.tb_frame.f_code.co_filename:
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def _close_open_hdf5_files() -> None:
+    """Close every HDF5 file still open in this process, ignoring errors (a full disk fails again)."""
+    h5py = sys.modules.get("h5py")
+    if h5py is None:
+        return
+    for fid in h5py.h5f.get_obj_ids(types=h5py.h5f.OBJ_FILE):
+        with contextlib.suppress(Exception):
+            while fid.valid:
+                fid.close()
 
 
 def calibrate_main() -> int:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,39 +66,41 @@ class CapturedSet:
                            torch.cat([s.source_indices for s in sets]))
 
 
-def captured_features(captures, layer, *, design_id: str | None = None, rows_per_batch: int = 256) -> CapturedSet:
+def captured_features(captures, layer, *, design_id: str | None = None, calibration_id: str | None = None,
+                      rows_per_batch: int = 256) -> CapturedSet:
     """Features of every complete row of a captures file (path or :class:`CaptureDataset`), each frame
     read with its own exposure, through ``layer``: a calibration layer (callable ``(frames_dn,
     exposure_s) -> features``) or an :class:`~simulator.system.OpticalSystem`, whose nominal
-    :meth:`~simulator.system.OpticalSystem.features` are used. With ``design_id``, a file captured
-    through another design (:func:`hil.capture.capture`'s ``design_id``) is refused."""
-    import h5py
+    :meth:`~simulator.system.OpticalSystem.features` are used.
 
+    With ``design_id`` (``calibration_id``), a file captured through another design (paired with
+    another calibration), or recording none, is refused (:class:`~hil.data.errors.CaptureFileError`).
+    A truncated file raises :class:`~hil.data.errors.TruncatedCaptureError`, a frame failing its
+    checksum :class:`~hil.data.errors.CorruptFrameError` naming it.
+    """
     from simulator.system import OpticalSystem
-
-    from .capture import check_design
 
     read = layer.features if isinstance(layer, OpticalSystem) else layer
     data = captures if isinstance(captures, CaptureDataset) else CaptureDataset(captures)
+    data.check_identity(design_id=design_id, calibration_id=calibration_id)
+    if data.attrs.get("content", "frames") != "frames":
+        raise InputError(f"{data.path} holds {data.attrs['content']}, not camera frames: read it with read_synthetic")
     if data.count == 0:
         raise InputError(f"{data.path} holds no complete frame")
-    if design_id is not None:
-        check_design(data.path, design_id)
+    if not data.has("exposure_s"):
+        raise InputError(f"{data.path} has no per-frame exposure_s (written by hil.capture); cannot scale its frames")
     features = None
-    with h5py.File(data.path, "r", swmr=True) as f:
-        if "exposure_s" not in f:
-            raise InputError(f"{data.path} has no per-frame exposure_s (written by hil.capture); cannot scale its frames")
-        with torch.no_grad():
-            for start in range(0, data.count, rows_per_batch):
-                stop = min(start + rows_per_batch, data.count)
-                frames = torch.from_numpy(f["frames"][start:stop].astype(np.float64))
-                exposures = np.asarray(f["exposure_s"][start:stop], dtype=np.float64)
-                for exposure in np.unique(exposures):  # usually one: rows of one exposure go together
-                    rows = np.flatnonzero(exposures == exposure)
-                    values = read(frames[rows], float(exposure)).float()
-                    if features is None:
-                        features = torch.empty((data.count, *values.shape[1:]))
-                    features[start + rows] = values
+    with torch.no_grad():
+        for start in range(0, data.count, rows_per_batch):
+            stop = min(start + rows_per_batch, data.count)
+            frames = torch.from_numpy(data.rows("frames", start, stop).astype(np.float64))
+            exposures = np.asarray(data.rows("exposure_s", start, stop), dtype=np.float64)
+            for exposure in np.unique(exposures):  # usually one: rows of one exposure go together
+                rows = np.flatnonzero(exposures == exposure)
+                values = read(frames[rows], float(exposure)).float()
+                if features is None:
+                    features = torch.empty((data.count, *values.shape[1:]))
+                features[start + rows] = values
     return CapturedSet(features, data.labels.clone(), data.source_indices.clone())
 
 
@@ -129,6 +132,49 @@ def synthetic_features(calibration, images: torch.Tensor, labels: torch.Tensor, 
             frames = system.frame(gray, exposure_s, generator=generator)  # noise as the sensor model says
             out.append(layer.from_electrons(system.sensor.electrons(frames) - black_e, exposure_s).float())
     return CapturedSet(torch.cat(out), labels.clone(), source_indices.clone())
+
+
+def write_synthetic(path, data: CapturedSet, *, calibration_id: str, design_id: str, exposure_s: float,
+                    seed: int, compression: str | None = "gzip") -> Path:
+    """Store synthetic captures (:func:`synthetic_features`) as a captures file (the schema of
+    :mod:`hil.data.captures`, ``content = "features"``: row ``i`` of ``frames`` holds the features
+    (M, h, w) float32 of sample ``source_indices[i]``), with checksums, written under a temporary name
+    and renamed into place (a crash leaves no partial file). Returns ``path``."""
+    from .data.capture_writer import CaptureWriter, create_capture_file, remove_stale_temporaries
+
+    path = Path(path)
+    if len(data) == 0:
+        raise InputError("no synthetic captures to write")
+    remove_stale_temporaries(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    features = data.features.detach().cpu().numpy().astype(np.float32)
+    try:
+        create_capture_file(tmp, frame_shape=features.shape[1:], frame_dtype=np.float32,
+                            row_fields={"labels": ((), "i8"), "indices": ((), "i8")},
+                            planned=data.source_indices.numpy(), compression=compression,
+                            attrs={"content": "features", "calibration_id": calibration_id, "design_id": design_id,
+                                   "exposure_s": float(exposure_s), "seed": int(seed)})
+        with CaptureWriter(tmp) as writer:
+            for row in range(len(data)):
+                writer.append({"frames": features[row], "labels": int(data.labels[row]),
+                               "indices": int(data.source_indices[row])})
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def read_synthetic(path, *, calibration_id: str | None = None, design_id: str | None = None) -> CapturedSet:
+    """Synthetic captures written by :func:`write_synthetic`, read by the captures reader (checksums
+    verified); refused (:class:`~hil.data.errors.CaptureFileError`) when made for another calibration
+    or design than the ones given."""
+    data = CaptureDataset(path)
+    data.check_identity(design_id=design_id, calibration_id=calibration_id)
+    if data.attrs.get("content") != "features":
+        raise InputError(f"{path} holds camera frames, not synthetic features: read it with captured_features")
+    features = torch.from_numpy(np.asarray(data.rows("frames", 0, data.count), dtype=np.float32))
+    data.close()
+    return CapturedSet(features, data.labels.clone(), data.source_indices.clone())
 
 
 class PairedObjective:
@@ -197,4 +243,4 @@ def finetune(student, train: CapturedSet, *, method: str = "task", teacher: nn.M
 
 
 __all__ = ["COMPENSATIONS", "CapturedSet", "METHODS", "PairedObjective", "accuracy", "captured_features", "finetune",
-           "synthetic_features"]
+           "read_synthetic", "synthetic_features", "write_synthetic"]

@@ -51,7 +51,8 @@ def parse_overrides(items: list[str]) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Train; returns 0, or ``128 + signal number`` (130 for Ctrl-C) when interrupted after saving."""
+    """Train; returns 0. Interrupted (SIGINT, SIGTERM), training saves the last completed step and raises
+    :class:`~hil.trainer.TrainingInterrupted`, which :func:`hil.cli.main` turns into ``128 + signal``."""
     import json
     import os
     from pathlib import Path
@@ -59,7 +60,6 @@ def run(args: argparse.Namespace) -> int:
     from hil.api import train
     from hil.config import load_run_config
     from hil.metrics import summary_metrics
-    from hil.trainer import TrainingInterrupted
 
     changes = parse_overrides(args.overrides)
     if args.no_progress:
@@ -74,8 +74,6 @@ def run(args: argparse.Namespace) -> int:
         trainer_log.setLevel(logging.INFO)
     try:
         result = train(cfg, out_dir, resume=not args.no_resume, resume_changed=args.resume_changed)
-    except TrainingInterrupted as exc:
-        return 128 + exc.signum
     finally:
         trainer_log.setLevel(previous_level)
     summary = {"out_dir": str(out_dir), "steps": result.steps, "epochs": result.epochs_completed,

@@ -227,6 +227,10 @@ class CaptureDataset(Dataset):
             frame = frame[None]
         return frame / self.frame_scale if self.frame_scale != 1.0 else frame, self.labels[index]
 
+    def has(self, name: str) -> bool:
+        """Whether the file holds a dataset ``name``."""
+        return name in self._open()
+
     def rows(self, name: str, start: int, stop: int) -> np.ndarray:
         """Rows ``start:stop`` of dataset ``name``, verified (:func:`read_rows`)."""
         return read_rows(self._open(), name, slice(start, min(stop, self.count)), self.path)
