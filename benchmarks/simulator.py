@@ -5,7 +5,17 @@
     ``IncoherentConv2d`` (paths ``fft``, ``direct`` and ``auto``) against
     ``torch.nn.functional.conv2d`` with the same 16 signed kernels (the electronic layer it replaces).
     Figures: throughput ratio ``conv_speedup_vs_conv2d`` (auto path) per K, and the crossover kernel
-    size from which the FFT path beats the direct path (the source of ``simulator.conv.CROSSOVER_KERNEL_SIZE``).
+    size from which the FFT path beats the direct path (at this one shape).
+(a') The choice of the automatic path, forward passes in "full" mode (as the simulated camera renders)
+    over a sweep of batch, image size, PSF count, PSF size and dtype (``conv_sweep``): per shape the
+    seconds of ``fft_conv2d``, of ``direct_conv2d`` (images padded first) and of the same direct
+    convolution with conv2d's own ``padding`` argument (the old path); the cost model of
+    ``simulator.conv`` fitted to them (``fitted``: the source of ``simulator.conv.CONV_COST``); and
+    ``auto_over_best``: the time of the path ``method="auto"`` takes over the faster path's, median and
+    worst over the sweep, for the constants in the code and for the fitted ones (compared with the
+    earlier fixed rule, direct below K = 23: ``fixed_rule_over_best``). ``pad_first_over_padding_arg``:
+    the explicit padding's time over the old path's (median, best, worst, and at the shape that
+    motivated it: one 56 x 56 image through 10 PSFs of 31 x 31).
 (b) Angular-spectrum propagation of a 1024 x 1024 complex64 field (padded to 2048 x 2048) with
     ``simulator.propagation.propagate_asm`` against a plain numpy FFT implementation of the same
     band-limited formula written here. Both use a precomputed transfer function (the simulator caches
@@ -22,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import itertools
 import json
 import math
 import os
@@ -38,6 +49,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from scipy.optimize import nnls  # noqa: E402
 
 from simulator import conv as conv_module  # noqa: E402
 from simulator.conv import IncoherentConv2d  # noqa: E402
@@ -47,6 +59,17 @@ from simulator.propagation import asm_transfer_function, clear_transfer_function
 
 RESULTS = Path(__file__).resolve().parent / "results" / "simulator.json"
 BATCH, IMAGE, KERNELS = 128, 28, 16
+#: Forward-pass sweep of the automatic path's choice: batch, image side, PSF count, PSF side (float64:
+#: batch 1 only, as the calibration fit renders).
+SWEEP = {"batch": (1, 16), "image": (28, 56, 112), "psfs": (4, 10, 32), "kernel": (5, 9, 13, 19, 31)}
+QUICK_SWEEP = {"batch": (1,), "image": (28, 56), "psfs": (4, 10), "kernel": (5, 13, 31)}
+#: The old padded-conv2d slow path: one 56 x 56 image (a 28 x 28 display at 2 sensor pixels per display
+#: pixel), 10 PSFs of 31 x 31, float32.
+SLOW_PATH_SHAPE = {"batch": 1, "image": 56, "psfs": 10, "kernel": 31, "dtype": "float32"}
+#: Torch threads of the sweep: on a shared 2-core machine a parallel region stalls for whole scheduler
+#: slices (tens of ms) whenever another process holds a core; one thread only slows down in proportion.
+SWEEP_THREADS = 1
+FIXED_CROSSOVER = 23  # the rule method="auto" followed before the cost model: direct below this K
 SIZES = (3, 5, 7, 9, 11, 13, 15, 19, 23, 31, 43, 63)
 QUICK_SIZES = (3, 7, 15, 31, 63)
 ASM_N, ASM_SPACING_M, ASM_WAVELENGTH_M, ASM_DISTANCE_M = 1024, 586e-9, 532e-9, 0.5e-3
@@ -105,6 +128,130 @@ def conv_rows(sizes, device, timing) -> list[dict]:
             flush=True,
         )
     return rows
+
+
+def interleaved_times(steps: dict, *, warmup: int, repeats: int) -> dict[str, list[float]]:
+    """Wall times (s) of ``repeats`` interleaved rounds of every CPU callable in ``steps``, after
+    ``warmup`` untimed rounds."""
+    for _ in range(warmup):
+        for step in steps.values():
+            step()
+    times = {name: [] for name in steps}
+    for _ in range(repeats):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            step()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def sweep_rows(grid: dict, timing: dict) -> list[dict]:
+    """Seconds (median, and least: ``*_least_s``) of the FFT path, the direct path and conv2d's own
+    padding (the old direct path) for each shape of ``grid``, forward only, "full" mode, CPU, no
+    gradient, on :data:`SWEEP_THREADS` torch threads."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(SWEEP_THREADS)
+    try:
+        return _sweep_rows(grid, timing)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _sweep_rows(grid: dict, timing: dict) -> list[dict]:
+    generator = torch.Generator().manual_seed(0)
+    cpu = torch.device("cpu")
+    rows = []
+    for dtype_name in ("float32", "float64"):
+        dtype = getattr(torch, dtype_name)
+        for n, h, m, k in itertools.product(*grid.values()):
+            if dtype is torch.float64 and n > 1:
+                continue
+            images = torch.rand(n, 1, h, h, generator=generator, dtype=dtype)
+            psfs = torch.rand(m, 1, k, k, generator=generator, dtype=dtype)
+            flipped = psfs.flip(-2, -1)
+            steps = {"fft": lambda: conv_module.fft_conv2d(images, psfs, mode="full"),
+                     "direct": lambda: conv_module.direct_conv2d(images, psfs, mode="full"),
+                     "padding_arg": lambda: F.conv2d(images, flipped, padding=k - 1)}
+            with torch.no_grad():
+                times = interleaved_times(steps, **timing)
+            seconds = {name: statistics.median(t) for name, t in times.items()}
+            row = {"batch": n, "image": h, "psfs": m, "kernel": k, "dtype": dtype_name,
+                   **{f"{name}_s": t for name, t in seconds.items()},
+                   **{f"{name}_least_s": min(t) for name, t in times.items()},
+                   "auto": conv_module.auto_method(images.shape, psfs.shape, "full", dtype)}
+            rows.append(row)
+            print(f"{dtype_name} N={n:2d} {h:3d}x{h:<3d} {m:2d} PSFs K={k:2d}: fft {seconds['fft'] * 1e3:8.3f} ms  "
+                  f"direct {seconds['direct'] * 1e3:8.3f} ms  padding arg {seconds['padding_arg'] * 1e3:8.3f} ms  "
+                  f"auto -> {row['auto']}", flush=True)
+    return rows
+
+
+def fit_costs(rows) -> dict:
+    """Per dtype and path, ``[seconds per unit of work, seconds per call]`` minimising the squared
+    relative error of ``simulator.conv.conv_work`` x per unit + per call against the least time of each
+    row (other processes only ever add time; non-negative least squares)."""
+    fitted = {}
+    for dtype_name in sorted({r["dtype"] for r in rows}):
+        fitted[dtype_name] = {}
+        for path in ("direct", "fft"):
+            mine = [r for r in rows if r["dtype"] == dtype_name]
+            work = np.array([_work(r)[path] for r in mine])
+            seconds = np.array([r[f"{path}_least_s"] for r in mine])
+            solution, _ = nnls(np.stack([work / seconds, 1 / seconds], axis=1), np.ones(len(mine)))
+            fitted[dtype_name][path] = [float(v) for v in solution]
+    return fitted
+
+
+def _work(row) -> dict:
+    return conv_module.conv_work((row["batch"], 1, row["image"], row["image"]),
+                                 (row["psfs"], 1, row["kernel"], row["kernel"]), "full")
+
+
+def _over_best(rows, choose) -> dict:
+    """Time of the path ``choose(row)`` picks over the faster path's: median and worst over ``rows``."""
+    ratios = [r[f"{choose(r)}_s"] / min(r["fft_s"], r["direct_s"]) for r in rows]
+    return {"median": float(np.median(ratios)), "max": float(np.max(ratios)), "mean": float(np.mean(ratios))}
+
+
+def sweep_figures(grid: dict, timing: dict) -> dict:
+    rows = sweep_rows(grid, timing)
+    fitted = fit_costs(rows)
+
+    def fitted_choice(row) -> str:
+        (a_d, b_d), (a_f, b_f) = fitted[row["dtype"]]["direct"], fitted[row["dtype"]]["fft"]
+        work = _work(row)
+        return "direct" if a_d * work["direct"] + b_d <= a_f * work["fft"] + b_f else "fft"
+
+    pad_ratios = [r["direct_s"] / r["padding_arg_s"] for r in rows]
+    slow = [r for r in rows if all(r[key] == value for key, value in SLOW_PATH_SHAPE.items())]
+    figures = {
+        "pass": "forward, mode 'full', no gradient, CPU",
+        "threads": SWEEP_THREADS,
+        "grid": {**{key: list(values) for key, values in grid.items()}, "dtype": ["float32", "float64"],
+                 "float64": "batch 1 only"},
+        "rows": rows,
+        "fitted": fitted,
+        "cost_in_code": {str(dtype).removeprefix("torch."): {path: list(c) for path, c in costs.items()}
+                         for dtype, costs in conv_module.CONV_COST.items()},
+        "auto_over_best": _over_best(rows, lambda r: r["auto"]),
+        "auto_over_best_fitted": _over_best(rows, fitted_choice),
+        "fixed_rule_over_best": _over_best(rows, lambda r: "direct" if r["kernel"] < FIXED_CROSSOVER else "fft"),
+        "auto_picks_faster_fraction": float(np.mean([r[f"{r['auto']}_s"] <= min(r["fft_s"], r["direct_s"])
+                                                     for r in rows])),
+        "pad_first_over_padding_arg": {"median": float(np.median(pad_ratios)), "min": float(np.min(pad_ratios)),
+                                       "max": float(np.max(pad_ratios))},
+    }
+    if slow:
+        figures["slow_path_shape"] = {**SLOW_PATH_SHAPE, "padding_arg_s": slow[0]["padding_arg_s"],
+                                      "pad_first_s": slow[0]["direct_s"], "fft_s": slow[0]["fft_s"],
+                                      "pad_first_speedup": slow[0]["padding_arg_s"] / slow[0]["direct_s"]}
+    print(f"auto path / faster path over {len(rows)} shapes: median {figures['auto_over_best']['median']:.3f}, "
+          f"worst {figures['auto_over_best']['max']:.2f} (fitted now: "
+          f"{figures['auto_over_best_fitted']['max']:.2f}; fixed K < {FIXED_CROSSOVER} rule: "
+          f"{figures['fixed_rule_over_best']['max']:.2f}); padded first / padding argument: median "
+          f"{figures['pad_first_over_padding_arg']['median']:.2f}, best {figures['pad_first_over_padding_arg']['min']:.3f}, "
+          f"worst {figures['pad_first_over_padding_arg']['max']:.2f}; fitted {json.dumps(fitted)}", flush=True)
+    return figures
 
 
 def crossover(rows) -> int | None:
@@ -259,9 +406,12 @@ def main(argv=None) -> dict:
             "conv_speedup_vs_conv2d": {str(r["kernel_size"]): r["auto_img_s"] / r["conv2d_img_s"] for r in rows},
             "fft_speedup_vs_conv2d": {str(r["kernel_size"]): r["fft_img_s"] / r["conv2d_img_s"] for r in rows},
             "crossover_kernel_size": measured_crossover,
-            "crossover_constant_in_code": conv_module.CROSSOVER_KERNEL_SIZE,
+            "auto_method": {str(r["kernel_size"]): conv_module.auto_method(
+                (BATCH, 1, IMAGE, IMAGE), (KERNELS, 1, r["kernel_size"], r["kernel_size"]), "same") for r in rows},
         },
     }
+    sweep_timing = {"warmup": 1, "repeats": 3 if args.quick else 5}
+    results["conv_sweep"] = sweep_figures(QUICK_SWEEP if args.quick else SWEEP, sweep_timing)
     asm = asm_figures(device, timing)
     results.update({
         # the headline figures, also found in "conv" and "asm"
@@ -272,8 +422,8 @@ def main(argv=None) -> dict:
         "asm_over_bare_fft": asm["asm_over_bare_fft"],
         "asm": asm,
     })
-    print(f"crossover (fft faster than direct from K =) {measured_crossover}; "
-          f"simulator.conv.CROSSOVER_KERNEL_SIZE = {conv_module.CROSSOVER_KERNEL_SIZE}")
+    print(f"crossover (fft faster than direct from K =) {measured_crossover} at batch {BATCH}, {IMAGE}x{IMAGE}, "
+          f"{KERNELS} kernels")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(results))

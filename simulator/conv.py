@@ -20,11 +20,14 @@ Output modes, for an ``H``-sample input and a ``K``-sample kernel (each axis):
   ``(K - 1) // 2``.)
 * ``"valid"``: ``H - K + 1`` samples, ``full[K - 1 : H]``, where the kernel lies inside the image.
 
-:data:`CROSSOVER_KERNEL_SIZE` decides between the direct and the FFT path in ``method="auto"``.
+``method="auto"`` takes the path a cost model (:func:`conv_seconds`, :data:`CONV_COST`) predicts to be
+faster for the shapes and dtype at hand: deterministic (the same shapes always take the same path, so
+results repeat to the bit), fitted to timings of both paths by ``benchmarks/simulator.py``.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -36,13 +39,16 @@ from .layout import TileLayout
 from .sampling import fast_fft_size
 from .validation import check_tensor
 
-#: Kernel size (max of the two sides) from which ``method="auto"`` uses the FFT path; smaller kernels go
-#: through ``torch.nn.functional.conv2d``. Measured with ``benchmarks/simulator.py`` (forward + backward,
-#: batch 128, 28x28 mono input, 16 signed kernels, float32, 2 CPU cores, torch 2.13): on the two quietest
-#: runs (2026-11-23) the FFT path overtook the direct one at K = 19 and at K = 23 (at 31: 984 vs 568 img/s);
-#: runs on a loaded machine put the crossover anywhere from 15 to 31. See ``crossover_kernel_size`` in
-#: benchmarks/results/simulator.json.
-CROSSOVER_KERNEL_SIZE = 23
+#: Cost model of ``method="auto"``: per dtype and path, ``(seconds per unit of work, seconds per call)``
+#: with the work of :func:`conv_work`. Fitted by ``benchmarks/simulator.py`` (``conv_sweep.fitted``, the
+#: least time of 5 forward passes per shape over batch 1 and 16, images 28 to 112, 4 to 32 PSFs of 5 to
+#: 31 pixels, mode "full", one thread, torch 2.13, 2026-12-05). Over that sweep the path it picks takes
+#: 1.08 times the faster path's time on average (worst 2.3), where the earlier fixed rule, direct below
+#: K = 23, took 1.70 (worst 10.8). float64 has no fast direct path on CPU (oneDNN is float32 only).
+CONV_COST = {
+    torch.float32: {"direct": (3.6e-11, 1.3e-4), "fft": (2.9e-10, 8.3e-5)},
+    torch.float64: {"direct": (1.0e-10, 6.0e-5), "fft": (3.8e-10, 9.4e-5)},
+}
 
 MODES = ("same", "full", "valid")
 METHODS = ("auto", "fft", "direct")
@@ -127,7 +133,14 @@ def fft_conv2d(images: torch.Tensor, psfs: torch.Tensor, *, mode: str = "same") 
 
 def direct_conv2d(images: torch.Tensor, psfs: torch.Tensor, *, mode: str = "same") -> torch.Tensor:
     """Same result as :func:`fft_conv2d`, computed by ``torch.nn.functional.conv2d`` with the PSFs
-    flipped on both axes (conv2d is a cross-correlation) and the padding each mode needs."""
+    flipped on both axes (conv2d is a cross-correlation) on the images zero-padded as each mode needs.
+
+    Padding beyond half the kernel (mode "full") or different on two sides (even kernels) is explicit,
+    ``F.pad`` then an unpadded conv2d: with its own ``padding`` argument that large, conv2d takes a
+    much slower path for some shapes on CPU (torch 2.13, one thread: one 56 x 56 image through 10 PSFs
+    of 31 x 31 in mode "full", 212 ms against 2.2 ms padded first; ``conv_sweep`` of
+    ``benchmarks/simulator.py``). Padding up to half the kernel (mode "same", odd kernels) stays
+    conv2d's own, which was never slower there and up to several times faster at batch 16."""
     _check_conv_args(images, psfs, mode)
     k1, k2 = psfs.shape[-2:]
     if mode == "full":
@@ -137,20 +150,51 @@ def direct_conv2d(images: torch.Tensor, psfs: torch.Tensor, *, mode: str = "same
     else:
         pads = (0, 0, 0, 0)
     weight = psfs.flip(-2, -1)
-    if pads[0] == pads[1] and pads[2] == pads[3]:
+    if pads[0] == pads[1] <= k1 // 2 and pads[2] == pads[3] <= k2 // 2:
         return F.conv2d(images, weight, padding=(pads[0], pads[2]))
     return F.conv2d(F.pad(images, (pads[2], pads[3], pads[0], pads[1])), weight)
+
+
+def conv_work(images_shape, psfs_shape, mode: str = "same") -> dict[str, float]:
+    """Units of work of each path for images ``(N, C, H, W)`` and PSFs ``(M, C, K1, K2)``: ``direct``,
+    the multiply-adds ``N M C H' W' K1 K2`` (``H' x W'`` the mode's output); ``fft``, the transforms
+    ``(N C + M C + N M) F log2 F`` plus the products ``N M C F`` on the ``F``-sample padded grid."""
+    if mode not in MODES:
+        raise InputError(f"mode must be one of {MODES}, got {mode!r}")
+    n, c, h, w = (int(v) for v in images_shape)
+    m, _, k1, k2 = (int(v) for v in psfs_shape)
+    out = [len(range(size + k - 1)[_crop(size, k, mode)]) for size, k in ((h, k1), (w, k2))]
+    grid = fast_fft_size(h + k1 - 1) * fast_fft_size(w + k2 - 1)
+    return {"direct": float(n * m * c * out[0] * out[1] * k1 * k2),
+            "fft": float((n * c + m * c + n * m) * grid * math.log2(grid) + n * m * c * grid)}
+
+
+def conv_seconds(images_shape, psfs_shape, mode: str = "same", dtype: torch.dtype = torch.float32) -> dict[str, float]:
+    """Predicted seconds of each path (:data:`CONV_COST` applied to :func:`conv_work`); dtypes other than
+    float64 use the float32 costs."""
+    cost = CONV_COST[dtype if dtype in CONV_COST else torch.float32]
+    work = conv_work(images_shape, psfs_shape, mode)
+    return {path: per_unit * work[path] + per_call for path, (per_unit, per_call) in cost.items()}
+
+
+def auto_method(images_shape, psfs_shape, mode: str = "same", dtype: torch.dtype = torch.float32) -> str:
+    """The path ``method="auto"`` takes: ``"direct"`` or ``"fft"``, whichever :func:`conv_seconds` predicts
+    faster (ties: direct)."""
+    seconds = conv_seconds(images_shape, psfs_shape, mode, dtype)
+    return "direct" if seconds["direct"] <= seconds["fft"] else "fft"
 
 
 def optical_conv2d(
     images: torch.Tensor, psfs: torch.Tensor, *, mode: str = "same", method: str = "auto"
 ) -> torch.Tensor:
-    """:func:`fft_conv2d` or :func:`direct_conv2d`; ``method="auto"`` uses the direct path for kernels
-    smaller than :data:`CROSSOVER_KERNEL_SIZE` (the faster one on the benchmark) and the FFT path above."""
+    """:func:`fft_conv2d` or :func:`direct_conv2d`; ``method="auto"`` takes the one predicted faster for
+    these shapes and dtype (:func:`auto_method`)."""
     if method not in METHODS:
         raise InputError(f"method must be one of {METHODS}, got {method!r}")
     if method == "auto":
-        method = "direct" if max(psfs.shape[-2:]) < CROSSOVER_KERNEL_SIZE else "fft"
+        shapes_known = mode in MODES and all(isinstance(t, torch.Tensor) and t.ndim == 4 for t in (images, psfs))
+        # unknown shapes: the direct path's checks name what is wrong
+        method = auto_method(images.shape, psfs.shape, mode, psfs.dtype) if shapes_known else "direct"
     return (fft_conv2d if method == "fft" else direct_conv2d)(images, psfs, mode=mode)
 
 

@@ -68,17 +68,19 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import config as config_io
-from .conv import optical_conv2d
-from .design import KernelDesign, PSFDesign, design_from_config
-from .display import DisplayModel, quantise_intensities
+from onn_core import config as config_io
 from onn_core.errors import ConfigError, InputError
 from onn_core.files import resolve_relative
 from onn_core.lut import LUT
+from onn_core.validation import check_positive
+
+from .conv import optical_conv2d
+from .design import KernelDesign, PSFDesign, design_from_config
+from .display import DisplayModel, quantise_intensities
 from .fabrication import AberrationOptics, ErrorSpec, FabricationErrors, apply_frame_errors, apply_psf_errors
 from .layout import TileLayout
 from .sensor import SensorModel
-from .validation import check_positive, check_tensor, is_transformed
+from .validation import check_tensor, is_transformed
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ import copy
 from pathlib import Path
 
 from drivers.config import open_bench
-from simulator import config as config_io
+from onn_core import config as config_io
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 

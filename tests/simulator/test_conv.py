@@ -2,8 +2,11 @@ import pytest
 import torch
 from scipy import signal
 
+from simulator import conv as conv_module
 from simulator.conv import (
     IncoherentConv2d,
+    auto_method,
+    conv_work,
     direct_conv2d,
     fft_conv2d,
     optical_conv2d,
@@ -106,6 +109,36 @@ def test_optical_conv2d_methods_agree(method):
         psfs = _rand(2, 1, k, k, seed=k)
         torch.testing.assert_close(optical_conv2d(images, psfs, method=method), fft_conv2d(images, psfs), rtol=0, atol=1e-10)
 
+
+
+@pytest.mark.parametrize("mode", ["same", "full"])
+@pytest.mark.parametrize("kernel", [3, 19, 31])
+def test_direct_path_equals_conv2d_with_its_padding_argument(mode, kernel):
+    """The direct path ("full": padded first) gives conv2d's own padding result (odd kernels: the same
+    pads on both sides), float32 to rounding, in the shape of the slow path (one 56 x 56 image, 10 PSFs)."""
+    images = torch.rand(1, 1, 56, 56, generator=torch.Generator().manual_seed(5))
+    psfs = torch.rand(10, 1, kernel, kernel, generator=torch.Generator().manual_seed(6))
+    padding = kernel - 1 if mode == "full" else kernel // 2
+    old = torch.nn.functional.conv2d(images, psfs.flip(-2, -1), padding=padding)
+    torch.testing.assert_close(direct_conv2d(images, psfs, mode=mode), old, rtol=1e-5, atol=1e-4)
+
+
+def test_the_automatic_path_follows_the_cost_model_deterministically(monkeypatch):
+    """Small kernels on a batch go direct, large ones through the FFT (with the fitted costs); the
+    choice depends on the shapes and dtype only, and the result is the chosen path's, bit for bit."""
+    small, large = ((16, 1, 112, 112), (32, 1, 5, 5)), ((1, 1, 112, 112), (32, 1, 31, 31))
+    assert auto_method(*small, "full") == "direct" and auto_method(*large, "full") == "fft"
+    work = conv_work((2, 3, 10, 12), (4, 3, 5, 3), "valid")
+    assert work["direct"] == 2 * 4 * 3 * 6 * 10 * 5 * 3
+    images, psfs = _rand(2, 1, 40, 40), _rand(6, 1, 9, 9, seed=2)
+    chosen = auto_method(images.shape, psfs.shape, "same", f64)
+    other = "fft" if chosen == "direct" else "direct"
+    assert torch.equal(optical_conv2d(images, psfs), optical_conv2d(images, psfs, method=chosen))
+    # costs that make the other path free: auto follows them
+    costs = {f64: {chosen: (1.0, 1.0), other: (0.0, 0.0)}}
+    monkeypatch.setattr(conv_module, "CONV_COST", costs)
+    assert auto_method(images.shape, psfs.shape, "same", f64) == other
+    assert torch.equal(optical_conv2d(images, psfs), optical_conv2d(images, psfs, method=other))
 
 def test_split_signed():
     k = torch.tensor([[-2.0, 0.0, 3.0]], dtype=f64)
