@@ -30,9 +30,9 @@ that were not captured, rendered through the calibrated forward model and read t
 (:func:`hil.finetune.synthetic_features`). Every method gets the same fixed number of optimiser steps,
 learning rate and batch size.
 
-Identity: a calibration is used only with the design it was measured against, a capture only with
-its design, and a fine-tuned backend only with the design and calibration it was trained on
-(:class:`JobMismatchError` otherwise).
+Identity: a calibration is used only with the design it was measured against and a fine-tuned backend
+only with the design and calibration it was trained on (:class:`JobMismatchError` otherwise); a
+capture file only with its design and calibration (:class:`hil.data.errors.CaptureFileError`).
 """
 
 from __future__ import annotations
@@ -66,9 +66,9 @@ from ..capture import capture, design_fingerprint, stratified_indices
 from ..checkpoint import find_checkpoint, load_checkpoint, load_model
 from ..config import load_run_config
 from ..data import build_datasets
-from ..export import export_design
 from ..data.captures import CaptureDataset
 from ..data.errors import CaptureFileError
+from ..export import export_design
 from ..finetune import (COMPENSATIONS, CapturedSet, accuracy, captured_features, finetune, read_synthetic,
                         synthetic_features, write_synthetic)
 from .config import FinetuneStep, Job, bench_settings, fabrication_errors
@@ -128,7 +128,11 @@ def student_model_config(job: Job) -> dict:
         if not path.is_file():
             raise ConfigError("student.config", step.config, f"a `hil train` config file (no file at {path})")
         return load_run_config(path, step.set).model
-    return load_checkpoint(find_checkpoint(job.path(step.run_dir)))["config"]["model"]
+    checkpoint = find_checkpoint(job.path(step.run_dir or step.checkpoint))
+    model = (load_checkpoint(checkpoint).get("config") or {}).get("model")
+    if not isinstance(model, dict):
+        raise ConfigError("student.run_dir", step.run_dir, f"a `hil train` run ({checkpoint} stores no model config)")
+    return model
 
 
 # ------------------------------------------------------------------------------------------ design
