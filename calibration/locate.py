@@ -484,7 +484,7 @@ def capture_patterns(bench, system, *, averages: int = 2, auto_exposure: bool = 
     ``auto_exposure``, the white pattern's 99.9th percentile is first brought to 70 % of the range
     (a search that fails leaves the exposure as it was: :func:`locate_grid` then says what it sees)."""
     from drivers.errors import ExposureError
-    from drivers.exposure import exposure_held
+    from drivers.exposure import capture_stack, exposure_held
 
     if isinstance(averages, bool) or not isinstance(averages, int) or averages < 1:
         raise InputError(f"averages must be an integer >= 1, got {averages!r}")
@@ -498,9 +498,7 @@ def capture_patterns(bench, system, *, averages: int = 2, auto_exposure: bool = 
                 log.warning("auto exposure failed (%s); locating at %g s", exc, bench.camera.exposure_s)
         frames = {}
         for name, image in images.items():
-            stack = [bench.measure(image).frame.image.astype(np.float64)]
-            stack += [bench.read().image.astype(np.float64) for _ in range(averages - 1)]
-            frames[name] = np.mean(stack, axis=0)
+            frames[name] = capture_stack(bench, averages, image).mean(axis=0, dtype=np.float64)
     return frames
 
 

@@ -88,7 +88,8 @@ def auto_exposure(camera, *, read: Callable | None = None, target_fraction: floa
     Returns
     -------
     float
-        The chosen exposure (s, as read back from the camera).
+        The chosen exposure (s, as read back from the camera), which is left set (after an error the
+        exposure the camera had is restored).
 
     Raises
     ------
@@ -113,54 +114,55 @@ def auto_exposure(camera, *, read: Callable | None = None, target_fraction: floa
     rows, cols = _check_region(region, camera.shape)
     low, high = camera.exposure_limits_s
     statistic = "peak" if percentile == 100 else f"{percentile:g}th percentile"
-    too_short, too_long = 0.0, math.inf  # the bracket: the target exposure lies between them
-    best = None                       # (|fraction / target - 1|, exposure) of the best unsaturated frame
-    exposure = min(max(float(camera.exposure_s), low), high)
-    for _ in range(int(max_frames)):
-        camera.exposure_s = exposure
-        exposure = float(camera.exposure_s)  # as read back
-        image = np.asarray(read().image)
-        level = float(np.percentile(image[rows, cols], percentile))
-        fraction = (level - black) / (limit - black)
-        if level >= limit:
-            if exposure <= low:
-                raise ExposureError(f"the {statistic} saturates ({level:g} >= {limit:g} DN) even at the shortest "
-                                    f"exposure {low:g} s: dim the display or the light", device=camera.name,
-                                    saturated=True)
-            too_long = exposure
-            guess = exposure / STEP_FACTOR
-        elif fraction < MIN_SIGNAL_FRACTION:
-            if exposure >= high:
-                raise ExposureError(_too_dark(image, statistic, level - black, fraction, high), device=camera.name,
-                                    saturated=False)
-            too_short = exposure
-            guess = exposure * STEP_FACTOR
-        else:
-            error = abs(fraction / target_fraction - 1)
-            if error <= tolerance:
-                return exposure
-            best = min(best, (error, exposure)) if best is not None else (error, exposure)
-            if fraction < target_fraction:
-                too_short = exposure
-            else:
+    with _restoring(camera, always=False):
+        too_short, too_long = 0.0, math.inf  # the bracket: the target exposure lies between them
+        best = None                       # (|fraction / target - 1|, exposure) of the best unsaturated frame
+        exposure = min(max(float(camera.exposure_s), low), high)
+        for _ in range(int(max_frames)):
+            camera.exposure_s = exposure
+            exposure = float(camera.exposure_s)  # as read back
+            image = np.asarray(read().image)
+            level = float(np.percentile(image[rows, cols], percentile))
+            fraction = (level - black) / (limit - black)
+            if level >= limit:
+                if exposure <= low:
+                    raise ExposureError(f"the {statistic} saturates ({level:g} >= {limit:g} DN) even at the shortest "
+                                        f"exposure {low:g} s: dim the display or the light", device=camera.name,
+                                        saturated=True)
                 too_long = exposure
-            guess = exposure * target_fraction / fraction
-            if (exposure >= high and fraction < target_fraction) or (exposure <= low and fraction > target_fraction):
-                log.warning("%s: the %s reaches %.0f %% of the range at the exposure limit %g s (target %.0f %%; "
-                            "widen camera.exposure_limits_s in the bench YAML if the camera allows)",
-                            camera.name, statistic, 100 * fraction, exposure, 100 * target_fraction)
-                return exposure
-        if not too_short < guess < too_long:  # outside the bracket: bisect it (geometrically)
-            guess = math.sqrt(too_short * too_long)
-        exposure = min(max(guess, low), high)
-    if best is None:
-        raise ExposureError(f"no exposure in {max_frames} frames gave a usable signal (neither saturated nor "
-                            f"below {MIN_SIGNAL_FRACTION:.0%} of the range); raise max_frames", device=camera.name,
-                            saturated=None)
-    camera.exposure_s = best[1]
-    log.info("%s: exposure %g s after %d frames, %.1f %% from the target", camera.name, best[1], max_frames,
-             100 * best[0])
-    return float(camera.exposure_s)
+                guess = exposure / STEP_FACTOR
+            elif fraction < MIN_SIGNAL_FRACTION:
+                if exposure >= high:
+                    raise ExposureError(_too_dark(image, statistic, level - black, fraction, high), device=camera.name,
+                                        saturated=False)
+                too_short = exposure
+                guess = exposure * STEP_FACTOR
+            else:
+                error = abs(fraction / target_fraction - 1)
+                if error <= tolerance:
+                    return exposure
+                best = min(best, (error, exposure)) if best is not None else (error, exposure)
+                if fraction < target_fraction:
+                    too_short = exposure
+                else:
+                    too_long = exposure
+                guess = exposure * target_fraction / fraction
+                if (exposure >= high and fraction < target_fraction) or (exposure <= low and fraction > target_fraction):
+                    log.warning("%s: the %s reaches %.0f %% of the range at the exposure limit %g s (target %.0f %%; "
+                                "widen camera.exposure_limits_s in the bench YAML if the camera allows)",
+                                camera.name, statistic, 100 * fraction, exposure, 100 * target_fraction)
+                    return exposure
+            if not too_short < guess < too_long:  # outside the bracket: bisect it (geometrically)
+                guess = math.sqrt(too_short * too_long)
+            exposure = min(max(guess, low), high)
+        if best is None:
+            raise ExposureError(f"no exposure in {max_frames} frames gave a usable signal (neither saturated nor "
+                                f"below {MIN_SIGNAL_FRACTION:.0%} of the range); raise max_frames", device=camera.name,
+                                saturated=None)
+        camera.exposure_s = best[1]
+        log.info("%s: exposure %g s after %d frames, %.1f %% from the target", camera.name, best[1], max_frames,
+                 100 * best[0])
+        return float(camera.exposure_s)
 
 
 def _too_dark(image: np.ndarray, statistic: str, signal_dn: float, fraction: float, longest_s: float) -> str:
@@ -171,13 +173,19 @@ def _too_dark(image: np.ndarray, statistic: str, signal_dn: float, fraction: flo
             f"the longest exposure {longest_s:g} s; check that the camera sees the light (cap, focus, aperture)")
 
 
-@contextlib.contextmanager
 def exposure_held(camera):
-    """Restore the camera's exposure when the block ends, however it ends; yields the exposure (s).
+    """Context manager: restore the camera's exposure when the block ends, however it ends; yields the
+    exposure (s).
 
     If the block raised and the restore fails too (e.g. the camera disconnected), the restore's failure
     is logged and the block's exception propagates.
     """
+    return _restoring(camera, always=True)
+
+
+@contextlib.contextmanager
+def _restoring(camera, *, always: bool):
+    """Restore the exposure after the block: always, or (``always`` False) only when it raised."""
     original = float(camera.exposure_s)
     try:
         yield original
@@ -187,7 +195,8 @@ def exposure_held(camera):
         except Exception as exc:
             log.warning("%s: could not restore the exposure %g s: %s", camera.name, original, exc)
         raise
-    _restore(camera, original)
+    if always:
+        _restore(camera, original)
 
 
 def _restore(camera, exposure_s: float) -> None:

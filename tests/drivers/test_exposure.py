@@ -67,8 +67,9 @@ def test_auto_exposure_reads_a_bounded_number_of_frames(clock):
     with pytest.raises(ExposureError, match="no exposure in 3 frames") as info:
         camera.auto_exposure(read=read, max_frames=3)
     assert reads == pytest.approx([1e-5, 1e-4, 1e-3]) and info.value.saturated is None  # stepped by decades
-    assert camera.auto_exposure(read=read, max_frames=3) == pytest.approx(0.7 * SATURATION_DN / 200 / 1000, rel=0.1)
-    assert len(reads) == 6  # from 1e-3 s: one decade up (3 % of the range), then the linear prediction hits
+    assert camera.exposure_s == 1e-5  # restored after the failure
+    assert camera.auto_exposure(read=read, max_frames=5) == pytest.approx(0.7 * SATURATION_DN / 200 / 1000, rel=0.1)
+    assert len(reads) == 3 + 5  # decades up to 1e-2 s (3 % of the range), then the linear prediction hits
 
 
 def test_saturated_at_the_shortest_exposure_is_named(clock):
@@ -76,7 +77,7 @@ def test_saturated_at_the_shortest_exposure_is_named(clock):
     slm, camera = make_pair(clock, render=render, exposure_limits_s=(1e-5, 10.0))
     with Bench(slm, camera) as bench, pytest.raises(ExposureError, match=r"saturates .* shortest exposure 1e-05 s") as info:
         bench.auto_exposure(scene())
-    assert info.value.saturated is True and camera.exposure_s == 1e-5
+    assert info.value.saturated is True and camera.exposure_s == 0.010  # the exposure it had is restored
 
 
 def test_too_dark_at_the_longest_exposure_is_named(clock):
@@ -84,7 +85,7 @@ def test_too_dark_at_the_longest_exposure_is_named(clock):
     with Bench(slm, camera) as bench:
         with pytest.raises(ExposureError, match=r"no light.*longest exposure 0.01 s") as info:
             bench.auto_exposure(np.ones((6, 6), np.uint8))
-        assert info.value.saturated is False
+        assert info.value.saturated is False and camera.exposure_s == 0.010
         with pytest.raises(ExposureError, match="all 0"):
             bench.auto_exposure(np.zeros((6, 6), np.uint8))
     assert 1000 * 0.01 / SATURATION_DN < MIN_SIGNAL_FRACTION  # the scene really is below the floor
