@@ -47,28 +47,12 @@ from .slm import SLM
 from .clock import Clock, RealClock
 from .device import OpenContext, config_errors
 from .errors import DeviceDisconnected, DeviceFault, DeviceNotFound
+from .window import DisplayWindow, window_from_config, window_image, window_placement
 from onn_core.lut import LUT
 
-__all__ = ["DisplaySLM", "DisplaySLMConfig", "DisplayWindow", "window_placement"]
+__all__ = ["DisplaySLM", "DisplaySLMConfig"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class DisplayWindow:
-    """The ``slm.window`` section: where the window is and where the image sits in it (see :class:`DisplaySLM`).
-
-    ``position``: desktop (x, y) of the window's top-left corner (the monitor's origin); ``size``: window
-    (rows, cols) in screen pixels (null: the zoomed image's size); ``offset``: (row, col) of the image's
-    top-left corner in the window (null: centred); ``zoom``: screen pixels per image pixel;
-    ``fullscreen``: ask the window manager for a full-screen window (``size`` = the monitor's).
-    """
-
-    position: tuple[int, int] = (0, 0)
-    size: tuple[int, int] | None = None
-    offset: tuple[int, int] | None = None
-    zoom: int = 1
-    fullscreen: bool = False
 
 
 @dataclass
@@ -83,34 +67,6 @@ class DisplaySLMConfig:
     open_wait_s: float = 0.5
     latency_s: float = 0.05
     settle_s: float = 0.0
-
-
-def _int_pair(name: str, value, minimum: int) -> tuple[int, int]:
-    if (not isinstance(value, (tuple, list)) or len(value) != 2
-            or any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < minimum for v in value)):
-        raise InputError(f"{name} must be two integers >= {minimum} (rows, cols), got {value!r}")
-    return int(value[0]), int(value[1])
-
-
-def window_placement(image_shape, size=None, offset=None, zoom: int = 1):
-    """Validated ``(window size (rows, cols), image offset (row, col), zoom)`` of an image of ``image_shape``
-    (rows, cols, ...) shown ``zoom`` times enlarged in a window: ``size`` None fits the zoomed image,
-    ``offset`` None centres it. Errors start with the ``slm.window`` field's name."""
-    if isinstance(zoom, bool) or not isinstance(zoom, (int, np.integer)) or zoom < 1:
-        raise InputError(f"zoom must be an integer >= 1 (screen pixels per image pixel), got {zoom!r}")
-    zoom = int(zoom)
-    zoomed = (image_shape[0] * zoom, image_shape[1] * zoom)
-    size = zoomed if size is None else _int_pair("size", size, 1)
-    if size[0] < zoomed[0] or size[1] < zoomed[1]:
-        raise InputError(f"size must hold the {image_shape[0]}x{image_shape[1]} image at zoom {zoom} ({zoomed[0]}x"
-                         f"{zoomed[1]} screen pixels), got {list(size)} (rows, cols)")
-    if offset is None:
-        offset = ((size[0] - zoomed[0]) // 2, (size[1] - zoomed[1]) // 2)
-    offset = _int_pair("offset", offset, 0)
-    if offset[0] + zoomed[0] > size[0] or offset[1] + zoomed[1] > size[1]:
-        raise InputError(f"offset must keep the {zoomed[0]}x{zoomed[1]} zoomed image inside the {size[0]}x{size[1]} "
-                         f"window, got {list(offset)} (row, col)")
-    return size, offset, zoom
 
 
 def x_display_reachable(display: str) -> bool:
@@ -255,12 +211,8 @@ class DisplaySLM(SLM):
                 "or slm.window.zoom)", device=self.name)
 
     def window_image(self, frame: np.ndarray) -> np.ndarray:
-        """The window's content (window rows, cols[, 3]) showing ``frame`` (the SLM's shape): black, with the
-        frame enlarged ``zoom`` times at ``image_offset``."""
-        z, (r0, c0) = self.zoom, self.image_offset
-        canvas = np.zeros((*self.window_size, *frame.shape[2:]), dtype=frame.dtype)
-        canvas[r0:r0 + frame.shape[0] * z, c0:c0 + frame.shape[1] * z] = np.repeat(np.repeat(frame, z, axis=0), z, axis=1)
-        return canvas
+        """The window's content showing ``frame`` (the SLM's shape): :func:`drivers.window.window_image`."""
+        return window_image(frame, self.window_size, self.image_offset, self.zoom)
 
     def image_rect(self) -> tuple[int, int, int, int]:
         """``(x, y, width, height)`` on the desktop of the shown (zoomed) image, in screen pixels."""
@@ -350,11 +302,9 @@ class DisplaySLM(SLM):
                 raise ConfigError(f"{path}.{moved}", settings[moved], f"no value here: set {path}.window.{moved}")
         cfg = build(cls.Config, dict(settings), path)
         window = cfg.window
-        with config_errors({"position": window.position, "size": window.size, "offset": window.offset,
-                            "zoom": window.zoom}, f"{path}.window"):
-            if len(cfg.shape) < 2:
-                raise ConfigError(f"{path}.shape", list(cfg.shape), "(rows, cols) or (rows, cols, 3)")
-            window_placement(cfg.shape, window.size, window.offset, window.zoom)
+        if len(cfg.shape) not in (2, 3):
+            raise ConfigError(f"{path}.shape", list(cfg.shape), "(rows, cols) or (rows, cols, 3)")
+        window_from_config(window, cfg.shape, path)
         kwargs = {"shape": cfg.shape, "pixel_pitch_m": cfg.pixel_pitch_m, "window_name": cfg.window_name,
                   "pump_events": cfg.pump_events, "open_wait_s": cfg.open_wait_s, "latency_s": cfg.latency_s,
                   "settle_s": cfg.settle_s}

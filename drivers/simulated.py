@@ -42,6 +42,7 @@ from .frames import RawFrame
 from .slm import SLM
 from .clock import Clock
 from .faults import CAMERA_ONLY, FaultConfig, FaultInjector
+from .window import DisplayWindow, window_from_config, window_image
 from onn_core.lut import LUT
 
 log = logging.getLogger(__name__)
@@ -76,7 +77,12 @@ class SimulatedSLM(SLM):
     """An SLM that remembers what it displayed when (for :class:`SimulatedCamera`).
 
     Parameters are those of :class:`~drivers.slm.SLM`, plus ``faults`` (:class:`FaultConfig`; stale
-    and drop faults do not apply to an SLM).
+    and drop faults do not apply to an SLM) and ``window``: ``(size, offset, zoom)`` of
+    :func:`drivers.window.window_placement` for a display whose image sits, ``zoom`` times enlarged, in a
+    larger screen (YAML ``slm.window``, as the display-window SLM's; ``pixel_pitch_m`` is then a shown
+    image pixel's, ``zoom`` times the screen's). :meth:`screen` is what the whole screen shows. The
+    optics image only the image's region: the rest of the screen is black (an SLM shows only its
+    image), so a wider field would add no light.
     """
 
     @dataclass
@@ -92,9 +98,11 @@ class SimulatedSLM(SLM):
         gamma: float | None = None
         default_timeout_s: float = 1.0
         faults: FaultConfig = field(default_factory=FaultConfig)
+        window: DisplayWindow | None = None  # the image zoomed inside a larger screen (drivers.window)
 
-    def __init__(self, *, faults: FaultConfig | None = None, **kwargs):
+    def __init__(self, *, faults: FaultConfig | None = None, window=None, **kwargs):
         super().__init__(**kwargs)
+        self.window = window
         self.faults = FaultInjector(faults)
         if any(getattr(self.faults.config, f"{name}_rate") for name in CAMERA_ONLY):
             raise ValueError("stale_rate and drop_rate apply to cameras only, not to an SLM")
@@ -112,16 +120,32 @@ class SimulatedSLM(SLM):
         lut = None
         if cfg.lut_file is not None and cfg.gamma is not None:
             raise ConfigError(f"{path}.gamma", cfg.gamma, "null when lut_file is given (one LUT source)")
+        window = None if cfg.window is None else window_from_config(cfg.window, cfg.shape, path)
         with config_errors(vars(cfg), path):
             if cfg.lut_file is not None:
                 lut = LUT.from_file(context.resolve(cfg.lut_file), kind)
             elif cfg.gamma is not None:
                 lut = LUT.gamma(cfg.bit_depth, cfg.gamma)
+            zoom = 1 if window is None else window[2]
             return cls(
-                shape=cfg.shape, bit_depth=cfg.bit_depth, pixel_pitch_m=cfg.pixel_pitch_m, modulation=cfg.modulation,
+                shape=cfg.shape, bit_depth=cfg.bit_depth, pixel_pitch_m=zoom * cfg.pixel_pitch_m, modulation=cfg.modulation,
                 lut=lut, wavelength_m=cfg.wavelength_m, latency_s=cfg.latency_s, settle_s=cfg.settle_s,
-                default_timeout_s=cfg.default_timeout_s, faults=cfg.faults, name=path or None, clock=context.clock,
+                default_timeout_s=cfg.default_timeout_s, faults=cfg.faults, window=window, name=path or None,
+                clock=context.clock,
             )
+
+    def settings(self) -> dict:
+        s = super().settings()
+        if self.window is not None:
+            size, offset, zoom = self.window
+            s.update(window_size=list(size), image_offset=list(offset), zoom=zoom)
+        return s
+
+    def screen(self) -> np.ndarray:
+        """What the whole screen shows now (the last frame shown, in its window: :func:`drivers.window.window_image`;
+        without a window, that frame)."""
+        frame = self._history[-1].image
+        return frame if self.window is None else window_image(frame, *self.window)
 
     def _show(self, frame: np.ndarray) -> None:
         fault = self.faults.draw(self.clock.now(), allowed=("timeout", "exception", "hang"))

@@ -38,6 +38,32 @@ def test_the_lab_bench_delivers_the_sensor_format_with_the_image_where_placed():
     assert np.hypot(*(centroid - placement["center_px"])) < 0.05 * 164 * placement["magnification"]
 
 
+def test_the_simulated_display_shows_the_image_zoomed_in_a_larger_screen():
+    with open_bench(_config(), clock=VirtualClock()) as bench:
+        slm = bench.slm
+        assert slm.pixel_pitch_m == pytest.approx(3.45e-6) and slm.window == ((1080, 1920), (400, 1100), 2)
+        image = np.random.default_rng(0).integers(0, 256, (28, 28), dtype=np.uint8)
+        slm.show(image)
+        screen = slm.screen()
+        assert screen.shape == (1080, 1920) and screen.sum() == 4 * image.astype(int).sum()
+        assert np.array_equal(screen[400:456:2, 1100:1156:2], image) and np.array_equal(screen[401:457:2, 1101:1157:2], image)
+        assert slm.settings()["zoom"] == 2
+
+
+@pytest.mark.parametrize("slm, field", [
+    ({"window": {"size": [1080, 1920], "zoom": 0}}, "slm.window.zoom"),
+    ({"window": {"size": [40, 40], "zoom": 2}}, "slm.window.size"),
+    ({"window": {"size": [100, 100], "offset": [50, 50], "zoom": 2}}, "slm.window.offset"),
+    ({"window": {"zoom": 1}}, "slm.pixel_pitch_m"),  # 1.725 um image pixels: not the optics' 3.45 um
+])
+def test_bad_screen_fields_are_named(slm, field):
+    config = _config()
+    config["slm"].update(slm)
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")) as caught:
+        open_bench(config, clock=VirtualClock())
+    assert caught.value.path == field
+
+
 @pytest.mark.parametrize("camera, field", [
     ({"placement": {"magnification": -2}}, "camera.placement.magnification"),
     ({"placement": {"center_px": [1, 2, 3]}}, "camera.placement.center_px"),
