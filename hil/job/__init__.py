@@ -9,7 +9,7 @@ module                 holds
 :mod:`.state`          ``state.json``: finished steps, the files each wrote, the identity
 :mod:`.steps`          the steps, plain functions a bench script calls (``examples/hil_job.py``),
                        and :data:`STEPS`, their table
-:mod:`.validate`       the checks made before the first step
+:mod:`.validate`       the checks made before the first step; :mod:`.disk` the free-space check
 :mod:`.runner`         :func:`run_job`: the table in order, resumable (``--from``, ``--until``)
 :mod:`.report`         ``report.json`` and ``summary.md``; :mod:`.plots` its figures
 =====================  =====================================================================
@@ -23,7 +23,8 @@ from .steps import (STEP_NAMES, STEPS, JobMismatchError, RunContext, Step, bench
                     calibrate_bench, capture_plan, capture_sets, datasets, design_config, design_identity,
                     evaluate, export, finetune_all, fraction_key, fraction_rows, load_job_calibration, open_job_bench,
                     score_runs, synthetic_set, train_models)
-from .validate import DiskSpaceError, preflight
+from .disk import DiskSpaceError
+from .validate import preflight
 
 __all__ = ["STEPS", "STEP_NAMES", "CaptureStep", "DiskSpaceError", "FinetuneStep", "Job",
            "JobConfig", "JobConfigChanged", "JobMismatchError", "RunContext", "Step", "TrainStep", "bench_config",

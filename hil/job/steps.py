@@ -72,6 +72,7 @@ from ..export import export_design
 from ..finetune import (COMPENSATIONS, CapturedSet, accuracy, captured_features, finetune, read_synthetic,
                         synthetic_features, write_synthetic)
 from .config import FinetuneStep, Job, bench_settings, fabrication_errors
+from .disk import bench_frame_bytes, check_free_space
 from .report import REPORT_FILES, report
 from .state import write_json
 
@@ -254,9 +255,11 @@ def capture_plan(job: Job, train_labels, test_labels) -> dict:
 
 
 def capture_sets(job: Job, bench, design_id: str, calibration_id: str, progress: bool = True) -> dict:
-    """Capture the planned training and test samples (resumable); returns the two summaries."""
+    """Capture the planned training and test samples (resumable; refused before the first frame when the
+    run folder's disk cannot hold them: :func:`hil.job.disk.check_free_space`); returns the two summaries."""
     train_split, test_split = datasets(job)
     plan = capture_plan(job, train_split.tensors[1].numpy(), test_split.tensors[1].numpy())
+    check_free_space(job.run_dir, len(plan["train"]) + len(plan["test"]), bench_frame_bytes(bench))
     out = {}
     for split, dataset in (("train", train_split), ("test", test_split)):
         summary = capture(bench, dataset, plan[split], job.run_dir / "captures" / f"{split}.h5",

@@ -4,30 +4,21 @@ the bench's display against the design's image, and the free disk space against 
 
 from __future__ import annotations
 
-import logging
-import shutil
-from math import prod
 from pathlib import Path
 from types import SimpleNamespace
+
+import numpy as np
 
 from calibration.api import CalibrationConfig
 from drivers.bench_fits import check_slm_fits
 from drivers.device import integer_dtype_for
-from onn_core.errors import ConfigError, HilError
+from onn_core.errors import ConfigError
 
 from ..config import load_run_config
 from ..models import build_model
 from .config import Job, bench_settings
+from .disk import check_free_space, frame_bytes
 from .steps import capture_plan, datasets, design_identity, model_sources, student_model_config
-
-log = logging.getLogger(__name__)
-
-ROW_BYTES = 64  # per captured frame besides its pixels and the shown image: label, index, exposure, time
-SPARE_BYTES = 64 * 2**20  # kept free beyond the captures (HDF5 metadata, fine-tuned backends, reports)
-
-
-class DiskSpaceError(HilError):
-    """The run folder's file system has too little free space for what the job will write."""
 
 
 def preflight(job: Job, to_run) -> None:
@@ -35,8 +26,8 @@ def preflight(job: Job, to_run) -> None:
     teacher sources, the dataset (loaded; an empty ``data.root`` folder refused), ``capture.test_size``
     against the test split, and, for the bench steps, the calibration config, the SLM's shape against
     the design's image and the free disk space against the capture still to do. Raises a
-    :class:`ConfigError` naming the field (or :class:`DiskSpaceError`). The dataset's images must have
-    the design's shape."""
+    :class:`ConfigError` naming the field (or :class:`hil.job.disk.DiskSpaceError`). The dataset's
+    images must have the design's shape."""
     to_run = set(to_run)
     model_sources(job)  # the given student run / teacher checkpoint exist
     teacher = job.config.teacher
@@ -51,7 +42,7 @@ def preflight(job: Job, to_run) -> None:
         CalibrationConfig.from_dict(job.config.calibration, "calibration")
         check_display_shape(job, system)
     if "capture" in to_run:
-        check_free_space(job, system, len(plan["train"]) + len(plan["test"]))
+        check_free_space(job.run_dir, len(plan["train"]) + len(plan["test"]), planned_frame_bytes(job, system))
 
 
 def _existing(job: Job, field: str, value: str) -> Path:
@@ -97,34 +88,15 @@ def check_display_shape(job: Job, system) -> None:
                                    pixel_pitch_m=slm["pixel_pitch_m"]), system, optics_path="the design")
 
 
-def capture_bytes_per_frame(job: Job, system) -> int:
-    """Bytes one captured sample takes uncompressed: the camera frame (``camera.shape`` of the bench file,
-    else the design's frame, in the sensor's container), the shown image and :data:`ROW_BYTES`."""
+def planned_frame_bytes(job: Job, system) -> int:
+    """:func:`hil.job.disk.frame_bytes` before the bench is open: the camera frame of ``camera.shape`` in
+    the bench file (else the design's frame) in the sensor's container, the SLM's image."""
     settings = bench_settings(job)
     camera, slm = settings.get("camera") or {}, settings.get("slm") or {}
-    frame = camera.get("shape") or system.frame_shape
     sensor = system.sensor
     bits = camera.get("bit_depth") or sensor.container_bits or sensor.bit_depth
-    pixel = integer_dtype_for(bits).itemsize if bits else 4  # no ADC: float32 frames
-    shown = integer_dtype_for(slm.get("bit_depth", 8)).itemsize
-    return prod(frame) * pixel + prod(system.image_shape) * shown + ROW_BYTES
+    return frame_bytes(camera.get("shape") or system.frame_shape, integer_dtype_for(bits) if bits else np.float32,
+                       system.image_shape, integer_dtype_for(slm.get("bit_depth", 8)))
 
 
-def check_free_space(job: Job, system, frames: int) -> None:
-    """Refuse (:class:`DiskSpaceError`, saying how much is needed) a capture of ``frames`` samples that
-    the run folder's file system cannot hold, counting what ``captures/`` already holds."""
-    per_frame = capture_bytes_per_frame(job, system)
-    captures = job.run_dir / "captures"
-    held = sum(f.stat().st_size for f in captures.glob("*.h5")) if captures.is_dir() else 0
-    needed = max(frames * per_frame - held, 0) + SPARE_BYTES
-    where = next(p for p in (job.run_dir, *job.run_dir.parents) if p.exists())
-    free = shutil.disk_usage(where).free
-    if free < needed:
-        raise DiskSpaceError(f"{where} has {free / 1e6:.1f} MB free, but capturing {frames} samples of about "
-                             f"{per_frame} bytes each needs {needed / 1e6:.1f} MB (with {SPARE_BYTES / 1e6:.0f} MB "
-                             "to spare): free space or choose another --out-dir")
-    log.info("capture needs about %.1f MB; %.1f MB free", needed / 1e6, free / 1e6)
-
-
-__all__ = ["DiskSpaceError", "capture_bytes_per_frame", "check_display_shape", "check_free_space", "check_image_shape",
-           "preflight"]
+__all__ = ["check_display_shape", "check_image_shape", "planned_frame_bytes", "preflight"]

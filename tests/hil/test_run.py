@@ -312,3 +312,24 @@ def test_the_cli_offers_the_steps_of_the_table():
     from hil.commands.run import STEP_CHOICES
 
     assert STEP_CHOICES == STEP_NAMES
+
+
+def test_the_free_space_check_counts_the_frames_and_what_is_already_captured(tmp_path, monkeypatch):
+    import shutil
+    from collections import namedtuple
+    from types import SimpleNamespace
+
+    from hil.job.disk import SPARE_BYTES, DiskSpaceError, bench_frame_bytes, check_free_space
+
+    bench = SimpleNamespace(camera=SimpleNamespace(shape=(10, 20), dtype=np.dtype(np.uint16)),
+                            slm=SimpleNamespace(shape=(4, 5), dtype=np.dtype(np.uint8)))
+    per_frame = bench_frame_bytes(bench)
+    assert per_frame == 10 * 20 * 2 + 4 * 5 + 64
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(0, 0, SPARE_BYTES + 1000 * per_frame))
+    check_free_space(tmp_path / "run", 1000, per_frame)  # a folder not made yet: its parent's file system
+    with pytest.raises(DiskSpaceError, match=rf"capturing 1001 samples of about {per_frame} bytes each needs"):
+        check_free_space(tmp_path / "run", 1001, per_frame)
+    (tmp_path / "run" / "captures").mkdir(parents=True)
+    (tmp_path / "run" / "captures" / "train.h5").write_bytes(b"\0" * per_frame)  # one frame already there
+    check_free_space(tmp_path / "run", 1001, per_frame)
