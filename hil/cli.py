@@ -9,7 +9,9 @@ Exit status, the same for every subcommand (:func:`main` is the one place that d
 
 * 0 on success;
 * 2 for a toolkit error or a file that cannot be read or written (a full disk included, whether
-  the OS or HDF5 reports it): one line on stderr, no traceback;
+  the OS or HDF5 reports it): one line on stderr, no traceback. After HDF5 failed to write a file
+  the process ends at once (``os._exit``) instead of letting HDF5 try again at exit, which can crash
+  (exit 139); such a file is left as a killed writer would leave it, and the next run recovers it;
 * ``128 + signal`` when interrupted: 130 for Ctrl-C (SIGINT), 143 for SIGTERM, with one line on
   stderr. Both signals are raised as ``KeyboardInterrupt`` wherever the command is, so every open
   bench blanks its display and closes its devices, and files are closed consistent, on the way out.
@@ -21,6 +23,7 @@ import argparse
 import contextlib
 import importlib
 import logging
+import os
 import signal
 import sys
 import threading
@@ -58,11 +61,11 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(args.command, str(exc))
     except OSError as exc:  # files and folders: permissions, a file where a folder should be, a full disk
         where = f" ({exc.filename})" if exc.filename else ""
-        return _fail(args.command, f"{exc.strerror or exc}{where}")
+        return _fail(args.command, f"{exc.strerror or exc}{where}", hdf5=_raised_by_h5py(exc))
     except RuntimeError as exc:  # h5py reports some write failures (a full disk on flush/close) so
         if not _raised_by_h5py(exc):
             raise
-        return _fail(args.command, f"HDF5 file error: {exc}")
+        return _fail(args.command, f"HDF5 file error: {exc}", hdf5=True)
     except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM (interrupts_raise), a training run stopped by either
         signum = int(getattr(exc, "signum", signal.SIGINT))
         print(f"hil {args.command}: interrupted ({signal.Signals(signum).name})", file=sys.stderr)
@@ -92,11 +95,17 @@ def interrupts_raise():
             signal.signal(signum, handler)
 
 
-def _fail(command: str, message: str) -> int:
-    """One error line on stderr; HDF5 files left open by the failure are closed first (so that
-    nothing flushes them again at exit); returns :data:`ERROR_EXIT`."""
-    _close_open_hdf5_files()
-    print(f"hil {command}: error: {message}", file=sys.stderr)
+def _fail(command: str, message: str, *, hdf5: bool = False) -> int:
+    """One error line on stderr; returns :data:`ERROR_EXIT`, or ends the process with it at once after
+    an HDF5 write failure (``hdf5``, or a captures file left open by one: module docstring)."""
+    from hil.data.capture_writer import files_left_open
+
+    print(f"hil {command}: error: {message.splitlines()[0] if message else message}", file=sys.stderr)
+    if hdf5 or files_left_open():
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(ERROR_EXIT)
     return ERROR_EXIT
 
 
@@ -107,17 +116,6 @@ def _raised_by_h5py(exc: BaseException) -> bool:
             return True
         tb = tb.tb_next
     return False
-
-
-def _close_open_hdf5_files() -> None:
-    """Close every HDF5 file still open in this process, ignoring errors (a full disk fails again)."""
-    h5py = sys.modules.get("h5py")
-    if h5py is None:
-        return
-    for fid in h5py.h5f.get_obj_ids(types=h5py.h5f.OBJ_FILE):
-        with contextlib.suppress(Exception):
-            while fid.valid:
-                fid.close()
 
 
 def calibrate_main() -> int:

@@ -6,9 +6,12 @@
   shuffle + gzip level 1 by default).
 * :class:`CaptureWriter`: appends rows to a file in HDF5 single-writer/multiple-reader (SWMR) mode;
   each row's data is flushed before ``count`` is raised and flushed, so a reader or a rerun sees only
-  complete rows and a ``kill -9`` loses at most the row in flight. Any write error (``OSError`` or
-  h5py's ``RuntimeError``, e.g. a full disk on a flush or on close) becomes one
-  :class:`CaptureWriteError` saying how many rows are kept.
+  complete rows and a ``kill -9`` loses at most the row in flight. Before each row it checks the free
+  space (:data:`FREE_SPACE_RESERVE_BYTES` beyond the row): a full disk stops the capture with the file
+  closed cleanly. Any write error that still happens (``OSError`` or h5py's ``RuntimeError``, on a
+  write, flush or close) becomes one :class:`CaptureWriteError` saying how many rows are kept; the
+  file is then left as it is, never closed (closing a file HDF5 failed to write can crash the
+  process): :func:`files_left_open` lists them, and the next run recovers it like a killed writer's.
 * :func:`recover`: a file its writer did not close, or a truncated one, is replaced by a copy of its
   intact complete rows (through a temporary ``.NAME.<pid>.recover.tmp``, removed on every exit path;
   :func:`remove_stale_temporaries` removes those a ``kill -9`` left behind).
@@ -22,6 +25,7 @@ import json
 import logging
 import os
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +42,10 @@ COMPRESSIONS = {"gzip": {"compression": "gzip", "compression_opts": 1, "shuffle"
 SCALAR_CHUNK_ROWS = 1024
 #: Errors h5py raises when a write, flush or close fails (a full disk gives either).
 WRITE_ERRORS = (OSError, RuntimeError)
+#: Free space (bytes) a writer keeps beyond the next row, for HDF5's metadata.
+FREE_SPACE_RESERVE_BYTES = 1 << 20
+#: Files whose writing failed, left open on purpose (module docstring).
+_LEFT_OPEN: list = []
 _TEMPORARY = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.(recover\.)?tmp$")
 
 
@@ -101,19 +109,20 @@ class CaptureWriter:
     def __init__(self, path):
         import h5py
 
-        self.path = Path(path)
+        self.path, self._file, self.rows = Path(path), None, 0
         try:
             self._file = h5py.File(self.path, "a", libver="latest")
             self.rows = int(self._file["count"][()])
             self._file.swmr_mode = True
         except WRITE_ERRORS as exc:
-            self._abandon()
+            self.close()
             raise CaptureWriteError(f"cannot open {self.path} for writing: {_reason(exc)}") from exc
 
     def append(self, values: dict) -> None:
         """Write row ``rows`` (``values``: dataset name -> value; every per-row dataset), flush it, then
         raise ``count`` and flush it."""
         row = self.rows
+        self._check_free_space(sum(np.asarray(v).nbytes for v in values.values()))
         with self._writing():
             for name, value in values.items():
                 data = self._file[name]
@@ -126,46 +135,62 @@ class CaptureWriter:
 
     def rewrite(self, row: int, values: dict) -> None:
         """Replace the values of complete row ``row`` (flushed)."""
+        self._check_free_space(sum(np.asarray(v).nbytes for v in values.values()))
         with self._writing():
             for name, value in values.items():
                 self._file[name][row] = value
                 self._file[name].flush()
+
+    def _check_free_space(self, row_bytes: int) -> None:
+        free = shutil.disk_usage(self.path.parent).free
+        needed = 2 * row_bytes + FREE_SPACE_RESERVE_BYTES
+        if free < needed:
+            self.close()
+            raise CaptureWriteError(f"cannot write {self.path}: No space left on device ({free} bytes free, the "
+                                    f"next frame needs about {needed}); its {self.rows} complete rows are kept: "
+                                    "free space and run again to continue")
 
     @contextlib.contextmanager
     def _writing(self):
         try:
             yield
         except WRITE_ERRORS as exc:
-            self._abandon()
+            self._leave_open()
             raise CaptureWriteError(f"cannot write {self.path}: {_reason(exc)}; its {self.rows} complete rows are "
-                                    "kept: free space (or fix the cause) and run again to continue") from exc
+                                    "kept (the next run recovers them): free space (or fix the cause) and run "
+                                    "again to continue") from exc
 
     def close(self) -> None:
+        """Close the file (idempotent)."""
         if self._file is None:
             return
         try:
             self._file.close()
         except WRITE_ERRORS as exc:
-            self._file = None
+            self._leave_open()
             raise CaptureWriteError(f"cannot finish writing {self.path}: {_reason(exc)}; its {self.rows} complete "
-                                    "rows are kept: free space (or fix the cause) and run again to continue") from exc
+                                    "rows are kept (the next run recovers them): free space (or fix the cause) "
+                                    "and run again to continue") from exc
         self._file = None
 
-    def _abandon(self) -> None:
-        """Close after a failed write, ignoring further errors (HDF5 may fail to flush again)."""
-        handle, self._file = getattr(self, "_file", None), None
-        if handle is not None:
-            with contextlib.suppress(Exception):
-                handle.close()
+    def _leave_open(self) -> None:
+        """After a failed write: keep the handle alive and never close it (module docstring)."""
+        if self._file is not None:
+            _LEFT_OPEN.append(self._file)
+        self._file = None
 
     def __enter__(self) -> "CaptureWriter":
         return self
 
     def __exit__(self, *exc_info) -> None:
-        if exc_info[0] is None:
-            self.close()
-        else:
-            self._abandon()
+        self.close()
+
+
+def files_left_open() -> list[str]:
+    """Paths of the files whose writing failed in this process, left open on purpose: a program that
+    saw a :class:`CaptureWriteError` should end with ``os._exit`` while any is listed (what ``hil``
+    does), since HDF5 may crash closing them at exit."""
+    return [handle.filename for handle in _LEFT_OPEN]
 
 
 def set_attrs(path, values: dict) -> None:
@@ -273,5 +298,5 @@ def _reason(exc: BaseException) -> str:
     return "No space left on device" if "No space left" in text or "ENOSPC" in text else text
 
 
-__all__ = ["COMPRESSIONS", "CaptureWriter", "corrupt_rows", "create_capture_file",
+__all__ = ["COMPRESSIONS", "CaptureWriter", "corrupt_rows", "create_capture_file", "files_left_open",
            "needs_recovery", "recover", "remove_stale_temporaries", "set_attrs"]
