@@ -119,6 +119,8 @@ def test_the_calibration_file_round_trips_and_is_never_overwritten(calibrated, t
     back = calfile.load_calibration(path)
     assert back.calibration_id == calibration.calibration_id and back.stages == calibration.stages
     torch.testing.assert_close(back.fit.errors.shift_px, calibration.fit.errors.shift_px, rtol=0, atol=0)
+    assert back.fit.parameters == calibration.fit.parameters and back.fit.settings == calibration.fit.settings
+    assert back.fit.chi2_reduced == calibration.fit.chi2_reduced
     np.testing.assert_array_equal(back.psf.rate, calibration.psf.rate)
     assert back.sensor.pixel_noise == calibration.sensor.pixel_noise
     with h5py.File(path) as f:
