@@ -36,6 +36,8 @@ def run_job(job: Job, *, progress: bool = True, from_step: str | None = None, un
         if name is not None and name not in STEP_NAMES:
             raise InputError(f"{option} {name!r}: expected one of {list(STEP_NAMES)}")
     last = STEP_NAMES.index(until) if until is not None else len(STEPS) - 1
+    if from_step is not None and STEP_NAMES.index(from_step) > last:
+        raise InputError(f"--from {from_step} comes after --until {until}: nothing would run")
     run_dir = job.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     threads = torch.get_num_threads()

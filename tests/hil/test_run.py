@@ -308,10 +308,16 @@ def test_job_config_errors_name_the_field(tmp_path):
         config_io.build(JobConfig, {**base, "capture": {"fractions": [0.0]}, "finetune": {"methods": ["e2e"]}}, "")
 
 
-def test_the_cli_offers_the_steps_of_the_table():
+def test_the_step_options_name_steps_of_the_table_in_order(tmp_path, student_run):
     from hil.commands.run import STEP_CHOICES
+    from onn_core.errors import InputError
 
     assert STEP_CHOICES == STEP_NAMES
+    job = write_job(tmp_path, student_run)
+    with pytest.raises(InputError, match="--until 'fit': expected one of"):
+        run_job(job, until="fit")
+    with pytest.raises(InputError, match="--from capture comes after --until export"):
+        run_job(job, from_step="capture", until="export")
 
 
 def test_the_free_space_check_counts_the_frames_and_what_is_already_captured(tmp_path, monkeypatch):
