@@ -1,6 +1,6 @@
 """The hardware-in-the-loop job, ``hil run CONFIG``: train -> export design -> fabricate/open the bench
--> calibrate -> capture -> fine-tune -> evaluate -> report, into one run folder (docs/method.md,
-stage 3).
+-> calibrate -> capture -> fine-tune -> evaluate -> report, into one run folder
+(docs/method.md#stage-3-compensation).
 
 =====================  =====================================================================
 module                 holds
