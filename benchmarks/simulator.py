@@ -14,8 +14,8 @@
     ``auto_over_best``: the time of the path ``method="auto"`` takes over the faster path's, median and
     worst over the sweep, for the constants in the code and for the fitted ones (compared with the
     earlier fixed rule, direct below K = 23: ``fixed_rule_over_best``). ``pad_first_over_padding_arg``:
-    the explicit padding's time over the old path's (median, best, worst, and at the shape that
-    motivated it: one 56 x 56 image through 10 PSFs of 31 x 31).
+    the explicit padding's time over the old path's (median, best, worst; ``slow_path_shapes``: one
+    56 x 56 image through 10 PSFs of 19 x 19 and of 31 x 31).
 (b) Angular-spectrum propagation of a 1024 x 1024 complex64 field (padded to 2048 x 2048) with
     ``simulator.propagation.propagate_asm`` against a plain numpy FFT implementation of the same
     band-limited formula written here. Both use a precomputed transfer function (the simulator caches
@@ -63,9 +63,9 @@ BATCH, IMAGE, KERNELS = 128, 28, 16
 #: batch 1 only, as the calibration fit renders).
 SWEEP = {"batch": (1, 16), "image": (28, 56, 112), "psfs": (4, 10, 32), "kernel": (5, 9, 13, 19, 31)}
 QUICK_SWEEP = {"batch": (1,), "image": (28, 56), "psfs": (4, 10), "kernel": (5, 13, 31)}
-#: The old padded-conv2d slow path: one 56 x 56 image (a 28 x 28 display at 2 sensor pixels per display
-#: pixel), 10 PSFs of 31 x 31, float32.
-SLOW_PATH_SHAPE = {"batch": 1, "image": 56, "psfs": 10, "kernel": 31, "dtype": "float32"}
+#: Shapes of the old padded-conv2d slow path: one 56 x 56 image (a 28 x 28 display at 2 sensor pixels per
+#: display pixel) through 10 PSFs of 19 x 19 (reported slow in an earlier run) and of 31 x 31, float32.
+SLOW_PATH_SHAPES = tuple({"batch": 1, "image": 56, "psfs": 10, "kernel": k, "dtype": "float32"} for k in (19, 31))
 #: Torch threads of the sweep: on a shared 2-core machine a parallel region stalls for whole scheduler
 #: slices (tens of ms) whenever another process holds a core; one thread only slows down in proportion.
 SWEEP_THREADS = 1
@@ -223,7 +223,6 @@ def sweep_figures(grid: dict, timing: dict) -> dict:
         return "direct" if a_d * work["direct"] + b_d <= a_f * work["fft"] + b_f else "fft"
 
     pad_ratios = [r["direct_s"] / r["padding_arg_s"] for r in rows]
-    slow = [r for r in rows if all(r[key] == value for key, value in SLOW_PATH_SHAPE.items())]
     figures = {
         "pass": "forward, mode 'full', no gradient, CPU",
         "threads": SWEEP_THREADS,
@@ -241,10 +240,10 @@ def sweep_figures(grid: dict, timing: dict) -> dict:
         "pad_first_over_padding_arg": {"median": float(np.median(pad_ratios)), "min": float(np.min(pad_ratios)),
                                        "max": float(np.max(pad_ratios))},
     }
-    if slow:
-        figures["slow_path_shape"] = {**SLOW_PATH_SHAPE, "padding_arg_s": slow[0]["padding_arg_s"],
-                                      "pad_first_s": slow[0]["direct_s"], "fft_s": slow[0]["fft_s"],
-                                      "pad_first_speedup": slow[0]["padding_arg_s"] / slow[0]["direct_s"]}
+    figures["slow_path_shapes"] = [
+        {**shape, "padding_arg_s": r["padding_arg_s"], "pad_first_s": r["direct_s"], "fft_s": r["fft_s"],
+         "pad_first_speedup": r["padding_arg_s"] / r["direct_s"]}
+        for shape in SLOW_PATH_SHAPES for r in rows if all(r[key] == value for key, value in shape.items())]
     print(f"auto path / faster path over {len(rows)} shapes: median {figures['auto_over_best']['median']:.3f}, "
           f"worst {figures['auto_over_best']['max']:.2f} (fitted now: "
           f"{figures['auto_over_best_fitted']['max']:.2f}; fixed K < {FIXED_CROSSOVER} rule: "
