@@ -124,7 +124,8 @@ def main(argv=None) -> int:
         settings = dataclasses.replace(base, lr=lr, seeds=[TUNING_SEED])
         runs = steps.finetune_all(job, student, calibration, design_id, models["teacher"], settings=settings,
                                   fractions=[args.tune_fraction], name=f"tune_unseen_lr{lr:g}")
-        for method, fractions in steps.score_runs(job, student, val, runs, reference).items():
+        for method, fractions in steps.score_runs(job, student, val, runs, reference, design_id=design_id,
+                                                  calibration_id=calibration.calibration_id).items():
             tuning.setdefault(method, {})[f"{lr:g}"] = fractions[steps.fraction_key(args.tune_fraction)]["mean"]
         result["tuning"] = {"validation_accuracy": tuning, "fraction": args.tune_fraction}
         write(args.out, result)

@@ -452,6 +452,7 @@ class RunContext:
 
     @cached_property
     def models(self) -> dict:
+        """:func:`train_models` (which only locates the runs once they are trained)."""
         return train_models(self.job)
 
     @cached_property
@@ -476,10 +477,12 @@ class RunContext:
 
     @cached_property
     def calibration(self):
+        """The run's calibration of this design (:func:`load_job_calibration`)."""
         return load_job_calibration(self.job, self.design[1])
 
     @cached_property
     def student(self):
+        """The trained student, frozen (:func:`hil.checkpoint.load_model`)."""
         return load_model(self.models["student"])
 
 
