@@ -106,6 +106,22 @@ class Placement:
             raise FieldError("radial_k1", self.radial_k1, f"in [-{MAX_RADIAL_K1}, {MAX_RADIAL_K1}] (invertible over the sensor)")
 
     @classmethod
+    def random(cls, seed: int, design_shape, sensor_shape=(1024, 1280), *, magnification=(0.5, 3.0),
+               max_rotation_rad: float = math.radians(15), max_radial_k1: float = 0.02) -> "Placement":
+        """A seeded random placement (the test bed of ``hil locate``): magnification uniform in the given
+        range, rotation uniform within +-``max_rotation_rad``, mirrored half the time, ``radial_k1`` uniform
+        within +-``max_radial_k1``, the centre anywhere the whole (rotated) design frame stays on the sensor."""
+        rng = np.random.default_rng(seed)
+        m = rng.uniform(*magnification)
+        half = math.hypot(*design_shape) / 2 * m + 4  # the design frame's half-diagonal on the sensor, + margin
+        if 2 * half > min(sensor_shape):
+            raise InputError(f"a {design_shape} design frame at magnification {m:.3g} does not fit on a {sensor_shape} sensor")
+        centre = (rng.uniform(half, sensor_shape[0] - half), rng.uniform(half, sensor_shape[1] - half))
+        rotation = rng.uniform(-max_rotation_rad, max_rotation_rad)
+        mirror = bool(rng.integers(2))
+        return cls(tuple(sensor_shape), centre, rotation, m, mirror, rng.uniform(-max_radial_k1, max_radial_k1))
+
+    @classmethod
     def identity(cls, design_shape) -> "Placement":
         """The placement whose lab frame is the design frame itself."""
         return cls(sensor_shape=tuple(int(v) for v in design_shape))

@@ -36,12 +36,7 @@ def fabricated():
 
 def random_placement(seed: int, *, distortion: bool = True) -> Placement:
     """Offset anywhere the grid fits, rotation within +-15 deg, magnification 0.5-3, mirror 50 %."""
-    rng = np.random.default_rng(seed)
-    magnification = rng.uniform(0.5, 3.0)
-    half = 116 * magnification + 4  # half the design frame's diagonal, on the sensor
-    centre = (rng.uniform(half, SENSOR[0] - half), rng.uniform(half, SENSOR[1] - half))
-    return Placement(SENSOR, centre, math.radians(rng.uniform(-15, 15)), magnification, bool(rng.integers(2)),
-                     rng.uniform(-0.02, 0.02) if distortion else 0.0)
+    return Placement.random(seed, (164, 164), SENSOR, max_radial_k1=0.02 if distortion else 0.0)
 
 
 def frames_of(system, placement, exposure_s=None):
