@@ -55,7 +55,7 @@ from onn_core.errors import InputError
 from .data.capture_writer import (CaptureWriter, corrupt_rows, create_capture_file, needs_recovery, recover,
                                   remove_stale_temporaries, set_attrs)
 from .data.captures import CAPTURE_SCHEMA, check_identity, complete_rows, open_capture, read_rows
-from .data.errors import CaptureFileError, DatasetError
+from .data.errors import CaptureFileError, DatasetError, TruncatedCaptureError
 
 log = logging.getLogger(__name__)
 
@@ -317,6 +317,8 @@ def _prepare_existing(out: Path, indices: np.ndarray, design_id: str, calibratio
     its end. Returns whether it was recovered."""
     try:
         f, _ = open_capture(out)
+    except CaptureFileError:
+        raise
     except DatasetError as exc:
         raise CaptureFileError(f"{out} exists but is not a readable HDF5 file ({exc.__cause__ or exc}); it was "
                                "left untouched: move it away or choose another output path") from exc
@@ -335,6 +337,8 @@ def _prepare_existing(out: Path, indices: np.ndarray, design_id: str, calibratio
     damaged, count, intact = needs_recovery(out)
     if not damaged:
         return False
+    if count and not intact:
+        raise TruncatedCaptureError(out, count, 0, "nothing readable; it was left untouched")
     log.warning("%s was left open by a writer that did not close it (killed?) or lost its end: %d of its %d "
                 "complete rows are intact; recovering them", out, intact, count)
     recover(out)

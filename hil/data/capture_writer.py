@@ -112,7 +112,8 @@ class CaptureWriter:
         self.path, self._file, self.rows = Path(path), None, 0
         try:
             self._file = h5py.File(self.path, "a", libver="latest")
-            self.rows = int(self._file["count"][()])
+            self._datasets = {name: item for name, item in self._file.items()}  # (lookups by name are slow)
+            self.rows = int(self._datasets["count"][()])
             self._file.swmr_mode = True
         except WRITE_ERRORS as exc:
             self.close()
@@ -125,12 +126,12 @@ class CaptureWriter:
         self._check_free_space(sum(np.asarray(v).nbytes for v in values.values()))
         with self._writing():
             for name, value in values.items():
-                data = self._file[name]
+                data = self._datasets[name]
                 data.resize(row + 1, axis=0)
                 data[row] = value
                 data.flush()
-            self._file["count"][()] = row + 1
-            self._file["count"].flush()
+            self._datasets["count"][()] = row + 1
+            self._datasets["count"].flush()
         self.rows = row + 1
 
     def rewrite(self, row: int, values: dict) -> None:
@@ -138,8 +139,8 @@ class CaptureWriter:
         self._check_free_space(sum(np.asarray(v).nbytes for v in values.values()))
         with self._writing():
             for name, value in values.items():
-                self._file[name][row] = value
-                self._file[name].flush()
+                self._datasets[name][row] = value
+                self._datasets[name].flush()
 
     def _check_free_space(self, row_bytes: int) -> None:
         free = shutil.disk_usage(self.path.parent).free

@@ -68,9 +68,25 @@ def open_capture(path, *, live: bool = False):
     try:
         if live:
             return h5py.File(path, "r", swmr=True), None
-        return open_for_reading(path)
+        f, state = open_for_reading(path)
     except OSError as exc:
         raise DatasetError(f"cannot open capture file {path} as HDF5: {exc}") from exc
+    if not state.healthy:
+        try:  # what lies in the lost bytes fails here, at once
+            dict(f.attrs)
+            if "count" in f:
+                f["count"][()]
+        except (OSError, RuntimeError) as exc:
+            f.close()
+            raise TruncatedCaptureError(path, None, 0, _damage(state)) from exc
+    return f, state
+
+
+def _damage(state) -> str:
+    """How a file was left, in words."""
+    if state.truncated:
+        return f"{state.size} of {state.stored_eof} bytes"
+    return f"its writer did not close it; {state.size} bytes"
 
 
 def complete_rows(f) -> int:
@@ -202,10 +218,7 @@ class CaptureDataset(Dataset):
         if self._state is not None and not self._state.healthy:
             intact = intact_rows(f, count, self._state.size)
             if intact < count:
-                state = self._state
-                detail = (f"{state.size} of {state.stored_eof} bytes" if state.truncated
-                          else f"its writer did not close it; {state.size} bytes")
-                raise TruncatedCaptureError(self.path, count, intact, detail)
+                raise TruncatedCaptureError(self.path, count, intact, _damage(self._state))
         self.count = count
         self.labels = torch.from_numpy(np.asarray(read_rows(f, "labels", slice(0, count), self.path), dtype=np.int64))
         self.source_indices = torch.from_numpy(np.asarray(read_rows(f, "indices", slice(0, count), self.path), dtype=np.int64))

@@ -18,16 +18,19 @@ class TruncatedCaptureError(CaptureFileError):
     Attributes
     ----------
     path : Path
-    count : int
-        Complete rows the file claims.
+    count : int or None
+        Complete rows the file claims (None: unreadable).
     intact_rows : int
         Leading rows whose bytes are all still in the file (what a recovery keeps).
     """
 
-    def __init__(self, path, count: int, intact_rows: int, detail: str):
-        self.path, self.count, self.intact_rows = path, int(count), int(intact_rows)
-        super().__init__(f"{path} is truncated or was left half-written ({detail}): {intact_rows} of its {count} "
-                         "complete rows are intact; running the capture again recovers them and captures the rest")
+    def __init__(self, path, count: int | None, intact_rows: int, detail: str):
+        self.path, self.count, self.intact_rows = path, count, int(intact_rows)
+        what = (f"{intact_rows} of its {count} complete rows are intact; running the capture again recovers them "
+                "and captures the rest" if intact_rows else
+                f"none of its {'' if count is None else f'{count} '}complete rows can be read back: move it away "
+                "and capture again")
+        super().__init__(f"{path} is truncated or was left half-written ({detail}): {what}")
 
 
 class CorruptFrameError(CaptureFileError):
