@@ -26,12 +26,12 @@ MODEL = {"name": "optical_student", "num_kernels": 2, "kernel_size": 5, "image_s
                                "container_bits": 16, "noise": True}}}
 
 
-def blob_dataset(n: int, seed: int, contrast: float = 0.6) -> TensorDataset:
+def blob_dataset(n: int, seed: int, contrast: float = 0.6, size: int = SIZE) -> TensorDataset:
     """A faint 3x3 blob at one of 4 corners (the label) on a noisy background: hard enough that the
     student is not perfect, so a difference of accuracy can show."""
     gen = torch.Generator().manual_seed(seed)
     labels = torch.randint(0, 4, (n,), generator=gen)
-    images = 0.5 * torch.rand((n, 1, SIZE, SIZE), generator=gen)
+    images = 0.5 * torch.rand((n, 1, size, size), generator=gen)
     for i, label in enumerate(labels.tolist()):
         r, c = CORNERS[label]
         images[i, 0, r:r + 3, c:c + 3] += 0.5 * contrast * torch.rand((), generator=gen)
@@ -265,8 +265,12 @@ def test_bad_inputs_are_refused_before_the_first_step(tmp_path, student_run, mon
     another image size and too little disk space are each reported before any step, naming the field."""
     import shutil
     from collections import namedtuple
+    from pathlib import Path
 
-    from hil.job import DiskSpaceError, read_state
+    import hil.job.steps
+    from hil.job import DiskSpaceError, TrainStep, read_state
+
+    EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
     from onn_core.errors import ConfigError
 
     def refused(job, error, match):
@@ -276,6 +280,13 @@ def test_bad_inputs_are_refused_before_the_first_step(tmp_path, student_run, mon
 
     job = write_job(tmp_path, student_run, capture={"fractions": [0.2], "test_size": 10_000})
     refused(job, ConfigError, r"capture.test_size' = 10000: expected a number in \[1, 400\]")
+    # a student still to train: refused before its training starts
+    job.config.student = TrainStep(config=str(EXAMPLES / "train_fmnist_ntkd.yaml"),
+                                   set={"teacher": None, "loss.method": "task"})
+    job.datasets = (blob_dataset(100, 0, size=28), blob_dataset(400, 1, size=28))
+    monkeypatch.setattr(hil.job.steps, "train", lambda *args, **kwargs: pytest.fail("training started"))
+    refused(job, ConfigError, r"capture.test_size' = 10000")
+    assert not (job.run_dir / "student").exists()
     (tmp_path / "bench.yaml").unlink()
     refused(job, ConfigError, r"'bench' = 'bench.yaml': expected a bench config file \(no file at")
 
