@@ -30,6 +30,7 @@ message says what was seen and whose ``annotated`` image (:func:`annotate`) show
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from dataclasses import dataclass
@@ -148,7 +149,7 @@ class GridLocation:
         corners = location.to_frame(np.array([[-m, -m], [-m, w - 1 + m], [h - 1 + m, -m], [h - 1 + m, w - 1 + m]]))
         r0, c0 = (math.floor(v) for v in corners.min(axis=0))
         r1, c1 = (math.ceil(v) + 1 for v in corners.max(axis=0))
-        return cls(**{**location.__dict__, "roi": (r0, c0, r1 - r0, c1 - c0)})
+        return dataclasses.replace(location, roi=(r0, c0, r1 - r0, c1 - c0))
 
     @property
     def roi_inside(self) -> bool:
@@ -260,7 +261,7 @@ def _noise_sigma(signal: np.ndarray) -> float:
 
 
 def _tile_regions(white: np.ndarray, count: int, saturated: np.ndarray | None):
-    """Median-filtered signal, labels and the bright regions (list of dicts) of the white frame."""
+    """Labels and the bright regions (list of dicts: label, centroid, box, edge) of the white frame."""
     import cv2
 
     clean = cv2.medianBlur(white.astype(np.float32), 3).astype(np.float64)
@@ -301,11 +302,12 @@ def _tile_regions(white: np.ndarray, count: int, saturated: np.ndarray | None):
         else:
             reason = f"the design has {count} tiles (stray light, a different design, or tiles split by defects?)"
         raise LocateError(f"no grid: found {what}; {reason}", annotate(white, regions=regions))
-    return clean, labels, regions
+    return labels, regions
 
 
 def _lattice(regions, layout, count: int, white: np.ndarray):
-    """(rotation, spacing scale, grid cells (count, 2)) of the tiles' centroids."""
+    """(spacing scale, grid cells (count, 2), the grid's column axis (row, col)) of the tiles' centroids;
+    the rotation is taken modulo 90 degrees, within +-45."""
     pts = np.array([r["centroid"] for r in regions])
     if count < 2:
         raise LocateError("a single tile has no lattice to orient by: locating needs a design of >= 2 tiles",
@@ -327,7 +329,7 @@ def _lattice(regions, layout, count: int, white: np.ndarray):
         raise LocateError(f"no grid: the {count} bright regions do not form a lattice of tiles (largest deviation "
                           f"{off:.2f} spacings at a spacing of {scale * pitch.min():.1f} px): another design?",
                           annotate(white, regions=regions))
-    return rotation, scale, cells, col_axis
+    return scale, cells, col_axis
 
 
 def _assign_tiles(cells: np.ndarray, layout, count: int, mirror: bool) -> np.ndarray | None:
@@ -349,6 +351,49 @@ def _tile_centroids(rates: np.ndarray, layout, count: int) -> np.ndarray:
         rr, cc = np.mgrid[rows, cols]
         out.append([(tile * rr).sum() / tile.sum(), (tile * cc).sum() / tile.sum()])
     return np.array(out)
+
+
+def _mirrored(left: np.ndarray, labels: np.ndarray, regions, col_axis: np.ndarray) -> bool:
+    """Whether the image is mirrored: with the left half of the image lit, each tile's light moves along
+    ``-col_axis`` (the grid's column axis) in a direct image, along ``+col_axis`` in a mirrored one."""
+    shifts = []
+    for region in regions:
+        rr, cc = np.nonzero(labels == region["label"])
+        weights = np.clip(left[rr, cc], 0, None)
+        if weights.sum() > 0:
+            centroid = np.array([np.average(rr, weights=weights), np.average(cc, weights=weights)])
+            shifts.append((centroid - region["centroid"]) @ col_axis)
+    return bool(np.median(shifts) > 0) if shifts else False
+
+
+def _dot_pairs(dots: np.ndarray, rates: np.ndarray, system, coarse: np.ndarray, scale: float):
+    """Matched dot centroids ``(design (n, 2), frame (n, 2))``: each dot's light centroid in the nominal
+    design frame ``rates``, and in the camera's ``dots`` frame near where the ``coarse`` map puts it (the
+    window re-centred :data:`DOT_ITERATIONS` times); faint dots are left out."""
+    shape, layout = system.image_shape, system.layout
+    kernel = system.design.psfs().shape[-1]
+    s = system.geometry.sensor_pixels_per_display_pixel
+    window = layout.tile_shape[0] - shape[0] * s + 1
+    radius = (dot_spacing(kernel) + 1) / 2 * s  # a dot's whole image, none of its neighbours'
+    least = MIN_SNR * _noise_sigma(dots) * math.sqrt(math.pi) * radius * scale  # 10 sigma of the window's noise
+    design_pts, frame_pts = [], []
+    for tile in range(system.num_psfs):
+        rows, cols = layout.tile_slices(tile)
+        for dot in dot_positions(shape, kernel):
+            guess = np.array([rows.start, cols.start]) + dot * s + (s - 1) / 2 + window // 2
+            q, weight = _windowed_centroid(rates, guess, radius)
+            if q is None or weight < 1e-3 * rates.max():
+                continue
+            p = coarse[:, :2] @ q + coarse[:, 2]
+            for _ in range(DOT_ITERATIONS):
+                p_new, weight = _windowed_centroid(dots, p, radius * scale)
+                if p_new is None:
+                    break
+                p = p_new
+            if p_new is not None and weight > least:
+                design_pts.append(q)
+                frame_pts.append(p)
+    return np.array(design_pts).reshape(-1, 2), np.array(frame_pts).reshape(-1, 2)
 
 
 def locate_grid(frames: dict, system, *, saturation_dn: float | None = None) -> GridLocation:
@@ -384,19 +429,10 @@ def locate_grid(frames: dict, system, *, saturation_dn: float | None = None) -> 
         raise InputError(f"frames must be 2-D of one shape, got {[np.shape(frames[k]) for k in sorted(frames)]}")
     layout, count = system.layout, system.num_psfs
     saturated = None if saturation_dn is None else np.asarray(frames["white"]) >= saturation_dn
-    clean, labels, regions = _tile_regions(white, count, saturated)
-    rotation, scale, cells, col_axis = _lattice(regions, layout, count, white)
+    labels, regions = _tile_regions(white, count, saturated)
+    scale, cells, col_axis = _lattice(regions, layout, count, white)
 
-    # mirror: the left half's light moves along -col_axis in a direct image
-    shifts = []
-    for region in regions:
-        where = labels == region["label"]
-        rr, cc = np.nonzero(where)
-        weights = np.clip(left[rr, cc], 0, None)
-        if weights.sum() > 0:
-            shifts.append((np.array([np.average(rr, weights=weights), np.average(cc, weights=weights)])
-                           - region["centroid"]) @ col_axis)
-    mirror = bool(np.median(shifts) > 0) if shifts else False
+    mirror = _mirrored(left, labels, regions, col_axis)
     index = _assign_tiles(cells, layout, count, mirror)
     if index is None:
         raise LocateError(f"no grid: the tiles' arrangement does not match the design's {layout.grid_rows} x "
@@ -417,33 +453,10 @@ def locate_grid(frames: dict, system, *, saturation_dn: float | None = None) -> 
     coarse = _similarity(expected @ flip, measured)
     coarse[:, :2] = coarse[:, :2] @ flip
 
-    # dots: expected centroids in the nominal design frame, measured near where the coarse map puts them
-    rates = design_rates("dots")
-    s = system.geometry.sensor_pixels_per_display_pixel
-    k_full = system.layout.tile_shape[0] - shape[0] * s + 1
-    radius = (dot_spacing(system.design.psfs().shape[-1]) + 1) / 2 * s  # a dot's whole image, no neighbour's
-    sigma = _noise_sigma(dots)
-    design_pts, frame_pts = [], []
-    for tile in range(count):
-        rows, cols = layout.tile_slices(tile)
-        for dot in dot_positions(shape, system.design.psfs().shape[-1]):
-            guess = np.array([rows.start, cols.start]) + dot * s + (s - 1) / 2 + k_full // 2
-            q, weight = _windowed_centroid(rates, guess, radius)
-            if q is None or weight < 1e-3 * rates.max():
-                continue
-            p = coarse[:, :2] @ q + coarse[:, 2]
-            for _ in range(DOT_ITERATIONS):
-                p_new, weight = _windowed_centroid(dots, p, radius * scale)
-                if p_new is None:
-                    break
-                p = p_new
-            if p_new is not None and weight > MIN_SNR * sigma * math.sqrt(math.pi) * radius * scale:
-                design_pts.append(q)
-                frame_pts.append(p)
+    design_pts, frame_pts = _dot_pairs(dots, design_rates("dots"), system, coarse, scale)
     if len(design_pts) < 3:
         raise LocateError(f"no grid: {len(design_pts)} dots found where the tiles' lattice puts them (the dot "
                           f"pattern is too faint or another design)", annotate(dots, regions=regions))
-    design_pts, frame_pts = np.array(design_pts), np.array(frame_pts)
     affine, inliers = cv2.estimateAffine2D(design_pts[:, ::-1].astype(np.float64), frame_pts[:, ::-1].astype(np.float64),
                                            method=cv2.RANSAC, ransacReprojThreshold=max(1.0, scale), refineIters=50)
     if affine is None:

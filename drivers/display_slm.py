@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from onn_core.errors import InputError
+from onn_core.errors import ConfigError, InputError
 from onn_core.validation import check_positive
 
 from .slm import SLM
@@ -295,7 +295,6 @@ class DisplaySLM(SLM):
         """Open from the ``slm`` YAML section (:class:`DisplaySLMConfig`); errors name the field, e.g.
         ``slm.window.zoom``."""
         from onn_core.config import build
-        from onn_core.errors import ConfigError
 
         for moved in ("position", "fullscreen"):
             if moved in settings:

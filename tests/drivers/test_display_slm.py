@@ -138,8 +138,13 @@ def test_bad_window_fields_are_named_before_any_window(window, field):
     context = OpenContext(clock=RealClock())
     with pytest.raises(ConfigError, match=f"'{field}'"):
         DisplaySLM.from_config({"shape": [28, 28], "pixel_pitch_m": PITCH_M, "window": window}, context, "slm")
-    with pytest.raises(ConfigError, match="slm.window.position"):  # moved into the window section
-        DisplaySLM.from_config({"shape": [28, 28], "pixel_pitch_m": PITCH_M, "position": [0, 0]}, context, "slm")
+
+
+@pytest.mark.parametrize("moved", ["position", "fullscreen"])
+def test_window_fields_at_the_top_level_say_where_they_moved(moved):
+    context = OpenContext(clock=RealClock())
+    with pytest.raises(ConfigError, match=f"'slm.{moved}'.*slm.window.{moved}"):
+        DisplaySLM.from_config({"shape": [28, 28], "pixel_pitch_m": PITCH_M, moved: None}, context, "slm")
 
 
 # --------------------------------------------------------------------------- in Xvfb
