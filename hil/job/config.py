@@ -10,6 +10,7 @@ harmless while that step has not run, and makes a finished run folder another ru
 from __future__ import annotations
 
 import copy
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -163,8 +164,10 @@ def bench_settings(job: Job) -> dict:
 
 def job_identity(job: Job) -> dict:
     """What the job's outputs depend on (module docstring): the plain config plus ``fabrication_errors``
-    and ``bench_settings``, the contents of the files the config names."""
-    return {**to_plain(job.config), "fabrication_errors": fabrication_errors(job), "bench_settings": bench_settings(job)}
+    and ``bench_settings``, the contents of the files the config names; as JSON reads it back (so that
+    it compares equal to the identity ``state.json`` recorded)."""
+    identity = {**to_plain(job.config), "fabrication_errors": fabrication_errors(job), "bench_settings": bench_settings(job)}
+    return json.loads(json.dumps(identity, default=str))
 
 
 __all__ = ["FIRST_STEP", "CaptureStep", "FinetuneStep", "Job", "JobConfig", "TrainStep", "bench_settings",
