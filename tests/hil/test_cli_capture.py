@@ -29,6 +29,10 @@ def test_capture_command_captures_a_stratified_subset_and_resumes(tmp_path, caps
     captures = CaptureDataset(tmp_path / "c.h5")
     assert len(captures) == 20 and sorted(captures.labels.bincount().tolist()) == [2] * 10
     assert "20 frames" in capsys.readouterr().out
+    from hil.capture import design_id_of
+    from simulator.system import OpticalSystem
+
+    assert captures.attrs["design_id"] == design_id_of(OpticalSystem.from_yaml(EXAMPLES / "optics.yaml"))
     captures.close()  # HDF5 does not let one process write a file it holds open for reading
     assert main(["capture", str(config), "--no-progress"]) == 0  # nothing left to capture
     assert "(0 captured now" in capsys.readouterr().out
