@@ -6,8 +6,12 @@ A backend subclasses :class:`Camera` (see :mod:`drivers.device` for the two laye
 - ``_snap(timeout_s)`` (required): return one :class:`~drivers.frames.RawFrame` within ``timeout_s``
   seconds (exposure included) or raise ``TimeoutError`` / :class:`~drivers.errors.DeviceTimeout`;
 - ``_set_exposure(exposure_s)`` (required): apply an exposure (s); return the value read back;
-- ``_set_gain``, ``_set_black_level``, ``_set_roi``, ``_set_trigger_mode`` (optional): the same
-  idea for the other settings;
+- ``_set_gain``, ``_set_black_level``, ``_set_trigger_mode`` (optional): the same idea for the
+  other settings;
+- ``_set_roi(roi)`` (optional): apply a region of interest on the device where it can, and return the
+  window the device now delivers (one that holds ``roi``; the default, the full sensor, means "none
+  on the device"). The base class crops each frame from that window to ``roi`` in software, so a
+  backend without a window of interest implements nothing and ``_snap`` returns whole frames;
 - ``_flush()`` (optional): drop buffered frames; return how many;
 - ``_close()`` (optional): release the hardware (called once).
 """
@@ -99,6 +103,7 @@ class Camera(Device):
         self._gain = float(gain)
         self._black_level = float(black_level)
         self._roi: tuple[int, int, int, int] = (0, 0, *self.sensor_shape)
+        self._device_roi: tuple[int, int, int, int] = self._roi  # the window the device delivers
         self._trigger_mode = trigger_mode
         self._frames_read = 0
         self._settings_cache: Mapping | None = None
@@ -162,17 +167,38 @@ class Camera(Device):
 
     @property
     def roi(self) -> tuple[int, int, int, int]:
-        """Region of interest ``(row0, col0, rows, cols)`` in sensor pixels."""
+        """Region of interest ``(row0, col0, rows, cols)`` in sensor pixels: what frames hold."""
         return self._roi
 
     @roi.setter
     def roi(self, value) -> None:
-        """Set the ROI; ``None`` selects the full sensor."""
+        """Set the ROI (``None``: the full sensor): on the device where the backend can (its ``_set_roi``
+        hook), the rest as a software crop; :meth:`settings` records both (``roi``, ``device_roi``)."""
         self._check_open()
         roi = (0, 0, *self.sensor_shape) if value is None else self._check_roi(value)
         with self._errors("set roi"):
-            self._roi = tuple(int(v) for v in self._set_roi(roi))
+            window = self._set_roi(roi)
+        try:
+            window = self._check_roi(window)
+        except InputError as exc:
+            raise DeviceFault(f"the device applied the window {window!r}: {exc}", device=self.name) from None
+        r0, c0, nr, nc = roi
+        w0, wc0, wr, wc = window
+        if not (w0 <= r0 and wc0 <= c0 and r0 + nr <= w0 + wr and c0 + nc <= wc0 + wc):
+            raise DeviceFault(f"the device's window {window} does not hold the roi {roi}", device=self.name)
+        self._roi, self._device_roi = roi, window
         self._settings_cache = None
+
+    @property
+    def roi_mode(self) -> str:
+        """How the ROI is applied: ``"full"`` (none), ``"device"``, ``"software"`` (a crop of whole
+        frames) or ``"device+software"`` (a crop of a larger window the device delivers)."""
+        full = (0, 0, *self.sensor_shape)
+        if self._roi == full:
+            return "full"
+        if self._device_roi == self._roi:
+            return "device"
+        return "software" if self._device_roi == full else "device+software"
 
     @property
     def trigger_mode(self) -> str:
@@ -199,6 +225,8 @@ class Camera(Device):
                 gain=self._gain,
                 black_level=self._black_level,
                 roi=list(self._roi),
+                device_roi=list(self._device_roi),
+                roi_mode=self.roi_mode,
                 trigger_mode=self._trigger_mode,
                 sensor_shape=list(self.sensor_shape),
                 dtype=self.dtype.name,
@@ -325,9 +353,13 @@ class Camera(Device):
 
     def _frame_from(self, raw: RawFrame, requested_s: float) -> Frame:
         image = raw.image
-        if not isinstance(image, np.ndarray) or image.ndim not in (2, 3) or image.shape[:2] != self.shape or image.dtype != self.dtype:
+        delivered = tuple(self._device_roi[2:])
+        if not isinstance(image, np.ndarray) or image.ndim not in (2, 3) or image.shape[:2] != delivered or image.dtype != self.dtype:
             got = f"{type(image).__name__} {getattr(image, 'shape', '')} {getattr(image, 'dtype', '')}"
-            raise DeviceFault(f"backend returned a frame {got}, expected {self.shape} {self.dtype}", device=self.name)
+            raise DeviceFault(f"backend returned a frame {got}, expected {delivered} {self.dtype}", device=self.name)
+        if self._device_roi != self._roi:  # the software part of the ROI
+            r0, c0 = self._roi[0] - self._device_roi[0], self._roi[1] - self._device_roi[1]
+            image = np.ascontiguousarray(image[r0 : r0 + self._roi[2], c0 : c0 + self._roi[3]])
         self._frames_read += 1
         index = raw.index if raw.index is not None else self._frames_read - 1
         if raw.timestamp_s is not None:
@@ -357,9 +389,9 @@ class Camera(Device):
         raise self._unsupported("set the black level")
 
     def _set_roi(self, roi: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
-        if roi == (0, 0, *self.sensor_shape):
-            return roi
-        raise self._unsupported("set a region of interest")
+        """Hook: apply ``roi`` on the device where it can; return the window ``(row0, col0, rows, cols)``
+        it delivers now, which holds ``roi`` (default: the full sensor, the ROI cropped in software)."""
+        return (0, 0, *self.sensor_shape)
 
     def _set_trigger_mode(self, mode: str) -> None:
         if mode != self._trigger_mode:

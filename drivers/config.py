@@ -13,6 +13,11 @@ policy::
       backend: simulated-camera
       exposure_s: 10e-3
       optics: optics.yaml      # the optical system; relative paths are relative to this file
+      roi: {offset: [100, 200], size: [512, 640]}   # optional: (row, col) and (rows, cols) on the sensor
+
+Every camera backend takes ``camera.roi`` (:class:`RegionOfInterest`): frames then hold that part of the
+sensor only, set on the device where the backend can and cropped in software otherwise
+(:attr:`drivers.camera.Camera.roi`); a region outside the sensor is refused naming ``camera.roi``.
 
 An optional ``light:`` section opens a light source (a backend of kind ``light-source``, e.g.
 ``{backend: serial-light, url: /dev/ttyUSB0}``) that the bench closes with the rest (its shutter
@@ -41,6 +46,39 @@ from .registry import available_backends, load_backend
 
 #: Backend used for a device whose config names none.
 DEFAULT_BACKENDS = {"slm": "simulated-slm", "camera": "simulated-camera"}
+
+
+@dataclass
+class RegionOfInterest:
+    """``camera.roi``: the part of the sensor that frames hold, in sensor pixels.
+
+    Attributes
+    ----------
+    offset : (int, int)
+        (row, col) of its top-left pixel.
+    size : (int, int)
+        (rows, cols).
+    """
+
+    offset: tuple[int, int]
+    size: tuple[int, int]
+
+    @property
+    def roi(self) -> tuple[int, int, int, int]:
+        """``(row0, col0, rows, cols)`` as :attr:`drivers.camera.Camera.roi` takes it."""
+        return (*self.offset, *self.size)
+
+
+def apply_roi(camera, spec, path: str = "camera.roi") -> None:
+    """Set ``camera.roi`` from its YAML mapping ``spec`` (:class:`RegionOfInterest`); a region that does
+    not fit the sensor raises :class:`ConfigError` naming ``path``."""
+    region = build(RegionOfInterest, spec, path)
+    try:
+        camera.roi = region.roi
+    except ValueError as exc:
+        rows, cols = camera.sensor_shape
+        raise ConfigError(path, spec, f"a region inside the camera's {rows} x {cols} sensor "
+                          f"(offset >= 0, offset + size <= [{rows}, {cols}], size >= 1): {exc}") from exc
 
 
 @dataclass
@@ -100,7 +138,14 @@ def open_device(kind: str, settings: dict, context: OpenContext, path: str | Non
         raise DeviceNotFound(f"backend {name!r} ({known[name].target}) is not a drivers.device.Device subclass")
     if cls.kind != kind:
         raise ConfigError(f"{path}.backend", name, f"a {kind} backend (this one is a {cls.kind})")
-    return cls.from_config(settings, context, path)
+    roi = settings.pop("roi", None) if kind == "camera" else None
+    device = cls.from_config(settings, context, path)
+    if roi is not None:
+        with contextlib.ExitStack() as opened:  # closes the camera if its roi is refused
+            opened.enter_context(device)
+            apply_roi(device, roi, f"{path}.roi")
+            opened.pop_all()
+    return device
 
 
 def open_bench(config, *, clock: Clock | None = None) -> Bench:

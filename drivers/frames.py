@@ -16,7 +16,8 @@ class RawFrame:
     Attributes
     ----------
     image : np.ndarray
-        (rows, cols) or (rows, cols, channels) of the camera's dtype, rows/cols of the current ROI.
+        (rows, cols) or (rows, cols, channels) of the camera's dtype: the window the device delivers (the
+        whole sensor unless the backend's ``_set_roi`` applied one; the base class crops it to the ROI).
     timestamp_s : float, optional
         Start of the exposure on the camera's clock (s), when the device reports it. None: the device
         does not say; the base class then records what it knows (see :attr:`Frame.timing`).

@@ -19,7 +19,8 @@ Settings: recorded sources have a fixed exposure (the one stated, or one frame i
 exposure limits are ``(e, e)``; gain is unsupported (:class:`UnsupportedFeature`). Live V4L2 devices
 set exposure through ``CAP_PROP_EXPOSURE`` (manual mode, units of 100 us) and gain through
 ``CAP_PROP_GAIN`` (device units) within the configured limits; a device that refuses raises
-:class:`UnsupportedFeature`. ROI is applied in software (a crop). Every blocking capture call runs in
+:class:`UnsupportedFeature`. The ROI is a software crop (by :class:`~drivers.camera.Camera`): OpenCV
+has no capture property for a sensor window of interest common to its backends (V4L2 has none). Every blocking capture call runs in
 its own daemon thread, one at a time, and is abandoned after the timeout (:class:`DeviceTimeout`;
 the next call first waits for the late one; a capture that a late open returns, or that a blocked call
 holds at close, is released when that call returns). :meth:`~drivers.camera.Camera.flush` drops a live
@@ -358,8 +359,6 @@ class OpenCVCamera(Camera):
         image = self._normalise(raw, self.bit_depth)
         if image.shape[:2] != self.sensor_shape:
             raise DeviceFault(f"frame size changed to {image.shape[:2]} (was {self.sensor_shape})", device=self.name)
-        r0, c0, nr, nc = self.roi
-        image = np.ascontiguousarray(image[r0 : r0 + nr, c0 : c0 + nc])
         meta = {"source_frame": self._source_frame - 1} if not self.live else {}
         return RawFrame(image, meta=meta)
 
@@ -371,9 +370,6 @@ class OpenCVCamera(Camera):
             if self._call(self._cap.grab, self.default_timeout_s, "flush"):
                 dropped += 1
         return dropped
-
-    def _set_roi(self, roi):
-        return roi  # applied as a crop in _snap
 
     def _set_trigger_mode(self, mode: str) -> None:
         if mode != self.trigger_mode:

@@ -291,18 +291,18 @@ class SlmsuiteCamera(Camera):
     def _snap(self, timeout_s: float) -> RawFrame:
         # timeout_s already includes the exposure (Camera.snap); slmsuite adds it again, so take it off
         wait_s = max(timeout_s - self.exposure_s, 1e-3)
-        image = _as_numpy(self.device.get_image(timeout_s=wait_s, hdr=False, averaging=False))
-        if image.shape[:2] != self.sensor_shape or image.dtype != self.dtype:
-            raise DeviceFault(f"slmsuite returned a {image.dtype} {image.shape} frame, expected "
-                              f"{self.dtype} {self.sensor_shape}", device=self.name)
-        r0, c0, rows, cols = self.roi
-        return RawFrame(np.ascontiguousarray(image[r0 : r0 + rows, c0 : c0 + cols]))
+        return RawFrame(_as_numpy(self.device.get_image(timeout_s=wait_s, hdr=False, averaging=False)))
 
     def _set_exposure(self, exposure_s: float) -> float:
         return float(self.device.set_exposure(exposure_s))
 
     def _set_roi(self, roi):
-        return roi  # applied as a crop in _snap
+        """slmsuite's window of interest (``set_woi``, ``(x0, w, y0, h)``: on the hardware where the camera
+        has one, else slmsuite's own crop); the window it reports back is what frames hold."""
+        r0, c0, rows, cols = roi
+        full = roi == (0, 0, *self.sensor_shape)
+        x0, w, y0, h = (int(v) for v in self.device.set_woi(None if full else (c0, cols, r0, rows)))
+        return y0, x0, h, w
 
     def _flush(self) -> int:
         self.device.flush(timeout_s=self.default_timeout_s)

@@ -261,3 +261,21 @@ def test_bench_with_a_recorded_camera_measures_its_frames_in_order(media):
 def test_opencv_camera_conforms(media):
     source, _ = media["ffv1.avi"]
     check_camera(lambda: OpenCVCamera(str(source), PITCH_M))
+
+
+def test_roi_from_the_bench_config_is_a_software_crop(media):
+    """``camera.roi`` of a bench config: OpenCV has no window of interest, so whole frames are cropped
+    (recorded in each frame's settings); outside the sensor it is refused naming the field."""
+    from drivers.config import open_device
+
+    source, written = media["ffv1.avi"]
+    context = OpenContext(clock=RealClock(), base_dir=source.parent)
+    settings = {"backend": "opencv", "source": source.name, "pixel_pitch_m": PITCH_M, "color": True}
+    with open_device("camera", {**settings, "roi": {"offset": [2, 3], "size": [10, 20]}}, context) as cam:
+        frame = cam.snap()
+        assert np.array_equal(frame.image, _rgb(written[0])[2:12, 3:23])
+        assert frame.settings["roi"] == [2, 3, 10, 20] and frame.settings["roi_mode"] == "software"
+    rows, cols = written[0].shape[:2]
+    with pytest.raises(ConfigError, match=f"{rows} x {cols} sensor") as info:
+        open_device("camera", {**settings, "roi": {"offset": [rows - 4, 0], "size": [8, 8]}}, context)
+    assert info.value.path == "camera.roi"

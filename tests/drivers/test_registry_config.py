@@ -44,7 +44,7 @@ class ConstantCamera(Camera):
 
     def _snap(self, timeout_s):
         self.clock.sleep(self.exposure_s)
-        return RawFrame(np.full(self.shape, self.value, np.uint8))
+        return RawFrame(np.full(self.sensor_shape, self.value, np.uint8))
 
     def _set_exposure(self, exposure_s):
         return exposure_s
