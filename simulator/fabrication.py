@@ -322,6 +322,11 @@ class FabricationErrors(nn.Module):
             out["kernel_error"] = self.kernel_error
         return out
 
+    def fabricate(self, psfs: torch.Tensor, margin_px: int = 0) -> torch.Tensor:
+        """The fabricated PSFs of the design ``psfs``: :func:`apply_psf_errors` (the cascade). A device
+        computed otherwise (:class:`simulator.wave_device.WaveDevice`) has its own ``fabricate``."""
+        return apply_psf_errors(psfs, self, margin_px)
+
     # ------------------------------------------------------------------------------------- persistence
     def to_dict(self) -> dict:
         """Plain nested lists of Python floats (exact: float64 values survive ``repr``)."""

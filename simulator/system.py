@@ -20,7 +20,9 @@ on the simulated bench exactly what it saw in training. It is described once (YA
 * **display** (:class:`~simulator.display.DisplayModel`: bit depth, gamma or LUT, fill factor; its
   pitch is the geometry's, its radiance relative) and **sensor** (:class:`~simulator.sensor.SensorModel`;
   its pitch is the geometry's, its exposure an argument).
-* **errors**: the fabricated device's :class:`~simulator.fabrication.FabricationErrors` (fixed), or,
+* **errors**: the fabricated device's :class:`~simulator.fabrication.FabricationErrors` (fixed;
+  ``errors.model: cascade``, the default) or a :class:`~simulator.wave_device.WaveDevice` whose PSFs
+  come from wave optics (``errors.model: wave``, a device outside the calibration's model), or,
   for training only, **robustness**: an :class:`~simulator.fabrication.ErrorSpec` from which
   fresh PSF errors are drawn at every training forward (:class:`RandomErrorDraws`).
 
@@ -81,6 +83,7 @@ from .fabrication import AberrationOptics, ErrorSpec, FabricationErrors, apply_f
 from .layout import TileLayout
 from .sensor import SensorModel
 from .validation import check_tensor, is_transformed
+from .wave_device import WaveDevice, wave_device_from_config
 
 log = logging.getLogger(__name__)
 
@@ -363,11 +366,11 @@ class OpticalSystem(nn.Module):
         cacheable = not any(is_transformed(t) for t in tensors) and not (
             torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
         if not cacheable:
-            return apply_psf_errors(self.design.psfs(), self.errors, self.geometry.psf_margin_px)
+            return self.errors.fabricate(self.design.psfs(), self.geometry.psf_margin_px)
         key = tuple((id(t), t._version, t.device, t.dtype) for t in tensors)
         if self._cache is None or self._cache[0] != key:
             with torch.no_grad():
-                self._cache = (key, apply_psf_errors(self.design.psfs(), self.errors, self.geometry.psf_margin_px))
+                self._cache = (key, self.errors.fabricate(self.design.psfs(), self.geometry.psf_margin_px))
         return self._cache[1]
 
     def _psfs_for_forward(self) -> torch.Tensor:
@@ -380,7 +383,7 @@ class OpticalSystem(nn.Module):
         (measured against a window wider by K on every side)."""
         with torch.no_grad():
             design = self.design.psfs()
-            wide = apply_psf_errors(design, self.errors, self.geometry.psf_margin_px + design.shape[-1])
+            wide = self.errors.fabricate(design, self.geometry.psf_margin_px + design.shape[-1])
             kept = self.fabricated_psfs().sum(dim=(1, 2, 3))
             total = wide.sum(dim=(1, 2, 3))
             return torch.where(total > 0, 1 - kept / total.clamp_min(torch.finfo(total.dtype).tiny),
@@ -599,7 +602,8 @@ class OpticalSystem(nn.Module):
         sensor = config_io.build(SensorModel, {**sensor_fields, "pixel_pitch_m": geometry.sensor_pixel_pitch_m,
                                                "exposure_s": photometry.exposure_s}, f"{path}.sensor")
         psfs = design.psfs()
-        errors = errors_from_config(mapping.get("errors"), tuple(psfs.shape), path=f"{path}.errors")
+        errors = errors_from_config(mapping.get("errors"), tuple(psfs.shape), path=f"{path}.errors", design_psfs=psfs,
+                                    pixel_pitch_m=geometry.sensor_pixel_pitch_m)
         if errors is not None and robustness is not None:
             raise ConfigError(f"{path}.errors", mapping["errors"], "null when random fabrication draws are trained against")
         try:
@@ -665,14 +669,25 @@ def _trim_zero_border(psfs: torch.Tensor, most: int) -> torch.Tensor:
     return psfs[..., cut:k - cut, cut:k - cut] if cut else psfs
 
 
-def errors_from_config(errors, psf_shape, *, path: str = "errors") -> FabricationErrors | None:
+def errors_from_config(errors, psf_shape, *, path: str = "errors", design_psfs: torch.Tensor | None = None,
+                       pixel_pitch_m: float | None = None) -> FabricationErrors | WaveDevice | None:
     """FabricationErrors from ``null`` (None: identity), a sampling mapping ``{spec, seed, shift_method,
-    aberration}`` or the explicit form of :meth:`FabricationErrors.to_dict`."""
+    aberration}`` or the explicit form of :meth:`FabricationErrors.to_dict` (``model: cascade``, the
+    default); or, with ``model: wave``, a :class:`~simulator.wave_device.WaveDevice` of ``design_psfs``
+    on a sensor of ``pixel_pitch_m`` (both required then)."""
     p, c, k, _ = psf_shape
     if errors is None:
         return None
     if not isinstance(errors, dict):
         raise ConfigError(path, errors, "null, a sampling mapping {spec, seed} or an explicit errors mapping")
+    model = errors.get("model", "cascade")
+    if model == "wave":
+        if design_psfs is None or pixel_pitch_m is None:
+            raise ConfigError(f"{path}.model", model, "'cascade' here (a wave device needs the design PSFs and the pixel pitch)")
+        return wave_device_from_config(errors, design_psfs, pixel_pitch_m, path=path)
+    if model != "cascade":
+        raise ConfigError(f"{path}.model", model, "'cascade' (the default) or 'wave'")
+    errors = {key: value for key, value in errors.items() if key != "model"}
     if "spec" not in errors:
         built = FabricationErrors.from_dict(errors, path=path)
         if built.num_psfs != p:
