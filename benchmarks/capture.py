@@ -25,6 +25,17 @@ overhead. The optics are measured apart, on the shipped example bench (``example
 - ``second_bench``: the same figures for a second bench shape (:data:`SECOND_BENCH`: 5 signed 9 x 9
   kernels, 2 sensor pixels per display pixel, 212 x 284 frames).
 
+Capture files (:func:`hil.capture.capture` into HDF5, frames chunked per frame, fletcher32), for each
+frame compression (none, shuffle + gzip level 1, the default, and shuffle + lzf):
+
+- ``efficiency_capture_uncompressed`` / ``efficiency_capture_compressed`` (gzip) and
+  ``capture_file.efficiency``: as ``efficiency``, for whole captures into a file on the real clock
+  (same bench, same run, interleaved);
+- ``uncompressed_bytes_per_frame`` / ``compressed_bytes_per_frame`` (gzip) and
+  ``capture_file.bytes_per_frame``: stored frame bytes per frame of the example bench (noisy 164 x
+  164 frames through the optics), and ``capture_file.example_capture_ms_per_frame``: wall time per
+  captured frame there (virtual clock, rendering included).
+
 Prints a table and, last, one line of JSON; writes benchmarks/results/capture.json.
 
 Each loop is run ``--repeats`` times, interleaved (so load changes hit them alike), and the median kept.
@@ -40,6 +51,7 @@ import datetime
 import json
 import os
 import platform
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -116,6 +128,43 @@ def measure_example_bench(n: int, changes: dict | None = None) -> dict:
             "example_frame_shape": list(system.frame_shape)}
 
 
+def capture_seconds(clock, args, dataset, out: Path, compression) -> float:
+    """Wall seconds of one :func:`hil.capture.capture` of ``dataset`` into a new file ``out``."""
+    from hil.capture import capture
+
+    out.unlink(missing_ok=True)
+    with make_bench(clock, args) as bench:
+        bench.measure(np.zeros(SHAPE, np.uint8))  # warm-up
+        start = time.perf_counter()
+        capture(bench, dataset, np.arange(len(dataset)), out, compression=compression, progress=False)
+        return time.perf_counter() - start
+
+
+def measure_example_captures(n: int, folder: Path) -> dict:
+    """Stored bytes and wall time per frame of captures of the example bench, by compression."""
+    import torch
+    from torch.utils.data import TensorDataset
+
+    import h5py
+    from hil.capture import capture
+
+    images = torch.from_numpy(np.random.default_rng(2).integers(0, 256, (n, 1, 28, 28))).float() / 255
+    dataset = TensorDataset(images, torch.zeros(n, dtype=torch.int64))
+    out = {"bytes_per_frame": {}, "example_capture_ms_per_frame": {}}
+    with open_bench(ROOT / "examples" / "bench_sim.yaml", clock=VirtualClock()) as bench:
+        for name, compression in COMPRESSION_VARIANTS.items():
+            path = folder / f"example_{name}.h5"
+            start = time.perf_counter()
+            capture(bench, dataset, np.arange(n), path, compression=compression, progress=False)
+            out["example_capture_ms_per_frame"][name] = (time.perf_counter() - start) / n * 1e3
+            with h5py.File(path, "r") as f:
+                out["bytes_per_frame"][name] = f["frames"].id.get_storage_size() / n
+    return out
+
+
+COMPRESSION_VARIANTS = {"none": None, "gzip": "gzip", "lzf": "lzf"}
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=300, help="measurements per run")
@@ -134,8 +183,18 @@ def main(argv=None) -> dict:
     def efficiency_of(seconds: float) -> float:
         return args.n * device_s / seconds
 
+    import tempfile
+
+    import torch
+    from torch.utils.data import TensorDataset
+
+    dataset = TensorDataset(torch.from_numpy(np.stack(images)[:, None]).float() / 255, torch.zeros(args.n, dtype=torch.int64))
+    folder = Path(tempfile.mkdtemp(prefix="capture_bench_"))
+    file_s = {name: [] for name in COMPRESSION_VARIANTS}
     real_s, virtual_s, sleep_s, per_measure = [], [], [], []
     for _ in range(args.repeats):  # interleaved, so load changes hit every variant alike
+        for name, compression in COMPRESSION_VARIANTS.items():
+            file_s[name].append(capture_seconds(RealClock(), args, dataset, folder / f"{name}.h5", compression))
         total, durations = run_loop(RealClock(), args, images)
         real_s.append(total)
         per_measure.append(durations)
@@ -170,6 +229,16 @@ def main(argv=None) -> dict:
         **measure_example_bench(min(args.n, 200)),
         "second_bench": {"optics_changes": SECOND_BENCH, **measure_example_bench(min(args.n, 200), SECOND_BENCH)},
     }
+    files = {"efficiency": {name: efficiency_of(float(np.median(v))) for name, v in file_s.items()},
+             **measure_example_captures(min(args.n, 200), folder)}
+    shutil.rmtree(folder, ignore_errors=True)
+    result.update({
+        "efficiency_capture_uncompressed": files["efficiency"]["none"],
+        "efficiency_capture_compressed": files["efficiency"]["gzip"],
+        "uncompressed_bytes_per_frame": files["bytes_per_frame"]["none"],
+        "compressed_bytes_per_frame": files["bytes_per_frame"]["gzip"],
+        "capture_file": files,
+    })
     rows = [
         ("device-limited rate", f"{result['device_limited_hz']:.2f} /s", f"{device_s * 1e3:.1f} ms per measurement"),
         ("achieved rate (real clock)", f"{result['achieved_hz']:.2f} /s", f"median of {args.repeats} x {args.n} measurements"),
@@ -185,6 +254,9 @@ def main(argv=None) -> dict:
         ("render, PSFs recomputed", f"{result['render_uncached_ms_per_frame']:.2f} ms", "every frame (before caching)"),
         ("second bench: render/device", f"{result['second_bench']['render_over_device_time']:.3f}",
          f"5 signed 9x9 kernels, 2 sensor px per display px, frame {result['second_bench']['example_frame_shape']}"),
+        *[(f"capture to file, {name}", f"{files['efficiency'][name]:.4f}",
+           f"efficiency; example bench {files['bytes_per_frame'][name]:.0f} B/frame, "
+           f"{files['example_capture_ms_per_frame'][name]:.1f} ms/frame (virtual clock)") for name in COMPRESSION_VARIANTS],
     ]
     for name, value, note in rows:
         print(f"{name:<28} {value:>14}   {note}")

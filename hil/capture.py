@@ -54,7 +54,7 @@ from onn_core.errors import InputError
 
 from .data.capture_writer import (CaptureWriter, corrupt_rows, create_capture_file, needs_recovery, recover,
                                   remove_stale_temporaries, set_attrs)
-from .data.captures import CAPTURE_SCHEMA, check_identity, complete_rows, open_capture, read_rows
+from .data.captures import CAPTURE_SCHEMA, check_identity, open_capture, read_rows
 from .data.errors import CaptureFileError, DatasetError, TruncatedCaptureError
 
 log = logging.getLogger(__name__)
@@ -312,9 +312,12 @@ def _create(out: Path, bench, indices: np.ndarray, calibration_id: str, design_i
                         planned=indices, attrs=attrs, compression=compression)
 
 
-def _prepare_existing(out: Path, indices: np.ndarray, design_id: str, calibration_id: str) -> bool:
-    """Refuse a file this capture must not continue; recover one its writer did not close or that lost
-    its end. Returns whether it was recovered."""
+def check_continuable(out) -> tuple[bool, int, int]:
+    """Refuse (:class:`CaptureFileError`) an existing ``out`` that no capture can continue: not HDF5, not
+    a captures file, or damaged with no row left readable. Returns ``(needs recovery, complete rows,
+    intact rows)`` (:func:`hil.data.capture_writer.needs_recovery`). Cheap: call it before opening a
+    bench to report a bad file at once."""
+    out = Path(out)
     try:
         f, _ = open_capture(out)
     except CaptureFileError:
@@ -327,18 +330,26 @@ def _prepare_existing(out: Path, indices: np.ndarray, design_id: str, calibratio
         if schema != CAPTURE_SCHEMA or "planned" not in f or "count" not in f:
             raise CaptureFileError(f"{out} is not a captures file of this toolkit (schema {schema!r}); "
                                    "it was left untouched: choose another output path")
+    damaged, count, intact = needs_recovery(out)
+    if damaged and count and not intact:
+        raise TruncatedCaptureError(out, count, 0, "nothing readable; it was left untouched")
+    return damaged, count, intact
+
+
+def _prepare_existing(out: Path, indices: np.ndarray, design_id: str, calibration_id: str) -> bool:
+    """Refuse a file this capture must not continue; recover one its writer did not close or that lost
+    its end. Returns whether it was recovered."""
+    damaged, count, intact = check_continuable(out)
+    f, _ = open_capture(out)
+    with f:
         planned = np.asarray(read_rows(f, "planned", slice(None), out))
         if not np.array_equal(planned, indices):
             raise CaptureFileError(f"{out} was started for other samples ({len(planned)} planned, first "
                                    f"{planned[:3].tolist()}); this capture asks for {len(indices)} (first "
                                    f"{indices[:3].tolist()}): choose another output path")
         check_identity(dict(f.attrs), out, design_id=design_id or None, calibration_id=calibration_id or None)
-        complete_rows(f)
-    damaged, count, intact = needs_recovery(out)
     if not damaged:
         return False
-    if count and not intact:
-        raise TruncatedCaptureError(out, count, 0, "nothing readable; it was left untouched")
     log.warning("%s was left open by a writer that did not close it (killed?) or lost its end: %d of its %d "
                 "complete rows are intact; recovering them", out, intact, count)
     recover(out)
@@ -373,5 +384,5 @@ def _versions() -> dict:
     return found
 
 
-__all__ = ["CaptureFileError", "CaptureSummary", "capture", "check_design", "design_fingerprint", "design_id_of",
+__all__ = ["CaptureFileError", "CaptureSummary", "capture", "check_continuable", "check_design", "design_fingerprint", "design_id_of",
            "display_image", "stratified_indices"]

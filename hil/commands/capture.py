@@ -60,7 +60,7 @@ def run_capture(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from drivers import open_bench
-    from hil.capture import capture, design_id_of, stratified_indices
+    from hil.capture import capture, check_continuable, design_id_of, stratified_indices
     from hil.data import build_datasets
     from onn_core.config import build, load_yaml, to_plain
     from onn_core.errors import ConfigError
@@ -72,6 +72,8 @@ def run_capture(args: argparse.Namespace) -> int:
     if not 0 < cfg.select.fraction <= 1:
         raise ConfigError("select.fraction", cfg.select.fraction, "a number in (0, 1]")
     base = path.resolve().parent
+    if (base / cfg.out).exists():
+        check_continuable(base / cfg.out)  # a damaged file is reported before the dataset and bench load
     train, test, _ = build_datasets(cfg.data, "classification")
     dataset = train if cfg.split == "train" else test
     if dataset is None:
