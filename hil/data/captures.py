@@ -11,7 +11,7 @@ File attributes:
   change attributes) keeps it instead in an integer dataset ``count`` of shape () or (1,), which
   takes precedence. Without either, the shortest of the three datasets' lengths is used.
 * ``content``: ``"frames"`` (raw camera frames, the default when absent) or ``"features"`` (feature
-  tensors that were never camera frames: synthetic captures, :mod:`hil.synthetic`);
+  tensors that were never camera frames: synthetic captures, :func:`hil.finetune.write_synthetic`);
 * ``design_id`` and ``calibration_id`` (strings, "" when unknown): the optics the frames were
   captured through and the calibration they are read with (:func:`check_identity`);
 * anything else the writer records (toolkit and dependency versions, timestamps, device settings,
