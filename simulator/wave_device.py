@@ -26,9 +26,10 @@ Fabrication errors (:class:`WaveErrorSpec` magnitudes; one device's values in :c
   :mod:`simulator.zernike`), added to the mask's phase as ``2 pi W / lambda``.
 * ``distance_error_m`` (device): the sensor sits this much farther than designed (defocus).
 * ``shift_std_px`` (per PSF): the sub-optic is misregistered by ``(dy, dx)`` sensor pixels relative
-  to the sensor: the sensor-plane field is translated by that much (a Fourier phase ramp on a grid
-  zero-padded to twice its size, exact for the sampled field) before the pixels integrate it. Unlike
-  the cascade's bilinear shift of binned PSFs, the pixels see the moved continuous intensity.
+  to the sensor: the field behind the mask is translated by that much (a Fourier phase ramp on a grid
+  zero-padded to twice its size: band-limited interpolation of the sampled mask) before it propagates,
+  so the sensor sees the moved continuous intensity. Unlike the cascade's bilinear shift of binned
+  PSFs, the pixels integrate the moved light.
 * ``transmission_rel_std`` (per PSF): the sub-aperture's power transmission is ``T (1 + N(0, s))``,
   clipped to ``[0, 1]``.
 
@@ -144,9 +145,9 @@ def eroded_aperture(grid: Grid, aperture_px: int, erosion_m: float) -> torch.Ten
     y, x = grid.axes(torch.float64)
 
     def overlap(axis, centre):
-        low = torch.maximum(axis - delta / 2, torch.tensor(centre - half))
-        high = torch.minimum(axis + delta / 2, torch.tensor(centre + half))
-        return (high - low).clamp_min(0) / delta
+        low = torch.maximum(axis - delta / 2, torch.tensor(centre - half, dtype=torch.float64))
+        high = torch.minimum(axis + delta / 2, torch.tensor(centre + half, dtype=torch.float64))
+        return ((high - low) / delta).clamp(0.0, 1.0)
 
     cy, cx = aperture_center_m(grid, aperture_px)
     return overlap(y, cy)[:, None] * overlap(x, cx)[None, :]
@@ -196,10 +197,11 @@ def wave_psfs(masks: MaskDesign, errors: WaveErrors | None = None) -> torch.Tens
     if not distance > 0:
         raise InputError(f"distance_error_m ({errors.distance_error_m}) puts the sensor behind the mask "
                          f"(design distance {masks.distance_m} m)")
-    sensor = propagate_masks(amplitude.float(), phase.float(), grid, masks.wavelengths_m, distance)
+    mask_field = amplitude.float() * torch.exp(1j * phase.float())
     if errors.shift_px is not None and bool((errors.shift_px != 0).any()):
         shift = check_tensor("shift_px", errors.shift_px, ndim=2).double()
-        sensor = translate(sensor, shift * optics.samples_per_pixel)
+        mask_field = translate(mask_field, shift * optics.samples_per_pixel)
+    sensor = propagate_masks(mask_field, grid, masks.wavelengths_m, distance)
     pixels = bin_pixels(sensor.abs().square().double(), optics.samples_per_pixel)
     transmission = masks.transmission
     if errors.transmission_scale is not None:

@@ -169,12 +169,10 @@ def bin_pixels(intensity: torch.Tensor, samples_per_pixel: int) -> torch.Tensor:
     return intensity.reshape(*intensity.shape[:-2], rows // s, s, cols // s, s).sum(dim=(-3, -1))
 
 
-def propagate_masks(amplitude: torch.Tensor, phase: torch.Tensor, grid: Grid, wavelengths_m,
-                    distance_m: float) -> torch.Tensor:
-    """The sensor-plane field (P, C, n, n) of masks ``amplitude * exp(i phase)`` (channel ``c`` at
-    ``wavelengths_m[c]``) after ``distance_m`` of angular-spectrum propagation."""
-    field = Field(amplitude * torch.exp(1j * phase), grid, tuple(wavelengths_m))
-    return propagate_asm(field, distance_m).data
+def propagate_masks(mask_field: torch.Tensor, grid: Grid, wavelengths_m, distance_m: float) -> torch.Tensor:
+    """The sensor-plane field (P, C, n, n) of the fields ``mask_field`` (P, C, n, n) just behind the masks
+    (channel ``c`` at ``wavelengths_m[c]``) after ``distance_m`` of angular-spectrum propagation."""
+    return propagate_asm(Field(mask_field, grid, tuple(wavelengths_m)), distance_m).data
 
 
 def _window(field_px: int, kernel_size: int) -> slice:
@@ -208,7 +206,7 @@ def _retrieve(target: torch.Tensor, grid: Grid, aperture: torch.Tensor, waveleng
     start = cells(goal.sqrt()) * torch.exp(2j * math.pi * torch.rand(goal.shape[:2] + grid.shape, generator=generator))
     phase = torch.angle(propagate_asm(Field(start, grid, wavelengths), -distance_m).data)
     for _ in range(GS_STEPS):
-        sensor = propagate_masks(aperture, phase, grid, wavelengths, distance_m)
+        sensor = propagate_masks(aperture * torch.exp(1j * phase), grid, wavelengths, distance_m)
         pixels = bin_pixels(sensor.abs().square(), s)
         window_power = (pixels * inside).sum(dim=(-2, -1), keepdim=True)
         scale = torch.where(inside, torch.sqrt(goal * window_power / pixels.clamp_min(1e-30)), torch.zeros_like(pixels))
@@ -222,7 +220,7 @@ def _retrieve(target: torch.Tensor, grid: Grid, aperture: torch.Tensor, waveleng
 
     def closure():
         optimiser.zero_grad()
-        pixels = bin_pixels(propagate_masks(aperture, phase, grid, wavelengths, distance_m).abs().square(), s)
+        pixels = bin_pixels(propagate_masks(aperture * torch.exp(1j * phase), grid, wavelengths, distance_m).abs().square(), s)
         nrmse2, efficiency = _shape_and_efficiency(pixels, target, window, aperture_power)
         loss = (nrmse2 + EFFICIENCY_WEIGHT * (1 - efficiency)).sum()
         loss.backward()
@@ -259,7 +257,7 @@ def _design_masks_cached(data: bytes, shape: tuple, optics: WaveOptics, pixel_pi
     with torch.enable_grad():
         phase = _retrieve(target, grid, aperture, wavelengths, distance, optics, field_px)
     with torch.no_grad():
-        pixels = bin_pixels(propagate_masks(aperture, phase, grid, wavelengths, distance).abs().square(), s)
+        pixels = bin_pixels(propagate_masks(aperture * torch.exp(1j * phase), grid, wavelengths, distance).abs().square(), s)
         nrmse2, efficiency = _shape_and_efficiency(pixels, target, _window(field_px, k), float(aperture.sum()))
     transmission = (weight / efficiency.double()).clamp(max=1.0)
     if bool((weight > efficiency.double()).any()):
