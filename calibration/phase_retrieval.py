@@ -27,12 +27,28 @@ tilts the wavefront so the PSF moves towards **+x, increasing column index**, by
 towards +y (increasing row index). A positive defocus ``c4`` moves the best focus beyond the nominal
 one, to ``dz ~ 4 sqrt(3) c4 f^2 / R^2`` (observing ``dz`` beyond the focus adds ``c4 = W020 / (2
 sqrt 3)``, ``W020 = -R^2 dz / (2 f (f + dz))``).
-This ``W`` equals the OPD of poppy, HCIPy and prysm (``exp(+i 2 pi OPD / lambda)`` with a forward FFT
-to the focal plane). Codes and instruments that write the field as ``exp(-i k W)`` (the engineering
-``exp(+i omega t)`` convention, or "wavefront ahead of the reference is positive", as many
-interferometer and lens-design reports do) have ``W_theirs = -W_here``: flip every coefficient's sign.
-Before comparing, check with a tilt: a known positive Noll-2 in the other code should move its PSF
-(or its fringes' implied focus) the way stated here; if it moves the other way, flip the signs.
+
+Other codes, checked with the same Noll coefficients on the same sampled pupil
+(``tests/calibration/test_phase_retrieval.py``, which runs where the ``[compare]`` extra is installed):
+
+* **HCIPy** (0.7) and **prysm** (0.21): ``exp(+i 2 pi OPD / lambda)`` and a forward Fourier transform
+  to the focal plane, as here: their OPD equals this ``W`` and their PSFs equal ours (HCIPy to 2e-15 of
+  the peak on the same pupil, also off-axis; prysm, checked once outside the test suite since it needs
+  setuptools' ``pkg_resources``, to 4e-3 with its own hard-edged pupil and grid, tilt and coma moving
+  the same way).
+* **poppy** (>= 1.0, measured with 1.1.2): the same ``exp(+i 2 pi OPD / lambda)`` but an inverse FFT
+  from pupil to image (its "phase increasing with time" convention), so a positive OPD is a wavefront
+  *ahead*: its PSF for the same coefficients is ours **rotated by 180 degrees** about the optical
+  axis, for any pupil, and equals ours for the **negated** coefficients, ``OPD_poppy = -W`` (both exact
+  to 1e-15 of the peak). For a pupil that is centro-symmetric about the Zernike centre (a clear
+  circle or square), negating only the odd modes (tilt, coma, trefoil) gives the same PSF too -- that
+  is the twin ambiguity below, not a convention: with an off-axis or otherwise asymmetric pupil only
+  the full negation holds.
+
+:func:`to_external_convention` turns fitted coefficients into the ones to give each of these codes
+for the same wavefront. Interferometer and lens-design reports that write the field as ``exp(-i k W)``
+("wavefront ahead of the reference is positive") share poppy's sign. Before comparing with anything
+else, check with a tilt: a known positive Noll-2 should move its PSF towards +x (increasing column).
 
 The twin ambiguity
 ------------------
@@ -69,7 +85,8 @@ from simulator.zernike import noll_to_nm, zernike_wavefront
 
 from .hdf5 import read_dataclass, write_dataclass
 
-__all__ = ["PupilModel", "PhaseRetrievalResult", "retrieve_zernike", "SCHEMA", "SCHEMA_VERSION"]
+__all__ = ["EXTERNAL_SIGN", "PupilModel", "PhaseRetrievalResult", "retrieve_zernike", "to_external_convention",
+           "SCHEMA", "SCHEMA_VERSION"]
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +94,20 @@ SCHEMA = "onn-hil/phase-retrieval"
 SCHEMA_VERSION = 1
 #: Default fitted modes: tilt (the PSF's position in its window) and Noll 4..11.
 DEFAULT_NOLL = tuple(range(2, 12))
+#: Factor that turns this module's Noll coefficients into another code's for the same wavefront (module
+#: docstring: sign convention).
+EXTERNAL_SIGN = {"hcipy": 1.0, "prysm": 1.0, "poppy": -1.0}
+
+
+def to_external_convention(coefficients_m, code: str) -> np.ndarray:
+    """The Noll coefficients (metres RMS, any shape) that ``code`` ("hcipy", "prysm" or "poppy") needs to
+    describe the same wavefront as ``coefficients_m`` in this module's convention: the same PSF, in the
+    same orientation, for any pupil. Every mode keeps its sign for HCIPy and prysm and flips it for
+    poppy (>= 1.0); the mapping is its own inverse."""
+    if code not in EXTERNAL_SIGN:
+        raise InputError(f"code must be one of {sorted(EXTERNAL_SIGN)}, got {code!r}")
+    return EXTERNAL_SIGN[code] * np.asarray(coefficients_m, dtype=np.float64)
+
 
 
 @dataclass(frozen=True, eq=False)

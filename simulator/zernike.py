@@ -15,10 +15,13 @@ Conventions
   ``exp(+i 2 pi W / lambda)`` (``exp(-i omega t)`` convention, so positive ``W`` = extra path, like extra
   glass). A positive Noll-2 (Noll-3) coefficient ``c`` therefore moves the focal spot towards +x,
   increasing column (+y, increasing row), by ``2 c f / R`` (light bends towards the thicker side, as in
-  a prism). Codes that write the field as ``exp(-i k W)`` have the opposite sign of ``W``
-  (:mod:`calibration.phase_retrieval` tells how to compare). A converging thin lens is ``W = -r^2 / (2 f)``; moving the observation plane a distance
-  ``dz`` beyond the focus is, paraxially, ``W = -(r^2 / 2) (1/f - 1/(f + dz))``, i.e. a Noll defocus
-  coefficient ``c4 = W020 / (2 sqrt 3)`` with ``W020 = -a^2 dz / (2 f (f + dz)) ~ -NA^2 dz / 2``.
+  a prism). HCIPy and prysm share this ``W``; poppy (>= 1.0) propagates to the image with an inverse
+  FFT, so its OPD is ``-W`` (its PSF for the same coefficients is ours rotated by 180 degrees), as for
+  codes that write the field as ``exp(-i k W)`` (checked and converted in
+  :mod:`calibration.phase_retrieval`). A converging thin lens is ``W = -r^2 / (2 f)``; moving the
+  observation plane a distance ``dz`` beyond the focus is, paraxially, ``W = -(r^2 / 2) (1/f - 1/(f +
+  dz))``, i.e. a Noll defocus coefficient ``c4 = W020 / (2 sqrt 3)`` with ``W020 = -a^2 dz / (2 f (f +
+  dz)) ~ -NA^2 dz / 2``.
 """
 
 from __future__ import annotations

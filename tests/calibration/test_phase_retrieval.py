@@ -15,10 +15,12 @@ import pytest
 import torch
 
 from calibration.errors import CalibrationFileError
-from calibration.phase_retrieval import PhaseRetrievalResult, PupilModel, retrieve_zernike
+from calibration.phase_retrieval import PhaseRetrievalResult, PupilModel, retrieve_zernike, to_external_convention
 from onn_core.errors import InputError
 from simulator.field import Grid
 from simulator.metaoptic import square_aperture
+from simulator.pupil import circular_pupil, psf_from_pupil
+from simulator.zernike import noll_to_nm, zernike_wavefront
 
 from . import psf_oracle as oracle
 
@@ -180,3 +182,91 @@ def test_bad_input_names_the_problem():
         fit(np.zeros_like(psfs))
     with pytest.raises(InputError, match="shape"):
         PupilModel(Grid.square(N, DX), torch.ones(N, N + 1), 1e-3)
+
+
+# ------------------------------------------------------------------ sign convention against other codes
+# The same Noll coefficients (tilt, defocus, astigmatism, coma, trefoil) on the same sampled pupil: a clear
+# circle and an off-axis circle (not centro-symmetric, which tells a sign convention from the twin ambiguity).
+COMPARE_WAVELENGTH, COMPARE_RADIUS, COMPARE_FOCAL, COMPARE_SAMPLES = 1e-6, 1.0, 10.0, 127  # odd: one centre pixel
+COMPARE_DX = 2.2 * COMPARE_RADIUS / COMPARE_SAMPLES
+COMPARE_COEFFS = np.array([0, 0, 0, 0.05, 0.04, 0.03, 0.05, -0.03, 0.02, 0.01]) * COMPARE_WAVELENGTH
+
+
+def compare_pupils():
+    grid = Grid.square(COMPARE_SAMPLES, COMPARE_DX)
+    return {"circular": circular_pupil(grid, COMPARE_RADIUS, dtype=torch.float64).numpy(),
+            "off-axis": circular_pupil(grid, 0.5 * COMPARE_RADIUS, center_m=(0.2, 0.35), dtype=torch.float64).numpy()}
+
+
+def compare_out_grid():
+    return Grid.square(33, COMPARE_WAVELENGTH / (4 * COMPARE_RADIUS) * COMPARE_FOCAL)  # lambda / D / 2
+
+
+def our_psf(transmission, coeffs):
+    """This module's forward model (simulator.pupil.psf_from_pupil with the Zernike wavefront)."""
+    grid = Grid.square(COMPARE_SAMPLES, COMPARE_DX)
+    w = zernike_wavefront(torch.as_tensor(coeffs, dtype=torch.float64), grid, COMPARE_RADIUS)
+    return psf_from_pupil(torch.from_numpy(transmission), grid, COMPARE_WAVELENGTH, COMPARE_FOCAL, compare_out_grid(),
+                          wavefront_m=w)[0].numpy()
+
+
+def poppy_psf(transmission, coeffs):
+    poppy = pytest.importorskip("poppy")
+    units = pytest.importorskip("astropy.units")
+    system = poppy.OpticalSystem(pupil_diameter=COMPARE_SAMPLES * COMPARE_DX * units.m, npix=COMPARE_SAMPLES, oversample=2)
+    system.add_pupil(poppy.ArrayOpticalElement(transmission=transmission, pixelscale=COMPARE_DX * units.m / units.pixel))
+    system.add_pupil(poppy.ZernikeWFE(radius=COMPARE_RADIUS, coefficients=list(coeffs)))
+    pixel = (COMPARE_WAVELENGTH / (4 * COMPARE_RADIUS) * units.rad).to(units.arcsec).value
+    system.add_detector(pixelscale=pixel, fov_pixels=33, oversample=1)
+    psf = system.calc_psf(wavelength=COMPARE_WAVELENGTH, display=False)[0].data
+    return psf / psf.sum()
+
+
+def hcipy_psf(transmission, coeffs):
+    hcipy = pytest.importorskip("hcipy")
+    pupil_grid = hcipy.make_pupil_grid(COMPARE_SAMPLES, COMPARE_SAMPLES * COMPARE_DX)
+    opd = sum(c * hcipy.mode_basis.zernike(*hcipy.noll_to_zernike(j), D=2 * COMPARE_RADIUS)(pupil_grid)
+              for j, c in enumerate(coeffs, start=1))
+    # hcipy.Field arrays are flattened with x (columns) fastest, as numpy's ravel of (rows, cols)
+    field = hcipy.Field(transmission.ravel() * np.exp(2j * np.pi * opd / COMPARE_WAVELENGTH), pupil_grid)
+    out = compare_out_grid()
+    focal_grid = hcipy.make_uniform_grid([33, 33], [33 * out.spacing_m[0]] * 2)
+    propagator = hcipy.FraunhoferPropagator(pupil_grid, focal_grid, focal_length=COMPARE_FOCAL)
+    psf = propagator(hcipy.Wavefront(field, COMPARE_WAVELENGTH)).power.shaped
+    return psf / psf.sum()
+
+
+@pytest.mark.parametrize("name", ["circular", "off-axis"])
+def test_poppy_psfs_are_ours_rotated_by_180_degrees_and_its_opd_is_minus_ours(name):
+    transmission = compare_pupils()[name]
+    ours = our_psf(transmission, COMPARE_COEFFS)
+    ours /= ours.sum()
+    theirs = poppy_psf(transmission, COMPARE_COEFFS)
+    peak = ours.max()
+    assert np.abs(theirs - ours).max() > 0.1 * peak  # the conventions differ
+    np.testing.assert_allclose(theirs, ours[::-1, ::-1], atol=1e-9 * peak, rtol=0)
+    np.testing.assert_allclose(poppy_psf(transmission, to_external_convention(COMPARE_COEFFS, "poppy")), ours,
+                               atol=1e-9 * peak, rtol=0)
+    # flipping only the odd modes matches only for a centro-symmetric pupil (the twin ambiguity)
+    odd = np.array([-1.0 if noll_to_nm(j)[1] % 2 else 1.0 for j in range(1, len(COMPARE_COEFFS) + 1)])
+    odd_flipped = our_psf(transmission, COMPARE_COEFFS * odd)
+    odd_flipped /= odd_flipped.sum()
+    assert (np.abs(theirs - odd_flipped).max() < 1e-9 * peak) == (name == "circular")
+
+
+@pytest.mark.parametrize("name", ["circular", "off-axis"])
+def test_hcipy_opd_equals_ours(name):
+    transmission = compare_pupils()[name]
+    ours = our_psf(transmission, COMPARE_COEFFS)
+    ours /= ours.sum()
+    theirs = hcipy_psf(transmission, to_external_convention(COMPARE_COEFFS, "hcipy"))
+    np.testing.assert_allclose(theirs, ours, atol=1e-6 * ours.max(), rtol=0)
+
+
+def test_to_external_convention_is_its_own_inverse_and_refuses_unknown_codes():
+    coeffs = np.array([[1e-8, -2e-8], [3e-8, 0.0]])
+    for code in ("poppy", "hcipy", "prysm"):
+        np.testing.assert_array_equal(to_external_convention(to_external_convention(coeffs, code), code), coeffs)
+    np.testing.assert_array_equal(to_external_convention(coeffs, "poppy"), -coeffs)
+    with pytest.raises(InputError, match="code"):
+        to_external_convention(coeffs, "zemax")
