@@ -16,8 +16,10 @@ measured display LUT and sensor) and the **calibration layer** (:meth:`Calibrati
 from __future__ import annotations
 
 import copy
+import dataclasses
 import datetime
 import logging
+import math
 import uuid
 from dataclasses import dataclass, field
 
@@ -116,10 +118,27 @@ class Calibration:
         return OpticalSystem.from_config(copy.deepcopy(self.optics))
 
     def pixel_noise(self) -> PixelNoise:
-        """The measured noise model (or the nominal one without a sensor stage)."""
+        """The measured noise model (or the nominal one without a sensor stage) of the frames calibrated.
+
+        Frames resampled from a larger camera frame (a located camera, :mod:`drivers.located`, whose
+        factors ``c``, ``d`` the bench settings recorded) have a shot-noise variance ``c`` times a pixel's
+        and a read-noise variance ``d`` times: the sensor stage measured ``e_per_dn / c`` (the slope of
+        variance against signal) and the read noise as it is in these frames, so the gain is
+        ``c x`` that measured (the photometry stays the camera's) with ``shot_factor = c``; without a
+        sensor stage the nominal read noise is scaled by ``sqrt(d)``.
+        """
+        located = (self.bench_settings.get("camera") or {}).get("located")
         if self.sensor is not None:
-            return self.sensor.pixel_noise
-        return PixelNoise.from_sensor(self.nominal_system().sensor)
+            noise = self.sensor.pixel_noise
+            if located:
+                c = located["shot_noise_factor"]
+                noise = dataclasses.replace(noise, e_per_dn=noise.e_per_dn * c, shot_factor=c)
+            return noise
+        noise = PixelNoise.from_sensor(self.nominal_system().sensor)
+        if located:
+            noise = dataclasses.replace(noise, read_noise_dn=noise.read_noise_dn * math.sqrt(located["read_noise_factor"]),
+                                        shot_factor=located["shot_noise_factor"])
+        return noise
 
     def calibrated_system(self) -> OpticalSystem:
         """The calibrated forward model: the design with the fitted errors, the measured display LUT
@@ -133,7 +152,7 @@ class Calibration:
         if self.sensor is not None:
             nominal = self.nominal_system().sensor
             scale = nominal.justify_scale
-            noise = self.sensor.pixel_noise
+            noise = self.pixel_noise()
             optics["sensor"] = {**optics.get("sensor", {}), "gain_e_per_dn": noise.e_per_dn * scale,
                                 "offset_dn": noise.offset_dn / scale, "read_noise_e": noise.read_noise_dn * noise.e_per_dn}
         return OpticalSystem.from_config(optics)

@@ -13,15 +13,18 @@ from simulator.sensor import SensorModel
 class PixelNoise:
     """Temporal noise of one pixel reading, in the camera frame's DN (Poisson-Gaussian).
 
-    With the conversion gain ``e_per_dn`` in electrons per frame DN: ``var = max(mean - offset_dn, 0)
-    / e_per_dn + read_noise_dn**2 + step_dn**2 / 12`` (shot noise, read noise, and the quantisation
-    of an ADC step of ``step_dn`` frame DN).
+    With the conversion gain ``e_per_dn`` in electrons per frame DN: ``var = shot_factor * max(mean -
+    offset_dn, 0) / e_per_dn + read_noise_dn**2 + step_dn**2 / 12`` (shot noise, read noise, and the
+    quantisation of an ADC step of ``step_dn`` frame DN). ``shot_factor`` is 1 for a camera's own
+    pixels and less for frames resampled from them (:mod:`drivers.located`: neighbouring pixels share
+    camera pixels, so a pixel's shot noise is less than its electrons').
     """
 
     e_per_dn: float
     offset_dn: float
     read_noise_dn: float
     step_dn: float = 1.0
+    shot_factor: float = 1.0
 
     @classmethod
     def from_sensor(cls, sensor: SensorModel) -> "PixelNoise":
@@ -35,4 +38,4 @@ class PixelNoise:
     def variance_dn2(self, mean_dn: np.ndarray) -> np.ndarray:
         """Expected variance (DN^2) of a single reading whose expectation is ``mean_dn``."""
         signal = np.maximum(np.asarray(mean_dn, dtype=np.float64) - self.offset_dn, 0.0)
-        return signal / self.e_per_dn + self.read_noise_dn**2 + self.step_dn**2 / 12.0
+        return self.shot_factor * signal / self.e_per_dn + self.read_noise_dn**2 + self.step_dn**2 / 12.0

@@ -14,10 +14,14 @@ policy::
       exposure_s: 10e-3
       optics: optics.yaml      # the optical system; relative paths are relative to this file
       roi: {offset: [100, 200], size: [512, 640]}   # optional: (row, col) and (rows, cols) on the sensor
+      locate: grid.yaml        # optional: frames resampled into the design frame located by `hil locate`
 
 Every camera backend takes ``camera.roi`` (:class:`RegionOfInterest`): frames then hold that part of the
 sensor only, set on the device where the backend can and cropped in software otherwise
 (:attr:`drivers.camera.Camera.roi`); a region outside the sensor is refused naming ``camera.roi``.
+``camera.locate`` names a `hil locate` file (relative to this file): the camera then delivers the
+design's frame, resampled from the located grid (:mod:`drivers.located`); a ``roi`` that does not hold
+the grid is refused naming ``camera.roi``.
 
 An optional ``light:`` section opens a light source (a backend of kind ``light-source``, e.g.
 ``{backend: serial-light, url: /dev/ttyUSB0}``) that the bench closes with the rest (its shutter
@@ -42,6 +46,7 @@ from .device import Device, OpenContext, config_errors
 from .bench import Bench
 from .clock import Clock, make_clock
 from .errors import DeviceNotFound
+from .located import load_location, locate_camera
 from .registry import available_backends, load_backend
 
 #: Backend used for a device whose config names none.
@@ -119,11 +124,14 @@ def load_bench_config(config) -> tuple[BenchConfig, Path]:
     raise ConfigError("<root>", type(config).__name__, "a YAML file path, a mapping or a BenchConfig")
 
 
-def open_device(kind: str, settings: dict, context: OpenContext, path: str | None = None) -> Device:
+def open_device(kind: str, settings: dict, context: OpenContext, path: str | None = None, *,
+                located: bool = True) -> Device:
     """Open one device of role ``kind`` ("slm", "camera", "light-source") from its settings mapping.
 
     ``settings["backend"]`` names the backend (default :data:`DEFAULT_BACKENDS`); the rest goes to the
     backend's :meth:`~drivers.device.Device.from_config`. ``path`` (default ``kind``) prefixes errors.
+    A camera's ``roi`` is set after it opened (:func:`apply_roi`); its ``locate`` file, unless
+    ``located`` is False, makes it a :class:`~drivers.located.LocatedCamera`.
     """
     path = path or kind
     if not isinstance(settings, dict):
@@ -139,18 +147,26 @@ def open_device(kind: str, settings: dict, context: OpenContext, path: str | Non
     if cls.kind != kind:
         raise ConfigError(f"{path}.backend", name, f"a {kind} backend (this one is a {cls.kind})")
     roi = settings.pop("roi", None) if kind == "camera" else None
+    locate = settings.pop("locate", None) if kind == "camera" else None
     device = cls.from_config(settings, context, path)
-    if roi is not None:
-        with contextlib.ExitStack() as opened:  # closes the camera if its roi is refused
-            opened.enter_context(device)
+    with contextlib.ExitStack() as opened:  # closes the camera if its roi or location is refused
+        opened.enter_context(device)
+        if roi is not None:
             apply_roi(device, roi, f"{path}.roi")
-            opened.pop_all()
+        if locate is not None and located:
+            if not isinstance(locate, str):
+                raise ConfigError(f"{path}.locate", locate, "the path of a `hil locate` file (e.g. grid.yaml)")
+            source = context.resolve(locate)
+            device = locate_camera(device, load_location(source, f"{path}.locate"), source=str(source),
+                                   field=f"{path}.locate", roi_field=f"{path}.roi" if roi is not None else None)
+        opened.pop_all()
     return device
 
 
-def open_bench(config, *, clock: Clock | None = None) -> Bench:
+def open_bench(config, *, clock: Clock | None = None, located: bool = True) -> Bench:
     """Open a :class:`~drivers.bench.Bench` from a bench config (YAML path, mapping or
-    :class:`BenchConfig`); ``clock`` overrides the config's ``clock``.
+    :class:`BenchConfig`); ``clock`` overrides the config's ``clock``; ``located=False`` ignores
+    ``camera.locate`` (the camera's own frames: what `hil locate` looks at).
 
     The bench's ``config`` attribute holds the resolved config (to save next to outputs).
     """
@@ -159,7 +175,7 @@ def open_bench(config, *, clock: Clock | None = None) -> Bench:
     with contextlib.ExitStack() as opened:  # closes what was opened if anything later fails
         slm = opened.enter_context(open_device("slm", cfg.slm, context))
         context.peers["slm"] = slm
-        camera = opened.enter_context(open_device("camera", cfg.camera, context))
+        camera = opened.enter_context(open_device("camera", cfg.camera, context, located=located))
         context.peers["camera"] = camera
         light = None
         if cfg.light is not None:
