@@ -62,7 +62,7 @@ def main(argv=None) -> int:
         print(json.dumps(calibration.summary().get("fit", {}), indent=1, default=str)[:600])
 
         # 5. Capture the training fractions and the held-out test set (resumable HDF5 files).
-        print(job_steps.capture_sets(job, bench, design_id, calibration.calibration_id))
+        print(job_steps.capture_sets(job, bench, calibration, design_id))
 
     # 6. Fine-tune the backend with every method; 7. evaluate on the captured test set; 8. report.
     student = load_model(models["student"])

@@ -29,6 +29,7 @@ from torch.utils.data import Subset
 from onn_core.errors import ConfigError, HilError
 
 from .checkpoint import capture_rng_state, load_checkpoint, load_model, restore_rng_state
+from .clipping import clip_watch
 from .config import RunConfig, config_changes, fixed_on_resume, load_run_config, parse_run_config, run_config_to_dict
 from .trainer import Objective, Trainer, TrainResult, freeze_parts, trainable_parameters
 
@@ -212,6 +213,7 @@ def train(config_or_path, out_dir=None, *, resume: bool = True, resume_changed: 
         total = cfg.train.epochs * steps_per_epoch
         total = min(total, cfg.train.max_steps) if cfg.train.max_steps else total
         optimizer, scheduler = build_optimizer(cfg, model, total)
+        callbacks = (*callbacks, *clip_watch(model, train_set))
         trainer = Trainer(
             model, objective, train_set, val_data=val_set, task=cfg.task, num_classes=num_classes,
             optimizer=optimizer, scheduler=scheduler, batch_size=cfg.data.batch_size,

@@ -15,7 +15,10 @@ the frozen teacher sees the raw images of the same samples (``source_indices``) 
 kernel is over the backend's parameters only. :func:`accuracy` scores a backend on captured features.
 
 The job's compensation methods (:data:`COMPENSATIONS`): ``e2e`` (task loss on real captures),
-``ntkd``, and each of the two plus synthetic captures (``e2e_synthetic``, ``ntkd_synthetic``).
+``ntkd``, each of the two plus synthetic captures (``e2e_synthetic``, ``ntkd_synthetic``), and each
+of the two on the nominal features of the captures, without the calibration layer (``e2e_nominal``,
+``ntkd_nominal``). :func:`simulated_features` renders the same images through the design as designed
+(the job's ``design_ft`` control: the same fine-tuning without fabrication).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -38,9 +42,24 @@ from .data.captures import CaptureDataset
 log = logging.getLogger(__name__)
 
 METHODS = ("task", "kd", "ntkd")
-#: Compensation method of the job -> (:func:`finetune` method, with synthetic captures).
-COMPENSATIONS = {"e2e": ("task", False), "ntkd": ("ntkd", False), "e2e_synthetic": ("task", True),
-                 "ntkd_synthetic": ("ntkd", True)}
+
+
+class Compensation(NamedTuple):
+    """A compensation method of the job: its :func:`finetune` ``loss`` method, whether synthetic
+    captures are added, and how captured frames become features: ``layer`` (the calibration layer) or
+    ``nominal`` (the design's nominal tile cut, no calibration: the paper's setting)."""
+
+    loss: str
+    synthetic: bool
+    features: str
+
+
+#: The job's compensation methods.
+COMPENSATIONS = {"e2e": Compensation("task", False, "layer"), "ntkd": Compensation("ntkd", False, "layer"),
+                 "e2e_synthetic": Compensation("task", True, "layer"),
+                 "ntkd_synthetic": Compensation("ntkd", True, "layer"),
+                 "e2e_nominal": Compensation("task", False, "nominal"),
+                 "ntkd_nominal": Compensation("ntkd", False, "nominal")}
 
 
 @dataclass
@@ -110,27 +129,46 @@ def synthetic_features(calibration, images: torch.Tensor, labels: torch.Tensor, 
     read through the same calibration layer as real frames (module docstring).
 
     Each image is shown as the gray levels a capture shows (:func:`simulator.display.quantise_intensities`,
-    as :func:`hil.capture.display_image`),
-    rendered by ``calibration.calibrated_system()`` at ``exposure_s``, with the sensor noise of its
-    sensor model (its ``noise`` switch; seeded by ``seed``); its dark-subtracted photo-electrons (the noise-free black frame of the same model
+    as :func:`hil.capture.display_image`), rendered by ``calibration.calibrated_system()`` at
+    ``exposure_s``, with the sensor noise of its sensor model (its ``noise`` switch; seeded by
+    ``seed``); its dark-subtracted photo-electrons (the noise-free black frame of the same model
     removed) go through ``calibration.layer().from_electrons``.
     """
+    system, layer = calibration.calibrated_system(), calibration.layer()
+    system.eval()
+    with torch.no_grad():
+        black = system.frame(torch.zeros((1, *images.shape[1:]), dtype=torch.int64), exposure_s, noise=False)
+        black_e = system.sensor.electrons(black)
+    read = lambda frames: layer.from_electrons(system.sensor.electrons(frames) - black_e, exposure_s)  # noqa: E731
+    return _rendered(system, read, images, labels, source_indices, exposure_s=exposure_s, seed=seed, noise=None,
+                     batch_size=batch_size)
+
+
+def simulated_features(system, images: torch.Tensor, labels: torch.Tensor, source_indices: torch.Tensor, *,
+                       exposure_s: float, seed: int = 0, batch_size: int = 500) -> CapturedSet:
+    """The simulated nominal features of ``images`` (N, C, H, W) in [0, 1]: frames of the design as
+    designed (``system``, an :class:`~simulator.system.OpticalSystem`, no fabrication errors) at
+    ``exposure_s``, with sensor noise on (seeded by ``seed``), read by its nominal
+    :meth:`~simulator.system.OpticalSystem.features`: the data of the job's ``design_ft`` control."""
+    return _rendered(system, lambda frames: system.features(frames, exposure_s), images, labels, source_indices,
+                     exposure_s=exposure_s, seed=seed, noise=True, batch_size=batch_size)
+
+
+def _rendered(system, read, images, labels, source_indices, *, exposure_s: float, seed: int, noise, batch_size: int):
+    """Frames of ``images`` shown as gray levels and rendered by ``system`` (``noise`` as
+    :meth:`~simulator.system.OpticalSystem.frame`), read by ``read(frames_dn) -> features``."""
     if images.ndim != 4 or len(images) != len(labels) or len(images) != len(source_indices):
         raise InputError(f"images must be (N, C, H, W) with one label and source index each, got {tuple(images.shape)}, "
                          f"{len(labels)} labels, {len(source_indices)} indices")
     from simulator.display import quantise_intensities
 
-    system, layer = calibration.calibrated_system(), calibration.layer()
     system.eval()
     generator = torch.Generator().manual_seed(seed)
     out = []
     with torch.no_grad():
-        black = system.frame(torch.zeros((1, *images.shape[1:]), dtype=torch.int64), exposure_s, noise=False)
-        black_e = system.sensor.electrons(black)
         for start in range(0, len(images), batch_size):
             gray = quantise_intensities(images[start:start + batch_size], system.display.levels)
-            frames = system.frame(gray, exposure_s, generator=generator)  # noise as the sensor model says
-            out.append(layer.from_electrons(system.sensor.electrons(frames) - black_e, exposure_s).float())
+            out.append(read(system.frame(gray, exposure_s, noise=noise, generator=generator)).float())
     return CapturedSet(torch.cat(out), labels.clone(), source_indices.clone())
 
 
@@ -212,7 +250,9 @@ def finetune(student, train: CapturedSet, *, method: str = "task", teacher: nn.M
 
     ``method``: ``task`` (cross-entropy), ``kd`` or ``ntkd`` (``teacher`` and the raw ``source_inputs``
     (N_source, C, H, W) of the captured samples' source dataset needed; ``loss``: further fields of
-    :class:`hil.config.LossConfig`). ``val`` selects the best epoch (else the last is kept).
+    :class:`hil.config.LossConfig`). ``val`` (disjoint from ``train`` and from the test set) selects
+    the backend: the best of every epoch's end and the last step (else the last is kept); the
+    result's ``best_metric`` is its validation accuracy.
     ``max_steps`` stops after that many optimiser steps (an equal budget whatever the set's size). With
     ``out_dir`` the run is checkpointed and resumes like ``hil train``.
     """
@@ -237,10 +277,16 @@ def finetune(student, train: CapturedSet, *, method: str = "task", teacher: nn.M
                           num_classes=int(train.labels.max()) + 1, optimizer=torch.optim.Adam(backend.parameters(), lr=lr),
                           val_data=None if val is None else TensorDataset(val.features, val.labels),
                           batch_size=batch_size, epochs=epochs, max_steps=max_steps, seed=seed, progress=progress,
-                          out_dir=None if out_dir is None else Path(out_dir))
+                          out_dir=None if out_dir is None else Path(out_dir), restore_best=False)
         result = trainer.fit()
+    if val is not None:  # the last step may fall inside an epoch, which the trainer did not evaluate
+        last = accuracy(backend, val)
+        if trainer.best_state is not None and result.best_metric >= last:
+            backend.load_state_dict(trainer.best_state)
+        else:
+            result.best_metric, result.best_epoch = last, result.epochs_completed + 1
     return backend.eval(), result
 
 
-__all__ = ["COMPENSATIONS", "CapturedSet", "METHODS", "PairedObjective", "accuracy", "captured_features", "finetune",
-           "read_synthetic", "synthetic_features", "write_synthetic"]
+__all__ = ["COMPENSATIONS", "CapturedSet", "Compensation", "METHODS", "PairedObjective", "accuracy", "captured_features",
+           "finetune", "read_synthetic", "simulated_features", "synthetic_features", "write_synthetic"]

@@ -251,7 +251,9 @@ class OpticalStudentSpec:
     ``design``, which the trained kernels are, and without ``errors``), or the path of such an optics
     file (:func:`student_optics_from_file`; the run config inlines it); null: ideal optics.
     fabrication: None or :class:`simulator.fabrication.ErrorSpec` fields: random PSF errors drawn at
-    every training forward (robustness). backend: ``fc`` (hidden: one size -> 2 FC layers, two -> 3 FC
+    every training forward (robustness). transmission: the light budget of each sub-optic, the largest
+    total weight of one PSF (:class:`simulator.design.KernelDesign`; 1: all the light reaching its
+    sub-aperture; null: unconstrained). backend: ``fc`` (hidden: one size -> 2 FC layers, two -> 3 FC
     layers; pool: average pooling of the features, pixels; num_classes) or ``upconv`` (decoder_widths,
     out_channels). seed: initial kernels and draws.
     """
@@ -264,6 +266,7 @@ class OpticalStudentSpec:
     kernel_size: int = 7
     optics: dict[str, Any] | str | None = None
     fabrication: dict[str, Any] | None = None
+    transmission: float | None = 1.0
     fourf: dict[str, Any] = field(default_factory=dict)
     backend: Literal["fc", "upconv"] = "fc"
     hidden: list[int] = field(default_factory=lambda: [32])
@@ -320,7 +323,7 @@ def _frontend(spec: OpticalStudentSpec):
     else:
         _check_int("kernel_size", spec.kernel_size, 1)
         design = KernelDesign(shape=(spec.num_kernels, spec.in_channels, spec.kernel_size, spec.kernel_size),
-                              seed=spec.seed)
+                              seed=spec.seed, transmission=spec.transmission)
     optics = student_optics_from_file(spec.optics) if isinstance(spec.optics, str) else dict(spec.optics or {})
     shape = [spec.image_size, spec.image_size]
     if optics.setdefault("image_shape", shape) != shape:

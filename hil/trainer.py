@@ -348,6 +348,11 @@ class Trainer:
             json.dump(payload, fh, indent=1, allow_nan=True)
 
     # ----------------------------------------------------------------------------------- loop
+    @property
+    def best_state(self) -> dict | None:
+        """The model's state dict at the best validation evaluation so far (None before one)."""
+        return self._best_state
+
     def _finished(self) -> bool:
         return (self.stopped_early or self.epoch >= self.epochs
                 or (self.max_steps is not None and self.step >= self.max_steps))

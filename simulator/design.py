@@ -51,11 +51,24 @@ class KernelDesign(nn.Module):
 
     ``kernels`` None draws them uniformly in ``+-1/sqrt(C K K)`` (the ``nn.Conv2d`` default bound)
     from a generator seeded with ``seed``; ``trainable`` makes them an ``nn.Parameter``.
+
+    ``transmission`` (the light budget): a passive sub-optic puts at most the light its aperture passes
+    into its tile, so each PSF's total weight (its sum over channels and pixels; 1 = all the light that
+    reaches the sub-aperture) is at most ``transmission``. The kernels used (:attr:`kernels`) are the
+    stored weights divided, per signed kernel, by ``max(1, max(sum k+, sum k-) / transmission)``: a
+    kernel within budget is unchanged, one beyond it is scaled down as a whole, its shape kept. That
+    scale is one positive factor per feature map, which the backend's first (linear) layer absorbs,
+    so the student's function class is unchanged. None: no budget.
     """
 
     def __init__(self, kernels: torch.Tensor | None = None, *, shape: tuple[int, int, int, int] | None = None,
-                 trainable: bool = True, seed: int = 0, dtype: torch.dtype = torch.float32):
+                 trainable: bool = True, seed: int = 0, dtype: torch.dtype = torch.float32,
+                 transmission: float | None = None):
         super().__init__()
+        if transmission is not None and (isinstance(transmission, bool) or not isinstance(transmission, (int, float))
+                                         or not 0 < transmission <= 1):
+            raise InputError(f"transmission must be a fraction in (0, 1] (or None: no light budget), got {transmission!r}")
+        self.transmission = None if transmission is None else float(transmission)
         if kernels is None:
             if shape is None or len(shape) != 4 or any(isinstance(v, bool) or not isinstance(v, int) or v < 1
                                                         for v in shape):
@@ -76,11 +89,19 @@ class KernelDesign(nn.Module):
 
     @property
     def kernels(self) -> torch.Tensor:
-        """The signed kernels (M, C, K, K)."""
-        return self.weight
+        """The signed kernels (M, C, K, K), within the light budget (class docstring); differentiable."""
+        if self.transmission is None:
+            return self.weight
+        dims = tuple(range(1, self.weight.ndim))
+        largest = torch.maximum(self.weight.clamp(min=0).sum(dims), (-self.weight).clamp(min=0).sum(dims))
+        scale = (largest / self.transmission).clamp(min=1.0)
+        return self.weight / scale.reshape(-1, *([1] * len(dims)))
 
     def psfs(self) -> torch.Tensor:
-        return psf_pairs(self.weight)
+        return psf_pairs(self.kernels)
+
+    def extra_repr(self) -> str:
+        return f"transmission={self.transmission}"
 
 
 def random_signed_kernels(num_kernels: int, kernel_size: int, channels: int, seed: int) -> torch.Tensor:

@@ -9,6 +9,9 @@ module                 holds
 :mod:`.state`          ``state.json``: finished steps, the files each wrote, the identity
 :mod:`.steps`          the steps, plain functions a bench script calls (``examples/hil_job.py``),
                        and :data:`STEPS`, their table
+:mod:`.exposure`       the capture exposure (from the calibration) and the clipping check
+:mod:`.controls`       the teacher check, the ``design_ft`` and ``perfect_fabrication`` controls,
+                       the design's convergence
 :mod:`.validate`       the checks made before the first step; :mod:`.disk` the free-space check
 :mod:`.runner`         :func:`run_job`: the table in order, resumable (``--from``, ``--until``)
 :mod:`.report`         ``report.json`` and ``summary.md``; :mod:`.plots` its figures
@@ -24,9 +27,10 @@ from .steps import (STEP_NAMES, STEPS, JobMismatchError, RunContext, Step, bench
                     evaluate, export, finetune_all, fraction_key, fraction_rows, load_job_calibration, open_job_bench,
                     score_runs, synthetic_set, train_models)
 from .disk import DiskSpaceError
+from .exposure import ClippedCaptureError
 from .validate import preflight
 
-__all__ = ["STEPS", "STEP_NAMES", "CaptureStep", "DiskSpaceError", "FinetuneStep", "Job",
+__all__ = ["STEPS", "STEP_NAMES", "CaptureStep", "ClippedCaptureError", "DiskSpaceError", "FinetuneStep", "Job",
            "JobConfig", "JobConfigChanged", "JobMismatchError", "RunContext", "Step", "TrainStep", "bench_config",
            "calibrate_bench", "capture_plan", "capture_sets", "datasets", "design_config",
            "design_identity", "evaluate", "export", "finetune_all", "fraction_key", "fraction_rows", "job_identity",

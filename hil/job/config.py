@@ -48,12 +48,31 @@ class TrainStep:
 @dataclass
 class CaptureStep:
     """Which samples are captured: stratified ``fractions`` of the training split (each per class; the
-    largest is captured, the others are nested in it) and ``test_size`` held-out test images, drawn
-    with ``seed``."""
+    largest is captured, the others are nested in it), ``test_size`` held-out test images and
+    ``val_size`` captured validation images (from the training split, disjoint from the captured
+    training samples; the fine-tuning keeps the backend best on them), drawn with ``seed``.
+
+    Exposure (:mod:`hil.job.exposure`): ``exposure_s`` (s) fixes it; null chooses it from the
+    calibration so that the brightest expected frame peaks at ``1 - headroom`` of the camera's range.
+    A capture set with more than ``max_clipped_fraction`` of its pixels clipped is refused."""
 
     fractions: list[float] = field(default_factory=lambda: [0.01, 0.03, 0.1])
     test_size: int = 2000
+    val_size: int = 500
     seed: int = 0
+    exposure_s: float | None = None
+    headroom: float = 0.25
+    max_clipped_fraction: float = 0.001
+
+    def __post_init__(self):
+        if not 0 < self.headroom < 1:
+            raise ConfigError("capture.headroom", self.headroom, "a fraction of the camera's range in (0, 1)")
+        if not 0 <= self.max_clipped_fraction < 1:
+            raise ConfigError("capture.max_clipped_fraction", self.max_clipped_fraction, "a fraction in [0, 1)")
+        if self.exposure_s is not None and not self.exposure_s > 0:
+            raise ConfigError("capture.exposure_s", self.exposure_s, "an exposure > 0 (s), or null to choose it")
+        if self.val_size < 0:
+            raise ConfigError("capture.val_size", self.val_size, "a number of images >= 0")
 
 
 @dataclass
@@ -61,7 +80,9 @@ class FinetuneStep:
     """The compensation: ``methods`` (of :data:`hil.finetune.COMPENSATIONS`), each trained for ``steps``
     Adam steps of ``batch_size`` at ``lr`` on every captured fraction, once per seed of ``seeds``;
     ``synthetic``: how many uncaptured training images the synthetic methods render; ``loss``: NTKD
-    settings (:class:`hil.config.LossConfig` fields)."""
+    settings (:class:`hil.config.LossConfig` fields); ``teacher_margin``: how far the teacher must be
+    above the design on the test images for the NTKD methods to run (:mod:`hil.job.controls`).
+    Every run keeps the backend best on the captured validation images (``capture.val_size``)."""
 
     methods: list[str] = field(default_factory=lambda: list(COMPENSATIONS))
     steps: int = 400
@@ -71,6 +92,7 @@ class FinetuneStep:
     synthetic: int = 5000
     loss: dict[str, Any] = field(default_factory=lambda: {"kernel_batch": 64, "student_method": "exact_mlp",
                                                           "teacher_method": "jvp_projection"})
+    teacher_margin: float = 0.03
 
     def __post_init__(self):
         bad = [m for m in self.methods if m not in COMPENSATIONS]
@@ -100,16 +122,16 @@ class JobConfig:
     threads: int | None = None
 
     def __post_init__(self):
-        if any(COMPENSATIONS[m][0] == "ntkd" for m in self.finetune.methods) and self.teacher is None:
+        if any(COMPENSATIONS[m].loss == "ntkd" for m in self.finetune.methods) and self.teacher is None:
             raise ConfigError("teacher", None, "a teacher (config, run_dir or checkpoint) for the NTKD methods "
-                              f"{[m for m in self.finetune.methods if 'ntkd' in m]}")
+                              f"{[m for m in self.finetune.methods if COMPENSATIONS[m].loss == 'ntkd']}")
         if not self.capture.fractions or not all(0 < f <= 1 for f in self.capture.fractions):
             raise ConfigError("capture.fractions", self.capture.fractions, "a non-empty list of numbers in (0, 1]")
 
     @property
     def needs_teacher(self) -> bool:
         """Whether a fine-tuning method distils from the teacher."""
-        return any(COMPENSATIONS[m][0] != "task" for m in self.finetune.methods)
+        return any(COMPENSATIONS[m].loss != "task" for m in self.finetune.methods)
 
 
 @dataclass

@@ -11,13 +11,18 @@ step               writes (inside the run folder)
                          through the exported design with the fabrication errors of ``fabrication``
 :func:`calibrate_bench`  ``calibration.h5`` (:func:`calibration.calibrate`, never overwritten)
 :func:`capture_sets`     ``captures/train.h5`` (the largest captured fraction of the training split;
-                         the smaller fractions are its first rows of every class, so nested) and
-                         ``captures/test.h5`` (the held-out captured test set)
+                         the smaller fractions are its first rows of every class, so nested),
+                         ``captures/val.h5`` (captured validation images) and ``captures/test.h5``
+                         (the held-out captured test set), at an exposure chosen from the calibration
+                         (``captures/exposure.json``), each refused when too many pixels clip;
+                         :func:`capture_perfect`: ``captures/test_perfect.h5`` (error-free optics)
 :func:`finetune_all`     ``finetune/<method>_<fraction>.pt`` + ``finetune.json`` (one entry per method,
-                         fraction and seed, written as each finishes)
-:func:`evaluate`         ``evaluation.json``: design accuracy (simulation), uncompensated (nominal
-                         features, no calibration), calibration layer only, and every fine-tuned backend
-:func:`hil.job.report.report`  ``report.json``, ``summary.md``, ``psfs.png``, ``accuracy.png``, ``curves.png``
+                         fraction and seed, written as each finishes; the ``design_ft`` control too)
+:func:`evaluate`         ``evaluation.json``: design accuracy (simulation), the controls, uncompensated
+                         (nominal features, no calibration), calibration layer only, and every
+                         fine-tuned backend
+:func:`hil.job.report.report`  ``report.json``, ``summary.md``, ``psfs.png``, ``accuracy.png``, ``curves.png``,
+                         ``design.png``
 =================  ===========================================================================
 
 A step stopped midway resumes: training from its checkpoint, a capture after its last complete frame,
@@ -25,10 +30,13 @@ fine-tuning after its last finished method.
 
 The compensation methods (:data:`hil.finetune.COMPENSATIONS`): ``e2e`` (task loss on the real captures
 read through the calibration layer), ``ntkd`` (task + NTK distillation from a teacher that sees the raw
-images of the same samples), and each of the two with **synthetic captures** added: training images
+images of the same samples), each of the two with **synthetic captures** added: training images
 that were not captured, rendered through the calibrated forward model and read through the same layer
-(:func:`hil.finetune.synthetic_features`). Every method gets the same fixed number of optimiser steps,
-learning rate and batch size.
+(:func:`hil.finetune.synthetic_features`), and each on the nominal features of the captures without
+the layer (``e2e_nominal``, ``ntkd_nominal``). Every method, and the ``design_ft`` control
+(:mod:`hil.job.controls`), gets the same fixed number of optimiser steps, learning rate, batch size
+and seeds, and keeps the backend best on the captured validation images. The NTKD methods run only
+with a teacher ``finetune.teacher_margin`` above the design.
 
 Identity: a calibration is used only with the design it was measured against and a fine-tuned backend
 only with the design and calibration it was trained on (:class:`JobMismatchError` otherwise); a
@@ -39,6 +47,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
 import json
 import logging
 import time
@@ -56,6 +65,7 @@ from calibration.file import load_calibration, save_calibration
 from drivers.bench_fits import check_bench_fits
 from drivers.clock import make_clock
 from drivers.config import open_bench
+from drivers.exposure import exposure_held
 from onn_core.config import load_yaml, to_plain
 from onn_core.errors import ConfigError, HilError, InputError
 from onn_core.files import atomic_write
@@ -73,6 +83,8 @@ from ..finetune import (COMPENSATIONS, CapturedSet, accuracy, captured_features,
                         synthetic_features, write_synthetic)
 from .config import FinetuneStep, Job, bench_settings, fabrication_errors
 from .disk import bench_frame_bytes, check_free_space
+from .controls import DESIGN_FT, PERFECT_CAPTURE, nominal_set, ntkd_methods, teacher_check
+from .exposure import check_clipping, choose_exposure, clipping
 from .report import REPORT_FILES, report
 from .state import write_json
 
@@ -157,25 +169,32 @@ def design_identity(design_optics: Path) -> tuple[OpticalSystem, str]:
 
 
 # ------------------------------------------------------------------------------------------ bench
-def bench_config(job: Job, design_optics: Path) -> dict:
+def bench_config(job: Job, design_optics: Path, *, fabricated: bool = True) -> dict:
     """The bench mapping the job opens (also written to ``bench.yaml``): the config's bench; if its
     camera is simulated, looking through the exported design with ``fabrication``'s errors (the
-    ``errors`` section of that optics file; none: the design itself)."""
+    ``errors`` section of that optics file; none: the design itself). ``fabricated`` False: the
+    design without errors (the ``perfect_fabrication`` control's bench; not written)."""
     bench = bench_settings(job)
     camera = bench.get("camera") or {}
     if camera.get("backend") == "simulated-camera":
         optics = design_config(design_optics)
-        errors = fabrication_errors(job)
+        errors = fabrication_errors(job) if fabricated else None
         if errors is not None:
             optics["errors"] = errors
         camera["optics"] = optics
         bench["camera"] = camera
-    elif job.config.fabrication is not None:
+    elif job.config.fabrication is not None and fabricated:
         log.warning("fabrication %s ignored: the bench's camera is real (%s); set fabrication: null in the run YAML",
                     job.config.fabrication, camera.get("backend"))
-    with atomic_write(job.run_dir / "bench.yaml", "w") as fh:
-        yaml.safe_dump(bench, fh, sort_keys=False)
+    if fabricated:
+        with atomic_write(job.run_dir / "bench.yaml", "w") as fh:
+            yaml.safe_dump(bench, fh, sort_keys=False)
     return bench
+
+
+def simulated_bench(job: Job) -> bool:
+    """Whether the job's bench camera is simulated (so that the optics it looks through can be chosen)."""
+    return (bench_settings(job).get("camera") or {}).get("backend") == "simulated-camera"
 
 
 def open_job_bench(job: Job, bench: dict):
@@ -250,24 +269,65 @@ def capture_plan(job: Job, train_labels, test_labels) -> dict:
     if not 0 < c.test_size <= len(test_labels):
         raise ConfigError("capture.test_size", c.test_size, f"a number in [1, {len(test_labels)}] (the size of the "
                           "dataset's test split)")
-    return {"train": stratified_indices(train_labels, max(c.fractions), c.seed),
+    plan = {"train": stratified_indices(train_labels, max(c.fractions), c.seed),
             "test": stratified_indices(test_labels, c.test_size / len(test_labels), c.seed + 1)}
+    if c.val_size:
+        if c.val_size > len(train_labels) - len(plan["train"]):
+            raise ConfigError("capture.val_size", c.val_size, f"at most {len(train_labels) - len(plan['train'])} (the "
+                              "training images not captured for training)")
+        plan["val"] = stratified_indices(train_labels, c.val_size / len(train_labels), c.seed + 2, exclude=plan["train"])
+    return plan
 
 
-def capture_sets(job: Job, bench, design_id: str, calibration_id: str, progress: bool = True) -> dict:
-    """Capture the planned training and test samples (resumable; refused before the first frame when the
-    run folder's disk cannot hold them: :func:`hil.job.disk.check_free_space`); returns the two summaries."""
+def capture_splits(job: Job) -> dict:
+    """The source split of every capture set: ``{"train": train split, "val": train split, "test": test split}``."""
+    train_split, test_split = datasets(job)
+    return {"train": train_split, "val": train_split, "test": test_split}
+
+
+def capture_sets(job: Job, bench, calibration, design_id: str, progress: bool = True) -> dict:
+    """Capture the planned training, validation and test samples (resumable; refused before the first
+    frame when the run folder's disk cannot hold them: :func:`hil.job.disk.check_free_space`) at the
+    exposure :func:`hil.job.exposure.choose_exposure` picks; returns per set its frames, clipped-pixel
+    and clipped-frame fractions (:func:`hil.job.exposure.clipping`) and dark frames, and the exposure.
+    A set with too many clipped pixels is refused (:class:`hil.job.exposure.ClippedCaptureError`)."""
     train_split, test_split = datasets(job)
     plan = capture_plan(job, train_split.tensors[1].numpy(), test_split.tensors[1].numpy())
-    check_free_space(job.run_dir, len(plan["train"]) + len(plan["test"]), bench_frame_bytes(bench))
-    out = {}
-    for split, dataset in (("train", train_split), ("test", test_split)):
-        summary = capture(bench, dataset, plan[split], job.run_dir / "captures" / f"{split}.h5",
-                          calibration_id=calibration_id, design_id=design_id,
-                          config={"split": split, **to_plain(job.config.capture)}, progress=progress)
-        out[split] = {"frames": summary.count, "saturated_frames": summary.saturated_frames,
-                      "dark_frames": summary.dark_frames}
+    splits = capture_splits(job)
+    check_free_space(job.run_dir, sum(len(rows) for rows in plan.values()), bench_frame_bytes(bench))
+    c = job.config.capture
+    folder = job.run_dir / "captures"
+    images = torch.cat([splits[name].tensors[0][torch.from_numpy(rows)] for name, rows in plan.items()])
+    exposure = choose_exposure(bench, calibration, images, headroom=c.headroom, exposure_s=c.exposure_s, out_dir=folder)
+    out = {"exposure": exposure}
+    with exposure_held(bench.camera):
+        bench.camera.exposure_s = exposure["exposure_s"]
+        for split, rows in plan.items():
+            path = folder / f"{split}.h5"
+            summary = capture(bench, splits[split], rows, path, calibration_id=calibration.calibration_id,
+                              design_id=design_id, config={"split": split, **to_plain(c)}, progress=progress)
+            stats = clipping(path)
+            out[split] = {"frames": summary.count, **stats, "dark_frames": summary.dark_frames}
+            check_clipping(path, stats, limit=c.max_clipped_fraction, exposure_s=exposure["exposure_s"])
     return out
+
+
+def capture_perfect(job: Job, design_id: str, exposure_s: float, progress: bool = True) -> dict | None:
+    """The ``perfect_fabrication`` control's capture: the planned test images on the job's bench with
+    no fabrication errors, at the capture exposure, into ``captures/test_perfect.h5`` (resumable);
+    returns its frames and clipping, or None (nothing captured) when the bench's camera is real or the
+    job has no ``fabrication``."""
+    if job.config.fabrication is None or not simulated_bench(job):
+        return None
+    train_split, test_split = datasets(job)
+    rows = capture_plan(job, train_split.tensors[1].numpy(), test_split.tensors[1].numpy())["test"]
+    path = job.run_dir / PERFECT_CAPTURE
+    config = bench_config(job, job.run_dir / "design" / "optics.yaml", fabricated=False)
+    with open_job_bench(job, config) as bench:
+        bench.camera.exposure_s = exposure_s
+        summary = capture(bench, test_split, rows, path, design_id=design_id,
+                          config={"split": "test_perfect", **to_plain(job.config.capture)}, progress=progress)
+    return {"frames": summary.count, **clipping(path), "dark_frames": summary.dark_frames}
 
 
 # ------------------------------------------------------------------------------------------ fine-tuning
@@ -302,57 +362,115 @@ def check_backend_identity(entry: dict, file: Path, design_id: str, calibration_
 def finetune_all(job: Job, student, calibration, design_id: str, teacher_path=None, *,
                  settings: FinetuneStep | None = None, fractions=None, name: str = "finetune",
                  progress: bool = False) -> dict:
-    """Fine-tune a copy of the student's backend with every method on every captured fraction and seed
-    (module docstring; ``settings`` and ``fractions`` default to the job's). Results are appended to
-    ``<name>.json`` (backends in ``<name>/``) as each run ends, with the design and calibration they were
-    trained on; a rerun skips those already there. Returns ``{method: {fraction: [entry per seed]}}``."""
+    """Fine-tune a copy of the student's backend with the ``design_ft`` control and every method on
+    every captured fraction and seed (module docstring; ``settings`` and ``fractions`` default to the
+    job's), each keeping the backend best on the captured validation images. The NTKD methods run only
+    with a teacher that passes :func:`hil.job.controls.teacher_check` (kept in
+    ``<name>/teacher_check.json``). Results are appended to ``<name>.json`` (backends in ``<name>/``) as
+    each run ends, with the design and calibration they were trained on and their recipe (``images``:
+    a digest of the training images, ``steps``, ``lr``, ``batch_size``, ``seed``); a rerun skips those
+    already there. Returns ``{method: {fraction: [entry per seed]}}``."""
     cfg = settings or job.config.finetune
     results_file = job.run_dir / f"{name}.json"
     results = json.loads(results_file.read_text()) if results_file.is_file() else {}
-    train_split, _ = datasets(job)
-    real = captured_features(job.run_dir / "captures" / "train.h5", calibration.layer(), design_id=design_id,
-                             calibration_id=calibration.calibration_id)
-    counts = {int(c): int(n) for c, n in zip(*np.unique(train_split.tensors[1].numpy(), return_counts=True))}
-    teacher = load_model(teacher_path) if teacher_path else None
-    synthetic = None
     (job.run_dir / name).mkdir(parents=True, exist_ok=True)
+    methods = usable_methods(job, student, cfg.methods, teacher_path, job.run_dir / name / "teacher_check.json")
+    teacher = load_model(teacher_path) if ntkd_methods(methods) else None
+    train_split, _ = datasets(job)
+    sets = captured_sets(job, student, calibration, design_id, {COMPENSATIONS[m].features for m in methods})
+    counts = {int(c): int(n) for c, n in zip(*np.unique(train_split.tensors[1].numpy(), return_counts=True))}
+    reference = next(iter(sets["train"].values()))
+    synthetic = None
     for fraction in sorted(fractions or job.config.capture.fractions):
-        rows = fraction_rows(real.labels, fraction, counts)
+        rows = fraction_rows(reference.labels, fraction, counts)
         key = fraction_key(fraction)
-        for method in cfg.methods:
-            loss_method, with_synthetic = COMPENSATIONS[method]
+        for method in (DESIGN_FT, *methods):
+            kind = feature_kind(method)
             for seed in cfg.seeds:
                 done = [entry for entry in results.get(method, {}).get(key, []) if entry["seed"] == seed]
                 for entry in done:
                     check_backend_identity(entry, results_file, design_id, calibration.calibration_id)
                 if done:
                     continue
-                data = real.subset(rows)
-                if with_synthetic and cfg.synthetic:
+                data = sets["train"][kind].subset(rows)
+                if method != DESIGN_FT and COMPENSATIONS[method].synthetic and cfg.synthetic:
                     if synthetic is None:
-                        synthetic = synthetic_set(job, calibration, design_id, train_split, real.source_indices,
-                                                  cfg.synthetic)
+                        synthetic = synthetic_set(job, calibration, design_id, train_split, cfg.synthetic)
                     data = CapturedSet.concat(data, synthetic)
-                if loss_method != "task" and teacher is None:
-                    raise ConfigError("teacher", None, f"a teacher for method {method!r}")
+                loss_method = "task" if method == DESIGN_FT else COMPENSATIONS[method].loss
                 start = time.perf_counter()
                 log.info("fine-tuning %s on %d captured (+%d synthetic) samples, fraction %s, seed %d", method,
                          len(rows), len(data) - len(rows), key, seed)
                 backend, result = finetune(student, data, method=loss_method, teacher=teacher,
                                            source_inputs=train_split.tensors[0], loss=cfg.loss, lr=cfg.lr,
                                            batch_size=cfg.batch_size, max_steps=cfg.steps, seed=seed,
-                                           progress=progress)
+                                           val=sets["val"].get(kind), progress=progress)
                 file = f"{name}/{method}_{key}_seed{seed}.pt"
                 with atomic_write(job.run_dir / file) as fh:
                     torch.save(backend.state_dict(), fh)
                 entry = {"seed": seed, "backend": file, "design_id": design_id,
                          "calibration_id": calibration.calibration_id, "captured": len(rows),
-                         "synthetic": len(data) - len(rows), "steps": result.steps, "lr": cfg.lr,
+                         "synthetic": len(data) - len(rows), "images": images_digest(data.source_indices[:len(rows)]),
+                         "steps": result.steps, "lr": cfg.lr, "batch_size": cfg.batch_size,
+                         "best_epoch": result.best_epoch, "best_val_accuracy": result.best_metric,
                          "seconds": round(time.perf_counter() - start, 2), "mean_step_s": result.mean_step_s,
                          "curve": [{k: v for k, v in h.items() if isinstance(v, (int, float))} for h in result.history]}
                 results.setdefault(method, {}).setdefault(key, []).append(entry)
                 write_json(results_file, results)
     return results
+
+
+def feature_kind(method: str) -> str:
+    """How the data of ``method`` is read: ``simulated`` for the ``design_ft`` control, else its
+    :class:`hil.finetune.Compensation` ``features`` (``layer`` or ``nominal``)."""
+    return "simulated" if method == DESIGN_FT else COMPENSATIONS[method].features
+
+
+def images_digest(source_indices: torch.Tensor) -> str:
+    """A short digest of the set of training images (source indices) a run trained on."""
+    values = np.sort(source_indices.numpy().astype(np.int64))
+    return hashlib.sha256(values.tobytes()).hexdigest()[:16]
+
+
+def usable_methods(job: Job, student, methods, teacher_path, record: Path) -> list[str]:
+    """``methods`` without the NTKD ones when the teacher fails :func:`hil.job.controls.teacher_check`
+    on the captured test images (written to ``record``, read back from it when present)."""
+    if not ntkd_methods(methods):
+        return list(methods)
+    if record.is_file():
+        check = json.loads(record.read_text())
+    else:
+        if not teacher_path:
+            raise ConfigError("teacher", None, f"a teacher for the methods {ntkd_methods(methods)}")
+        _, test_split = datasets(job)
+        rows = torch.from_numpy(capture_plan(job, datasets(job)[0].tensors[1].numpy(),
+                                             test_split.tensors[1].numpy())["test"])
+        check = teacher_check(job, student, load_model(teacher_path), test_split.tensors[0][rows],
+                              test_split.tensors[1][rows])
+        write_json(record, check)
+    return list(methods) if check["usable"] else [m for m in methods if m not in ntkd_methods(methods)]
+
+
+def captured_sets(job: Job, student, calibration, design_id: str, kinds) -> dict:
+    """``{"train" | "val": {kind: CapturedSet}}``: the captured training and validation sets read
+    through the calibration layer (``layer``) or nominally (``nominal``) as ``kinds`` ask, and their
+    ``simulated`` nominal features (:func:`hil.job.controls.nominal_set`) for ``design_ft``; no
+    ``val`` without a validation capture."""
+    identity = {"design_id": design_id, "calibration_id": calibration.calibration_id}
+    readers = {"layer": calibration.layer(), "nominal": student.frontend}
+    splits = capture_splits(job)
+    out = {}
+    for offset, split in enumerate(("train", "val")):
+        path = job.run_dir / "captures" / f"{split}.h5"
+        if not path.is_file():
+            out[split] = {}
+            continue
+        sets = {kind: captured_features(path, readers[kind], **identity) for kind in {"layer", *kinds} - {"simulated"}}
+        rows = sets["layer"].source_indices
+        sets["simulated"] = nominal_set(job, calibration.nominal_system(), splits[split], rows, _capture_exposure(path),
+                                        job.config.capture.seed + offset)
+        out[split] = sets
+    return out
 
 
 def _capture_exposure(path: Path) -> float:
@@ -365,10 +483,11 @@ def _capture_exposure(path: Path) -> float:
     return float(exposures[0])
 
 
-def synthetic_set(job: Job, calibration, design_id: str, train_split, captured_indices: torch.Tensor, count: int):
-    """Synthetic captures of ``count`` training images never captured (a seeded choice), at the
-    exposure of the real captures; kept in ``synthetic_<count>.h5`` (the capture schema, for this design
-    and calibration: :func:`hil.finetune.write_synthetic`) and reused while they match."""
+def synthetic_set(job: Job, calibration, design_id: str, train_split, count: int):
+    """Synthetic captures of ``count`` training images never captured, for training or validation (a
+    seeded choice), at the exposure of the real captures; kept in ``synthetic_<count>.h5`` (the capture
+    schema, for this design and calibration: :func:`hil.finetune.write_synthetic`) and reused while
+    they match."""
     cache = job.run_dir / f"synthetic_{count}.h5"
     identity = {"design_id": design_id, "calibration_id": calibration.calibration_id}
     if cache.is_file():
@@ -377,7 +496,10 @@ def synthetic_set(job: Job, calibration, design_id: str, train_split, captured_i
         except CaptureFileError as exc:
             log.warning("rendering the synthetic captures again: %s", exc)
     exposure_s = _capture_exposure(job.run_dir / "captures" / "train.h5")
-    pool = np.setdiff1d(np.arange(len(train_split)), captured_indices.numpy())
+    _, test_split = datasets(job)
+    plan = capture_plan(job, train_split.tensors[1].numpy(), test_split.tensors[1].numpy())
+    captured = np.concatenate([plan["train"], plan.get("val", np.zeros(0, np.int64))])
+    pool = np.setdiff1d(np.arange(len(train_split)), captured)
     rng = np.random.default_rng(job.config.capture.seed + 1000)
     chosen = torch.from_numpy(np.sort(rng.choice(pool, size=min(count, len(pool)), replace=False)))
     log.info("rendering %d synthetic captures through the calibrated forward model", len(chosen))
@@ -390,13 +512,15 @@ def synthetic_set(job: Job, calibration, design_id: str, train_split, captured_i
 # ------------------------------------------------------------------------------------------ evaluation
 def score_runs(job: Job, student, data, results: dict, reference: dict | None = None, *,
                design_id: str | None = None, calibration_id: str | None = None) -> dict:
-    """Accuracy of every fine-tuned backend of ``results`` (:func:`finetune_all`) on ``data`` (a
-    :class:`~hil.finetune.CapturedSet`): ``{method: {fraction: {mean, std, seeds, accuracies,
-    recovered_fraction}}}``; ``recovered_fraction`` = (mean - uncompensated) / (design - uncompensated)
-    of ``reference`` (``{design, uncompensated}``), when given and design > uncompensated. With
-    ``design_id`` and ``calibration_id``, a backend trained on others is refused."""
+    """Accuracy of every fine-tuned backend of ``results`` (:func:`finetune_all`) on ``data``: one
+    :class:`~hil.finetune.CapturedSet`, or ``{kind: CapturedSet}`` read per method's
+    :func:`feature_kind`. Returns ``{method: {fraction: {mean, std, seeds, accuracies,
+    recovered_fraction}}}`` (``std`` None for one seed); ``recovered_fraction`` = (mean -
+    uncompensated) / (target - uncompensated) with ``reference`` = ``{uncompensated, design_ft:
+    {fraction: mean}}`` (target: ``design_ft`` of the same fraction) or ``{uncompensated, design}``,
+    when given and the target is above uncompensated. With ``design_id`` and ``calibration_id``, a
+    backend trained on others is refused."""
     out: dict = {}
-    lost = None if reference is None else reference["design"] - reference["uncompensated"]
     for method, fractions in results.items():
         for key, entries in fractions.items():
             values = []
@@ -405,11 +529,14 @@ def score_runs(job: Job, student, data, results: dict, reference: dict | None = 
                     check_backend_identity(entry, job.run_dir / entry["backend"], design_id, calibration_id)
                 backend = copy.deepcopy(student.backend)
                 backend.load_state_dict(torch.load(job.run_dir / entry["backend"], weights_only=True))
-                values.append(accuracy(backend, data))
+                values.append(accuracy(backend, data if isinstance(data, CapturedSet) else data[feature_kind(method)]))
             values = np.array(values)
             mean = float(values.mean())
+            target = None if reference is None else (
+                reference["design_ft"].get(key) if "design_ft" in reference else reference["design"])
+            lost = None if target is None else target - reference["uncompensated"]
             out.setdefault(method, {})[key] = {
-                "mean": mean, "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
+                "mean": mean, "std": float(values.std(ddof=1)) if len(values) > 1 else None,
                 "seeds": [e["seed"] for e in entries], "accuracies": values.tolist(),
                 "recovered_fraction": (mean - reference["uncompensated"]) / lost if lost and lost > 0 else None}
     return out
@@ -417,25 +544,47 @@ def score_runs(job: Job, student, data, results: dict, reference: dict | None = 
 
 def evaluate(job: Job, student, calibration, design_id: str, name: str = "finetune") -> dict:
     """Accuracies on the held-out captured test set (``evaluation.json``): ``design`` (the student in
-    simulation on the same test images), ``uncompensated`` (the student's backend on the nominal
-    features of the captured frames: no calibration, no retraining), ``calibration_layer`` (its
-    backend on the calibration layer's features, no retraining) and every fine-tuned backend of
-    ``<name>.json``: ``by_fraction[method][fraction]`` (:func:`score_runs`). Written to
+    simulation on the same test images, noise free), ``design_noisy`` (its backend on their simulated
+    nominal features with sensor noise at the capture exposure), ``perfect_fabrication`` (its backend
+    on the nominal features of the test images captured through error-free optics; None without that
+    capture), ``uncompensated`` (its backend on the nominal features of the captured frames: no
+    calibration, no retraining), ``calibration_layer`` (its backend on the calibration layer's
+    features, no retraining), ``teacher`` (:func:`hil.job.controls.teacher_check`, None without NTKD
+    methods), ``design_ft`` (the control, per fraction, on the simulated nominal test features),
+    ``by_fraction[method][fraction]`` (:func:`score_runs`, recovered against ``design_ft``) and
+    ``left_out`` (methods asked for but not reported, with the reason). Written to
     ``evaluation.json`` (``evaluation_<name>.json`` for another ``name``)."""
     test_file = job.run_dir / "captures" / "test.h5"
     identity = {"design_id": design_id, "calibration_id": calibration.calibration_id}
-    nominal = captured_features(test_file, student.frontend, **identity)
-    calibrated = captured_features(test_file, calibration.layer(), **identity)
+    data = {"nominal": captured_features(test_file, student.frontend, **identity),
+            "layer": captured_features(test_file, calibration.layer(), **identity)}
     _, test_split = datasets(job)
+    rows = data["layer"].source_indices
+    data["simulated"] = nominal_set(job, calibration.nominal_system(), test_split, rows, _capture_exposure(test_file),
+                                    job.config.capture.seed + 2)
     with torch.no_grad():
-        images = test_split.tensors[0][calibrated.source_indices]
+        images = test_split.tensors[0][rows]
         logits = torch.cat([student(images[i:i + 1000]) for i in range(0, len(images), 1000)])
-    out = {"test_samples": len(calibrated), "design": float((logits.argmax(1) == calibrated.labels).float().mean()),
-           "uncompensated": accuracy(student.backend, nominal), "calibration_layer": accuracy(student.backend, calibrated)}
+    perfect = job.run_dir / PERFECT_CAPTURE
+    out = {"test_samples": len(rows), "design": float((logits.argmax(1) == data["layer"].labels).float().mean()),
+           "design_noisy": accuracy(student.backend, data["simulated"]),
+           "perfect_fabrication": accuracy(student.backend, captured_features(perfect, student.frontend,
+                                                                              design_id=design_id))
+           if perfect.is_file() else None,
+           "uncompensated": accuracy(student.backend, data["nominal"]),
+           "calibration_layer": accuracy(student.backend, data["layer"])}
     results_file = job.run_dir / f"{name}.json"
     results = json.loads(results_file.read_text()) if results_file.is_file() else {}
-    out["by_fraction"] = score_runs(job, student, calibrated, results, out, design_id=design_id,
-                                    calibration_id=calibration.calibration_id)
+    check_file = job.run_dir / name / "teacher_check.json"
+    out["teacher"] = json.loads(check_file.read_text()) if check_file.is_file() else None
+    out["left_out"] = {m: "the teacher is not finetune.teacher_margin above the design"
+                       for m in ntkd_methods(job.config.finetune.methods)
+                       if out["teacher"] is not None and not out["teacher"]["usable"]}
+    scores = dict(design_id=design_id, calibration_id=calibration.calibration_id)
+    out["design_ft"] = score_runs(job, student, data, {DESIGN_FT: results.get(DESIGN_FT, {})}, **scores).get(DESIGN_FT, {})
+    reference = {"uncompensated": out["uncompensated"], "design_ft": {k: v["mean"] for k, v in out["design_ft"].items()}}
+    methods = {m: v for m, v in results.items() if m != DESIGN_FT and m not in out["left_out"]}
+    out["by_fraction"] = score_runs(job, student, data, methods, reference, **scores)
     write_json(job.run_dir / ("evaluation.json" if name == "finetune" else f"evaluation_{name}.json"), out)
     return out
 
@@ -500,9 +649,13 @@ def _calibrate(ctx: RunContext) -> None:
 
 def _capture(ctx: RunContext) -> None:
     start = time.perf_counter()
-    captured = capture_sets(ctx.job, ctx.bench, ctx.design[1], ctx.calibration.calibration_id, progress=ctx.progress)
+    captured = capture_sets(ctx.job, ctx.bench, ctx.calibration, ctx.design[1], progress=ctx.progress)
+    ctx.release_bench()
+    perfect = capture_perfect(ctx.job, ctx.design[1], captured["exposure"]["exposure_s"], progress=ctx.progress)
+    if perfect is not None:
+        captured["test_perfect"] = perfect
     seconds = time.perf_counter() - start
-    frames = captured["train"]["frames"] + captured["test"]["frames"]
+    frames = sum(value["frames"] for name, value in captured.items() if name != "exposure")
     write_json(ctx.job.run_dir / "capture.json", {**captured, "seconds": seconds, "frames_per_s": frames / seconds})
 
 
@@ -545,7 +698,9 @@ STEP_NAMES = tuple(step.name for step in STEPS)
 
 
 __all__ = ["STEPS", "STEP_NAMES", "JobMismatchError", "RunContext", "Step", "bench_config",
-           "calibrate_bench", "capture_plan", "capture_sets", "check_backend_identity", "check_calibration_design",
+           "calibrate_bench", "capture_perfect", "capture_plan", "capture_sets", "capture_splits", "captured_sets",
+           "check_backend_identity", "check_calibration_design", "feature_kind", "images_digest", "simulated_bench",
+           "usable_methods",
            "datasets", "design_config", "design_identity", "evaluate", "export", "finetune_all",
            "fraction_key", "fraction_rows", "load_job_calibration", "model_sources", "open_job_bench", "score_runs",
            "student_model_config", "synthetic_set", "train_models"]

@@ -42,7 +42,7 @@ def preflight(job: Job, to_run) -> None:
         CalibrationConfig.from_dict(job.config.calibration, "calibration")
         check_display_shape(job, system)
     if "capture" in to_run:
-        check_free_space(job.run_dir, len(plan["train"]) + len(plan["test"]), planned_frame_bytes(job, system))
+        check_free_space(job.run_dir, sum(len(rows) for rows in plan.values()), planned_frame_bytes(job, system))
 
 
 def _existing(job: Job, field: str, value: str) -> Path:

@@ -67,7 +67,7 @@ def write_job(tmp_path, student_run, *, errors=None, slm_shape=(SIZE, SIZE), met
               "calibration": {"stages": ["sensor", "geometry", "psf", "fit"],
                               "sensor": {"frames": 4, "read_frames": 8, "num_exposures": 6},
                               "psf": {"averages": 4}, "fit": {"stages": ["geometry", "photometry"], "zernike_noll": []}},
-              "capture": capture or {"fractions": [0.2, 0.4], "test_size": 300, "seed": 0},
+              "capture": {"val_size": 100, **(capture or {"fractions": [0.2, 0.4], "test_size": 300, "seed": 0})},
               "finetune": {"methods": list(methods), "steps": steps, "lr": 3e-3, "batch_size": 32, "synthetic": 160,
                            "seeds": [0]}, **extra}
     if errors is not None:
@@ -91,7 +91,10 @@ def test_identity_fabrication_reproduces_the_simulated_accuracy(tmp_path, studen
     assert abs(evaluation["calibration_layer"] - evaluation["design"]) <= 0.01, evaluation
     assert abs(evaluation["uncompensated"] - evaluation["design"]) <= 0.01, evaluation
     report = json.loads((job.run_dir / "report.json").read_text())
-    assert set(report["plots"]) == {"psfs", "accuracy", "curves"}
+    assert set(report["plots"]) == {"psfs", "accuracy", "curves"}  # no design curve: a checkpoint, no metrics.json
+    capture = report["capture"]
+    assert capture["exposure"]["chosen"] == "auto" and capture["test"]["clipped_pixel_fraction"] == 0.0
+    assert "test_perfect" not in capture and evaluation["perfect_fabrication"] is None  # no fabrication errors
     assert all((job.run_dir / name).is_file() for name in report["plots"].values())
     assert summary.read_text().startswith("# Hardware-in-the-loop run")
     assert json.loads((job.run_dir / "state.json").read_text())["finished"] == list(STEP_NAMES) == \
@@ -130,10 +133,10 @@ def test_fabrication_loss_is_undone_by_the_layer_and_fine_tuning_resumes(tmp_pat
     state = json.loads((job.run_dir / "state.json").read_text())
     assert state["finished"] == ["train", "export", "calibrate", "capture"]
     done = json.loads((job.run_dir / "finetune.json").read_text())
-    assert [(m, list(f)) for m, f in done.items()] == [("e2e", ["0.2"])]  # the one run that finished
+    assert [(m, list(f)) for m, f in done.items()] == [("design_ft", ["0.2"])]  # the one run that finished
     frames_before = (job.run_dir / "captures" / "train.h5").stat().st_mtime_ns
     run_job(job, progress=False)
-    assert calls["calibrate"] == 1 and calls["finetune"] == 2 + 3  # the 3 runs left, nothing twice
+    assert calls["calibrate"] == 1 and calls["finetune"] == 2 + 5  # the 5 runs left, nothing twice
     assert (job.run_dir / "captures" / "train.h5").stat().st_mtime_ns == frames_before
     evaluation = json.loads((job.run_dir / "evaluation.json").read_text())
     assert evaluation["uncompensated"] < evaluation["design"] - 0.15, evaluation
@@ -216,7 +219,7 @@ def test_a_missing_or_damaged_output_is_made_again_and_foreign_files_are_refused
 
     (job.run_dir / "calibration.h5").unlink()
     run_job(job, progress=False)  # the damaged finetune.json is moved aside with the later steps' files
-    assert calls == {"calibrate": 1, "finetune": 2}
+    assert calls == {"calibrate": 1, "finetune": 4}  # design_ft and e2e, twice
     new_id = json.loads((job.run_dir / "report.json").read_text())["calibration"]["calibration_id"]
     assert new_id != old_id and recorded_calibration("train") == recorded_calibration("test") == new_id
     stale = list((job.run_dir / "stale").glob("*/captures/test.h5"))
