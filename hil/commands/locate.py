@@ -38,7 +38,7 @@ def cmd_locate(args) -> int:
 
     png = args.output.with_suffix(".png")
     system = nominal_system(args.optics)
-    with open_bench(args.config) as bench:
+    with open_bench(args.config, located=False) as bench:  # the camera's own frames, whatever camera.locate says
         frames = capture_patterns(bench, system, averages=args.averages, auto_exposure=not args.no_auto_exposure)
         saturation_dn, exposure_s = bench.camera.saturation_dn, bench.camera.exposure_s
     try:

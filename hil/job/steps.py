@@ -204,11 +204,11 @@ def open_job_bench(job: Job, bench: dict):
 
 
 def _with_base(bench: dict, base: Path) -> dict:
-    """``bench`` with relative file paths (``lut_file``, a camera ``source`` file) made absolute."""
+    """``bench`` with relative file paths (``lut_file``, ``optics``, a camera's ``locate`` file) made absolute."""
     out = copy.deepcopy(bench)
     for device in ("slm", "camera", "light"):
         section = out.get(device) or {}
-        for key in ("lut_file", "optics"):
+        for key in ("lut_file", "optics", "locate"):
             if isinstance(section.get(key), str) and not Path(section[key]).is_absolute():
                 section[key] = str((base / section[key]).resolve())
     return out
