@@ -74,7 +74,7 @@ from .fft import ifft2
 from .field import Grid
 from .metaoptic import aperture_center_m, aperture_wavefront_m
 from .validation import check_tensor
-from .wave_masks import MaskDesign, WaveOptics, bin_pixels, design_masks, propagate_masks
+from .wave_masks import MaskDesign, WaveOptics, design_masks, sensor_pixels
 from .zernike import wavefront_to_phase
 
 #: Keys of an ``errors`` mapping with ``model: wave``.
@@ -201,8 +201,7 @@ def wave_psfs(masks: MaskDesign, errors: WaveErrors | None = None) -> torch.Tens
     if errors.shift_px is not None and bool((errors.shift_px != 0).any()):
         shift = check_tensor("shift_px", errors.shift_px, ndim=2).double()
         mask_field = translate(mask_field, shift * optics.samples_per_pixel)
-    sensor = propagate_masks(mask_field, grid, masks.wavelengths_m, distance)
-    pixels = bin_pixels(sensor.abs().square().double(), optics.samples_per_pixel)
+    pixels = sensor_pixels(mask_field, grid, masks.wavelengths_m, distance, optics.samples_per_pixel).double()
     transmission = masks.transmission
     if errors.transmission_scale is not None:
         scale = check_tensor("transmission_scale", errors.transmission_scale, ndim=1).double()
@@ -345,7 +344,8 @@ def wave_device_from_config(mapping: dict, design_psfs: torch.Tensor, pixel_pitc
             raise ConfigError(f"{path}.frame", frame, f"a mapping of frame-level errors {list(FRAME_SPEC_KEYS)}")
         for key in frame:
             if key not in FRAME_SPEC_KEYS:
-                raise ConfigError(f"{path}.frame.{key}", frame[key], f"one of the frame-level errors {list(FRAME_SPEC_KEYS)}")
+                raise ConfigError(f"{path}.frame.{key}", frame[key],
+                                  f"one of the frame-level errors {list(FRAME_SPEC_KEYS)}")
         frame = ErrorSpec.from_dict(frame, f"{path}.frame")
     return WaveDevice(design_psfs, pixel_pitch_m=pixel_pitch_m, optics=optics, spec=spec, seed=seed, frame=frame)
 

@@ -36,10 +36,11 @@ exactly the design PSF's total weight ``w`` into the window: power transmission
 ``T = w / efficiency``. A passive element has ``T <= 1``; a design that asks for more light than its
 aperture can send into the window gets ``T = 1`` (logged), i.e. a dimmer device than designed.
 
-Accuracy and cost (measured, CPU, 2 threads under load): the 16 PSFs of ``examples/optics.yaml`` (8
-signed 7 x 7 kernels) with the defaults (40-cell aperture, 4 cells per pixel, f/4, 532 nm, 3.45 um
-pixels): see :data:`DEFAULTS_MEASURED`. The retrieval is the expensive part (seconds, once per design
-and process); a fabricated device from the cached masks is one propagation.
+Accuracy and cost, measured on 2 CPU cores shared with other jobs (load ~8): the 16 PSFs of
+``examples/optics.yaml`` (8 signed 7 x 7 kernels) with the defaults (30-cell aperture, 3 cells per
+3.45 um pixel, f/4, 532 nm) reach a shape nrmse of median 0.04 (max 0.056) with 83-85 % of the
+aperture's light in the 7 x 7 window, in 27 s; a device from the cached masks is one propagation
+(0.2-0.3 s). The retrieval is the expensive part: seconds, once per design and process.
 """
 
 from __future__ import annotations
@@ -65,8 +66,6 @@ GS_STEPS = 40
 EFFICIENCY_WEIGHT = 0.05
 #: Seed of the retrieval's random start (the masks are a deterministic function of the design).
 RETRIEVAL_SEED = 0
-#: What the defaults reach on the example design (filled from a measurement, see the module docstring).
-DEFAULTS_MEASURED = "median nrmse 0.04, max 0.06, window efficiency ~0.83, ~10-25 s for 16 PSFs"
 
 
 @dataclass(frozen=True)
@@ -102,7 +101,8 @@ class WaveOptics:
                 raise ConfigError(f"wavelengths_m[{i}]", w, "a wavelength > 0 in metres")
         object.__setattr__(self, "wavelengths_m", tuple(float(w) for w in self.wavelengths_m))
         f_number = self.f_number
-        if isinstance(f_number, bool) or not isinstance(f_number, (int, float)) or not (math.isfinite(f_number) and f_number > 0):
+        if (isinstance(f_number, bool) or not isinstance(f_number, (int, float))
+                or not (math.isfinite(f_number) and f_number > 0)):
             raise ConfigError("f_number", f_number, "a number > 0")
         for name, minimum in (("aperture_px", 4), ("samples_per_pixel", 1), ("design_steps", 0)):
             value = getattr(self, name)
@@ -112,7 +112,8 @@ class WaveOptics:
     def channel_wavelengths(self, channels: int) -> tuple[float, ...]:
         """The wavelength of each of ``channels`` channels."""
         if len(self.wavelengths_m) not in (1, channels):
-            raise InputError(f"wavelengths_m has {len(self.wavelengths_m)} entries, expected 1 or {channels} (channels)")
+            raise InputError(f"wavelengths_m has {len(self.wavelengths_m)} entries, expected 1 or {channels} "
+                             "(the channels)")
         return self.wavelengths_m * channels if len(self.wavelengths_m) == 1 else self.wavelengths_m
 
 
@@ -175,6 +176,14 @@ def propagate_masks(mask_field: torch.Tensor, grid: Grid, wavelengths_m, distanc
     return propagate_asm(Field(mask_field, grid, tuple(wavelengths_m)), distance_m).data
 
 
+def sensor_pixels(mask_field: torch.Tensor, grid: Grid, wavelengths_m, distance_m: float,
+                  samples_per_pixel: int) -> torch.Tensor:
+    """The intensity (P, C, N, N) on the sensor pixels of the fields ``mask_field`` (P, C, n, n) behind
+    the masks: :func:`propagate_masks`, then ``|E|^2`` summed over each pixel's cells."""
+    sensor = propagate_masks(mask_field, grid, wavelengths_m, distance_m)
+    return bin_pixels(sensor.abs().square(), samples_per_pixel)
+
+
 def _window(field_px: int, kernel_size: int) -> slice:
     start = field_px // 2 - kernel_size // 2
     return slice(start, start + kernel_size)
@@ -220,7 +229,7 @@ def _retrieve(target: torch.Tensor, grid: Grid, aperture: torch.Tensor, waveleng
 
     def closure():
         optimiser.zero_grad()
-        pixels = bin_pixels(propagate_masks(aperture * torch.exp(1j * phase), grid, wavelengths, distance_m).abs().square(), s)
+        pixels = sensor_pixels(aperture * torch.exp(1j * phase), grid, wavelengths, distance_m, s)
         nrmse2, efficiency = _shape_and_efficiency(pixels, target, window, aperture_power)
         loss = (nrmse2 + EFFICIENCY_WEIGHT * (1 - efficiency)).sum()
         loss.backward()
@@ -257,7 +266,7 @@ def _design_masks_cached(data: bytes, shape: tuple, optics: WaveOptics, pixel_pi
     with torch.enable_grad():
         phase = _retrieve(target, grid, aperture, wavelengths, distance, optics, field_px)
     with torch.no_grad():
-        pixels = bin_pixels(propagate_masks(aperture * torch.exp(1j * phase), grid, wavelengths, distance).abs().square(), s)
+        pixels = sensor_pixels(aperture * torch.exp(1j * phase), grid, wavelengths, distance, s)
         nrmse2, efficiency = _shape_and_efficiency(pixels, target, _window(field_px, k), float(aperture.sum()))
     transmission = (weight / efficiency.double()).clamp(max=1.0)
     if bool((weight > efficiency.double()).any()):
@@ -270,4 +279,4 @@ def _design_masks_cached(data: bytes, shape: tuple, optics: WaveOptics, pixel_pi
 
 
 __all__ = ["EFFICIENCY_WEIGHT", "GS_STEPS", "MaskDesign", "WaveOptics", "bin_pixels", "design_masks",
-           "field_size_px", "propagate_masks"]
+           "field_size_px", "propagate_masks", "sensor_pixels"]
