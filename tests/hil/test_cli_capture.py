@@ -38,6 +38,24 @@ def test_capture_command_captures_a_stratified_subset_and_resumes(tmp_path, caps
     assert "(0 captured now" in capsys.readouterr().out
 
 
+@pytest.mark.skipif(not FASHION.is_dir(), reason="Fashion-MNIST not installed (apt install dataset-fashion-mnist)")
+def test_capture_command_refuses_to_capture_without_knowing_the_design(tmp_path, capsys):
+    config = write_config(tmp_path)
+    bench = yaml.safe_load((tmp_path / "bench.yaml").read_text())
+    bench["camera"].update(render="direct", optics=None)  # an ideal relay: no optics to take the design from
+    (tmp_path / "bench.yaml").write_text(yaml.safe_dump(bench))
+    assert main(["capture", str(config), "--no-progress"]) == 2
+    assert "config field 'design'" in capsys.readouterr().err and not (tmp_path / "c.h5").exists()
+    config = write_config(tmp_path, design=str(EXAMPLES / "optics.yaml"))
+    (tmp_path / "bench.yaml").write_text(yaml.safe_dump(bench))
+    assert main(["capture", str(config), "--no-progress", "--compression", "lzf"]) == 0
+    from hil.capture import design_id_of
+    from simulator.system import OpticalSystem
+
+    captures = CaptureDataset(tmp_path / "c.h5")
+    assert captures.attrs["design_id"] == design_id_of(OpticalSystem.from_yaml(EXAMPLES / "optics.yaml"))
+
+
 def test_capture_command_errors_exit_2_with_the_field(tmp_path, capsys):
     assert main(["capture", str(write_config(tmp_path, split="validation")), "--no-progress"]) == 2
     assert "'split'" in capsys.readouterr().err
