@@ -211,7 +211,8 @@ def capture(bench, dataset, indices, out, *, calibration_id: str = "", design_id
             if bad:
                 log.warning("%s: frames %s fail their checksum; capturing them again", out, bad)
             for row in bad:
-                values = _capture_row(bench, dataset, int(indices[row]), faults, frame_retries, retry_wait_s, summary)
+                values = _capture_row(bench, dataset, int(indices[row]), faults, frame_retries, retry_wait_s, summary,
+                                      file_rows=writer.rows)
                 writer.rewrite(row, values)
                 summary.recaptured.append(row)
             if writer.rows:
@@ -221,7 +222,7 @@ def capture(bench, dataset, indices, out, *, calibration_id: str = "", design_id
             with progress_bar(total=len(indices), initial=writer.rows, desc="capture", unit="frame", enabled=progress) as bar:
                 for row in range(writer.rows, len(indices)):
                     values = _capture_row(bench, dataset, int(indices[row]), faults, frame_retries, retry_wait_s,
-                                          summary, row=row, file_rows=writer.rows)
+                                          summary, file_rows=writer.rows)
                     writer.append(values)
                     summary.count, summary.added = writer.rows, summary.added + 1
                     bar.update(1)
@@ -267,7 +268,7 @@ def _retrying_here(bench):
 
 
 def _capture_row(bench, dataset, index: int, faults: _FaultCounter, retries: int, wait_s: float,
-                 summary: CaptureSummary, *, row: int | None = None, file_rows: int = 0) -> dict:
+                 summary: CaptureSummary, *, file_rows: int) -> dict:
     """Show sample ``index`` and measure it (retrying transient failures); the row's values."""
     from drivers.bench import RETRYABLE
 

@@ -5,7 +5,8 @@ mask. In-memory datasets expose ``tensors = (inputs, targets)`` for batched acce
 * :mod:`hil.data.idx`: Fashion-MNIST / MNIST / KMNIST from MNIST-format IDX folders.
 * :mod:`hil.data.masking`: the Fashion-MNIST masking (segmentation) task and its threshold baseline.
 * :mod:`hil.data.folders`: image folders with masks (Carvana layout).
-* :mod:`hil.data.captures`: HDF5 capture files (schema ``onn-hil/captures``).
+* :mod:`hil.data.captures`: HDF5 capture files (schema ``onn-hil/captures``), read safely (:mod:`hil.data.h5view`);
+  :mod:`hil.data.capture_writer` writes them.
 
 :func:`build_datasets` maps the ``data:`` section of a run config to ``(train, test, num_classes)``.
 """
@@ -17,7 +18,7 @@ from pathlib import Path
 from onn_core.errors import ConfigError
 
 from .captures import CAPTURE_SCHEMA, CAPTURE_SCHEMA_VERSION, CaptureDataset
-from .errors import DatasetError
+from .errors import CaptureFileError, CaptureWriteError, CorruptFrameError, DatasetError, TruncatedCaptureError
 from .folders import ImageMaskFolder, read_image
 from .idx import IdxClassification, read_idx
 from .masking import MaskingDataset, MaskingOptions, ThresholdBaseline, compose_scenes, threshold_baseline
@@ -85,5 +86,6 @@ def _build(name: str, root, options: dict):
 __all__ = [
     "build_datasets", "DatasetError", "IdxClassification", "read_idx", "MaskingDataset", "MaskingOptions",
     "ThresholdBaseline", "compose_scenes", "threshold_baseline", "ImageMaskFolder", "read_image", "CaptureDataset",
-    "CAPTURE_SCHEMA", "CAPTURE_SCHEMA_VERSION", "FASHION_MNIST_ROOT", "DATASETS",
+    "CAPTURE_SCHEMA", "CAPTURE_SCHEMA_VERSION", "FASHION_MNIST_ROOT", "DATASETS", "CaptureFileError", "CaptureWriteError",
+    "CorruptFrameError", "TruncatedCaptureError",
 ]
