@@ -81,6 +81,8 @@ from .zernike import wavefront_to_phase
 WAVE_KEYS = ("model", "seed", "optics", "spec", "frame")
 #: ErrorSpec fields allowed in the ``frame`` mapping (frame-level errors only).
 FRAME_SPEC_KEYS = ("crosstalk", "vignetting_poly", "vignetting_tan_edge", "background", "background_gradient_std")
+#: The frame-level errors are drawn with the device's seed plus this (a stream apart from the PSF errors').
+FRAME_SEED_OFFSET = 1_000_003
 #: Lower bound of a WaveErrorSpec field and whether the bound itself is excluded (others: >= 0).
 _LOWER_BOUNDS = {"height_scale_error": (-1.0, True), "distance_error_m": (-math.inf, True),
                  "phase_noise_correlation_m": (0.0, True)}
@@ -107,6 +109,8 @@ class WaveErrorSpec:
     distance_error_m: float = 0.0
 
     def __post_init__(self):
+        if isinstance(self.zernike_std_m, list):
+            object.__setattr__(self, "zernike_std_m", tuple(self.zernike_std_m))
         for f in fields(self):
             values = getattr(self, f.name)
             low, strict = _LOWER_BOUNDS.get(f.name, (0.0, False))
@@ -251,7 +255,7 @@ class WaveDevice(nn.Module):
     optics : WaveOptics
     spec : WaveErrorSpec
     seed : int
-        Seeds the errors (and the frame-level ones).
+        Seeds the errors (the frame-level ones with ``seed +`` :data:`FRAME_SEED_OFFSET`).
     frame : ErrorSpec or None
         Frame-level errors (only the fields :data:`FRAME_SPEC_KEYS` may be non-zero).
     """
@@ -272,7 +276,7 @@ class WaveDevice(nn.Module):
         self.register_buffer("design_psfs", design_psfs.detach().to("cpu", torch.float64).clone())
         self.register_buffer("sensor_psfs", wave_psfs(self.masks, self.wave_errors))
         self.register_buffer("shift_px", self.wave_errors.shift_px.clone())
-        frame_errors = FabricationErrors.sample(self.num_psfs, frame or ErrorSpec(), seed)
+        frame_errors = FabricationErrors.sample(self.num_psfs, frame or ErrorSpec(), seed + FRAME_SEED_OFFSET)
         for name in FRAME_FIELDS:
             self.register_buffer(name, frame_errors.tensors()[name])
 
@@ -350,5 +354,6 @@ def wave_device_from_config(mapping: dict, design_psfs: torch.Tensor, pixel_pitc
     return WaveDevice(design_psfs, pixel_pitch_m=pixel_pitch_m, optics=optics, spec=spec, seed=seed, frame=frame)
 
 
-__all__ = ["FRAME_SPEC_KEYS", "WAVE_KEYS", "WaveDevice", "WaveErrorSpec", "WaveErrors", "correlated_phase_noise",
-           "eroded_aperture", "sample_wave_errors", "translate", "wave_device_from_config", "wave_psfs"]
+__all__ = ["FRAME_SEED_OFFSET", "FRAME_SPEC_KEYS", "WAVE_KEYS", "WaveDevice", "WaveErrorSpec", "WaveErrors",
+           "correlated_phase_noise", "eroded_aperture", "sample_wave_errors", "translate", "wave_device_from_config",
+           "wave_psfs"]

@@ -256,3 +256,6 @@ def test_wave_spec_values_are_checked_in_python_too():
     with pytest.raises(ConfigError, match="aperture_erosion_m"):
         WaveErrorSpec(aperture_erosion_m=-1e-6)
     assert math.isclose(WaveErrorSpec(distance_error_m=-1e-6).distance_error_m, -1e-6)
+    assert WaveErrorSpec(zernike_std_m=[0.0, 1e-8]).zernike_std_m == (0.0, 1e-8)
+    with pytest.raises(ConfigError, match=r"zernike_std_m\[1\]"):
+        WaveErrorSpec(zernike_std_m=[0.0, -1e-8])
