@@ -83,26 +83,26 @@ def summary_lines(name: str, evaluation: dict, calibration, seconds: dict, plots
             lines.append(f"| best method: {best[0]}, {label} (recovered share) | {_cell(best[1])} |")
     else:
         lines.append(f"| fabricated, uncompensated (nominal features) | {_cell({'mean': evaluation['uncompensated']})} |")
-    lines += ["", "References: " + "; ".join([
+    lines += ["", "- References: " + "; ".join([
         f"design with sensor noise (simulated nominal features) {_pct(evaluation.get('design_noisy'))}",
         f"perfect fabrication (error-free optics, this bench) {_pct(evaluation.get('perfect_fabrication'))}",
         f"calibration layer only (no retraining) {_pct(evaluation['calibration_layer'])}"]) + "."]
     teacher = evaluation.get("teacher")
     if teacher is not None:
-        lines.append(f"Teacher: {_pct(teacher['teacher'])} against the design's {_pct(teacher['design'])} on the same "
+        lines.append(f"- Teacher: {_pct(teacher['teacher'])} against the design's {_pct(teacher['design'])} on the same "
                      f"test images (required: {100 * teacher['margin']:g} points above)"
                      + ("." if teacher["usable"] else f": too weak, so {', '.join(evaluation['left_out'])} "
                         "are left out."))
     if design is not None:
         last = design["curve"][-1]["val_accuracy"] if design["curve"] else None
-        lines.append(f"Design: {'converged' if design['converged'] else 'NOT converged'} by the criterion "
+        lines.append(f"- Design: {'converged' if design['converged'] else 'NOT converged'} by the criterion "
                      f"({design['criterion']}); {len(design['curve'])} epochs, {design['schedule']} lr, last validation "
                      f"accuracy {_pct(last)}"
                      + ("." if design["converged"] else ": a smaller recipe than convergence; design_ft keeps the "
                         "recovered share honest."))
     if capture is not None and "exposure" in capture:
         sets = {k: v for k, v in capture.items() if isinstance(v, dict) and "clipped_pixel_fraction" in v}
-        lines.append(f"Capture exposure {capture['exposure']['exposure_s']:.4g} s ({capture['exposure']['chosen']}); "
+        lines.append(f"- Capture exposure {capture['exposure']['exposure_s']:.4g} s ({capture['exposure']['chosen']}); "
                      "clipped pixels / frames with any: " + ", ".join(
                          f"{k} {100 * v['clipped_pixel_fraction']:.3f} % / {100 * v['clipped_frame_fraction']:.1f} %"
                          for k, v in sets.items()) + ".")
