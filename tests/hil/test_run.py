@@ -320,6 +320,9 @@ def test_job_config_errors_name_the_field(tmp_path):
         config_io.build(JobConfig, {**base, "student": {"run_dir": "x", "config": "y"}}, "")
     with pytest.raises(ConfigError, match="capture.fractions"):
         config_io.build(JobConfig, {**base, "capture": {"fractions": [0.0]}, "finetune": {"methods": ["e2e"]}}, "")
+    for field, value in (("headroom", 1.0), ("max_clipped_fraction", -0.1), ("exposure_s", 0.0), ("val_size", -1)):
+        with pytest.raises(ConfigError, match=f"capture.{field}"):
+            config_io.build(JobConfig, {**base, "capture": {field: value}, "finetune": {"methods": ["e2e"]}}, "")
 
 
 def test_the_step_options_name_steps_of_the_table_in_order(tmp_path, student_run):
