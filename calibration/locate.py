@@ -37,14 +37,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from drivers.located import LOCATION_SCHEMA, LOCATION_VERSION
 from onn_core.errors import ConfigError, HilError, InputError
 
 log = logging.getLogger(__name__)
 
 __all__ = ["GridLocation", "LocateError", "annotate", "locate", "locate_grid", "nominal_system", "patterns"]
 
-SCHEMA = "onn-hil.grid-location"
-VERSION = 1
+SCHEMA, VERSION = LOCATION_SCHEMA, LOCATION_VERSION  # what a bench's camera.locate reads (drivers.located)
 #: Threshold of the tile mask, as a fraction of the brightest (median-filtered) white signal.
 TILE_THRESHOLD = 0.15
 #: Least peak signal, in robust noise sigmas, for a frame to count as lit.
