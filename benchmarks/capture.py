@@ -29,8 +29,8 @@ Capture files (:func:`hil.capture.capture` into HDF5, frames chunked per frame, 
 frame compression (none, shuffle + gzip level 1, the default, and shuffle + lzf):
 
 - ``efficiency_capture_uncompressed`` / ``efficiency_capture_compressed`` (gzip) and
-  ``capture_file.efficiency``: as ``efficiency``, for whole captures into a file on the real clock
-  (same bench, same run, interleaved);
+  ``capture_file.efficiency`` (``efficiency_runs``: each run, for the noise): as ``efficiency``, for
+  whole captures into a file on the real clock (same bench, same run, interleaved);
 - ``uncompressed_bytes_per_frame`` / ``compressed_bytes_per_frame`` (gzip) and
   ``capture_file.bytes_per_frame``: stored frame bytes per frame of the example bench (noisy 164 x
   164 frames through the optics), and ``capture_file.example_capture_ms_per_frame``: wall time per
@@ -230,6 +230,7 @@ def main(argv=None) -> dict:
         "second_bench": {"optics_changes": SECOND_BENCH, **measure_example_bench(min(args.n, 200), SECOND_BENCH)},
     }
     files = {"efficiency": {name: efficiency_of(float(np.median(v))) for name, v in file_s.items()},
+             "efficiency_runs": {name: [efficiency_of(t) for t in v] for name, v in file_s.items()},
              **measure_example_captures(min(args.n, 200), folder)}
     shutil.rmtree(folder, ignore_errors=True)
     result.update({

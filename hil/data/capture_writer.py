@@ -102,7 +102,7 @@ class CaptureWriter:
     """Appends rows to a captures file in SWMR mode (module docstring); a context manager.
 
     ``rows`` is the number of complete rows. :meth:`append` writes the next row, :meth:`rewrite` an
-    earlier one (a recaptured frame). Leaving the block closes the file; :meth:`set_attrs` afterwards
+    earlier one (a recaptured frame). Leaving the block closes the file; :func:`set_attrs` afterwards
     updates attributes (which SWMR mode cannot).
     """
 
