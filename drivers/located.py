@@ -17,16 +17,18 @@ exact for the noise but would put the placement into every stage.
 
 The resampling (light-conserving)
 ---------------------------------
-A design pixel ``i`` covers ``|det A|`` camera pixels (``A``: the map's linear part). It is sampled by
-``k x k`` points (``k = ceil(sqrt|det A|)``, so no camera pixel is skipped), each reading the camera
-frame's signal by bilinear interpolation, and their mean is scaled by ``|det A|``::
+A design pixel ``i`` covers ``|det A|`` camera pixels (``A``: the map's linear part). It is integrated
+over its area: ``k x k`` sample points (``k`` = :data:`SUBSAMPLES` per camera pixel width), each in
+the camera pixel that holds it, weigh the camera pixels by the part of the design pixel they cover::
 
     D_i = black + sum_j w_ij (F_j - black),        sum_j w_ij = |det A|
 
 so a design pixel holds the light its area received (the lab renderer, :mod:`simulator.placement`,
-does the reverse): the photometry (electrons per DN, photons per second) stays the camera's. Frames
-are rounded to whole DN (uint32); a design pixel fed by a saturated camera pixel is set to
-:attr:`~drivers.camera.Camera.saturation_dn`.
+does the reverse), and the photometry (electrons per DN, photons per second) stays the camera's. No
+interpolation kernel widens a spot beyond the camera pixels it lit: the only blur is the camera's
+own pixels', ``1 / magnification`` of a design pixel, so a magnification of 2 or more keeps the PSFs
+close to the design's sampling. Frames are rounded to whole DN (uint32); a design pixel fed by a
+saturated camera pixel is set to :attr:`~drivers.camera.Camera.saturation_dn`.
 
 The noise
 ---------
@@ -43,6 +45,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -57,6 +60,8 @@ __all__ = ["FrameMap", "LOCATION_SCHEMA", "LocatedCamera", "Location", "load_loc
 
 #: Sample points per camera pixel width and axis that integrate a design pixel (module docstring).
 SUBSAMPLES = 4
+#: Sample points handled at once while building a :class:`FrameMap` (bounds its memory, ~100 MB).
+SAMPLES_PER_CHUNK = 2_000_000
 #: Schema and version of the files `hil locate` writes (:class:`calibration.locate.GridLocation`).
 LOCATION_SCHEMA, LOCATION_VERSION = "onn-hil.grid-location", 1
 
@@ -88,8 +93,6 @@ class Location:
 
 def load_location(path, field: str = "camera.locate") -> Location:
     """Read a `hil locate` file; a missing or foreign file raises :class:`ConfigError` naming ``field``."""
-    from pathlib import Path
-
     if not Path(path).is_file():
         raise ConfigError(field, str(path), "a `hil locate` file (write it first: hil locate BENCH --optics OPTICS "
                           "-o FILE)")
@@ -136,18 +139,20 @@ class FrameMap:
         k = SUBSAMPLES * max(1, math.ceil(math.sqrt(self.area)))
         sub = (np.arange(k) + 0.5) / k - 0.5
         rows, cols = self.design_shape
-        q = np.stack(np.meshgrid(np.arange(rows), np.arange(cols), sub, sub, indexing="ij"), axis=0)
-        design_index = (q[0] * cols + q[1]).astype(np.int64).ravel()
-        points = np.stack([(q[0] + q[2]).ravel(), (q[1] + q[3]).ravel()], axis=-1) @ affine[:, :2].T + affine[:, 2]
-        r, c = np.rint(points[:, 0]).astype(np.int64), np.rint(points[:, 1]).astype(np.int64)
-        inside = (r >= 0) & (c >= 0) & (r < self.region_shape[0]) & (c < self.region_shape[1])
-        design = design_index[inside]
-        source = r[inside] * self.region_shape[1] + c[inside]
-        weight = np.full(design.size, self.area / k**2)
-        key = design * (self.region_shape[0] * self.region_shape[1]) + source
-        unique, inverse = np.unique(key, return_inverse=True)
-        self.weight = np.bincount(inverse, weight)
-        self.design, self.source = np.divmod(unique, self.region_shape[0] * self.region_shape[1])
+        pixels = self.region_shape[0] * self.region_shape[1]
+        keys, counts = [], []
+        step = max(1, SAMPLES_PER_CHUNK // (cols * k * k))
+        for first in range(0, rows, step):  # design rows in chunks: memory stays bounded
+            q = np.meshgrid(np.arange(first, min(first + step, rows)), np.arange(cols), sub, sub, indexing="ij")
+            points = np.stack([(q[0] + q[2]).ravel(), (q[1] + q[3]).ravel()], axis=-1) @ affine[:, :2].T + affine[:, 2]
+            r, c = np.rint(points[:, 0]).astype(np.int64), np.rint(points[:, 1]).astype(np.int64)
+            inside = (r >= 0) & (c >= 0) & (r < self.region_shape[0]) & (c < self.region_shape[1])
+            design = (q[0] * cols + q[1]).astype(np.int64).ravel()[inside]
+            key, count = np.unique(design * pixels + r[inside] * self.region_shape[1] + c[inside], return_counts=True)
+            keys.append(key)
+            counts.append(count)
+        self.weight = np.concatenate(counts) * (self.area / k**2)
+        self.design, self.source = np.divmod(np.concatenate(keys), pixels)
 
     @property
     def size(self) -> int:
