@@ -35,7 +35,16 @@ start at a small positive value (``ZERNIKE_START_WAVES``) and their sign is repo
 determined (``sign_ambiguous``); phase diversity (:mod:`calibration.phase_retrieval`) resolves it.
 
 Uncertainties: the covariance of the physical parameters is the inverse of the Fisher information
-``J^T W J`` of the Gaussian noise model at the optimum (the Cramer-Rao bound). A parameter whose
+``J^T W J`` of the Gaussian noise model at the optimum (the Cramer-Rao bound). Degrees of freedom
+count every fitted value: ``dof = pixels - free physical parameters - n_kernel``, where ``n_kernel``
+is the effective number of parameters of the regularised kernel error, the trace of its hat matrix
+``sum(lambda / (lambda + 1 / kernel_error_prior^2))`` over the eigenvalues ``lambda`` of ``J_d^T W J_d``
+(``J_d``: the model's Jacobian in the kernel error at the optimum; 0 <= n_kernel <= its size, the
+kernel values the data pin down counting 1, those the prior holds counting 0). Where the last stage's
+reduced chi-square exceeds 1 by more than :data:`CHI2_SIGNIFICANCE` standard deviations of a
+chi-square of that many degrees of freedom (``sqrt(2 / dof)``: the misfit is the model's, not the
+noise's), every sigma is multiplied by ``sqrt(reduced chi-square)`` (:attr:`MismatchFit.sigma_scale`;
+1 otherwise). A parameter whose
 standard deviation exceeds its :data:`IDENTIFIABLE_SIGMA` (the data cannot tell it from zero at a
 useful level) is flagged, fixed at its design value and the stage refitted without it, instead of
 returning noise as a value.
@@ -66,7 +75,7 @@ log = logging.getLogger(__name__)
 
 STAGES = ("geometry", "photometry", "optics", "residual")
 #: Schema name and version of a stored :class:`MismatchFit` (:mod:`calibration.hdf5`).
-SCHEMA, SCHEMA_VERSION = "onn_hil.calibration.fit", 1
+SCHEMA, SCHEMA_VERSION = "onn_hil.calibration.fit", 2
 #: Start of even Zernike terms, in waves RMS (their gradient vanishes at 0).
 ZERNIKE_START_WAVES = 0.02
 #: Largest standard deviation at which a parameter counts as measured (per kind; Zernike in waves).
@@ -91,6 +100,8 @@ RESCUE_ITERATIONS = 15
 #: Levenberg-Marquardt stops when a step lowers chi-square by less than this fraction of it, or by less
 #: than this absolute amount (a change far below 1 in chi-square moves no parameter by a sigma's worth).
 TOLERANCE_REL, TOLERANCE_CHI2 = 1e-7, 1e-2
+#: Sigmas are scaled by sqrt(reduced chi-square) when it exceeds 1 by more than this many sqrt(2 / dof).
+CHI2_SIGNIFICANCE = 3.0
 #: Finite-difference steps of the Jacobian, per kind (in the kind's fitted unit).
 FD_STEP = {"shift_px": 1e-4, "rotation_rad": 1e-5, "magnification": 1e-5, "brightness": 1e-5, "crosstalk": 1e-6,
            "vignetting_tan2": 1e-5, "blur_variance_px2": 1e-4, "zernike_waves": 1e-4}
@@ -135,7 +146,7 @@ class Parameter:
     name: str              # e.g. "shift_px[3][0]"
     kind: str              # key of IDENTIFIABLE_SIGMA
     value: float           # in the kind's unit (Zernike: metres)
-    sigma: float           # same unit; inf where the Fisher matrix is singular in it
+    sigma: float           # same unit, Fisher sigma times MismatchFit.sigma_scale; inf where singular
     identifiable: bool
     sign_ambiguous: bool = False
 
@@ -147,6 +158,9 @@ class MismatchFit:
     errors: FabricationErrors
     parameters: list[Parameter]
     chi2_reduced: dict[str, float]                # per stage, and "design" (identity errors)
+    dof: dict[str, float]                         # degrees of freedom of each chi2_reduced (module docstring)
+    kernel_error_parameters: float                # effective number of kernel-error values (0 without residual)
+    sigma_scale: float                            # factor applied to every Fisher sigma (>= 1)
     psf_residual_before: float                    # relative L2, measured vs design model
     psf_residual_after: float                     # relative L2, measured vs calibrated model
     model_rate: np.ndarray                        # calibrated model (DN/s), frame shape
@@ -159,7 +173,9 @@ class MismatchFit:
 
     def summary(self) -> dict:
         flagged = [p.name for p in self.parameters if not p.identifiable]
-        return {"chi2_reduced": self.chi2_reduced, "psf_residual_before": self.psf_residual_before,
+        return {"chi2_reduced": self.chi2_reduced, "dof": self.dof, "sigma_scale": self.sigma_scale,
+                "kernel_error_parameters": self.kernel_error_parameters,
+                "psf_residual_before": self.psf_residual_before,
                 "psf_residual_after": self.psf_residual_after, "parameters": len(self.parameters),
                 "unidentifiable": flagged, "stages": list(self.settings.stages)}
 
@@ -173,8 +189,9 @@ class MismatchFit:
         write_group(group, SCHEMA, SCHEMA_VERSION,
                     arrays={"parameters": table, "model_rate": self.model_rate, "design_rate": self.design_rate},
                     attrs={"psf_residual_before": self.psf_residual_before,
-                           "psf_residual_after": self.psf_residual_after},
-                    json_attrs={"errors": self.errors.to_dict(), "chi2_reduced": self.chi2_reduced,
+                           "psf_residual_after": self.psf_residual_after, "sigma_scale": self.sigma_scale,
+                           "kernel_error_parameters": self.kernel_error_parameters},
+                    json_attrs={"errors": self.errors.to_dict(), "chi2_reduced": self.chi2_reduced, "dof": self.dof,
                                 "settings": config_io.to_plain(self.settings)})
 
     @classmethod
@@ -182,13 +199,16 @@ class MismatchFit:
         """Read what :meth:`to_hdf5` wrote (:class:`~calibration.errors.CalibrationFileError` if it is
         foreign, of another version, incomplete or corrupted)."""
         values = read_group(group, SCHEMA, SCHEMA_VERSION, arrays=("parameters", "model_rate", "design_rate"),
-                            attrs=("psf_residual_before", "psf_residual_after"),
-                            json_attrs=("errors", "chi2_reduced", "settings"))
+                            attrs=("psf_residual_before", "psf_residual_after", "sigma_scale",
+                                   "kernel_error_parameters"),
+                            json_attrs=("errors", "chi2_reduced", "dof", "settings"))
         params = [Parameter(name=_text(r["name"]), kind=_text(r["kind"]), value=float(r["value"]),
                             sigma=float(r["sigma"]), identifiable=bool(r["identifiable"]),
                             sign_ambiguous=bool(r["sign_ambiguous"])) for r in values["parameters"]]
         return cls(errors=FabricationErrors.from_dict(values["errors"]), parameters=params,
-                   chi2_reduced=values["chi2_reduced"],
+                   chi2_reduced=values["chi2_reduced"], dof=values["dof"],
+                   kernel_error_parameters=float(values["kernel_error_parameters"]),
+                   sigma_scale=float(values["sigma_scale"]),
                    psf_residual_before=float(values["psf_residual_before"]),
                    psf_residual_after=float(values["psf_residual_after"]),
                    model_rate=values["model_rate"], design_rate=values["design_rate"],
@@ -372,10 +392,49 @@ class _Model:
         return mask
 
 
-def _chi2_reduced(model: _Model, theta, kernel_error, nparams: int) -> float:
+def _chi2_reduced(model: _Model, theta, kernel_error, nparams: float) -> tuple[float, float]:
+    """Reduced chi-square and its degrees of freedom (pixels - ``nparams``, at least 1)."""
     with torch.no_grad():
         r = model.whitened(theta, kernel_error)
-    return float(r.square().sum()) / max(r.numel() - nparams, 1)
+    dof = max(r.numel() - nparams, 1.0)
+    return float(r.square().sum()) / dof, float(dof)
+
+
+def effective_parameters(jacobian: torch.Tensor, prior: float) -> float:
+    """Effective number of parameters of the regularised least squares ``|r - J d|^2 + |d|^2 / prior^2``
+    (whitened residuals ``r``, Jacobian ``J`` (pixels, values)): the trace of its hat matrix
+    ``J (J^T J + I / prior^2)^-1 J^T``, ``sum(lambda / (lambda + prior^-2))`` over the eigenvalues of ``J^T J``."""
+    eigen = torch.linalg.eigvalsh(jacobian.T @ jacobian).clamp(min=0)
+    return float((eigen / (eigen + prior**-2)).sum())
+
+
+def sigma_scale(chi2_reduced: float, dof: float) -> float:
+    """``sqrt(chi2_reduced)`` where it exceeds 1 by more than :data:`CHI2_SIGNIFICANCE` ``sqrt(2 / dof)``
+    (a misfit larger than the noise can explain), else 1."""
+    excess = chi2_reduced - 1.0 > CHI2_SIGNIFICANCE * math.sqrt(2.0 / dof)
+    return math.sqrt(chi2_reduced) if excess else 1.0
+
+
+def _kernel_error_jacobian(model: _Model, theta: torch.Tensor, kernel_error: torch.Tensor) -> torch.Tensor:
+    """d(model/sigma)/d kernel_error over the masked pixels (pixels, P * C * K * K), by forward-mode
+    automatic differentiation: one tangent per kernel value and colour class (PSFs whose tiles are >= 3
+    grid steps apart move together; each PSF's column is read off its own neighbourhood)."""
+    shape = kernel_error.shape
+    slots = int(np.prod(shape[1:]))
+    tangents = torch.zeros(5, slots, model.p, slots, dtype=torch.float64)
+    for p in range(model.p):
+        tangents[model.colour[p], torch.arange(slots), p, torch.arange(slots)] = 1.0
+
+    def rate(delta):
+        return model.rate(theta, delta, remember=False)[model.mask]
+
+    def derivative(tangent):
+        return torch.func.jvp(rate, (kernel_error,), (tangent.reshape(shape),))[1]
+
+    passes = torch.func.vmap(derivative, chunk_size=slots)(tangents.reshape(-1, *shape))
+    passes = passes.reshape(5, slots, -1)
+    columns = torch.stack([passes[model.colour[p]] * model.near[p] for p in range(model.p)])  # (P, slots, pixels)
+    return columns.reshape(-1, passes.shape[-1]).T / model.sigma[:, None]
 
 
 def _levenberg_marquardt(model: _Model, theta: torch.Tensor, free: np.ndarray, max_iterations: int) -> torch.Tensor:
@@ -435,7 +494,8 @@ def fit_mismatch(measurement: PSFMeasurement, system: OpticalSystem, *, noise: P
         raise InputError(f"the measurement's frames are {measurement.rate.shape} but the optics' layout is {system.frame_shape}")
     model = _Model(measurement, system, noise, aberration, settings)
     theta = model.identity()
-    chi2 = {"design": _chi2_reduced(model, theta, None, 0)}
+    chi2, dof = {}, {}
+    chi2["design"], dof["design"] = _chi2_reduced(model, theta, None, 0)
     with torch.no_grad():
         design_rate = model.rate(theta)
     theta[model.block("brightness")], theta[model.block("shift_px")] = _start(model, design_rate)
@@ -466,9 +526,9 @@ def fit_mismatch(measurement: PSFMeasurement, system: OpticalSystem, *, noise: P
                 break
             fixed[unknown] = True
             theta[unknown] = model.identity()[unknown]
-        chi2[stage] = _chi2_reduced(model, theta, None, len(free))
+        chi2[stage], dof[stage] = _chi2_reduced(model, theta, None, len(free))
         log.info("calibration fit, %s stage: reduced chi-square %.3g", stage, chi2[stage])
-    kernel_error = None
+    kernel_error, kernel_parameters = None, 0.0
     physical = len(np.flatnonzero(_mask_of(model, active) & ~fixed))
     if "residual" in settings.stages:
         free = np.flatnonzero(_mask_of(model, active) & ~fixed)
@@ -483,7 +543,12 @@ def fit_mismatch(measurement: PSFMeasurement, system: OpticalSystem, *, noise: P
             sigma[:] = np.inf
             sigma[free] = _fisher_sigma(model, theta, free)
             model.kernel_error = None
-        chi2["residual"] = _chi2_reduced(model, theta, kernel_error, physical)
+        kernel_parameters = effective_parameters(_kernel_error_jacobian(model, theta, kernel_error),
+                                                 settings.kernel_error_prior)
+        chi2["residual"], dof["residual"] = _chi2_reduced(model, theta, kernel_error, physical + kernel_parameters)
+    last = settings.stages[-1]
+    scale = sigma_scale(chi2[last], dof[last])
+    sigma = sigma * scale
     with torch.no_grad():
         model_rate = model.rate(theta, kernel_error)
         errors = model.errors(theta, kernel_error)
@@ -492,7 +557,8 @@ def fit_mismatch(measurement: PSFMeasurement, system: OpticalSystem, *, noise: P
     before = float((design_rate[model.mask] - data).norm()) / norm
     after = float((model_rate[model.mask] - data).norm()) / norm
     params = _parameters(model, theta, sigma, fixed, active, wavelength)
-    return MismatchFit(errors=_detached(errors), parameters=params, chi2_reduced=chi2, psf_residual_before=before,
+    return MismatchFit(errors=_detached(errors), parameters=params, chi2_reduced=chi2, dof=dof,
+                       kernel_error_parameters=kernel_parameters, sigma_scale=scale, psf_residual_before=before,
                        psf_residual_after=after, model_rate=model_rate.numpy(), design_rate=design_rate.numpy(),
                        settings=settings)
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import math
 
+import h5py
 import numpy as np
 import pytest
 import torch
 
 from calibration.errors import CalibrationError
-from calibration.fit import FitSettings, fit_mismatch
+from calibration import fit as fit_module
+from calibration.fit import FitSettings, MismatchFit, effective_parameters, fit_mismatch, sigma_scale
 from calibration.psf import measure_psfs, point_grid, window_mask
 from drivers.bench_fits import BenchMismatch
 from simulator.system import OpticalSystem
@@ -53,6 +55,10 @@ def test_fit_recovers_injected_errors_within_the_acceptance():
     assert abs(float(e.vignetting_tan_edge - truth.vignetting_tan_edge)) < 0.01
     assert 0.8 <= fit.chi2_reduced["optics"] <= 1.2
     assert fit.chi2_reduced["design"] > 100 * fit.chi2_reduced["optics"]
+    # inside the model the misfit is the noise's: no scaling; dof = pixels - 16 x (shift 2, rotation,
+    # magnification, brightness, blur) - crosstalk - vignetting
+    assert fit.sigma_scale == 1.0
+    assert fit.dof["optics"] == measurement.mask.sum() - 16 * 6 - 2
     assert fit.psf_residual_after < 0.1 * fit.psf_residual_before
     # the stated uncertainties are consistent with the errors: |z| < 4 for every shift
     sigma = {p.name: p.sigma for p in fit.parameters}
@@ -120,6 +126,10 @@ def test_the_residual_stage_absorbs_a_kernel_error_and_sharpens_the_geometry():
     geometry = fit_mismatch(measurement, nominal(), settings=FitSettings(stages=("geometry",)))
     fit = fit_mismatch(measurement, nominal(), settings=FitSettings(stages=("geometry", "residual"), kernel_error_prior=0.2))
     assert fit.chi2_reduced["residual"] < 0.05 * fit.chi2_reduced["geometry"]
+    # every fitted value counts: the physical ones and the kernel error's effective number (< its 784 values)
+    physical = sum(p.identifiable for p in fit.parameters)
+    assert 50 < fit.kernel_error_parameters < 16 * 7 * 7
+    assert fit.dof["residual"] == pytest.approx(measurement.mask.sum() - physical - fit.kernel_error_parameters)
     correlation = torch.corrcoef(torch.stack([fit.errors.kernel_error.flatten(), truth.kernel_error.flatten()]))[0, 1]
     assert float(correlation) > 0.6
     # the geometry refitted given the kernel error is closer to the truth than without it
@@ -144,3 +154,38 @@ def test_a_bench_of_another_frame_size_is_refused():
     with simulated_bench({"errors": None}) as bench:
         with pytest.raises(BenchMismatch, match=r"camera\.shape: .*gap_px"):
             measure_psfs(bench, OpticalSystem.from_config(other))
+
+
+def test_effective_parameters_of_a_regularised_fit_is_the_trace_of_its_hat_matrix():
+    """J = diag(3, 0.5, 0) with prior 1: 9/10 + 0.25/1.25 + 0 (a value the data do not see counts 0)."""
+    jacobian = torch.tensor([[3.0, 0, 0], [0, 0.5, 0], [0, 0, 0], [0, 0, 0]], dtype=torch.float64)
+    assert effective_parameters(jacobian, 1.0) == pytest.approx(0.9 + 0.2)
+    assert effective_parameters(jacobian, 1e6) == pytest.approx(2.0)  # a weak prior: the plain count
+
+
+def test_sigmas_are_scaled_only_by_a_significant_misfit():
+    assert sigma_scale(1.02, 10_000) == 1.0  # 1.4 sqrt(2/dof): noise
+    assert sigma_scale(4.0, 10_000) == 2.0
+    assert sigma_scale(0.7, 10_000) == 1.0  # never shrunk
+
+
+def test_a_missing_model_term_scales_the_sigmas_and_the_file_keeps_the_scale(monkeypatch, tmp_path):
+    """A device with a vignetting polynomial (not in the fit model): the reduced chi-square is well above
+    1, every stated sigma is the Fisher one times sqrt(reduced chi-square), and the file keeps it."""
+    spec = {"shift_std_px": 0.3, "brightness_rel_std": 0.1, "vignetting_poly": [0.8, -0.8]}  # brighter outwards
+    measurement, _ = measure({"seed": 5, "spec": spec}, averages=2)
+    fisher = []
+    original = fit_module._fisher_sigma
+    monkeypatch.setattr(fit_module, "_fisher_sigma", lambda *a: fisher.append(original(*a)) or fisher[-1])
+    fit = fit_mismatch(measurement, nominal(), settings=FitSettings(stages=("geometry", "photometry")))
+    chi2 = fit.chi2_reduced["photometry"]
+    assert chi2 > 1.3 and fit.sigma_scale == pytest.approx(math.sqrt(chi2))
+    stated = np.array([p.sigma for p in fit.parameters if p.identifiable])
+    np.testing.assert_allclose(stated, fisher[-1][np.isfinite(fisher[-1])] * fit.sigma_scale, rtol=1e-12)
+    assert fit.summary()["sigma_scale"] == fit.sigma_scale
+    with h5py.File(tmp_path / "fit.h5", "w") as f:
+        fit.to_hdf5(f.create_group("fit"))
+    with h5py.File(tmp_path / "fit.h5", "r") as f:
+        back = MismatchFit.from_hdf5(f["fit"])
+    assert back.sigma_scale == fit.sigma_scale and back.dof == fit.dof
+    assert [p.sigma for p in back.parameters] == [p.sigma for p in fit.parameters]
