@@ -83,8 +83,8 @@ def _camera_mismatches(camera, system, optics_path: str) -> list[Mismatch]:
         return []
     return [Mismatch("camera.shape", list(shape), "frame_shape", frame_shape,
                      f"the camera delivers {shape} frames but the optics' {system.num_psfs} tiles need a "
-                     f"{frame_shape} frame (check the camera's ROI and {optics_path}.geometry: gap_px, "
-                     f"psf_margin_px, magnification)")]
+                     f"{frame_shape} frame (check camera.roi, camera.locate (a location found for another "
+                     f"design?) and {optics_path}.geometry: gap_px, psf_margin_px, magnification)")]
 
 
 def check_slm_fits(slm, system, *, optics_path: str = "optics") -> None:
