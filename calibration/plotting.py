@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
@@ -54,31 +53,32 @@ def psf_windows(calibration) -> dict[str, np.ndarray]:
 
 
 def plot_psfs(calibration, path) -> None:
-    """The PSF figure: measured / designed / calibrated / residual images of the central point source,
-    one row per PSF (two side by side above 8 PSFs), written to ``path`` (PNG). ``calibration``: a
-    :class:`~calibration.api.Calibration` with its ``psf`` and ``fit`` stages."""
+    """The PSF figure, one row per PSF (the central point source's window, DN/s, each panel with its
+    colour bar): the design model on its own scale; measured and calibrated model on one scale
+    (0 to the row's peak); their residual on a symmetric scale of its own. Written to ``path`` (PNG).
+    ``calibration``: a :class:`~calibration.api.Calibration` with its ``psf`` and ``fit`` stages."""
     plt = pyplot()
     windows = psf_windows(calibration)
     p = len(windows["measured"])
-    columns = ("measured", "designed", "calibrated", "residual")
-    per_row = 2 if p > 8 else 1
-    rows = math.ceil(p / per_row)
-    fig, axes = plt.subplots(rows, 4 * per_row, figsize=(2.0 * 4 * per_row, 1.9 * rows), squeeze=False)
+    columns = ("designed", "measured", "calibrated", "residual")
+    fit = calibration.fit
+    titles = {"designed": f"design, DN/s (own scale)\nrelative residual {fit.psf_residual_before:.3g}",
+              "residual": f"measured - calibrated\nrelative residual {fit.psf_residual_after:.3g}"}
+    fig, axes = plt.subplots(p, len(columns), figsize=(2.4 * len(columns), 2.0 * p), squeeze=False)
     for i in range(p):
-        peak = float(windows["measured"][i].max()) or 1.0
+        peak = max(float(windows["measured"][i].max()), float(windows["calibrated"][i].max())) or 1.0
+        spread = float(np.abs(windows["residual"][i]).max()) or 1.0
+        scales = {"designed": dict(cmap="magma", vmin=0, vmax=float(windows["designed"][i].max()) or 1.0),
+                  "measured": dict(cmap="magma", vmin=0, vmax=peak), "calibrated": dict(cmap="magma", vmin=0, vmax=peak),
+                  "residual": dict(cmap="RdBu_r", vmin=-spread, vmax=spread)}
         for j, name in enumerate(columns):
-            ax = axes[i // per_row, (i % per_row) * 4 + j]
-            image = windows[name][i]
-            if name == "residual":
-                ax.imshow(image, cmap="RdBu_r", vmin=-0.05 * peak, vmax=0.05 * peak)
-            else:
-                ax.imshow(image, cmap="magma", vmin=0, vmax=peak)
+            ax = axes[i, j]
+            shown = ax.imshow(windows[name][i], **scales[name])
+            fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.04).ax.tick_params(labelsize=6)
             ax.set_xticks([])
             ax.set_yticks([])
-            if i < per_row:
-                ax.set_title(name if name != "residual" else "residual (x20)", fontsize=8)
+            if i == 0:
+                ax.set_title(titles.get(name, name), fontsize=8)
             if j == 0:
                 ax.set_ylabel(f"PSF {i}", fontsize=8)
-    fig.suptitle(f"PSFs: relative residual {calibration.fit.psf_residual_before:.3g} (design) -> "
-                 f"{calibration.fit.psf_residual_after:.3g} (calibrated)", fontsize=9)
     save_figure(fig, path)

@@ -1,7 +1,10 @@
 """The calibration report: PNG figures, a markdown summary and a JSON of every figure.
 
-:func:`write_report` writes into a folder: ``report.json`` (:meth:`Calibration.summary` plus the
-parameter table), ``report.md`` (the same for a person), ``psfs.png`` (the PSF figure,
+:func:`write_report` writes into a folder: ``report.json`` (:meth:`Calibration.summary`, the
+verdicts and the parameter table), ``report.md`` (for a person: first the verdicts of
+:mod:`calibration.verdict` -- per stage ok / check / failed with the figure, the threshold and what to
+do next, then the PSFs where the model fails -- then each stage's figures, the parameter table last),
+``psfs.png`` (the PSF figure,
 :func:`calibration.plotting.plot_psfs`), ``registration.png`` (the geometry overlay),
 ``photon_transfer.png`` and ``display_response.png`` -- each only for the stages run. The report of a
 calibration file can be rebuilt at any time (``hil calibrate --report-only DIR``).
@@ -19,6 +22,7 @@ from onn_core.files import atomic_write
 from . import display_response, geometry, sensor
 from .api import Calibration
 from .plotting import plot_psfs
+from .verdict import Verdict, verdicts
 
 
 def write_report(calibration: Calibration, out_dir) -> dict[str, Path]:
@@ -27,6 +31,8 @@ def write_report(calibration: Calibration, out_dir) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
     written: dict[str, Path] = {}
     summary = calibration.summary()
+    graded = verdicts(calibration)
+    summary["verdicts"] = [v.as_dict() for v in graded]
     if calibration.fit is not None:
         summary["parameters"] = calibration.fit.table()
     written["json"] = out / "report.json"
@@ -45,13 +51,14 @@ def write_report(calibration: Calibration, out_dir) -> dict[str, Path]:
         plot_psfs(calibration, written["psfs"])
     written["markdown"] = out / "report.md"
     with atomic_write(written["markdown"], "w") as fh:
-        fh.write(markdown(calibration, written))
+        fh.write(markdown(calibration, written, graded))
     return written
 
 
-def markdown(calibration: Calibration, files: dict[str, Path]) -> str:
-    lines = [f"# Calibration {calibration.calibration_id}", "", f"Measured {calibration.created_utc}; stages: "
-             f"{', '.join(calibration.stages)}.", ""]
+def markdown(calibration: Calibration, files: dict[str, Path], graded: list[Verdict]) -> str:
+    """The report for a person: the ``graded`` verdicts first, then the figures of each stage."""
+    lines = [f"# Calibration {calibration.calibration_id}", ""] + verdict_lines(graded) + [
+        f"Measured {calibration.created_utc}; stages: {', '.join(calibration.stages)}.", ""]
     for stage, title in (("sensor", "Sensor"), ("display", "Display response"), ("geometry", "Geometry")):
         if getattr(calibration, stage) is not None:
             figures = getattr(calibration, stage).summary()
@@ -60,10 +67,13 @@ def markdown(calibration: Calibration, files: dict[str, Path]) -> str:
             lines.append("")
     if calibration.fit is not None:
         fit = calibration.fit
-        lines += ["## Mismatch fit", "", "Reduced chi-square by stage: " + ", ".join(
-            f"{k} {v:.3g}" for k, v in fit.chi2_reduced.items()) + ".", "",
+        lines += ["## Mismatch fit", "", "Reduced chi-square by stage (degrees of freedom): " + ", ".join(
+            f"{k} {v:.3g} ({fit.dof[k]:.6g})" for k, v in fit.chi2_reduced.items()) + ".", "",
             f"Relative PSF residual: design {fit.psf_residual_before:.4g}, calibrated {fit.psf_residual_after:.4g}.", "",
-            "| parameter | value | sigma (Fisher) | note |", "|---|---|---|---|"]
+            f"Sigmas: Fisher (Cramer-Rao) times {fit.sigma_scale:.3g} "
+            + ("(sqrt of the reduced chi-square: the model misfits beyond the noise)." if fit.sigma_scale > 1
+               else "(the misfit is the noise's)."),
+            "", "| parameter | value | sigma | note |", "|---|---|---|---|"]
         for p in fit.parameters:
             note = "not identifiable: fixed at design" if not p.identifiable else (
                 "sign not determined" if p.sign_ambiguous else "")
@@ -71,6 +81,18 @@ def markdown(calibration: Calibration, files: dict[str, Path]) -> str:
         lines.append("")
     figures = [f"![{name}]({path.name})" for name, path in files.items() if path.suffix == ".png"]
     return "\n".join(lines + ["## Figures", ""] + figures) + "\n"
+
+
+def verdict_lines(graded: list[Verdict]) -> list[str]:
+    """Markdown of the verdicts: the stages' table, then the PSFs where the model fails."""
+    stages = [v for v in graded if not v.subject.startswith("PSF ")]
+    psfs = [v for v in graded if v.subject.startswith("PSF ")]
+    lines = ["## Verdict", "", "| stage | verdict | figure | threshold | next |", "|---|---|---|---|---|"]
+    lines += [f"| {v.subject} | **{v.status}** | {v.figure} = {v.value:.4g} | {v.threshold} | {v.advice} |" for v in stages]
+    if any(v.subject == "fit" for v in stages):
+        lines += ["", "### Where the model fails", ""]
+        lines += [f"- **{v.status}**: {v.advice} ({v.threshold})" for v in psfs] or ["No PSF misfits beyond the others."]
+    return lines + [""]
 
 
 def _fmt(value) -> str:

@@ -1,0 +1,67 @@
+"""The verdicts a lab reads first: graded from constructed results (ok / check / failed), and the
+report opening with them."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from calibration.api import Calibration
+from calibration.report import markdown, verdict_lines
+from calibration.verdict import grade, psf_verdicts, stage_verdicts
+
+
+def fit_summary(chi2: float, stages=("geometry", "photometry", "optics", "residual"), **extra) -> dict:
+    return {"chi2_reduced": {"design": 900.0, stages[-1]: chi2}, "stages": list(stages), "sigma_scale": 1.0,
+            "unidentifiable": [], **extra}
+
+
+@pytest.mark.parametrize("value, status", [(0.05, "ok"), (0.2, "check"), (0.5, "failed"), (float("nan"), "failed")])
+def test_a_figure_is_graded_by_its_limits(value, status):
+    assert grade(value, 0.1, 0.3) == status
+
+
+def test_a_larger_is_better_figure_is_graded_the_other_way():
+    assert [grade(v, 50, 5, larger_is_better=True) for v in (80, 20, 2)] == ["ok", "check", "failed"]
+
+
+def test_each_stage_gets_a_verdict_with_its_figure_threshold_and_advice():
+    summary = {"sensor": {"ptc_chi2_reduced": 1.1}, "geometry": {"rms_px_max": 0.2}, "psf": {"snr_min": 3.0},
+               "fit": fit_summary(12.0, sigma_scale=3.46)}
+    graded = {v.subject: v for v in stage_verdicts(summary, zernike_noll=(4, 5, 6))}
+    assert set(graded) == {"sensor", "geometry", "psf", "fit"}
+    assert graded["sensor"].status == "ok" and graded["sensor"].advice == ""
+    assert graded["geometry"].status == "check" and "focus" in graded["geometry"].advice
+    assert graded["geometry"].threshold == "ok <= 0.1, check <= 0.3"
+    assert graded["psf"].status == "failed" and graded["psf"].value == 3.0
+    fit = graded["fit"]
+    assert fit.status == "failed" and fit.value == 12.0 and "Zernike 7-11" in fit.advice and "x3.5" in fit.advice
+
+
+def test_the_fit_advice_names_the_stage_to_add_and_unidentifiable_terms_are_checked():
+    geometry_only = stage_verdicts({"fit": fit_summary(3.0, stages=("geometry",), unidentifiable=["zernike_m[0][noll 11]"])})
+    assert [v.status for v in geometry_only] == ["check", "check"]
+    assert "add the optics stage" in geometry_only[0].advice and "1 parameters" in geometry_only[1].advice
+    assert stage_verdicts({"fit": fit_summary(1.2)})[0].status == "ok"
+
+
+def test_only_psfs_far_above_the_median_misfit_are_flagged_worst_first():
+    ratio = np.array([1.1, 1.0, 1.2, 4.4, 1.05, 2.0, 1.1])  # median 1.1
+    flagged = psf_verdicts(ratio, zernike_noll=(4, 5, 6), residual_stage=True)
+    assert [(v.subject, v.status) for v in flagged] == [("PSF 3", "failed"), ("PSF 5", "check")]
+    assert flagged[0].advice.startswith("PSF 3 residual 4.4x the noise: dust or a missing aberration term; "
+                                        "refit with Zernike 7-11")
+    assert psf_verdicts(np.full(16, 5.0)) == []  # a uniform misfit is the stage's verdict, not a PSF's
+
+
+def test_the_report_opens_with_the_verdicts():
+    geometry = SimpleNamespace(summary=lambda: {"rms_px_max": 0.5, "tiles": 16})
+    calibration = Calibration(optics={}, bench_settings={}, config={}, created_utc="2026-12-05T22:00:00Z",
+                              calibration_id="c1", geometry=geometry)
+    text = markdown(calibration, {}, stage_verdicts(calibration.summary()))
+    headings = [line for line in text.splitlines() if line.startswith("#")]
+    assert headings[:3] == ["# Calibration c1", "## Verdict", "## Geometry"]
+    assert "| geometry | **failed** | rms_px_max = 0.5 | ok <= 0.1, check <= 0.3 |" in text
+    assert "Where the model fails" not in "\n".join(verdict_lines([]))
