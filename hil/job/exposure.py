@@ -1,8 +1,9 @@
 """The capture exposure of a ``hil run`` and the clipping check of its capture sets.
 
-:func:`choose_exposure`: every image the job will capture goes through the calibrated forward model
+:func:`choose_exposure`: the images the job will capture go through the calibrated forward model
 (:meth:`calibration.api.Calibration.calibrated_system`, noise free, no sensor clipping) to find the
-one whose frame is expected brightest; the bench shows it and :meth:`drivers.bench.Bench.auto_exposure`
+one whose frame is expected brightest (the :data:`CANDIDATES` images with the brightest patch of the
+PSF's size are rendered); the bench shows it and :meth:`drivers.bench.Bench.auto_exposure`
 brings its peak to ``1 - capture.headroom`` of the camera's range (black level to saturation), so
 every frame of the capture stays below saturation with that headroom. ``capture.exposure_s`` fixes
 the exposure instead. The choice is kept in ``captures/exposure.json`` and reused when the capture
@@ -30,26 +31,30 @@ from .state import write_json
 log = logging.getLogger(__name__)
 
 EXPOSURE_FILE = "exposure.json"
+#: Images rendered through the calibrated model to find the brightest frame (the brightest by patch).
+CANDIDATES = 128
 
 
 class ClippedCaptureError(HilError):
     """A capture set holds more clipped (saturated) pixels than ``capture.max_clipped_fraction``."""
 
 
-def brightest_image(system, images: torch.Tensor, batch_size: int = 500) -> tuple[int, float]:
+def brightest_image(system, images: torch.Tensor, candidates: int = CANDIDATES) -> tuple[int, float]:
     """``(row, photons per second)``: the image of ``images`` (N, C, H, W) in [0, 1] whose frame through
     ``system`` (an :class:`~simulator.system.OpticalSystem`) has the highest expected pixel, and that
-    pixel's photon rate (noise free, before the sensor)."""
-    best, row = -1.0, 0
-    system.eval()
+    pixel's photon rate (noise free, before the sensor). Only the ``candidates`` images with the
+    brightest patch of the PSF's size (the largest local mean, which bounds what a PSF of that support
+    can gather) are rendered."""
+    size = system.design.psfs().shape[-1]
     with torch.no_grad():
-        for start in range(0, len(images), batch_size):
-            rates = system.photon_rate_frame(system.gray_levels(images[start:start + batch_size]))
-            peaks = rates.flatten(1).amax(1)
-            top = int(peaks.argmax())
-            if float(peaks[top]) > best:
-                best, row = float(peaks[top]), start + top
-    return row, best
+        patches = torch.nn.functional.avg_pool2d(images.sum(1, keepdim=True), size, stride=1,
+                                                 padding=size // 2, count_include_pad=True)
+        rows = torch.argsort(patches.flatten(1).amax(1), descending=True)[:candidates]
+        system.eval()
+        rates = system.photon_rate_frame(system.gray_levels(images[rows]))
+    peaks = rates.flatten(1).amax(1)
+    top = int(peaks.argmax())
+    return int(rows[top]), float(peaks[top])
 
 
 def choose_exposure(bench, calibration, images: torch.Tensor, *, headroom: float, exposure_s: float | None,
