@@ -18,8 +18,13 @@ residual        a regularised relative kernel error on the design window, the re
 ==============  ==============================================================================
 
 The first three stages are solved by Levenberg-Marquardt (Marquardt's diagonal scaling, so units do
-not matter) with the Jacobian by central differences in float64 (two forward passes per parameter;
-forward-mode automatic differentiation gave the same columns to 1e-7 but ran ~100x slower here).
+not matter) with the Jacobian (``FitSettings.jacobian``) by central differences in float64 (two
+forward passes per parameter group, only the perturbed PSFs' shapes recomputed), or by forward-mode
+automatic differentiation (``torch.func.jvp`` in one ``vmap``, the shape block apart: see
+:meth:`_Model.jacobian`). Both agree to 1e-6 away from the shift model's kinks; on the example device
+(16 PSFs, Zernike 4-6, residual stage, one thread) the full fit took 154 s with differences and 243 s
+with autodiff (the Zernike terms' OTF derivative costs more than the few PSFs a difference
+recomputes), so differences are the default.
 The residual stage minimises chi-square plus ``sum(delta^2) / kernel_error_prior^2`` with L-BFGS
 while the physical parameters are held fixed, and the physical parameters are refitted (LM) while
 the kernel error is held fixed, :data:`RESIDUAL_ALTERNATIONS` times: never jointly, so the
@@ -74,6 +79,8 @@ from .psf import PSFMeasurement
 log = logging.getLogger(__name__)
 
 STAGES = ("geometry", "photometry", "optics", "residual")
+#: How the Levenberg-Marquardt Jacobian is computed (:meth:`_Model.jacobian`).
+JACOBIANS = ("autodiff", "finite_differences")
 #: Schema name and version of a stored :class:`MismatchFit` (:mod:`calibration.hdf5`).
 SCHEMA, SCHEMA_VERSION = "onn_hil.calibration.fit", 2
 #: Start of even Zernike terms, in waves RMS (their gradient vanishes at 0).
@@ -114,7 +121,8 @@ class FitSettings:
     stages: subset of :data:`STAGES`, in order. zernike_noll: Noll indices fitted in the optics stage
     (>= 4; tilt is the shift). kernel_error_prior: prior RMS of the relative kernel error.
     max_iterations: per Levenberg-Marquardt or L-BFGS run. aberration: the optics behind the Zernike
-    terms (wavelength, image-side f-number of a sub-optic, sensor pixel pitch).
+    terms (wavelength, image-side f-number of a sub-optic, sensor pixel pitch). jacobian: one of
+    :data:`JACOBIANS`, how the Levenberg-Marquardt Jacobian is computed (module docstring).
     """
 
     stages: tuple[str, ...] = STAGES
@@ -122,8 +130,11 @@ class FitSettings:
     kernel_error_prior: float = 0.1
     max_iterations: int = 60
     aberration: AberrationOptics = field(default_factory=AberrationOptics)
+    jacobian: str = "finite_differences"
 
     def __post_init__(self):
+        if self.jacobian not in JACOBIANS:
+            raise InputError(f"jacobian must be one of {JACOBIANS}, got {self.jacobian!r}")
         stages = tuple(self.stages)
         unknown = [s for s in stages if s not in STAGES]
         if unknown or not stages or list(stages) != sorted(stages, key=STAGES.index):
@@ -229,6 +240,7 @@ class _Model:
         self.system.requires_grad_(False)
         p, self.channels, k, _ = self.system.design.psfs().shape
         self.p, self.k, self.aberration = p, k, aberration
+        self.method = settings.jacobian
         self.num_zernike = max(settings.zernike_noll, default=0)
         self.zernike_index = [j - 1 for j in settings.zernike_noll]
         self.even = [noll_to_nm(j)[0] % 2 == 0 for j in settings.zernike_noll]  # W(-r) = W(r)
@@ -327,31 +339,90 @@ class _Model:
                 shaped[rows] = shape_psfs(self.design_psfs[rows], self.errors(theta, kernel_error, rows), margin)
         if remember and not shaped.requires_grad:
             self._shaped = (shape_params.clone(), kernel_error, shaped)
-        psfs = place_psfs(shaped, errors)
-        return self.system.radiance_frame(self.radiance, psfs)[0] * self.scale
+        return self._image(theta, shaped, kernel_error)
+
+    def _shape(self, theta: torch.Tensor, kernel_error: torch.Tensor | None) -> torch.Tensor:
+        """The shaped PSFs (P, C, K', K') of ``theta`` (kernel error, blur, aberration), uncached."""
+        return shape_psfs(self.design_psfs, self.errors(theta, kernel_error), self.system.geometry.psf_margin_px)
+
+    def _image(self, theta: torch.Tensor, shaped: torch.Tensor, kernel_error: torch.Tensor | None) -> torch.Tensor:
+        """Model signal rate (DN/s), whole frame, of ``shaped`` PSFs placed and imaged with ``theta``'s
+        geometry and photometry (linear in ``shaped``)."""
+        errors = self.errors(theta, kernel_error)
+        self.system.errors = errors
+        return self.system.radiance_frame(self.radiance, place_psfs(shaped, errors))[0] * self.scale
 
     def whitened(self, theta: torch.Tensor, kernel_error: torch.Tensor | None = None) -> torch.Tensor:
         return (self.data - self.rate(theta, kernel_error)[self.mask]) / self.sigma
 
     def jacobian(self, theta: torch.Tensor, free: np.ndarray) -> torch.Tensor:
-        """d(model/sigma)/d theta over the masked pixels, columns for the ``free`` indices, by central
-        differences (one-sided at a non-negativity bound), steps :data:`FD_STEP` per kind.
+        """d(model/sigma)/d theta over the masked pixels, columns for the ``free`` indices, by
+        forward-mode automatic differentiation (``jacobian="autodiff"``: one ``torch.func.jvp`` per
+        group below, all groups in one ``vmap``) or by central differences (``"finite_differences"``:
+        one-sided at a non-negativity bound and on a whole-pixel shift, steps :data:`FD_STEP` per kind).
 
-        A PSF's parameters change only its own tile and, by crosstalk, its 4 neighbours; so one pass
-        perturbs the same parameter of every PSF of a colour class whose tiles are >= 3 grid steps
-        apart, and each PSF's column is read off its own neighbourhood (5 classes instead of P).
+        Block structure: a PSF's parameters change only its own tile and, by crosstalk, its 4
+        neighbours; so one tangent (or difference) moves the same parameter of every PSF of a colour
+        class whose tiles are >= 3 grid steps apart, and each PSF's column is read off its own
+        neighbourhood (5 classes instead of P; the few frame-level parameters get one each).
         """
-        steps = np.zeros(theta.numel())
-        for kind, _, _ in self.layout:
-            steps[self.block(kind)] = FD_STEP[kind]
-        nonneg = self.nonnegative()
-        columns = torch.zeros(int(self.mask.sum()), len(free), dtype=torch.float64)
-        position = {int(index): n for n, index in enumerate(free)}
         groups: dict[tuple, list[int]] = {}
         for index in free:
             owner = self.owner[index]
             key = (self.slot[index], -1 - int(index) if owner < 0 else self.colour[owner])
             groups.setdefault(key, []).append(int(index))
+        change = (self._autodiff_changes if self.method == "autodiff" else self._difference_changes)(theta, groups)
+        columns = torch.zeros(int(self.mask.sum()), len(free), dtype=torch.float64)
+        for n, index in enumerate(free):
+            owner = self.owner[index]
+            column = change[int(index)] if owner < 0 else change[int(index)] * self.near[owner]
+            columns[:, n] = column / self.sigma
+        return columns
+
+    def _autodiff_changes(self, theta: torch.Tensor, groups: dict) -> dict[int, torch.Tensor]:
+        """Per index, d rate / d theta along its group's tangent (masked pixels), by ``torch.func``.
+
+        Two blocks: a PSF's shape (blur, aberration: the costly part) depends on its own shape
+        parameters only, so one tangent per shape slot gives every PSF's shape derivative at once;
+        the image is linear in the shaped PSFs, so a shape group's derivative is the image's
+        derivative along those shape derivatives, and every group's is one ``vmap`` of image ``jvp``s."""
+        kernel_error = self.kernel_error
+        keys = list(groups)
+        shape_kinds = ("blur_variance_px2", "zernike_waves")
+        slots = sorted({key[0] for key in keys if key[0][0] in shape_kinds})
+        with torch.no_grad():
+            shaped = self._shape(theta, kernel_error)
+        theta_tangents = torch.zeros(len(keys), theta.numel(), dtype=theta.dtype)
+        shaped_tangents = torch.zeros(len(keys), *shaped.shape, dtype=shaped.dtype)
+        if slots:
+            per_slot = torch.zeros(len(slots), theta.numel(), dtype=theta.dtype)
+            for i, (kind, slot) in enumerate(slots):
+                block = self.block(kind)
+                per_slot[i, block.start + slot:block.stop:(block.stop - block.start) // self.p] = 1.0
+            shape_derivatives = torch.func.vmap(lambda tangent: torch.func.jvp(
+                lambda t: self._shape(t, kernel_error), (theta,), (tangent,))[1])(per_slot)
+        for g, key in enumerate(keys):
+            indices = groups[key]
+            if key[0][0] in shape_kinds:
+                owners = torch.from_numpy(self.owner[indices])
+                shaped_tangents[g, owners] = shape_derivatives[slots.index(key[0])][owners]
+            else:
+                theta_tangents[g, indices] = 1.0
+
+        def image(t, psfs):
+            return self._image(t, psfs, kernel_error)[self.mask]
+
+        passes = torch.func.vmap(lambda a, b: torch.func.jvp(image, (theta, shaped), (a, b))[1])(
+            theta_tangents, shaped_tangents)
+        return {index: passes[g] for g, key in enumerate(keys) for index in groups[key]}
+
+    def _difference_changes(self, theta: torch.Tensor, groups: dict) -> dict[int, torch.Tensor]:
+        """Per index, the finite difference of the rate (masked pixels) along its group's step."""
+        steps = np.zeros(theta.numel())
+        for kind, _, _ in self.layout:
+            steps[self.block(kind)] = FD_STEP[kind]
+        nonneg = self.nonnegative()
+        out = {}
         with torch.no_grad():
             centre = self.rate(theta)[self.mask]
             for indices in groups.values():
@@ -369,11 +440,8 @@ class _Model:
                     central, backward = (high - low) / (2 * h), (centre - low) / h
                     change = {index: self._difference(theta[index], kind_of=index, h=h, forward=forward,
                                                       central=central, backward=backward) for index in indices}
-                for index in indices:
-                    owner = self.owner[index]
-                    column = change[index] if owner < 0 else change[index] * self.near[owner]
-                    columns[:, position[index]] = column / self.sigma
-        return columns
+                out.update(change)
+        return out
 
     def _difference(self, value, *, kind_of: int, h: float, forward, central, backward):
         """The bilinear model of a shift has kinks at whole pixels: within ``h`` of one, a central
@@ -425,8 +493,13 @@ def _kernel_error_jacobian(model: _Model, theta: torch.Tensor, kernel_error: tor
     for p in range(model.p):
         tangents[model.colour[p], torch.arange(slots), p, torch.arange(slots)] = 1.0
 
+    errors = model.errors(theta, kernel_error)  # the blur and aberration filters, fixed (as in the fit)
+    transfer = shape_transfer(errors, model.channels, model.system.psf_window_px, theta.dtype)
+    margin = model.system.geometry.psf_margin_px
+
     def rate(delta):
-        return model.rate(theta, delta, remember=False)[model.mask]
+        shaped = shape_psfs(model.design_psfs, model.errors(theta, delta), margin, transfer=transfer)
+        return model._image(theta, shaped, delta)[model.mask]
 
     def derivative(tangent):
         return torch.func.jvp(rate, (kernel_error,), (tangent.reshape(shape),))[1]

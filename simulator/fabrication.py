@@ -408,8 +408,12 @@ def _as_error_tensor(name: str, value, shape) -> torch.Tensor:
 
 
 def _at_identity(tensor: torch.Tensor | None, value: float) -> bool:
-    """True when a stage can be skipped: no gradient wanted and every entry equals its identity value."""
-    return tensor is None or (not tensor.requires_grad and bool((tensor == value).all()))
+    """True when a stage can be skipped: no derivative wanted (no gradient, no forward-mode tangent of
+    ``torch.func.jvp``) and every entry equals its identity value."""
+    if tensor is None or tensor.numel() == 0:  # e.g. no Zernike terms: nothing to apply
+        return True
+    wanted = tensor.requires_grad or torch._C._functorch.is_functorch_wrapped_tensor(tensor)
+    return not wanted and bool((tensor == value).all())
 
 
 # ------------------------------------------------------------------------------------------ PSF stages
