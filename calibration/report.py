@@ -1,13 +1,13 @@
 """The calibration report: PNG figures, a markdown summary and a JSON of every figure.
 
 :func:`write_report` writes into a folder: ``report.json`` (:meth:`Calibration.summary`, the
-verdicts and the parameter table), ``report.md`` (for a person: first the verdicts of
-:mod:`calibration.verdict` -- per stage ok / check / failed with the figure, the threshold and what to
-do next, then the PSFs where the model fails -- then each stage's figures, the parameter table last),
-``psfs.png`` (the PSF figure,
-:func:`calibration.plotting.plot_psfs`), ``registration.png`` (the geometry overlay),
-``photon_transfer.png`` and ``display_response.png`` -- each only for the stages run. The report of a
-calibration file can be rebuilt at any time (``hil calibrate --report-only DIR``).
+verdicts, every PSF's residual over the noise and the parameter table), ``report.md`` (for a person:
+first the verdicts of :mod:`calibration.verdict` -- per stage ok / check / failed with the figure,
+the threshold and what to do next, then the PSFs where the model fails -- then each stage's figures,
+the parameter table last), ``psfs.png`` (the PSF figure, :func:`calibration.plotting.plot_psfs`),
+``registration.png`` (the geometry overlay), ``photon_transfer.png`` and ``display_response.png`` --
+each only for the stages run. The report of a calibration file can be rebuilt at any time
+(``hil calibrate --report-only DIR``).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from onn_core.files import atomic_write
 from . import display_response, geometry, sensor
 from .api import Calibration
 from .plotting import plot_psfs
-from .verdict import Verdict, verdicts
+from .verdict import Verdict, tile_residual_over_noise, verdicts
 
 
 def write_report(calibration: Calibration, out_dir) -> dict[str, Path]:
@@ -35,6 +35,8 @@ def write_report(calibration: Calibration, out_dir) -> dict[str, Path]:
     summary["verdicts"] = [v.as_dict() for v in graded]
     if calibration.fit is not None:
         summary["parameters"] = calibration.fit.table()
+        if calibration.psf is not None:
+            summary["fit"]["psf_residual_over_noise"] = tile_residual_over_noise(calibration).tolist()
     written["json"] = out / "report.json"
     with atomic_write(written["json"], "w") as fh:
         fh.write(json.dumps(summary, indent=2, default=_plain))

@@ -10,7 +10,9 @@ import pytest
 
 from calibration.api import Calibration
 from calibration.report import markdown, verdict_lines
-from calibration.verdict import grade, psf_verdicts, stage_verdicts
+from calibration.verdict import grade, psf_verdicts, stage_verdicts, tile_residual_over_noise
+from simulator.system import OpticalSystem
+from tests.calibration.benches import example_optics
 
 
 def fit_summary(chi2: float, stages=("geometry", "photometry", "optics", "residual"), **extra) -> dict:
@@ -65,3 +67,23 @@ def test_the_report_opens_with_the_verdicts():
     assert headings[:3] == ["# Calibration c1", "## Verdict", "## Geometry"]
     assert "| geometry | **failed** | rms_px_max = 0.5 | ok <= 0.1, check <= 0.3 |" in text
     assert "Where the model fails" not in "\n".join(verdict_lines([]))
+
+
+def test_each_psfs_residual_over_the_noise_is_the_root_of_its_tiles_chi_square_per_pixel():
+    system = OpticalSystem.from_config({**example_optics(), "errors": None})
+    shape = system.frame_shape
+    mask = np.zeros(shape, dtype=bool)
+    for p in range(system.num_psfs):
+        rows, cols = system.layout.tile_slices(p)
+        mask[rows.start:rows.start + 5, cols.start:cols.start + 5] = True
+    variance = np.full(shape, 4.0)
+    model = np.full(shape, 100.0)
+    rate = model + 2.0  # 1 sigma everywhere ...
+    rows, cols = system.layout.tile_slices(3)
+    rate[rows, cols] = model[rows, cols] + 6.0  # ... 3 sigma on PSF 3
+    rate[~mask] = 1e6  # pixels outside the fitted windows do not count
+    calibration = SimpleNamespace(psf=SimpleNamespace(rate=rate, variance=variance, mask=mask),
+                                  fit=SimpleNamespace(model_rate=model), nominal_system=lambda: system)
+    expected = np.ones(system.num_psfs)
+    expected[3] = 3.0
+    np.testing.assert_allclose(tile_residual_over_noise(calibration), expected)
