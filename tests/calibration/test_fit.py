@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from calibration.errors import CalibrationError
 from calibration import fit as fit_module
+from calibration.errors import CalibrationError
 from calibration.fit import FitSettings, MismatchFit, effective_parameters, fit_mismatch, sigma_scale
 from calibration.psf import measure_psfs, point_grid, window_mask
 from drivers.bench_fits import BenchMismatch
+from onn_core.errors import InputError
 from simulator.system import OpticalSystem
 from tests.calibration.benches import example_optics, simulated_bench
 
@@ -216,3 +217,8 @@ def test_the_autodiff_jacobian_equals_the_finite_difference_one_away_from_the_ki
     reference = columns["finite_differences"]
     error = (columns["autodiff"] - reference).norm(dim=0) / reference.norm(dim=0)
     assert float(error.max()) < 1e-6
+
+
+def test_an_unknown_jacobian_method_is_refused_naming_the_choices():
+    with pytest.raises(InputError, match=r"jacobian must be one of \('autodiff', 'finite_differences'\)"):
+        FitSettings(jacobian="secant")
