@@ -17,7 +17,7 @@ $(STAMP): setup.cfg pyproject.toml
 install: $(STAMP)
 
 # The hardware-in-the-loop job on the simulated bench (examples/run_sim.yaml): train, export, fabricate,
-# calibrate, capture, fine-tune, report into out/demo (33 min measured on 2 busy cores, offline; rerun resumes).
+# calibrate, capture, fine-tune, report into out/demo (about 7 min on 2 idle cores, offline; rerun resumes).
 # The simulator alone: $(BIN)/python examples/simulator_demo.py --out out/simulator_demo
 demo: $(STAMP)
 	$(BIN)/python -m hil.cli -v run examples/run_sim.yaml

@@ -115,7 +115,7 @@ from .field import Grid
 from .layout import TileLayout
 from .pupil import circular_pupil
 from .sampling import fast_fft_size
-from .validation import check_positive, check_tensor, complex_dtype_for
+from .validation import check_positive, check_tensor, complex_dtype_for, is_transformed
 from .zernike import wavefront_to_phase, zernike_wavefront
 
 #: Per-PSF error tensors, their trailing shape after P, and their identity value.
@@ -412,7 +412,7 @@ def _at_identity(tensor: torch.Tensor | None, value: float) -> bool:
     ``torch.func.jvp``) and every entry equals its identity value."""
     if tensor is None or tensor.numel() == 0:  # e.g. no Zernike terms: nothing to apply
         return True
-    wanted = tensor.requires_grad or torch._C._functorch.is_functorch_wrapped_tensor(tensor)
+    wanted = tensor.requires_grad or is_transformed(tensor)
     return not wanted and bool((tensor == value).all())
 
 

@@ -1,4 +1,4 @@
-"""The references that make the job's figures mean what they say (docs/method.md#measuring-compensation):
+"""The references that make the job's figures mean what they say (docs/method.md#measuring-compensation-honestly):
 
 * the **teacher check** (:func:`teacher_check`): NTKD distils from a teacher, which must be at least
   ``finetune.teacher_margin`` above the design on the same test images; otherwise the NTKD methods are
