@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import platform
 import shutil
@@ -64,7 +63,7 @@ sys.path.insert(0, str(ROOT))
 from drivers import Bench, RealClock, VirtualClock, open_bench  # noqa: E402
 from drivers.simulated import SimulatedCamera, SimulatedSLM, direct_render  # noqa: E402
 from onn_core.config import load_yaml  # noqa: E402
-from onn_core.files import atomic_write  # noqa: E402
+from benchmarks.report import finish  # noqa: E402
 
 SHAPE = (64, 64)
 #: Changes to examples/optics.yaml of the second bench shape of the render figures.
@@ -259,13 +258,7 @@ def main(argv=None) -> dict:
            f"efficiency; example bench {files['bytes_per_frame'][name]:.0f} B/frame, "
            f"{files['example_capture_ms_per_frame'][name]:.1f} ms/frame (virtual clock)") for name in COMPRESSION_VARIANTS],
     ]
-    for name, value, note in rows:
-        print(f"{name:<28} {value:>14}   {note}")
-    with atomic_write(args.out, "w") as fh:
-        json.dump(result, fh, indent=2)
-        fh.write("\n")
-    print(json.dumps(result))
-    return result
+    return finish(rows, result, args.out, name_width=28, value_width=14)
 
 
 if __name__ == "__main__":

@@ -54,7 +54,7 @@ from drivers.errors import DeviceError  # noqa: E402
 from hil.capture import capture  # noqa: E402
 from hil.data.captures import CaptureDataset, open_capture  # noqa: E402
 from hil.data.errors import CorruptFrameError  # noqa: E402
-from onn_core.files import atomic_write  # noqa: E402
+from benchmarks.report import finish  # noqa: E402
 
 CAMERA_FAULTS = {"timeout_rate": 0.0075, "exception_rate": 0.0075, "stale_rate": 0.0075, "drop_rate": 0.0075}
 SLM_FAULTS = {"timeout_rate": 0.01, "exception_rate": 0.01}
@@ -259,13 +259,7 @@ def main(argv=None) -> dict:
         ("disk full exit code", result["disk_full_exit_code"], "expected 2"),
         ("corrupt frame detected", corrupt, "expected True"),
     ]
-    for name, value, note in rows:
-        print(f"{name:<26} {value!s:>10}   {note}")
-    with atomic_write(args.out, "w") as fh:
-        json.dump(result, fh, indent=2)
-        fh.write("\n")
-    print(json.dumps(result))
-    return result
+    return finish(rows, result, args.out, name_width=26, value_width=10)
 
 
 if __name__ == "__main__":
