@@ -131,10 +131,6 @@ def load_model(run_dir_or_checkpoint, device="cpu", *, name: str | None = None) 
         raise CheckpointError(f"{path} stores no model config (config.model): not written by `hil train`")
     if name is not None and model_config.get("name") != name:
         raise ConfigError("model.name", model_config.get("name"), f"{name!r} (the model of {path})")
-    if model_config.get("name") == "optical_student" and "transmission" not in model_config:
-        # written before the light budget (checkpoints store the resolved config, so the field is
-        # always there since): its kernels were used as stored, so keep them so
-        model_config = {**model_config, "transmission": None}
     model = build_model(model_config)
     model.load_state_dict(model_state_from(state))
     return model.to(device).eval().requires_grad_(False)

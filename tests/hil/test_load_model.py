@@ -33,18 +33,3 @@ def test_a_wrong_model_or_a_missing_checkpoint_is_refused(tmp_path):
     save_checkpoint(tmp_path / "bare.pt", {"model": {}})
     with pytest.raises(CheckpointError, match="stores no model config"):
         load_model(tmp_path / "bare.pt")
-
-
-def test_a_student_saved_before_the_light_budget_keeps_its_kernels(tmp_path):
-    """Its stored config has no ``transmission``: the kernels, 3x over a unit budget, are used as stored
-    (the default budget would divide them by 3 and change the student's function)."""
-    config = {"name": "optical_student", "num_kernels": 2, "kernel_size": 3, "image_size": 8, "hidden": [4],
-              "pool": 1, "num_classes": 3, "seed": 0, "optics": {"photometry": {"photons_per_s": 1e5}}}
-    model = build_model({**config, "transmission": None})
-    with torch.no_grad():
-        model.frontend.design.weight.fill_(1 / 3)  # each part sums to 3 (3 x 3 kernel entries of 1/3)
-    save_checkpoint(tmp_path / "old.pt", {"model": model.state_dict(), "config": {"model": config}})
-    loaded = load_model(tmp_path / "old.pt")
-    torch.testing.assert_close(loaded.frontend.design.psfs().sum(dim=(1, 2, 3)).max(), torch.tensor(3.0))
-    save_checkpoint(tmp_path / "new.pt", {"model": model.state_dict(), "config": {"model": {**config, "transmission": 1.0}}})
-    assert float(load_model(tmp_path / "new.pt").frontend.design.psfs().sum(dim=(1, 2, 3)).max()) <= 1.0 + 1e-6
