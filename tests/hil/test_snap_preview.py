@@ -4,23 +4,10 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
-import pytest
-import yaml
 
 from hil.cli import main
 from hil.commands.devices import preview_image
-
-
-@pytest.fixture
-def bench_yaml(tmp_path):
-    config = {
-        "clock": "virtual",
-        "slm": {"backend": "simulated-slm", "shape": [6, 8]},
-        "camera": {"backend": "simulated-camera", "render": "direct", "exposure_s": 0.01},
-    }
-    path = tmp_path / "bench.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
+from tests.drivers.test_cli_devices import bench_yaml  # noqa: F401  (the fixture: a simulated 6 x 8 bench)
 
 
 def test_snap_writes_a_viewable_preview_beside_the_raw_frame(bench_yaml, tmp_path, capsys):
