@@ -6,6 +6,13 @@ number generator states of torch, numpy and Python (encoded as tensors), the sam
 resolved config and the metrics history. :func:`save_checkpoint` writes to a temporary file in the
 destination folder and renames it over the target (:func:`onn_core.files.atomic_write`), so a kill at
 any moment leaves either the previous or the new checkpoint, never a torn one.
+
+Every checkpoint written here records :data:`CONFIG_SCHEMA`, the schema of the model configs it may
+store: since schema 2 (the light budget) a field missing from a stored model config takes the
+current default, as it does in a hand-written config. A checkpoint without the key was written
+before (``hil train`` stored its resolved config, so an optical student lacking ``transmission``
+there had none): :func:`load_model` builds it with ``transmission: None``, the function it was
+trained with (:func:`model_config_of`).
 """
 
 from __future__ import annotations
@@ -27,6 +34,8 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = "hil-checkpoint"
 CHECKPOINT_VERSION = 1
+#: The schema of the configs a checkpoint stores (module docstring); absent: before schema 2.
+CONFIG_SCHEMA = 2
 
 
 class CheckpointError(HilError):
@@ -64,7 +73,7 @@ def restore_rng_state(state: dict) -> None:
 def save_checkpoint(path, state: dict) -> Path:
     """Write ``state`` (tensors and plain values only) to ``path`` atomically; returns the path."""
     path = Path(path)
-    payload = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **state}
+    payload = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "config_schema": CONFIG_SCHEMA, **state}
     with atomic_write(path, "wb") as fh:
         torch.save(payload, fh)
     log.debug("wrote checkpoint %s", path)
@@ -126,11 +135,24 @@ def load_model(run_dir_or_checkpoint, device="cpu", *, name: str | None = None) 
     another one is refused with a :class:`ConfigError` before anything is built."""
     path = find_checkpoint(run_dir_or_checkpoint)
     state = load_checkpoint(path, map_location=device)
-    model_config = (state.get("config") or {}).get("model")
-    if not isinstance(model_config, dict):
-        raise CheckpointError(f"{path} stores no model config (config.model): not written by `hil train`")
+    model_config = model_config_of(state, path)
     if name is not None and model_config.get("name") != name:
         raise ConfigError("model.name", model_config.get("name"), f"{name!r} (the model of {path})")
     model = build_model(model_config)
     model.load_state_dict(model_state_from(state))
     return model.to(device).eval().requires_grad_(False)
+
+
+def model_config_of(state: dict, path=None) -> dict:
+    """The model config a loaded checkpoint stores, as it builds the model it was trained as: in a
+    checkpoint older than :data:`CONFIG_SCHEMA` 2 (no ``config_schema``), an optical student without
+    ``transmission`` gets ``None`` (no light budget: its kernels were used as stored), not today's
+    default. Raises :class:`CheckpointError` when there is none."""
+    model_config = (state.get("config") or {}).get("model")
+    if not isinstance(model_config, dict):
+        raise CheckpointError(f"{path or 'the checkpoint'} stores no model config (config.model): not written by "
+                              "`hil train`")
+    if ("config_schema" not in state and model_config.get("name") == "optical_student"
+            and "transmission" not in model_config):
+        model_config = {**model_config, "transmission": None}
+    return model_config

@@ -73,7 +73,7 @@ from simulator.system import OpticalSystem
 
 from ..api import train
 from ..capture import capture, design_fingerprint, stratified_indices
-from ..checkpoint import find_checkpoint, load_checkpoint, load_model
+from ..checkpoint import CheckpointError, find_checkpoint, load_checkpoint, load_model, model_config_of
 from ..config import load_run_config
 from ..data import build_datasets
 from ..data.captures import CaptureDataset
@@ -142,10 +142,10 @@ def student_model_config(job: Job) -> dict:
             raise ConfigError("student.config", step.config, f"a `hil train` config file (no file at {path})")
         return load_run_config(path, step.set).model
     checkpoint = find_checkpoint(job.path(step.run_dir or step.checkpoint))
-    model = (load_checkpoint(checkpoint).get("config") or {}).get("model")
-    if not isinstance(model, dict):
-        raise ConfigError("student.run_dir", step.run_dir, f"a `hil train` run ({checkpoint} stores no model config)")
-    return model
+    try:
+        return model_config_of(load_checkpoint(checkpoint), checkpoint)
+    except CheckpointError as exc:
+        raise ConfigError("student.run_dir", step.run_dir, f"a `hil train` run ({exc})") from exc
 
 
 # ------------------------------------------------------------------------------------------ design
