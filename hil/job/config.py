@@ -31,8 +31,10 @@ FIRST_STEP = {"student": "train", "teacher": "train", "bench": "calibrate",
 @dataclass
 class TrainStep:
     """How a model is obtained: trained here from a ``hil train`` config (``config``, with ``set``:
-    ``{dotted path: value}`` overrides, as ``hil train --set``), or an existing run folder ``run_dir``
-    (or, for the teacher, a ``checkpoint`` file)."""
+    ``{dotted path: value}`` overrides, as ``hil train --set``; a relative path among them, e.g.
+    ``model.optics: optics_x.yaml``, is relative to the run config that sets it, not to the training
+    config: :func:`training_config`), or an existing run folder ``run_dir`` (or, for the teacher, a
+    ``checkpoint`` file)."""
 
     config: str | None = None
     set: dict[str, Any] = field(default_factory=dict)
@@ -159,6 +161,39 @@ def load_job(path, out_dir=None) -> Job:
     return Job(cfg, base, run_dir)
 
 
+#: The fields of a ``hil train`` config that hold paths (:func:`hil.config.parse_run_config`), and the
+#: suffixes of the ``data.options`` entries that do.
+TRAIN_PATH_FIELDS = ("model.optics", "data.root", "teacher.checkpoint", "out_dir")
+TRAIN_PATH_OPTIONS = ("_path", "root")
+
+
+def training_config(job: Job, role: str):
+    """The :class:`hil.config.RunConfig` that trains ``role`` (``student`` or ``teacher``): its ``config``
+    file with its ``set`` overrides, their relative paths (:func:`resolved_overrides`) resolved against
+    the run config's folder. A missing file is refused naming ``<role>.config``."""
+    from ..config import load_run_config
+
+    step = getattr(job.config, role)
+    path = job.path(step.config)
+    if not path.is_file():
+        raise ConfigError(f"{role}.config", step.config, f"a `hil train` config file (no file at {path})")
+    return load_run_config(path, resolved_overrides(step.set, job.base_dir))
+
+
+def resolved_overrides(overrides: dict, base: Path) -> dict:
+    """``overrides`` (``{dotted path: value}``, a value possibly a mapping of further fields) with the
+    relative paths among them (:data:`TRAIN_PATH_FIELDS`, ``data.options`` entries ending in
+    :data:`TRAIN_PATH_OPTIONS`) made absolute against ``base``."""
+    def resolve(dotted: str, value):
+        if isinstance(value, dict):
+            return {key: resolve(f"{dotted}.{key}", item) for key, item in value.items()}
+        is_path = dotted in TRAIN_PATH_FIELDS or (dotted.startswith("data.options.")
+                                                  and dotted.endswith(TRAIN_PATH_OPTIONS))
+        return str(resolve_relative(value, base).resolve()) if is_path and isinstance(value, str) else value
+
+    return {dotted: resolve(dotted, value) for dotted, value in (overrides or {}).items()}
+
+
 def fabrication_errors(job: Job) -> dict | None:
     """The ``errors`` section of the job's ``fabrication`` optics file (None without one); refused
     (:class:`ConfigError` naming ``fabrication``) if the file is missing or has no errors section."""
@@ -192,5 +227,5 @@ def job_identity(job: Job) -> dict:
     return json.loads(json.dumps(identity, default=str))
 
 
-__all__ = ["FIRST_STEP", "CaptureStep", "FinetuneStep", "Job", "JobConfig", "TrainStep", "bench_settings",
-           "fabrication_errors", "job_identity", "load_job"]
+__all__ = ["FIRST_STEP", "TRAIN_PATH_FIELDS", "CaptureStep", "FinetuneStep", "Job", "JobConfig", "TrainStep",
+           "bench_settings", "fabrication_errors", "job_identity", "load_job", "resolved_overrides", "training_config"]

@@ -74,14 +74,13 @@ from simulator.system import OpticalSystem
 from ..api import train
 from ..capture import capture, design_fingerprint, stratified_indices
 from ..checkpoint import CheckpointError, find_checkpoint, load_checkpoint, load_model, model_config_of
-from ..config import load_run_config
 from ..data import build_datasets
 from ..data.captures import CaptureDataset
 from ..data.errors import CaptureFileError
 from ..export import export_design
 from ..finetune import (COMPENSATIONS, CapturedSet, accuracy, captured_features, finetune, read_synthetic,
                         synthetic_features, write_synthetic)
-from .config import FinetuneStep, Job, bench_settings, fabrication_errors
+from .config import FinetuneStep, Job, bench_settings, fabrication_errors, training_config
 from .disk import bench_frame_bytes, check_free_space
 from .controls import DESIGN_FT, PERFECT_CAPTURE, nominal_set, ntkd_methods, teacher_check
 from .exposure import check_clipping, choose_exposure, clipping
@@ -112,7 +111,7 @@ def train_models(job: Job) -> dict:
         metrics = run_dir / "metrics.json"
         if not metrics.is_file() or "test" not in json.loads(metrics.read_text()):
             log.info("training the %s in simulation into %s", role, run_dir)
-            train(load_run_config(job.path(step.config), step.set), run_dir)
+            train(training_config(job, role), run_dir)
         out[role] = str(run_dir)
     if not Path(out["student"]).is_dir():
         raise ConfigError("student.run_dir", out["student"], "a run folder of `hil train`")
@@ -137,10 +136,7 @@ def student_model_config(job: Job) -> dict:
     overrides), or from the checkpoint of the given run."""
     step = job.config.student
     if step.config is not None:
-        path = job.path(step.config)
-        if not path.is_file():
-            raise ConfigError("student.config", step.config, f"a `hil train` config file (no file at {path})")
-        return load_run_config(path, step.set).model
+        return training_config(job, "student").model
     checkpoint = find_checkpoint(job.path(step.run_dir or step.checkpoint))
     try:
         return model_config_of(load_checkpoint(checkpoint), checkpoint)

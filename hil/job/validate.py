@@ -4,7 +4,6 @@ the bench's display against the design's image, and the free disk space against 
 
 from __future__ import annotations
 
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -14,9 +13,8 @@ from drivers.bench_fits import check_slm_fits
 from drivers.device import integer_dtype_for
 from onn_core.errors import ConfigError
 
-from ..config import load_run_config
 from ..models import build_model
-from .config import Job, bench_settings
+from .config import Job, bench_settings, training_config
 from .disk import check_free_space, frame_bytes
 from .steps import capture_plan, datasets, design_identity, model_sources, student_model_config
 
@@ -32,7 +30,7 @@ def preflight(job: Job, to_run) -> None:
     model_sources(job)  # the given student run / teacher checkpoint exist
     teacher = job.config.teacher
     if teacher is not None and teacher.config is not None and job.config.needs_teacher and "train" in to_run:
-        load_run_config(_existing(job, "teacher.config", teacher.config), teacher.set)
+        training_config(job, "teacher")
     system = _design_system(job)
     _check_data_root(job)
     train_split, test_split = datasets(job)
@@ -43,13 +41,6 @@ def preflight(job: Job, to_run) -> None:
         check_display_shape(job, system)
     if "capture" in to_run:
         check_free_space(job.run_dir, sum(len(rows) for rows in plan.values()), planned_frame_bytes(job, system))
-
-
-def _existing(job: Job, field: str, value: str) -> Path:
-    path = job.path(value)
-    if not path.is_file():
-        raise ConfigError(field, value, f"an existing file (no file at {path})")
-    return path
 
 
 def _design_system(job: Job):

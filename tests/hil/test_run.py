@@ -15,6 +15,7 @@ from hil.checkpoint import save_checkpoint
 from hil.models import build_model
 from hil.job import STEP_NAMES, JobConfig, JobConfigChanged, load_job, run_job
 from onn_core import config as config_io
+from onn_core.errors import ConfigError
 
 SIZE = 12
 CORNERS = [(1, 1), (1, 8), (8, 1), (8, 8)]
@@ -356,3 +357,37 @@ def test_the_free_space_check_counts_the_frames_and_what_is_already_captured(tmp
     (tmp_path / "run" / "captures").mkdir(parents=True)
     (tmp_path / "run" / "captures" / "train.h5").write_bytes(b"\0" * per_frame)  # one frame already there
     check_free_space(tmp_path / "run", 1001, per_frame)
+
+
+def test_paths_set_in_the_run_config_are_relative_to_it(tmp_path):
+    """Issue 21: ``student.set`` / ``teacher.set`` paths (``model.optics``, ``data.root``, ``teacher.checkpoint``,
+    nested mappings too) are relative to the run config that sets them, not to the training config in
+    another folder; the training config's own paths stay relative to it."""
+    from hil.job.config import training_config
+    from hil.job.steps import student_model_config
+
+    (tmp_path / "train").mkdir()
+    student = {"task": "classification", "model": {k: v for k, v in MODEL.items() if k != "optics"},
+               "data": {"root": "data_of_the_training_config"}}
+    (tmp_path / "train" / "student.yaml").write_text(yaml.safe_dump(student))
+    (tmp_path / "train" / "teacher.yaml").write_text(yaml.safe_dump({"task": "classification", "job": "teacher",
+                                                                      "model": {"name": "lenet"}}))
+    (tmp_path / "optics_x.yaml").write_text(yaml.safe_dump({**MODEL["optics"], "seed": 3}))
+    (tmp_path / "bench.yaml").write_text(yaml.safe_dump({"slm": {}, "camera": {}}))
+    config = {"out_dir": "run", "bench": "bench.yaml",
+              "student": {"config": "train/student.yaml", "set": {"model.optics": "optics_x.yaml",
+                                                                  "teacher": {"checkpoint": "teacher.pt"}}},
+              "teacher": {"config": "train/teacher.yaml", "set": {"data.root": "data"}},
+              "finetune": {"methods": ["ntkd"]}}
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(config))
+    job = load_job(tmp_path / "job.yaml")
+    model = student_model_config(job)
+    assert model["optics"]["photometry"] == MODEL["optics"]["photometry"] and "seed" not in model["optics"]
+    cfg = training_config(job, "student")
+    assert cfg.teacher.checkpoint == str(tmp_path / "teacher.pt")
+    assert cfg.data.root == str(tmp_path / "train" / "data_of_the_training_config")
+    assert training_config(job, "teacher").data.root == str(tmp_path / "data")
+    config["student"]["config"] = "train/missing.yaml"
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(config))
+    with pytest.raises(ConfigError, match="'student.config' = 'train/missing.yaml'"):
+        training_config(load_job(tmp_path / "job.yaml"), "student")
