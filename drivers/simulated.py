@@ -27,6 +27,7 @@ in ``slm_mix`` ({frame id: fraction of the exposure}).
 from __future__ import annotations
 
 import collections
+import inspect
 import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal
@@ -235,7 +236,9 @@ class SimulatedCamera(Camera):
         The SLM it looks at (same clock).
     render : callable ``(gray, exposure_s) -> frame``
         The optics and sensor: SLM gray image (the SLM's shape and dtype) and exposure (s) -> camera
-        frame (rows, cols) of an unsigned integer dtype, e.g. ``OpticalSystem.render``.
+        frame (rows, cols) of an unsigned integer dtype, e.g. ``OpticalSystem.render``. One that also takes
+        ``roi=(row0, col0, rows, cols)`` and returns just that region (``LabRenderer.render``) is asked for the
+        region of interest only, so a small ROI of a large sensor renders at its share of the cost.
     exposure_s, exposure_limits_s, exposure_step_s : float, (float, float), float
         Exposure (s), its limits and its resolution (the read-back value is rounded to it).
     readout_s : float
@@ -310,6 +313,7 @@ class SimulatedCamera(Camera):
         if not isinstance(buffer_frames, int) or buffer_frames < 1:
             raise ValueError(f"buffer_frames must be an integer >= 1, got {buffer_frames!r}")
         self.slm, self._render = slm, render
+        self._render_roi = _takes_roi(render)  # it can render just the region of interest (LabRenderer.render)
         self.optics = None  # the OpticalSystem it renders through, when opened from an optics config
         self.exposure_step_s, self.readout_s, self.frame_period_s = exposure_step_s, readout_s, frame_period_s
         self.buffer_frames = buffer_frames
@@ -381,21 +385,26 @@ class SimulatedCamera(Camera):
         return camera
 
     # ------------------------------------------------------------------------------ rendering
-    def _render_checked(self, gray: np.ndarray, exposure_s: float) -> np.ndarray:
-        image = np.asarray(self._render(gray, exposure_s))
+    def _render_checked(self, gray: np.ndarray, exposure_s: float, roi=None) -> np.ndarray:
+        image = np.asarray(self._render(gray, exposure_s) if roi is None else self._render(gray, exposure_s, roi=roi))
         if image.ndim != 2 or not np.issubdtype(image.dtype, np.unsignedinteger):
             raise ValueError(f"render must return a (rows, cols) unsigned integer frame, got {image.shape} {image.dtype}")
+        if roi is not None and image.shape != tuple(roi[2:]):
+            raise ValueError(f"render of the region {roi} returned a {image.shape} frame, expected {tuple(roi[2:])}")
         return image
 
     def _expose(self, index: int, t0_s: float) -> RawFrame:
-        """Render the frame exposed over ``[t0_s, t0_s + exposure_s]``."""
+        """Render the frame exposed over ``[t0_s, t0_s + exposure_s]`` (only the region of interest when
+        the render function can: ``render(gray, exposure_s, roi=(row0, col0, rows, cols))``)."""
         mix = self.slm.exposure_mix(t0_s, t0_s + self._exposure_s)
-        image = self._render_checked(self.slm.displayed(mix), self._exposure_s)
+        r0, c0, nr, nc = self._roi
+        cropped = (nr, nc) != self.sensor_shape
+        window = self._roi if cropped and self._render_roi else None
+        image = self._render_checked(self.slm.displayed(mix), self._exposure_s, window)
         native = self.native_black_level_dn
         if self._gain != 1.0 or self._black_level != native:
             image = np.clip(np.rint((image - native) * self._gain + self._black_level), 0, self.saturation_dn).astype(self.dtype)
-        r0, c0, nr, nc = self._roi
-        if (nr, nc) != self.sensor_shape:
+        if cropped and window is None:
             image = np.ascontiguousarray(image[r0:r0 + nr, c0:c0 + nc])
         clean = len(mix) == 1 and t0_s >= self.slm.settled_at(next(iter(mix)))
         meta = {"slm_frame_id": next(iter(mix)) if clean else None}
@@ -511,6 +520,14 @@ class SimulatedCamera(Camera):
 
     def _extra_settings(self) -> dict:
         return {"readout_s": self.readout_s, "frame_period_s": self.frame_period_s, "buffer_frames": self.buffer_frames}
+
+
+def _takes_roi(render: Render) -> bool:
+    """Whether ``render`` takes a ``roi`` keyword (renders only a region of the sensor)."""
+    try:
+        return "roi" in inspect.signature(render).parameters
+    except (TypeError, ValueError):  # a callable without a signature
+        return False
 
 
 # ============================================================================================ optics

@@ -150,17 +150,24 @@ class Placement:
         return 1 + self.radial_k1 * rho2, rho2
 
     def _undistort(self, d):
-        """Ideal points ``u`` of distorted points ``d`` (..., 2) (numpy or torch), by fixed-point iteration."""
+        """Ideal points ``u`` of distorted points ``d`` (..., 2) (numpy or torch), by fixed-point iteration.
+        Each point stops at its own first step below 1e-10 px, so its result does not depend on which other
+        points are undone with it (a region of interest warps exactly as the whole sensor does)."""
         if self.radial_k1 == 0:
             return d
         centre, _ = self._sensor_centre_and_radius()
+        where = np.where
         if isinstance(d, torch.Tensor):
-            centre = torch.as_tensor(centre, dtype=d.dtype, device=d.device)
+            centre, where = torch.as_tensor(centre, dtype=d.dtype, device=d.device), torch.where
         u = d
+        done = abs(d[..., 0]) < 0  # all False, numpy or torch
         for _ in range(_UNDISTORT_ITERATIONS):
             factor, _ = self._radial_factor(u)
-            u, previous = centre + (d - centre) / factor[..., None], u
-            if float(abs(u - previous).max()) < 1e-10:
+            step = centre + (d - centre) / factor[..., None]
+            moved = abs(step - u)
+            u = where(done[..., None], u, step)
+            done = done | ((moved[..., 0] < 1e-10) & (moved[..., 1] < 1e-10))
+            if bool(done.all()):
                 break
         return u
 
@@ -196,16 +203,20 @@ class Placement:
         r1, c1 = (min(n, math.ceil(v) + 2) for v, n in zip(land.max(axis=0), (rows, cols)))
         return r0, max(r0, r1), c0, max(c0, c1)
 
-    def warp(self, values: torch.Tensor) -> torch.Tensor:
+    def warp(self, values: torch.Tensor, window=None) -> torch.Tensor:
         """Resample design-frame quantities per pixel (*batch, H, W) (e.g. photons/s per pixel) onto the
-        sensor, (*batch, rows, cols), conserving their sum (module docstring); differentiable in ``values``."""
+        sensor, (*batch, rows, cols), conserving their sum (module docstring); differentiable in ``values``.
+        ``window``: ``(row0, col0, rows, cols)`` of the sensor to compute (a camera's region of interest;
+        default the whole sensor): the result is exactly that crop of the whole sensor's, at its share of
+        the cost."""
         check_tensor("values", values, min_ndim=2)
         (h, w), batch = values.shape[-2:], values.shape[:-2]
         if h < 2 or w < 2:
             raise InputError(f"values must be at least 2 x 2 pixels, got {tuple(values.shape)}")
-        rows, cols = self.sensor_shape
+        window = self._window(window)
+        wr0, wc0, rows, cols = window
         out = values.new_zeros(*batch, rows, cols)
-        (r0, r1, c0, c1), n, grid, jacobian = _sampling(self, h, w)
+        (r0, r1, c0, c1), n, grid, jacobian = _sampling(self, h, w, window)
         if grid is None:
             return out
         flat = values.reshape(-1, 1, h, w)
@@ -213,19 +224,34 @@ class Placement:
         sampled = F.grid_sample(flat.to(grid.dtype), grid.expand(flat.shape[0], *grid.shape[1:]), mode="bilinear",
                                 padding_mode="zeros", align_corners=True)[:, 0] * jacobian
         pixels = sampled.reshape(-1, r1 - r0, n, c1 - c0, n).mean(dim=(2, 4)).to(values.dtype)
-        out[..., r0:r1, c0:c1] = pixels.reshape(*batch, r1 - r0, c1 - c0)
+        out[..., r0 - wr0:r1 - wr0, c0 - wc0:c1 - wc0] = pixels.reshape(*batch, r1 - r0, c1 - c0)
         return out
 
+    def _window(self, window) -> tuple[int, int, int, int]:
+        """``window`` (row0, col0, rows, cols) checked to lie on the sensor; None: the whole sensor."""
+        rows, cols = self.sensor_shape
+        if window is None:
+            return 0, 0, rows, cols
+        r0, c0, nr, nc = (int(v) for v in window)
+        if r0 < 0 or c0 < 0 or nr < 1 or nc < 1 or r0 + nr > rows or c0 + nc > cols:
+            raise InputError(f"window {tuple(window)!r} must lie inside the {rows}x{cols} sensor with rows, cols >= 1")
+        return r0, c0, nr, nc
 
-@functools.lru_cache(maxsize=4)
-def _sampling(placement: Placement, h: int, w: int):
-    """Where :meth:`Placement.warp` samples a (h, w) design frame, (cached per placement): the sensor window
-    ``(r0, r1, c0, c1)``, sub-samples per axis ``n``, the ``grid_sample`` grid (1, rows n, cols n, 2) and the
-    area factor ``|dq/dd|`` of every sub-sample (float64, CPU); grid None when no light reaches the sensor."""
-    window = r0, r1, c0, c1 = placement._footprint((h, w))
+
+@functools.lru_cache(maxsize=8)
+def _sampling(placement: Placement, h: int, w: int, window: tuple[int, int, int, int]):
+    """Where :meth:`Placement.warp` samples a (h, w) design frame for the sensor ``window`` (row0, col0, rows,
+    cols) (cached per placement and window): the sensor pixels ``(r0, r1, c0, c1)`` that can receive light
+    (inside the window), sub-samples per axis ``n``, the ``grid_sample`` grid (1, rows n, cols n, 2) and the
+    area factor ``|dq/dd|`` of every sub-sample (float64, CPU); grid None when no light reaches the window.
+    Every sub-sample is computed on its own, so a window's values are exactly those of the whole sensor."""
+    r0, r1, c0, c1 = placement._footprint((h, w))
+    wr0, wc0, rows, cols = window
+    r0, r1, c0, c1 = max(r0, wr0), min(r1, wr0 + rows), max(c0, wc0), min(c1, wc0 + cols)
+    r1, c1 = max(r0, r1), max(c0, c1)
     n = math.ceil(1 / placement.magnification - 1e-9)
     if r1 == r0 or c1 == c0:
-        return window, n, None, None
+        return (r0, r1, c0, c1), n, None, None
     dtype = torch.float64
     sub = (torch.arange(n, dtype=dtype) + 0.5) / n - 0.5
     rr = (torch.arange(r0, r1, dtype=dtype)[:, None] + sub).reshape(-1)
@@ -233,10 +259,11 @@ def _sampling(placement: Placement, h: int, w: int):
     u = placement._undistort(torch.stack(torch.meshgrid(rr, cc, indexing="ij"), dim=-1))
     factor, rho2 = placement._radial_factor(u)
     jacobian = 1 / (placement.magnification**2 * factor * (1 + 3 * placement.radial_k1 * rho2))
-    inverse = torch.as_tensor(np.linalg.inv(placement.linear()), dtype=dtype)
-    q = (u - torch.as_tensor(placement.center, dtype=dtype)) @ inverse.T + torch.tensor([(h - 1) / 2, (w - 1) / 2], dtype=dtype)
-    grid = torch.stack([q[..., 1] * (2 / (w - 1)) - 1, q[..., 0] * (2 / (h - 1)) - 1], dim=-1)[None]
-    return window, n, grid, jacobian
+    (a, b), (c, d) = np.linalg.inv(placement.linear()).tolist()
+    dr, dc = u[..., 0] - float(placement.center[0]), u[..., 1] - float(placement.center[1])
+    qr, qc = a * dr + b * dc + (h - 1) / 2, c * dr + d * dc + (w - 1) / 2  # elementwise (no matmul kernel's blocking)
+    grid = torch.stack([qc * (2 / (w - 1)) - 1, qr * (2 / (h - 1)) - 1], dim=-1)[None]
+    return (r0, r1, c0, c1), n, grid, jacobian
 
 
 @dataclass(frozen=True)
@@ -286,23 +313,47 @@ class LabRenderer:
     def frame_shape(self) -> tuple[int, int]:
         return self.placement.sensor_shape
 
-    def photon_rates(self, gray: torch.Tensor) -> torch.Tensor:
-        """Expected photons per second on every camera pixel (N, rows, cols) of display gray levels (N, C, H, W)."""
-        return self.placement.warp(self.system.photon_rate_frame(gray))
+    def photon_rates(self, gray: torch.Tensor, roi=None) -> torch.Tensor:
+        """Expected photons per second on every camera pixel (N, rows, cols) of display gray levels (N, C, H, W)
+        (``roi``: only that region (row0, col0, rows, cols) of the sensor, as :meth:`Placement.warp`'s window)."""
+        return self.placement.warp(self.system.photon_rate_frame(gray), roi)
 
-    def render(self, gray: np.ndarray, exposure_s: float | None = None) -> np.ndarray:
+    def render(self, gray: np.ndarray, exposure_s: float | None = None, roi=None) -> np.ndarray:
         """One camera frame (rows, cols) uint16 of a display image ``gray`` (H, W) or (H, W, C) of
         unsigned ints over ``exposure_s`` (s; default the optics' reference), with seeded sensor noise
-        (a fresh renderer renders the same sequence). Values beyond 0..65535 are clipped."""
+        (a fresh renderer renders the same sequence). Values beyond 0..65535 are clipped.
+
+        ``roi`` ``(row0, col0, rows, cols)``: render only that region of the sensor (a camera's region of
+        interest), at its share of the cost. Its expected values (and fixed pattern) are exactly that crop of
+        the whole sensor's; its noise is drawn for the region's pixels only, so a noisy region is another
+        draw of the same distribution, not the crop of a whole noisy frame."""
         if not isinstance(gray, np.ndarray) or gray.ndim not in (2, 3) or gray.dtype.kind != "u":
             raise InputError(f"gray must be a numpy array (rows, cols) or (rows, cols, channels) of unsigned ints, "
                              f"got {type(gray).__name__} {getattr(gray, 'dtype', '')} {getattr(gray, 'shape', '')}")
         exposure_s = self.system.photometry.exposure_s if exposure_s is None else exposure_s
+        window = self.placement._window(roi)
         image = gray[None] if gray.ndim == 2 else np.moveaxis(gray, -1, 0)
         with torch.no_grad():
-            rates = self.photon_rates(torch.from_numpy(image.astype(np.int64))[None]).cpu()
-            frame = self.sensor.forward(rates * exposure_s, generator=self._generator, exposure_s=exposure_s)[0]
+            rates = self.photon_rates(torch.from_numpy(image.astype(np.int64))[None], window).cpu()
+            sensor, photons = self.sensor, rates * exposure_s
+            if sensor.has_fixed_pattern:  # the whole sensor's pattern, cropped to the window
+                sensor, photons = self._windowed_pattern(photons, window, exposure_s)
+            frame = sensor.forward(photons, generator=self._generator, exposure_s=exposure_s)[0]
         return np.clip(np.rint(frame.numpy()), 0, np.iinfo(np.uint16).max).astype(np.uint16)
+
+    def _windowed_pattern(self, photons: torch.Tensor, window, exposure_s: float):
+        """(sensor, photons) whose :meth:`SensorModel.forward` renders ``window`` of the sensor with the whole
+        sensor's fixed pattern cropped to it (the sensor would draw a pattern for the shape it is given): the
+        pattern's response and dark current are folded into the photons, and the returned sensor has none.
+        Used for the whole sensor too, so a window's expected values are exactly the whole frame's crop."""
+        r0, c0, rows, cols = window
+        pattern = self.sensor.fixed_pattern(self.frame_shape)
+        response = pattern.response[r0:r0 + rows, c0:c0 + cols].to(photons.dtype)
+        dark = pattern.dark_current_e_per_s[r0:r0 + rows, c0:c0 + cols].to(photons.dtype)
+        qe = self.sensor.quantum_efficiency
+        plain = dataclasses.replace(self.sensor, prnu_rel_std=0.0, dsnu_e_per_s_std=0.0, hot_pixel_fraction=0.0,
+                                    dead_pixel_fraction=0.0, dark_current_e_per_s=0.0)
+        return plain, photons * response + dark * (exposure_s / qe)
 
 
 def _build(cls, mapping, path: str):

@@ -75,3 +75,26 @@ def test_bad_screen_fields_are_named(slm, field):
 def test_bad_lab_camera_fields_are_named(camera, field):
     with pytest.raises(ConfigError, match=f"'{field}'"):
         open_bench(_config(**camera), clock=VirtualClock())
+
+
+def test_a_region_of_interest_renders_only_that_region_and_equals_the_crop_of_the_whole_frame():
+    """The lab camera renders just its ROI (LabRenderer.render(..., roi=)); with the sensor's noise off the
+    frame is exactly the crop of the whole sensor's frame (same placement, defects, gain and black level):
+    the warp computes every camera pixel on its own and the fixed pattern is the whole sensor's, cropped."""
+    optics = yaml.safe_load((EXAMPLES / "optics.yaml").read_text())
+    optics["sensor"]["noise"] = False
+    image = np.random.default_rng(3).integers(0, 256, (28, 28), dtype=np.uint8)
+    with open_bench(_config(optics=optics), clock=VirtualClock()) as bench:
+        camera = bench.camera
+        calls = []
+        render = camera._render
+        camera._render = lambda gray, exposure_s, **kw: calls.append(kw) or render(gray, exposure_s, **kw)
+        camera.gain, camera.black_level = 1.5, 40.0
+        whole = bench.measure(image).frame.image
+        roi = (300, 480, 450, 470)  # holds the placed tiles' middle, cuts through others
+        camera.roi = roi
+        part = bench.measure(image).frame.image
+    assert calls == [{}, {"roi": roi}]
+    r0, c0, rows, cols = roi
+    assert part.shape == (rows, cols) and whole[r0:r0 + rows, c0:c0 + cols].max() > 1000
+    assert np.array_equal(part, whole[r0:r0 + rows, c0:c0 + cols])
