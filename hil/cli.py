@@ -32,7 +32,7 @@ from onn_core.errors import HilError
 from onn_core.progress import set_progress
 
 COMMAND_MODULES = ("hil.commands.devices", "hil.commands.train", "hil.commands.capture", "hil.commands.estimate",
-                   "hil.commands.calibrate", "hil.commands.run", "hil.commands.locate", "hil.commands.timing")
+                   "hil.commands.calibrate", "hil.commands.run", "hil.commands.locate", "hil.commands.timing", "hil.commands.live")
 #: Exit status of a toolkit error or a file error.
 ERROR_EXIT = 2
 

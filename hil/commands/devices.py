@@ -58,8 +58,6 @@ def cmd_devices(args) -> int:
 
 
 def cmd_snap(args) -> int:
-    import datetime
-
     from drivers import open_bench
     from drivers.images import check_frame_path, read_image, write_frame
 
@@ -72,23 +70,30 @@ def cmd_snap(args) -> int:
             frame = bench.measure(image).frame
         else:
             frame = bench.camera.snap()
-        meta = {
-            "image": args.output.name,
-            "index": frame.index,
-            "timestamp_s": frame.timestamp_s,
-            "exposure_s": frame.exposure_s,
-            "gain": frame.gain,
-            "meta": frame.meta,
-            "captured_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "settings": bench.settings(),
-            "config": bench.config,
-        }
-        sidecar = write_frame(args.output, frame.image, meta)
+        sidecar = write_frame(args.output, frame.image, frame_metadata(bench, frame, args.output.name))
     preview, (low, high) = write_preview(args.output, frame.image)
     print(f"{args.output}: {frame.image.shape[1]}x{frame.image.shape[0]} {frame.image.dtype}, frame {frame.index}, "
           f"exposure {frame.exposure_s:g} s, min {frame.image.min()} max {frame.image.max()} (metadata: {sidecar}; "
           f"preview {preview}: {low:g}..{high:g} -> 0..255)")
     return 0
+
+
+def frame_metadata(bench, frame, name: str) -> dict:
+    """The JSON sidecar of ``frame`` saved as ``name`` from ``bench``: the frame's metadata, the capture
+    time (UTC), the devices' settings and the resolved bench config (`hil snap`, `hil live`)."""
+    import datetime
+
+    return {
+        "image": name,
+        "index": frame.index,
+        "timestamp_s": frame.timestamp_s,
+        "exposure_s": frame.exposure_s,
+        "gain": frame.gain,
+        "meta": frame.meta,
+        "captured_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "settings": bench.settings(),
+        "config": bench.config,
+    }
 
 
 #: Percentiles of a frame mapped to 0 and 255 in its ``hil snap`` preview.
