@@ -28,6 +28,7 @@ import numpy as np
 from drivers.bench_fits import check_bench_fits
 from onn_core import config as config_io
 from onn_core.errors import ConfigError, HilError
+from simulator.device import check_device_name, resolve_device
 from simulator.fabrication import FabricationErrors
 from simulator.system import OpticalSystem
 
@@ -72,7 +73,10 @@ class PSFSettings:
 
 @dataclass(frozen=True)
 class CalibrationConfig:
-    """The ``calibration`` section of a config (every field optional; see examples/calibrate_sim.yaml)."""
+    """The ``calibration`` section of a config (every field optional; see examples/calibrate_sim.yaml).
+    ``device`` (``cpu``, ``cuda``, ``cuda:N``, ``auto``): where the mismatch fit is to compute; checked
+    and resolved (CUDA where there is none is refused naming ``calibration.device``), but the fit
+    (:mod:`calibration.fit`) takes no device yet and runs on the CPU, saying so."""
 
     stages: tuple[str, ...] = STAGES
     sensor: SensorSettings = field(default_factory=SensorSettings)
@@ -80,8 +84,10 @@ class CalibrationConfig:
     geometry: GeometrySettings = field(default_factory=GeometrySettings)
     psf: PSFSettings = field(default_factory=PSFSettings)
     fit: FitSettings = field(default_factory=FitSettings)
+    device: str = "cpu"
 
     def __post_init__(self):
+        check_device_name(self.device, "calibration.device")
         stages = tuple(self.stages)
         bad = [s for s in stages if s not in STAGES]
         if bad or not stages:
@@ -181,14 +187,20 @@ class Calibration:
         return out
 
 
-def calibrate(bench, system: OpticalSystem, config: CalibrationConfig | dict | None = None) -> Calibration:
+def calibrate(bench, system: OpticalSystem, config: CalibrationConfig | dict | None = None, *,
+              diagnostics_dir=None) -> Calibration:
     """Run the configured stages on ``bench`` against the nominal ``system`` (module docstring).
+    ``diagnostics_dir``: where a failed geometry stage saves its annotated frame
+    (:data:`calibration.geometry.DIAGNOSTIC_NAME`; its error names the file); None: nowhere.
 
     Raises :class:`~drivers.bench_fits.BenchMismatch` before anything is shown when the bench does not
     fit ``system``, and :class:`~calibration.errors.CalibrationError` (with the stage named) when a
     measurement or fit fails; the SLM is left blank by the bench on any exit.
     """
     config = config if isinstance(config, CalibrationConfig) else CalibrationConfig.from_dict(config)
+    device = resolve_device(config.device, "calibration.device")
+    if "fit" in config.stages and device.type != "cpu":
+        log.warning("calibration.device %s: the mismatch fit takes no device yet and runs on the CPU", device)
     check_bench_fits(bench, system)
     result = Calibration(optics=_nominal_config(system), bench_settings=config_io.to_plain(bench.settings()),
                          config=config_io.to_plain(config),
@@ -197,7 +209,7 @@ def calibrate(bench, system: OpticalSystem, config: CalibrationConfig | dict | N
     for stage in config.stages:
         log.info("calibration stage %s", stage)
         try:
-            _run_stage(stage, bench, system, config, result)
+            _run_stage(stage, bench, system, config, result, diagnostics_dir)
         except HilError as exc:  # CalibrationError, ExposureError, device errors
             if hasattr(exc, "add_note"):
                 exc.add_note(f"in calibration stage {stage!r}")
@@ -206,7 +218,8 @@ def calibrate(bench, system: OpticalSystem, config: CalibrationConfig | dict | N
     return result
 
 
-def _run_stage(stage: str, bench, system: OpticalSystem, config: CalibrationConfig, result: Calibration) -> None:
+def _run_stage(stage: str, bench, system: OpticalSystem, config: CalibrationConfig, result: Calibration,
+               diagnostics_dir=None) -> None:
     if stage == "sensor":
         s = config.sensor
         result.sensor = measure_sensor(bench, frames=s.frames, read_frames=s.read_frames, num_exposures=s.num_exposures)
@@ -216,7 +229,8 @@ def _run_stage(stage: str, bench, system: OpticalSystem, config: CalibrationConf
                                                   frames=d.frames, sensor=result.sensor)
     elif stage == "geometry":
         g = config.geometry
-        result.geometry = measure_geometry(bench, system, averages=g.averages, phases=g.phases)
+        result.geometry = measure_geometry(bench, system, averages=g.averages, phases=g.phases,
+                                           diagnostics_dir=diagnostics_dir)
         margin = system.geometry.psf_margin_px
         worst = float(np.abs(result.geometry.offsets_px).max())
         if worst > margin:

@@ -42,6 +42,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     # the stage names of calibration.api.STAGES (not imported here: `hil --help` stays light)
     parser.add_argument("--stages", help="comma-separated subset of sensor,display,geometry,psf,fit "
                                          "(default: the config's)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"),
+                        help="where the computation runs (default: the config's calibration.device, else cpu)")
     parser.add_argument("--report-only", metavar="DIR",
                         help=f"only rebuild the report (report.md, report.json, PNGs) from DIR/{FILE_NAME}; "
                              "opens no bench")
@@ -49,7 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.report_only is not None:
-        if args.config or args.out or args.stages:
+        if args.config or args.out or args.stages or getattr(args, "device", None):
             raise InputError("--report-only DIR takes no CONFIG, --out or --stages: it rebuilds the report of "
                              "the calibration file already in DIR")
         return rebuild_report(args.report_only)
@@ -90,6 +92,8 @@ def calibrate_command(args: argparse.Namespace) -> int:
     settings = dict(cfg.calibration)
     if args.stages:
         settings["stages"] = [s.strip() for s in args.stages.split(",") if s.strip()]
+    if getattr(args, "device", None):
+        settings["device"] = args.device
     calibration_config = CalibrationConfig.from_dict(settings)
     optics = config_io.load_yaml(base / cfg.optics)
     if not isinstance(optics, dict):
@@ -101,7 +105,7 @@ def calibrate_command(args: argparse.Namespace) -> int:
     if target.exists():
         raise CalibrationFileError(f"{target} exists: an earlier calibration is never overwritten; choose another --out")
     with open_bench(base / cfg.bench) as bench:
-        calibration = calibrate(bench, system, calibration_config)
+        calibration = calibrate(bench, system, calibration_config, diagnostics_dir=out)
     save_calibration(calibration, target)
     report = write_report(calibration, out)
     print(f"calibration {calibration.calibration_id}: {target}")

@@ -44,7 +44,8 @@ from onn_core.errors import ConfigError, HilError, InputError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["GridLocation", "LocateError", "annotate", "locate", "locate_grid", "nominal_system", "patterns"]
+__all__ = ["GridLocation", "LocateError", "annotate", "locate", "locate_grid", "locate_into", "nominal_system",
+           "patterns"]
 
 SCHEMA, VERSION = LOCATION_SCHEMA, LOCATION_VERSION  # what a bench's camera.locate reads (drivers.located)
 #: Threshold of the tile mask, as a fraction of the brightest (median-filtered) white signal.
@@ -549,6 +550,27 @@ def locate(bench, system, *, averages: int = 2, auto_exposure: bool = True) -> G
     camera's frames (:func:`locate_grid`)."""
     frames = capture_patterns(bench, system, averages=averages, auto_exposure=auto_exposure)
     return locate_grid(frames, system, saturation_dn=bench.camera.saturation_dn)
+
+
+def locate_into(bench, system, output, *, averages: int = 2, auto_exposure: bool = True) -> GridLocation:
+    """:func:`locate` on ``bench`` (its camera's own frames: open it with ``located=False``), the location
+    written to ``output`` (YAML, atomically) with the annotated white frame beside it (``output`` with
+    ``.png``; :func:`annotate`): what ``hil locate`` and the ``locate`` step of ``hil run`` do. A frame in
+    which the grid is not found raises :class:`LocateError` naming the exposure and the PNG, which
+    shows what was seen."""
+    from pathlib import Path
+
+    output = Path(output)
+    png = output.with_suffix(".png")
+    frames = capture_patterns(bench, system, averages=averages, auto_exposure=auto_exposure)
+    try:
+        location = locate_grid(frames, system, saturation_dn=bench.camera.saturation_dn)
+    except LocateError as exc:
+        write_png(png, exc.annotated if exc.annotated is not None else annotate(frames["white"]))
+        raise LocateError(f"{exc} (frames at exposure {bench.camera.exposure_s:g} s; annotated frame: {png})") from exc
+    location.save(output)
+    write_png(png, annotate(frames["white"] - frames["dark"], location, system))
+    return location
 
 
 # ============================================================================================ picture

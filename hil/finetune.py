@@ -124,7 +124,7 @@ def captured_features(captures, layer, *, design_id: str | None = None, calibrat
 
 
 def synthetic_features(calibration, images: torch.Tensor, labels: torch.Tensor, source_indices: torch.Tensor, *,
-                       exposure_s: float, seed: int = 0, batch_size: int = 500) -> CapturedSet:
+                       exposure_s: float, seed: int = 0, batch_size: int = 500, device="cpu") -> CapturedSet:
     """Synthetic captures of ``images`` (N, C, H, W) in [0, 1]: what the calibrated bench would record,
     read through the same calibration layer as real frames (module docstring).
 
@@ -132,16 +132,18 @@ def synthetic_features(calibration, images: torch.Tensor, labels: torch.Tensor, 
     as :func:`hil.capture.display_image`), rendered by ``calibration.calibrated_system()`` at
     ``exposure_s``, with the sensor noise of its sensor model (its ``noise`` switch; seeded by
     ``seed``); its dark-subtracted photo-electrons (the noise-free black frame of the same model
-    removed) go through ``calibration.layer().from_electrons``.
+    removed) go through ``calibration.layer().from_electrons``. ``device``: where they are rendered
+    (the features come back on the CPU; the noise draws of a CUDA generator differ from the CPU's).
     """
-    system, layer = calibration.calibrated_system(), calibration.layer()
+    system, layer = calibration.calibrated_system().to(device), calibration.layer().to(device)
     system.eval()
     with torch.no_grad():
-        black = system.frame(torch.zeros((1, *images.shape[1:]), dtype=torch.int64), exposure_s, noise=False)
+        black = system.frame(torch.zeros((1, *images.shape[1:]), dtype=torch.int64, device=device), exposure_s,
+                             noise=False)
         black_e = system.sensor.electrons(black)
     read = lambda frames: layer.from_electrons(system.sensor.electrons(frames) - black_e, exposure_s)  # noqa: E731
     return _rendered(system, read, images, labels, source_indices, exposure_s=exposure_s, seed=seed, noise=None,
-                     batch_size=batch_size)
+                     batch_size=batch_size, device=device)
 
 
 def simulated_features(system, images: torch.Tensor, labels: torch.Tensor, source_indices: torch.Tensor, *,
@@ -154,21 +156,23 @@ def simulated_features(system, images: torch.Tensor, labels: torch.Tensor, sourc
                      exposure_s=exposure_s, seed=seed, noise=True, batch_size=batch_size)
 
 
-def _rendered(system, read, images, labels, source_indices, *, exposure_s: float, seed: int, noise, batch_size: int):
+def _rendered(system, read, images, labels, source_indices, *, exposure_s: float, seed: int, noise, batch_size: int,
+              device="cpu"):
     """Frames of ``images`` shown as gray levels and rendered by ``system`` (``noise`` as
-    :meth:`~simulator.system.OpticalSystem.frame`), read by ``read(frames_dn) -> features``."""
+    :meth:`~simulator.system.OpticalSystem.frame`) on ``device`` (where ``system`` and ``read`` compute),
+    read by ``read(frames_dn) -> features``, returned on the CPU."""
     if images.ndim != 4 or len(images) != len(labels) or len(images) != len(source_indices):
         raise InputError(f"images must be (N, C, H, W) with one label and source index each, got {tuple(images.shape)}, "
                          f"{len(labels)} labels, {len(source_indices)} indices")
     from simulator.display import quantise_intensities
 
     system.eval()
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator(device=device).manual_seed(seed)
     out = []
     with torch.no_grad():
         for start in range(0, len(images), batch_size):
-            gray = quantise_intensities(images[start:start + batch_size], system.display.levels)
-            out.append(read(system.frame(gray, exposure_s, noise=noise, generator=generator)).float())
+            gray = quantise_intensities(images[start:start + batch_size].to(device), system.display.levels)
+            out.append(read(system.frame(gray, exposure_s, noise=noise, generator=generator)).float().cpu())
     return CapturedSet(torch.cat(out), labels.clone(), source_indices.clone())
 
 
@@ -245,7 +249,7 @@ def accuracy(backend: nn.Module, data: CapturedSet, batch_size: int = 1000) -> f
 def finetune(student, train: CapturedSet, *, method: str = "task", teacher: nn.Module | None = None,
              source_inputs: torch.Tensor | None = None, loss: dict | None = None, epochs: int = 10,
              lr: float = 1e-3, batch_size: int = 64, seed: int = 0, val: CapturedSet | None = None,
-             max_steps: int | None = None, out_dir=None, progress: bool = False):
+             max_steps: int | None = None, out_dir=None, progress: bool = False, device="cpu"):
     """Retrain a copy of ``student.backend`` on captured features; returns ``(backend, TrainResult)``.
 
     ``method``: ``task`` (cross-entropy), ``kd`` or ``ntkd`` (``teacher`` and the raw ``source_inputs``
@@ -254,7 +258,8 @@ def finetune(student, train: CapturedSet, *, method: str = "task", teacher: nn.M
     the backend: the best of every epoch's end and the last step (else the last is kept); the
     result's ``best_metric`` is its validation accuracy.
     ``max_steps`` stops after that many optimiser steps (an equal budget whatever the set's size). With
-    ``out_dir`` the run is checkpointed and resumes like ``hil train``.
+    ``out_dir`` the run is checkpointed and resumes like ``hil train``. ``device``: where the backend
+    trains (the ``teacher`` must be there already); the backend comes back on the CPU.
     """
     from .losses import build_objective
     from .trainer import Trainer
@@ -277,8 +282,9 @@ def finetune(student, train: CapturedSet, *, method: str = "task", teacher: nn.M
                           num_classes=int(train.labels.max()) + 1, optimizer=torch.optim.Adam(backend.parameters(), lr=lr),
                           val_data=None if val is None else TensorDataset(val.features, val.labels),
                           batch_size=batch_size, epochs=epochs, max_steps=max_steps, seed=seed, progress=progress,
-                          out_dir=None if out_dir is None else Path(out_dir), restore_best=False)
+                          out_dir=None if out_dir is None else Path(out_dir), restore_best=False, device=device)
         result = trainer.fit()
+    backend = backend.cpu()
     if val is not None:  # the last step may fall inside an epoch, which the trainer did not evaluate
         last = accuracy(backend, val)
         if trainer.best_state is not None and result.best_metric >= last:

@@ -33,21 +33,14 @@ def register(subparsers) -> None:
 def cmd_locate(args) -> int:
     import math
 
-    from calibration.locate import LocateError, annotate, capture_patterns, locate_grid, nominal_system, write_png
+    from calibration.locate import locate_into, nominal_system
     from drivers import open_bench
 
     png = args.output.with_suffix(".png")
     system = nominal_system(args.optics)
     with open_bench(args.config, located=False) as bench:  # the camera's own frames, whatever camera.locate says
-        frames = capture_patterns(bench, system, averages=args.averages, auto_exposure=not args.no_auto_exposure)
-        saturation_dn, exposure_s = bench.camera.saturation_dn, bench.camera.exposure_s
-    try:
-        location = locate_grid(frames, system, saturation_dn=saturation_dn)
-    except LocateError as exc:
-        write_png(png, exc.annotated if exc.annotated is not None else annotate(frames["white"]))
-        raise LocateError(f"{exc} (frames at exposure {exposure_s:g} s; annotated frame: {png})") from exc
-    location.save(args.output)
-    write_png(png, annotate(frames["white"] - frames["dark"], location, system))
+        location = locate_into(bench, system, args.output, averages=args.averages,
+                               auto_exposure=not args.no_auto_exposure)
     r0, c0, rows, cols = location.roi
     print(f"{args.output}: design frame {system.frame_shape[0]}x{system.frame_shape[1]} found in the "
           f"{location.frame_shape[0]}x{location.frame_shape[1]} frame: ROI rows {r0}..{r0 + rows - 1}, cols "

@@ -5,16 +5,17 @@ from __future__ import annotations
 import argparse
 
 # the job's steps in order (hil.job.steps.STEP_NAMES; written out so that `hil --help` imports no torch)
-STEP_CHOICES = ("train", "export", "calibrate", "capture", "finetune", "evaluate", "report")
+STEP_CHOICES = ("train", "export", "locate", "calibrate", "capture", "finetune", "evaluate", "report")
 
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
-        "run", help="the whole job: train, export, fabricate/open the bench, calibrate, capture, fine-tune, report",
+        "run", help="the whole job: train, export, fabricate/open the bench, locate, calibrate, capture, fine-tune, report",
         description="Train the optical student in simulation (or take a trained run), export its design, open "
                     "the bench (a simulated one fabricates the design with the config's fabrication errors), "
-                    "calibrate it, capture the training fractions and a held-out test set, fine-tune the digital "
-                    "backend with every method, evaluate and write report.json, summary.md and PNG plots into "
+                    "locate the design's grid in its camera frame (when the bench's camera.locate file does not "
+                    "exist yet: into the run folder's grid.yaml), calibrate it, capture the training fractions "
+                    "and a held-out test set, fine-tune the digital backend with every method, evaluate and write report.json, summary.md and PNG plots into "
                     "one run folder. The config, files, dataset, bench and free disk space are checked before "
                     "the first step. Rerunning the same command resumes after the last finished step; a "
                     "finished step whose files are missing or damaged is run again "

@@ -1,5 +1,5 @@
 """The hardware-in-the-loop job, ``hil run CONFIG``: train -> export design -> fabricate/open the bench
--> calibrate -> capture -> fine-tune -> evaluate -> report, into one run folder
+-> locate the design in the camera frame (a bench whose camera names a ``locate`` file not yet written) -> calibrate -> capture -> fine-tune -> evaluate -> report, into one run folder
 (docs/method.md#stage-3-compensation).
 
 =====================  =====================================================================

@@ -15,17 +15,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from onn_core.config import build, load_yaml, to_plain
 from onn_core.errors import ConfigError
 from onn_core.files import resolve_relative
+from simulator.device import check_device_name, resolve_device
 
 from ..finetune import COMPENSATIONS
 
 # the first step whose output depends on each top-level field of the identity (None: no output does)
-FIRST_STEP = {"student": "train", "teacher": "train", "bench": "calibrate",
-              "bench_settings": "calibrate", "fabrication": "calibrate", "fabrication_errors": "calibrate",
+FIRST_STEP = {"student": "train", "teacher": "train", "bench": "locate",
+              "bench_settings": "locate", "fabrication": "calibrate", "fabrication_errors": "calibrate",
               "calibration": "calibrate", "data": "capture", "capture": "capture", "finetune": "finetune",
-              "out_dir": None, "clock": None, "threads": None}
+              "out_dir": None, "clock": None, "threads": None, "device": None}
 
 
 @dataclass
@@ -109,7 +112,11 @@ class FinetuneStep:
 @dataclass
 class JobConfig:
     """A ``hil run`` config (examples/run_sim.yaml). Relative paths are relative to the config file.
-    ``clock`` overrides the bench's (``virtual``: a simulated bench runs as fast as it renders)."""
+    ``clock`` overrides the bench's (``virtual``: a simulated bench runs as fast as it renders).
+    ``device`` (``cpu``, ``cuda``, ``cuda:N`` or ``auto``: CUDA when available) runs the student and
+    teacher training (it sets their ``train.device``), the synthetic captures' rendering, the
+    fine-tuning and the calibration's mismatch fit; a resumed run may change it (not part of what
+    the outputs are: :data:`FIRST_STEP`)."""
 
     out_dir: str
     bench: str
@@ -122,8 +129,10 @@ class JobConfig:
     finetune: FinetuneStep = field(default_factory=FinetuneStep)
     clock: str | None = None
     threads: int | None = None
+    device: str = "cpu"
 
     def __post_init__(self):
+        check_device_name(self.device, "device")
         if any(COMPENSATIONS[m].loss == "ntkd" for m in self.finetune.methods) and self.teacher is None:
             raise ConfigError("teacher", None, "a teacher (config, run_dir or checkpoint) for the NTKD methods "
                               f"{[m for m in self.finetune.methods if COMPENSATIONS[m].loss == 'ntkd']}")
@@ -177,7 +186,9 @@ def training_config(job: Job, role: str):
     path = job.path(step.config)
     if not path.is_file():
         raise ConfigError(f"{role}.config", step.config, f"a `hil train` config file (no file at {path})")
-    return load_run_config(path, resolved_overrides(step.set, job.base_dir))
+    overrides = resolved_overrides(step.set, job.base_dir)
+    overrides["train.device"] = str(job_device(job))  # the job's device trains its models
+    return load_run_config(path, overrides)
 
 
 def resolved_overrides(overrides: dict, base: Path) -> dict:
@@ -192,6 +203,12 @@ def resolved_overrides(overrides: dict, base: Path) -> dict:
         return str(resolve_relative(value, base).resolve()) if is_path and isinstance(value, str) else value
 
     return {dotted: resolve(dotted, value) for dotted, value in (overrides or {}).items()}
+
+
+def job_device(job: Job) -> torch.device:
+    """The device the job computes on (``device``; :func:`simulator.device.resolve_device`): CUDA asked
+    for where there is none is refused naming ``device``."""
+    return resolve_device(job.config.device, "device")
 
 
 def fabrication_errors(job: Job) -> dict | None:
@@ -228,4 +245,5 @@ def job_identity(job: Job) -> dict:
 
 
 __all__ = ["FIRST_STEP", "TRAIN_PATH_FIELDS", "CaptureStep", "FinetuneStep", "Job", "JobConfig", "TrainStep",
-           "bench_settings", "fabrication_errors", "job_identity", "load_job", "resolved_overrides", "training_config"]
+           "bench_settings", "fabrication_errors", "job_device", "job_identity", "load_job", "resolved_overrides",
+           "training_config"]

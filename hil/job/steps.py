@@ -8,7 +8,11 @@ step               writes (inside the run folder)
                          ``teacher/`` when an NTKD method is asked for and no checkpoint is given
 :func:`export`           ``design/`` (``kernels.npy`` + ``optics.yaml``, :func:`hil.export.export_design`)
 :func:`bench_config`     ``bench.yaml``: the bench config; on a simulated bench its camera looks
-                         through the exported design with the fabrication errors of ``fabrication``
+                         through the exported design with the fabrication errors of ``fabrication``;
+                         its ``camera.locate`` the run's ``grid.yaml`` once the locate step wrote one
+:func:`locate_design`    ``locate.json`` (what was done or why nothing was), and, when the bench's
+                         camera names a ``locate`` file that does not exist yet, ``grid.yaml`` +
+                         ``grid.png`` (:func:`calibration.locate.locate_into`, as ``hil locate``)
 :func:`calibrate_bench`  ``calibration.h5`` (:func:`calibration.calibrate`, never overwritten)
 :func:`capture_sets`     ``captures/train.h5`` (the largest captured fraction of the training split;
                          the smaller fractions are its first rows of every class, so nested),
@@ -62,13 +66,14 @@ import yaml
 
 from calibration.api import calibrate
 from calibration.file import load_calibration, save_calibration
+from calibration.locate import locate_into
 from drivers.bench_fits import check_bench_fits
 from drivers.clock import make_clock
 from drivers.config import open_bench
 from drivers.exposure import exposure_held
 from onn_core.config import load_yaml, to_plain
 from onn_core.errors import ConfigError, HilError, InputError
-from onn_core.files import atomic_write
+from onn_core.files import atomic_write, resolve_relative
 from simulator.system import OpticalSystem
 
 from ..api import train
@@ -80,7 +85,7 @@ from ..data.errors import CaptureFileError
 from ..export import export_design
 from ..finetune import (COMPENSATIONS, CapturedSet, accuracy, captured_features, finetune, read_synthetic,
                         synthetic_features, write_synthetic)
-from .config import FinetuneStep, Job, bench_settings, fabrication_errors, training_config
+from .config import FinetuneStep, Job, bench_settings, fabrication_errors, job_device, training_config
 from .disk import bench_frame_bytes, check_free_space
 from .controls import DESIGN_FT, PERFECT_CAPTURE, nominal_set, ntkd_methods, teacher_check
 from .exposure import check_clipping, choose_exposure, clipping
@@ -168,7 +173,8 @@ def design_identity(design_optics: Path) -> tuple[OpticalSystem, str]:
 def bench_config(job: Job, design_optics: Path, *, fabricated: bool = True) -> dict:
     """The bench mapping the job opens (also written to ``bench.yaml``): the config's bench; if its
     camera is simulated, looking through the exported design with ``fabrication``'s errors (the
-    ``errors`` section of that optics file; none: the design itself). ``fabricated`` False: the
+    ``errors`` section of that optics file; none: the design itself); if its camera names a
+    ``locate`` file and the locate step wrote the run's ``grid.yaml``, that one. ``fabricated`` False: the
     design without errors (the ``perfect_fabrication`` control's bench; not written)."""
     bench = bench_settings(job)
     camera = bench.get("camera") or {}
@@ -182,6 +188,8 @@ def bench_config(job: Job, design_optics: Path, *, fabricated: bool = True) -> d
     elif job.config.fabrication is not None and fabricated:
         log.warning("fabrication %s ignored: the bench's camera is real (%s); set fabrication: null in the run YAML",
                     job.config.fabrication, camera.get("backend"))
+    if camera.get("locate") is not None and (job.run_dir / LOCATION_FILE).is_file():
+        camera["locate"] = str(job.run_dir / LOCATION_FILE)  # located by the job's locate step for this design
     if fabricated:
         with atomic_write(job.run_dir / "bench.yaml", "w") as fh:
             yaml.safe_dump(bench, fh, sort_keys=False)
@@ -193,10 +201,58 @@ def simulated_bench(job: Job) -> bool:
     return (bench_settings(job).get("camera") or {}).get("backend") == "simulated-camera"
 
 
-def open_job_bench(job: Job, bench: dict):
-    """Open the job's bench (relative paths in its config resolve against the config's bench file)."""
+def open_job_bench(job: Job, bench: dict, *, located: bool = True):
+    """Open the job's bench (relative paths in its config resolve against the config's bench file);
+    ``located`` False: the camera's own frames, whatever ``camera.locate`` says."""
     clock = make_clock(job.config.clock) if job.config.clock is not None else None
-    return open_bench(_with_base(bench, job.path(job.config.bench).parent), clock=clock)
+    return open_bench(_with_base(bench, job.path(job.config.bench).parent), clock=clock, located=located)
+
+
+# ------------------------------------------------------------------------------------------ location
+LOCATION_FILE = "grid.yaml"
+
+
+def bench_location_file(job: Job) -> Path | None:
+    """The `hil locate` file the bench file's camera names (``camera.locate``, relative to the bench
+    file), or None when it names none."""
+    locate = (bench_settings(job).get("camera") or {}).get("locate")
+    if locate is None:
+        return None
+    if not isinstance(locate, str):
+        raise ConfigError("camera.locate", locate, "the path of a `hil locate` file (e.g. grid.yaml)")
+    return resolve_relative(locate, job.path(job.config.bench).parent).resolve()
+
+
+def locate_design(job: Job, design_optics: Path, system) -> dict:
+    """Find the exported design's tile grid in the camera frame when the bench's camera names a
+    ``locate`` file that does not exist yet (a camera frame larger than the design's, the grid not
+    yet located): the bench opened on its camera's own frames shows the patterns of ``hil locate``
+    (:func:`calibration.locate.locate_into`), and the location goes into the run folder's
+    ``grid.yaml`` (with ``grid.png``), which the job's bench then uses as ``camera.locate``
+    (:func:`bench_config`): the location belongs to this run's design, so the file the bench names
+    is not written (nor shared between runs). A bench without ``camera.locate``, or whose file
+    exists (used as is), is left alone. Returns and writes the record ``locate.json``
+    (``skipped``: why nothing was done). A grid not found raises
+    :class:`calibration.locate.LocateError` naming the run folder's ``grid.png``, which shows the frame."""
+    named = bench_location_file(job)
+    output = job.run_dir / LOCATION_FILE
+    if named is None:
+        record = {"skipped": "the bench's camera names no locate file (its frames are the design's)"}
+    elif named.is_file():
+        record = {"skipped": f"the bench's camera.locate file {named} exists: used as is", "grid": str(named)}
+    else:
+        log.info("locating the design's grid in the camera frame into %s (the bench's camera.locate, %s, does "
+                 "not exist)", output, named)
+        with open_job_bench(job, bench_config(job, design_optics), located=False) as bench:
+            location = locate_into(bench, system, output)
+        record = {"grid": str(output), "picture": str(output.with_suffix(".png")), "roi": list(location.roi),
+                  "frame_shape": list(location.frame_shape), "magnification": location.magnification,
+                  "rotation_deg": float(np.degrees(location.rotation_rad)), "mirror": bool(location.mirror),
+                  "spots": location.spots, "residual_rms_px": location.residual_rms_px}
+    write_json(job.run_dir / "locate.json", record)
+    if "skipped" in record:
+        log.info("step locate skipped: %s", record["skipped"])
+    return record
 
 
 def _with_base(bench: dict, base: Path) -> dict:
@@ -213,14 +269,17 @@ def _with_base(bench: dict, base: Path) -> dict:
 # ------------------------------------------------------------------------------------------ calibration
 def calibrate_bench(job: Job, bench, system):
     """Calibrate ``bench`` against the nominal design ``system`` into ``calibration.h5`` (kept if it
-    exists: loaded and checked against the bench and the design instead); returns the
-    :class:`calibration.api.Calibration`."""
+    exists: loaded and checked against the bench and the design instead) on the job's ``device``;
+    returns the :class:`calibration.api.Calibration`. A failed geometry stage saves its annotated
+    frame into the run folder (``geometry_failure.png``, :mod:`calibration.geometry.overlay`) and its
+    :class:`~calibration.errors.CalibrationError` names it."""
     path = job.run_dir / "calibration.h5"
     if path.is_file():
         calibration = load_calibration(path, bench=bench)
         check_calibration_design(calibration, path, design_fingerprint(system.design.psfs().detach()))
         return calibration
-    calibration = calibrate(bench, system, job.config.calibration)
+    settings = {**job.config.calibration, "device": str(job_device(job))}
+    calibration = calibrate(bench, system, settings, diagnostics_dir=job.run_dir)
     save_calibration(calibration, path)
     return calibration
 
@@ -371,7 +430,8 @@ def finetune_all(job: Job, student, calibration, design_id: str, teacher_path=No
     results = json.loads(results_file.read_text()) if results_file.is_file() else {}
     (job.run_dir / name).mkdir(parents=True, exist_ok=True)
     methods = usable_methods(job, student, cfg.methods, teacher_path, job.run_dir / name / "teacher_check.json")
-    teacher = load_model(teacher_path) if ntkd_methods(methods) else None
+    device = job_device(job)
+    teacher = load_model(teacher_path, device) if ntkd_methods(methods) else None
     train_split, _ = datasets(job)
     sets = captured_sets(job, student, calibration, design_id, {COMPENSATIONS[m].features for m in methods})
     counts = {int(c): int(n) for c, n in zip(*np.unique(train_split.tensors[1].numpy(), return_counts=True))}
@@ -400,7 +460,7 @@ def finetune_all(job: Job, student, calibration, design_id: str, teacher_path=No
                 backend, result = finetune(student, data, method=loss_method, teacher=teacher,
                                            source_inputs=train_split.tensors[0], loss=cfg.loss, lr=cfg.lr,
                                            batch_size=cfg.batch_size, max_steps=cfg.steps, seed=seed,
-                                           val=sets["val"].get(kind), progress=progress)
+                                           val=sets["val"].get(kind), progress=progress, device=device)
                 file = f"{name}/{method}_{key}_seed{seed}.pt"
                 with atomic_write(job.run_dir / file) as fh:
                     torch.save(backend.state_dict(), fh)
@@ -500,7 +560,8 @@ def synthetic_set(job: Job, calibration, design_id: str, train_split, count: int
     chosen = torch.from_numpy(np.sort(rng.choice(pool, size=min(count, len(pool)), replace=False)))
     log.info("rendering %d synthetic captures through the calibrated forward model", len(chosen))
     images, labels = train_split.tensors[0][chosen], train_split.tensors[1][chosen]
-    data = synthetic_features(calibration, images, labels, chosen, exposure_s=exposure_s, seed=job.config.capture.seed)
+    data = synthetic_features(calibration, images, labels, chosen, exposure_s=exposure_s, seed=job.config.capture.seed,
+                              device=job_device(job))
     write_synthetic(cache, data, **identity, exposure_s=exposure_s, seed=job.config.capture.seed)
     return data
 
@@ -639,6 +700,10 @@ def _export(ctx: RunContext) -> None:
     export(ctx.job, ctx.models["student"])
 
 
+def _locate(ctx: RunContext) -> None:
+    locate_design(ctx.job, ctx.job.run_dir / "design" / "optics.yaml", ctx.design[0])
+
+
 def _calibrate(ctx: RunContext) -> None:
     ctx.calibration = calibrate_bench(ctx.job, ctx.bench, ctx.design[0])
 
@@ -684,6 +749,7 @@ class Step(NamedTuple):
 STEPS = (
     Step("train", _train, model_sources),
     Step("export", _export, lambda job: [job.run_dir / "design"]),
+    Step("locate", _locate, lambda job: [job.run_dir / name for name in (LOCATION_FILE, "grid.png", "locate.json")]),
     Step("calibrate", _calibrate, lambda job: [job.run_dir / "calibration.h5"], bench=True),
     Step("capture", _capture, lambda job: [job.run_dir / "captures", job.run_dir / "capture.json"], bench=True),
     Step("finetune", _finetune, lambda job: [job.run_dir / "finetune", job.run_dir / "finetune.json"]),
@@ -693,7 +759,8 @@ STEPS = (
 STEP_NAMES = tuple(step.name for step in STEPS)
 
 
-__all__ = ["STEPS", "STEP_NAMES", "JobMismatchError", "RunContext", "Step", "bench_config",
+__all__ = ["LOCATION_FILE", "STEPS", "STEP_NAMES", "JobMismatchError", "RunContext", "Step", "bench_config",
+           "bench_location_file", "locate_design",
            "calibrate_bench", "capture_perfect", "capture_plan", "capture_sets", "capture_splits", "captured_sets",
            "check_backend_identity", "check_calibration_design", "feature_kind", "images_digest", "simulated_bench",
            "usable_methods",

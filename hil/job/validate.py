@@ -36,7 +36,7 @@ def preflight(job: Job, to_run) -> None:
     train_split, test_split = datasets(job)
     check_image_shape(job, train_split, system)
     plan = capture_plan(job, train_split.tensors[1].numpy(), test_split.tensors[1].numpy())
-    if to_run & {"calibrate", "capture"}:
+    if to_run & {"locate", "calibrate", "capture"}:
         CalibrationConfig.from_dict(job.config.calibration, "calibration")
         check_display_shape(job, system)
     if "capture" in to_run:

@@ -99,7 +99,7 @@ def test_identity_fabrication_reproduces_the_simulated_accuracy(tmp_path, studen
     assert all((job.run_dir / name).is_file() for name in report["plots"].values())
     assert summary.read_text().startswith("# Hardware-in-the-loop run")
     assert json.loads((job.run_dir / "state.json").read_text())["finished"] == list(STEP_NAMES) == \
-        ["train", "export", "calibrate", "capture", "finetune", "evaluate", "report"]
+        ["train", "export", "locate", "calibrate", "capture", "finetune", "evaluate", "report"]
 
 
 SHIFTED = {"num_psfs": 4, "errors": {"shift_px": [[1.6, -1.2], [-1.3, 1.5], [1.4, 1.4], [-1.5, -1.1]],
@@ -132,7 +132,7 @@ def test_fabrication_loss_is_undone_by_the_layer_and_fine_tuning_resumes(tmp_pat
     with pytest.raises(KeyboardInterrupt):
         run_job(job, progress=False)
     state = json.loads((job.run_dir / "state.json").read_text())
-    assert state["finished"] == ["train", "export", "calibrate", "capture"]
+    assert state["finished"] == ["train", "export", "locate", "calibrate", "capture"]
     done = json.loads((job.run_dir / "finetune.json").read_text())
     assert [(m, list(f)) for m, f in done.items()] == [("design_ft", ["0.2"])]  # the one run that finished
     frames_before = (job.run_dir / "captures" / "train.h5").stat().st_mtime_ns
@@ -245,7 +245,7 @@ def test_until_export_stops_there_later_changes_are_accepted_and_a_new_fabricati
 
     job = write_job(tmp_path, student_run, errors=errors, capture={"fractions": [0.2, 0.4], "test_size": 200})
     run_job(job, progress=False, until="calibrate")  # test_size changes the capture only: not run yet
-    assert read_state(job.run_dir)["finished"] == ["train", "export", "calibrate"]
+    assert read_state(job.run_dir)["finished"] == ["train", "export", "locate", "calibrate"]
     assert read_state(job.run_dir)["identity"]["capture"]["test_size"] == 200
 
     reseeded = write_job(tmp_path, student_run, errors={**errors, "seed": 2},
@@ -391,3 +391,16 @@ def test_paths_set_in_the_run_config_are_relative_to_it(tmp_path):
     (tmp_path / "job.yaml").write_text(yaml.safe_dump(config))
     with pytest.raises(ConfigError, match="'student.config' = 'train/missing.yaml'"):
         training_config(load_job(tmp_path / "job.yaml"), "student")
+
+
+def test_a_failed_geometry_calibration_saves_its_picture_in_the_run_folder(tmp_path, student_run):
+    """A sub-optic that passes no light: the geometry stage fails, its annotated frame is saved into the
+    run folder and the job's error names it."""
+    from calibration.errors import CalibrationError
+    from calibration.geometry import DIAGNOSTIC_NAME
+
+    dark_tile = {"num_psfs": 4, "errors": {"brightness": [1.0, 0.0, 1.0, 1.0]}}
+    job = write_job(tmp_path, student_run, errors=dark_tile, calibration={"stages": ["geometry"]})
+    with pytest.raises(CalibrationError, match=f"not found.*diagnostic image: {job.run_dir / DIAGNOSTIC_NAME}"):
+        run_job(job, until="calibrate", progress=False)
+    assert (job.run_dir / DIAGNOSTIC_NAME).is_file() and not (job.run_dir / "calibration.h5").exists()
