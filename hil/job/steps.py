@@ -416,7 +416,7 @@ def check_backend_identity(entry: dict, file: Path, design_id: str, calibration_
 
 def finetune_all(job: Job, student, calibration, design_id: str, teacher_path=None, *,
                  settings: FinetuneStep | None = None, fractions=None, name: str = "finetune",
-                 progress: bool = False) -> dict:
+                 progress: bool = False, sets: dict | None = None) -> dict:
     """Fine-tune a copy of the student's backend with the ``design_ft`` control and every method on
     every captured fraction and seed (module docstring; ``settings`` and ``fractions`` default to the
     job's), each keeping the backend best on the captured validation images. The NTKD methods run only
@@ -424,7 +424,9 @@ def finetune_all(job: Job, student, calibration, design_id: str, teacher_path=No
     ``<name>/teacher_check.json``). Results are appended to ``<name>.json`` (backends in ``<name>/``) as
     each run ends, with the design and calibration they were trained on and their recipe (``images``:
     a digest of the training images, ``steps``, ``lr``, ``batch_size``, ``seed``); a rerun skips those
-    already there. Returns ``{method: {fraction: [entry per seed]}}``."""
+    already there. ``sets``: :func:`captured_sets` with every feature kind the methods read, when the
+    caller holds them (one that fine-tunes many times reads them once). Returns ``{method: {fraction:
+    [entry per seed]}}``."""
     cfg = settings or job.config.finetune
     results_file = job.run_dir / f"{name}.json"
     results = json.loads(results_file.read_text()) if results_file.is_file() else {}
@@ -433,7 +435,8 @@ def finetune_all(job: Job, student, calibration, design_id: str, teacher_path=No
     device = job_device(job)
     teacher = load_model(teacher_path, device) if ntkd_methods(methods) else None
     train_split, _ = datasets(job)
-    sets = captured_sets(job, student, calibration, design_id, {COMPENSATIONS[m].features for m in methods})
+    if sets is None:
+        sets = captured_sets(job, student, calibration, design_id, {COMPENSATIONS[m].features for m in methods})
     counts = {int(c): int(n) for c, n in zip(*np.unique(train_split.tensors[1].numpy(), return_counts=True))}
     reference = next(iter(sets["train"].values()))
     synthetic = None
