@@ -94,7 +94,17 @@ Usage::
     python benchmarks/ntkd_study.py --smoke --out /tmp/s.json --work-dir /tmp/s   # tiny sizes, not a measurement
     nice -n 19 python benchmarks/ntkd_study.py --exploratory   # the post-hoc check below, after the study
 
-Exploratory, not pre-registered (``--exploratory``, added after the study's compensation cells had run):
+Amendments (after the pre-registration; each is stored in the JSON's ``amendments``)
+- 2026-12-06, ``compensation_1pct``: every method tunes its learning rate over the same grid,
+  {1e-4, 3e-4, 1e-3, 3e-3} (task: those 4 candidates; every other method: those 4 rates x its 2
+  settings, 8 candidates), and the setting is rerun. Reason: under the pre-registered grids the task
+  loss chose 3e-4, a rate its grid offered and the others' ({1e-3, 3e-3}) did not, so the paired
+  deficits of the other methods mixed the method with the learning-rate coverage; 1e-4 extends the
+  grid below the task's choice. The cells, choices and rows run under the pre-registered grid are kept
+  under ``superseded`` (moved there, never dropped), with the exploratory check below.
+
+Exploratory, not pre-registered (``--exploratory``, added after the study's compensation cells had run;
+superseded by the amendment of 2026-12-06, and kept with that setting's earlier cells):
 there ``task`` picked lr 3e-4, a rate its grid offered and the other methods' grids ({1e-3, 3e-3}) did
 not. Every other method is rerun on seeds 0-4 with its tuned setting at lr 3e-4, to see whether their
 paired deficit against ``task`` was the learning-rate coverage. Stored under ``exploratory``; it does
@@ -175,11 +185,26 @@ SMOKE = Sizes(val_pool=600, val_tune=200, test_ridge=100,
               seeds=(0, 1, 2), timing_steps=3, test_limit=500)
 
 
+#: Protocol amendments (module docstring), in the order they were made.
+AMENDMENTS = [
+    {"date": "2026-12-06", "setting": "compensation_1pct",
+     "change": "every method tunes its learning rate over the same grid {1e-4, 3e-4, 1e-3, 3e-3} (task: 4 "
+               "candidates; the other methods: 4 rates x their 2 settings = 8 candidates; pre-registered: task "
+               "{3e-4, 1e-3, 3e-3, 1e-2}, the others {1e-3, 3e-3}); the setting is rerun, its earlier cells, "
+               "choices and rows kept under superseded",
+     "reason": "the task loss chose lr 3e-4, outside the other methods' pre-registered grids, so their paired "
+               "differences to the task mixed the method with the learning-rate coverage"},
+]
+#: The amended compensation setting's learning rates, the same for every method.
+COMPENSATION_LRS = [1e-4, 3e-4, 1e-3, 3e-3]
+
+
 def grid(setting: str) -> dict[str, list[dict]]:
-    """The 4 tuning candidates of every method in a setting (protocol: equal tuning)."""
+    """The tuning candidates of every method in a setting (protocol: equal tuning, 4 per method;
+    compensation as amended on 2026-12-06: every method over the same 4 learning rates)."""
     comp = setting.startswith("compensation")
-    pair = [1e-3, 3e-3] if comp else [3e-3, 1e-2]
-    lrs = [3e-4, 1e-3, 3e-3, 1e-2] if comp else [1e-3, 3e-3, 1e-2, 3e-2]
+    pair = COMPENSATION_LRS if comp else [3e-3, 1e-2]
+    lrs = COMPENSATION_LRS if comp else [1e-3, 3e-3, 1e-2, 3e-2]
 
     def cross(key, values):
         return [{"lr": lr, key: v} for lr in pair for v in values]
@@ -215,6 +240,56 @@ def summarise(values: dict[int, float]) -> dict:
     v = [values[s] for s in seeds]
     return {"mean": statistics.fmean(v), "std": statistics.stdev(v) if len(v) > 1 else 0.0, "seeds": seeds,
             "values": v}
+
+
+def best_candidate(vals: list[float]) -> int:
+    """Index of the best validation accuracy (the earlier candidate on a tie)."""
+    return max(range(len(vals)), key=lambda i: (vals[i], -i))
+
+
+def choices_from_cells(cells: dict, grids: dict) -> dict:
+    """``{setting: {method: candidate}}`` re-derived from the recorded tuning cells
+    (``setting/tune/method/i``) for every setting and method whose candidates have all run."""
+    found = {}
+    for name, methods in grids.items():
+        for method, candidates in methods.items():
+            keys = [f"{name}/tune/{method}/{i}" for i in range(len(candidates))]
+            if all(k in cells for k in keys):
+                best = best_candidate([cells[k]["val"] for k in keys])
+                found.setdefault(name, {})[method] = candidates[best]
+    return found
+
+
+def merge_choices(old: dict, new: dict) -> dict:
+    """``old`` updated by ``new`` setting by setting and method by method: no setting or method of
+    ``old`` is dropped."""
+    merged = copy.deepcopy(old)
+    for name, methods in new.items():
+        merged[name] = {**merged.get(name, {}), **copy.deepcopy(methods)}
+    return merged
+
+
+def supersede(old: dict, fresh_grids: dict, date: str) -> dict:
+    """``old`` (a previous results JSON written under the same sizes) with every setting whose stored
+    grid differs from ``fresh_grids`` moved under ``superseded`` (a list, appended to): its grid, cells,
+    choice, timing, rows, verdict and, for compensation, the exploratory check; nothing is dropped."""
+    data = copy.deepcopy(old)
+    old_grids = data.get("grids", {})
+    for name in sorted(set(old_grids) | set(fresh_grids)):
+        if old_grids.get(name) == fresh_grids.get(name):
+            continue
+        cells = data.get("cells", {})
+        moved = {k: cells.pop(k) for k in [k for k in cells if k.startswith(f"{name}/")]}
+        block = {"setting": name, "superseded_on": date, "grid": old_grids.get(name), "cells": moved,
+                 "choice": data.get("choice", {}).pop(name, None), "timing": data.get("timing", {}).pop(name, None),
+                 "rows": [r for r in data.get("rows", []) if r["setting"] == name],
+                 "verdict": data.get("verdicts", {}).pop(name, None)}
+        data["rows"] = [r for r in data.get("rows", []) if r["setting"] != name]
+        if name.startswith("compensation") and "exploratory" in data:
+            block["exploratory"] = data.pop("exploratory")
+        data.setdefault("superseded", []).append(block)
+    data["grids"] = fresh_grids
+    return data
 
 
 def loo_ridge_accuracy(k_train: torch.Tensor, y_train: torch.Tensor, k_test: torch.Tensor, y_test: torch.Tensor,
@@ -434,13 +509,17 @@ class Study:
                  "smoke": smoke, "sizes": to_plain(sizes.__dict__), "grids": {s: grid(s) for s in SETTINGS},
                  "cells": {}, "timing": {}}
         self.data = fresh
+        fresh["amendments"] = AMENDMENTS
         if out.is_file():
             old = json.loads(out.read_text())
-            if old.get("sizes") == fresh["sizes"] and old.get("grids") == fresh["grids"]:
-                kept = ("cells", "timing", "teacher", "compensation", "exploratory")
+            if old.get("sizes") == fresh["sizes"]:
+                # a setting whose grid changed (an amendment) is moved under superseded, never dropped
+                old = supersede(old, fresh["grids"], AMENDMENTS[-1]["date"])
+                kept = ("cells", "timing", "teacher", "compensation", "exploratory", "choice", "superseded",
+                        "rows", "verdicts")
                 self.data = {**fresh, **{k: old[k] for k in kept if k in old}}
             else:
-                log.warning("%s was written under other sizes or grids: starting afresh", out)
+                log.warning("%s was written under other sizes: starting afresh", out)
         self.data["machine"] = {"platform": platform.platform(), "python": platform.python_version(),
                                 "torch": torch.__version__, "cpu_count": os.cpu_count(), "threads": 1}
         self.data["date"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
@@ -565,9 +644,8 @@ def tuned_choice(study: Study, setting: Setting, data: Data, teacher: nn.Module)
     for method, candidates in grid(setting.name).items():
         vals = [run_cell(study, f"{setting.name}/tune/{method}/{i}", setting, method, cand, TUNING_SEED, data,
                          teacher, ridge=False)["val"] for i, cand in enumerate(candidates)]
-        best = max(range(len(vals)), key=lambda i: (vals[i], -i))
-        choice[method] = candidates[best]
-    study.data.setdefault("choice", {})[setting.name] = choice
+        choice[method] = candidates[best_candidate(vals)]
+    study.data["choice"] = merge_choices(study.data.get("choice", {}), {setting.name: choice})
     return choice
 
 
@@ -652,6 +730,8 @@ def aggregate(study: Study) -> None:
                                    "pays": bool(helps and beats and method != "kta")}
         verdicts[name] = verdict
     study.data["rows"], study.data["verdicts"] = rows, verdicts
+    study.data["choice"] = merge_choices(study.data.get("choice", {}),
+                                         choices_from_cells(cells, {s: grid(s) for s in SETTINGS}))
     timing = study.data["timing"]
     main = timing.get("compensation_1pct") or next(iter(timing.values()), None)
     study.data["ntkd_step_over_kd_step"] = None if main is None else main["ntkd_over_kd"]
@@ -660,6 +740,20 @@ def aggregate(study: Study) -> None:
     study.data["missing_settings"] = [s for s in SETTINGS if not {f"{s}/{m}/{seed}" for m in METHODS
                                                                   for seed in study.sizes.seeds} <= set(cells)]
     study.write()
+
+
+def note_rebuild(study: Study, key: str, record: dict, compare: tuple) -> None:
+    """Record under ``rebuilds`` that ``key`` (the teacher, the compensation design) was built again (a
+    fresh work dir) and whether its ``compare`` figures equal the recorded ones (training is seeded and
+    single-threaded, so they should); the recorded figures stay."""
+    old = study.data[key]
+    same = all(old.get(k) == record.get(k) for k in compare)
+    if not same:
+        log.warning("the rebuilt %s differs from the recorded one: %s", key,
+                    {k: (old.get(k), record.get(k)) for k in compare})
+    study.data.setdefault("rebuilds", []).append({
+        "what": key, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "matches_recorded": same, "record": record})
 
 
 def main(argv=None) -> int:
@@ -677,8 +771,12 @@ def main(argv=None) -> int:
     study = Study(Path(args.out), Path(args.work_dir), sizes, args.smoke)
     data = load_data(sizes)
     teacher_path = study.work / "teacher.pt"
-    if "teacher" not in study.data or not teacher_path.is_file():
-        study.data["teacher"] = train_teacher(data, sizes, teacher_path)
+    if not teacher_path.is_file():
+        record = train_teacher(data, sizes, teacher_path)
+        if "teacher" in study.data:  # rebuilt in another work dir: the recorded teacher's figures are kept
+            note_rebuild(study, "teacher", record, ("test", "val_curve"))
+        else:
+            study.data["teacher"] = record
         study.write()
     teacher = load_model(teacher_path)
     compensation = None
@@ -687,8 +785,11 @@ def main(argv=None) -> int:
     for name in [] if args.exploratory else args.settings:
         if name.startswith("compensation"):
             compensation = build_compensation(data, sizes, study.work)
-            study.data["compensation"] = {**study.data.get("compensation", {}), **compensation[2],
-                                          "errors": fabrication_errors()}
+            if "design_wall_s" in compensation[2] and "design_test" in study.data.get("compensation", {}):
+                note_rebuild(study, "compensation", compensation[2], ("design_test", "uncompensated_test"))
+            else:
+                study.data["compensation"] = {**study.data.get("compensation", {}), **compensation[2],
+                                              "errors": fabrication_errors()}
             study.write()
         run_setting(study, name, data, teacher, compensation)
         aggregate(study)

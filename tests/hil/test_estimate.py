@@ -331,3 +331,55 @@ def test_hil_estimate_command(tmp_path, capsys):
     assert summary["interval"][0] <= summary["estimate"] <= summary["interval"][1]
     saved = json.loads((tmp_path / "out" / "estimate.json").read_text())
     assert saved["config"]["data"]["train_size"] == 150 and saved["estimate"]["kernels"] == 4
+
+
+# ------------------------------------------------------------------- benchmarks/estimate.py: matched size
+
+
+def _bench():
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "estimate.py"
+    spec = importlib.util.spec_from_file_location("bench_estimate", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_seed_interval_is_the_t_interval_over_seeds():
+    bench = _bench()
+    got = bench.seed_interval([1.0, 3.0, 2.0])  # mean 2, sample sd 1
+    half = 4.302652729749464 / math.sqrt(3)  # t(0.975, 2)
+    assert got["mean"] == pytest.approx(2.0, rel=1e-12)
+    assert got["ci95"] == pytest.approx([2 - half, 2 + half], rel=1e-9)
+    four = bench.seed_interval([0.0, 2.0, 4.0, 6.0])  # mean 3, sd sqrt(20 / 3)
+    half = 3.182446305284263 * math.sqrt(20 / 3) / 2  # t(0.975, 3)
+    assert four["ci95"] == pytest.approx([3 - half, 3 + half], rel=1e-9)
+    assert bench.seed_interval([0.5]) == {"mean": 0.5, "ci95": None}
+    with pytest.raises(ValueError):
+        bench.seed_interval([])
+
+
+def test_matched_summary_pairs_estimate_and_student_by_seed():
+    bench = _bench()
+    student = {"seconds": 1.0, "epochs": 9, "best_epoch": 4, "stopped_early": True, "last_epochs": []}
+    estimates = {"0": {"8": {"estimated": 86.0, "seconds": 2.0}, "64": {"estimated": 85.0, "seconds": 2.0}},
+                 "1": {"8": {"estimated": 85.0, "seconds": 2.0}},
+                 "2": {"8": {"estimated": 87.0, "seconds": 2.0}, "64": {"estimated": 86.0, "seconds": 2.0}}}
+    trained = {"8/0": {**student, "trained": 84.0}, "8/1": {**student, "trained": 84.0},
+               "8/2": {**student, "trained": 84.0}, "64/0": {**student, "trained": 80.0},
+               "64/1": {**student, "trained": 81.0}}  # 64/1 has no estimate, 64/2 no student: one pair left
+    rows, mean_abs = bench.matched_summary([8, 64, 512], estimates, trained)
+    assert [r["kernels"] for r in rows] == [8, 64]  # 512: no finished seed
+    eight, sixty_four = rows
+    assert eight["seeds"] == [0, 1, 2] and [p["error"] for p in eight["per_seed"]] == [2.0, 1.0, 3.0]
+    half = round(4.302652729749464 / math.sqrt(3), 10)
+    assert eight["error_mean"] == 2.0 and eight["error_ci95"] == [round(2 - half, 2), round(2 + half, 2)]
+    assert eight["estimated_mean"] == 86.0 and eight["trained_mean"] == 84.0 and eight["trained_ci95"] == [84.0, 84.0]
+    assert sixty_four["seeds"] == [0] and sixty_four["error_mean"] == 5.0 and sixty_four["error_ci95"] is None
+    assert sixty_four["per_seed"][0]["best_epoch"] == 4 and sixty_four["per_seed"][0]["stopped_early"] is True
+    assert mean_abs == 3.5  # (|2| + |5|) / 2
+    assert bench.matched_summary([8], {}, {}) == ([], None)
