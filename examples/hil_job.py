@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from drivers.bench_fits import check_bench_fits  # noqa: E402
 from hil import job as job_steps  # noqa: E402
 from hil.checkpoint import load_model  # noqa: E402
+from hil.job.steps import locate_design  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 
@@ -50,21 +51,30 @@ def main(argv=None) -> int:
         job_steps.export(job, models["student"])
     design, design_id = job_steps.design_identity(design_file)  # the fingerprint goes into every capture file
 
-    # 3. The bench: on a simulated one, the camera looks through the design with the config's
-    #    fabrication errors; a real one is used as configured (bench.yaml records what was opened).
+    # 3. Locate the design's tile grid in the camera frame (as `hil locate`): only when the bench's
+    #    camera names a `locate` file that does not exist yet (a camera frame larger than the design's).
+    #    It shows test patterns on the camera's own frames and writes the run folder's grid.yaml +
+    #    grid.png (a grid not found raises LocateError naming grid.png, which shows what was seen);
+    #    locate.json records what was done, or why nothing was (no camera.locate, or its file exists).
+    if not (job.run_dir / "locate.json").is_file():
+        print(locate_design(job, design_file, design))
+
+    # 4. The bench: on a simulated one, the camera looks through the design with the config's
+    #    fabrication errors; a real one is used as configured (bench.yaml records what was opened);
+    #    its camera.locate is the run's grid.yaml once step 3 wrote one.
     bench_config = job_steps.bench_config(job, design_file)
     with job_steps.open_job_bench(job, bench_config) as bench:
         check_bench_fits(bench, design)  # the design's image and tiles must fit the SLM and camera
 
-        # 4. Calibrate (calibration.h5: sensor, display, geometry, PSFs, mismatch fit). An existing
+        # 5. Calibrate (calibration.h5: sensor, display, geometry, PSFs, mismatch fit). An existing
         #    file is loaded and checked against this bench instead of being measured again.
         calibration = job_steps.calibrate_bench(job, bench, design)
         print(json.dumps(calibration.summary().get("fit", {}), indent=1, default=str)[:600])
 
-        # 5. Capture the training fractions and the held-out test set (resumable HDF5 files).
+        # 6. Capture the training fractions and the held-out test set (resumable HDF5 files).
         print(job_steps.capture_sets(job, bench, calibration, design_id))
 
-    # 6. Fine-tune the backend with every method; 7. evaluate on the captured test set; 8. report.
+    # 7. Fine-tune the backend with every method; 8. evaluate on the captured test set; 9. report.
     student = load_model(models["student"])
     job_steps.finetune_all(job, student, calibration, design_id, models["teacher"])
     evaluation = job_steps.evaluate(job, student, calibration, design_id)
