@@ -1,32 +1,36 @@
-"""Hardware-in-the-loop benchmark (issue 10): how much of the accuracy that fabrication costs does each
-post-fabrication compensation win back, with 1 %, 3 % and 10 % of the training split captured?
+"""Hardware-in-the-loop benchmark: over several fabricated devices, how much of the accuracy that
+fabrication costs does each post-fabrication compensation win back, with 1 %, 3 % and 10 % of the
+training split captured, against a control with the same fine-tuning?
 
-The job is ``examples/run_sim.yaml`` (what ``make demo`` runs): the 8-kernel Fashion-MNIST student
-trained in simulation, its design fabricated on the simulated bench with the default errors of
-``examples/optics_fabricated.yaml``, calibrated, captured (the fractions nest in the 10 % capture) and a
-held-out captured test set of 2 000 images. This script reuses that run folder (``--run-dir``, default
-``out/demo``; it runs the job there first if it has no report) and adds:
+Every device is a run of the ``hil run`` job of ``examples/run_sim.yaml`` (what ``make demo`` runs) on
+the simulated bench, with the fabrication errors of ``examples/optics_fabricated.yaml`` drawn with its
+own seed (``--devices``; a device is its error seed), its own calibration and its own captures. One
+design serves every device: the first device's job trains it with a longer recipe than the demo's
+(``--student-set``: the whole training split, 12 epochs, cosine decay) and a stronger LeNet teacher
+(``--teacher-set``); the other devices' jobs reuse both (``student.run_dir``, ``teacher.run_dir``).
 
-1. a captured **validation** set: ``--val-size`` training images outside every captured fraction and
-   outside the images the student was trained on (a backend that stays close to the design's would
-   otherwise score well on images it memorised, which biases the tuning towards small learning rates);
-2. **equal tuning**: every method (e2e, ntkd, e2e_synthetic, ntkd_synthetic) gets the same
-   learning-rate grid (``--lrs``), the same number of Adam steps, batch and (for the synthetic ones) the
-   same synthetic set, trained on tuning seed 100 at the middle fraction (``--tune-fraction``, 3 %) and
-   scored on the validation captures; the best learning rate per method is kept for every fraction
-   (one tuning fraction keeps the budget: a finer per-fraction grid is left to a longer run);
-3. the chosen setting on ``--seeds`` (0, 1, 2: batch order and the NTK projections differ; every run
-   starts from the student's own backend), scored on the held-out captured test set. Seeds run
-   outermost, so an unfinished run has the same seeds for every method and fraction.
+Phases (each resumable; ``--phase all`` runs them in order):
 
-``recovered_fraction`` = (mean - uncompensated) / (design - uncompensated). Resumable: every fine-tuning
-run is stored in the run folder as it finishes (``tune_lr*.json``, ``bench.json``), and the results JSON
-is rewritten after every phase; a run that cannot finish leaves ``complete: false``. ``run_seconds`` and
-``capture_frames_per_s`` come from a separate fresh run of the job, timed end to end (``--timing-dir``).
+1. ``design``: the first device's job up to its captures (the design is trained there);
+2. ``capture``: every other device's job up to its captures;
+3. ``tune``: on the first device, the learning rate of every method and of the ``design_ft`` control
+   (``--lrs``) at every captured fraction, and the NTK weight of the NTKD methods (``--ntk-weights``,
+   at their chosen rate), each scored by its best accuracy on the device's captured validation images
+   (the control: on their simulated nominal features); a grid whose best value is on an edge is widened
+   by a factor 3 beyond it (at most ``--widen`` times); tuning seed 100;
+4. ``final``: on every device (``--final-devices`` splits the devices between processes), the chosen
+   setting of every method at every fraction on ``--seeds``, scored on the device's held-out captured
+   test set (``hil.job.steps.evaluate``); the control runs in every recipe group with that group's rate
+   (``design_ft_same_lr``), and ``recovered_fraction`` is taken against the control at its own tuned
+   rate (``design_ft``);
+5. ``report``: ``benchmarks/results/hil.json`` (means over devices with 95 % t-intervals, per-device
+   rows, paired differences against ``e2e``) and ``hil.png``;
+6. ``timing``: ``make demo``'s job run end to end into a fresh folder (``run_seconds``,
+   ``capture_frames_per_s``).
 
 Usage::
 
-    nice -n 19 python benchmarks/hil.py [--run-dir out/demo] [--timing-dir out/demo_timing]
+    nice -n 19 python benchmarks/hil.py [--root out/bench_hil] [--phase all]
 """
 
 from __future__ import annotations
@@ -44,151 +48,428 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
+from scipy import stats
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from hil import job as steps  # noqa: E402
-from hil.capture import capture, stratified_indices  # noqa: E402
+from benchmarks.report import finish  # noqa: E402
 from hil.checkpoint import load_model  # noqa: E402
-from hil.finetune import captured_features  # noqa: E402
+from hil.finetune import COMPENSATIONS  # noqa: E402
+from hil import job as steps  # noqa: E402
+from hil.job.steps import captured_sets  # noqa: E402
+from hil.job.controls import DESIGN_FT, design_convergence, ntkd_methods  # noqa: E402
 from onn_core import config as config_io  # noqa: E402
 
 log = logging.getLogger("benchmarks.hil")
 TUNING_SEED = 100
+EXAMPLES = REPO / "examples"
+STUDENT_SET = {"data.train_subset": None, "train.epochs": 12}
+TEACHER_SET = {"train.epochs": 15}
+PHASES = ("design", "capture", "tune", "final", "report", "timing")
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", type=Path, default=REPO / "examples" / "run_sim.yaml")
-    parser.add_argument("--run-dir", type=Path, default=REPO / "out" / "demo")
+    parser.add_argument("--config", type=Path, default=EXAMPLES / "run_sim.yaml")
+    parser.add_argument("--fabrication", type=Path, default=EXAMPLES / "optics_fabricated.yaml")
+    parser.add_argument("--root", type=Path, default=REPO / "out" / "bench_hil")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "hil.json")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--phase", choices=("all", *PHASES), default="all")
+    parser.add_argument("--devices", type=int, nargs="+", default=[1, 2, 3, 4, 5])
+    parser.add_argument("--final-devices", type=int, nargs="+", default=None,
+                        help="the devices the final phase runs (default: all): split them between processes")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--lrs", type=float, nargs="+", default=[1e-3, 3e-3, 1e-2])
-    parser.add_argument("--val-size", type=int, default=1000)
-    parser.add_argument("--tune-fraction", type=float, default=0.03)
-    parser.add_argument("--timing-dir", type=Path, default=REPO / "out" / "demo_timing",
-                        help="a fresh run of the job timed end to end (run_seconds, capture_frames_per_s); the job is "
-                             "run there first unless it holds timing.json")
+    parser.add_argument("--ntk-weights", type=float, nargs="+", default=[0.3, 1.0, 3.0])
+    parser.add_argument("--widen", type=int, default=2, help="how many times a grid may be widened at an edge")
+    parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    torch.set_num_threads(1)
-    started = time.perf_counter()
-
-    timing = timed_run(args.config, args.timing_dir)
-    job = steps.load_job(args.config, args.run_dir)
-    if not (job.run_dir / "report.json").is_file():
-        steps.run_job(job, progress=False)
-    models = steps.train_models(job)
-    design_file = job.run_dir / "design" / "optics.yaml"
-    _, design_id = steps.design_identity(design_file)
-    calibration = steps.load_job_calibration(job, design_id)
-    student = load_model(models["student"])
-    train_split, test_split = steps.datasets(job)
-    capture_info = json.loads((args.timing_dir / "capture.json").read_text())
-
-    # 1. validation captures, outside every captured fraction
-    val_file = job.run_dir / "captures" / "val_unseen.h5"
-    plan = steps.capture_plan(job, train_split.tensors[1].numpy(), test_split.tensors[1].numpy())
-    seen = np.union1d(plan["train"], student_training_indices(models["student"], train_split))
-    val_indices = stratified_indices(train_split.tensors[1].numpy(), args.val_size / len(train_split), 7, exclude=seen)
-    with steps.open_job_bench(job, steps.bench_config(job, design_file)) as bench:
-        capture(bench, train_split, val_indices, val_file, calibration_id=calibration.calibration_id,
-                design_id=design_id, progress=False)
-    val = captured_features(val_file, calibration.layer(), design_id=design_id)
-    base = job.config.finetune
-    result = {"benchmark": "hil", "complete": False,
-              "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-              "machine": {"platform": platform.platform(), "python": platform.python_version(),
-                          "cpus": os.cpu_count(), "load_average_1min": os.getloadavg()[0]},
-              "settings": {"config": str(args.config.relative_to(REPO)), "run_dir": str(job.run_dir),
-                           "fabrication": config_io.load_yaml(job.path(job.config.fabrication))["errors"],
-                           "finetune": {**config_io.to_plain(base), "seeds": args.seeds},
-                           "tuning": {"lrs": args.lrs, "seed": TUNING_SEED, "validation_captures": len(val),
-                                      "fraction": args.tune_fraction,
-                                      "what": "learning rate per method, chosen at one fraction; steps, batch, "
-                                              "synthetic set and NTKD loss fixed and equal for every method"},
-                           "test_captures": None},
-              "capture_frames_per_s": capture_info["frames_per_s"],
-              "capture_clock": job.config.clock or "bench",
-              "run_seconds": timing["run_seconds"], "run_timing": timing}
-    evaluation = steps.evaluate(job, student, calibration, design_id, name="bench")
-    result.update({k: evaluation[k] for k in ("design", "uncompensated", "calibration_layer")})
-    result["settings"]["test_captures"] = evaluation["test_samples"]
-    write(args.out, result)
-
-    # 2. equal tuning on the validation captures
-    reference = {"design": result["design"], "uncompensated": result["uncompensated"]}
-    tuning: dict = {}
-    for lr in args.lrs:
-        settings = dataclasses.replace(base, lr=lr, seeds=[TUNING_SEED])
-        runs = steps.finetune_all(job, student, calibration, design_id, models["teacher"], settings=settings,
-                                  fractions=[args.tune_fraction], name=f"tune_unseen_lr{lr:g}")
-        for method, fractions in steps.score_runs(job, student, val, runs, reference, design_id=design_id,
-                                                  calibration_id=calibration.calibration_id).items():
-            tuning.setdefault(method, {})[f"{lr:g}"] = fractions[steps.fraction_key(args.tune_fraction)]["mean"]
-        result["tuning"] = {"validation_accuracy": tuning, "fraction": args.tune_fraction}
-        write(args.out, result)
-    chosen = {m: float(max(v, key=v.get)) for m, v in tuning.items()}
-    result["settings"]["chosen_lr"] = chosen
-
-    # 3. the chosen settings on every seed (outermost), scored on the held-out captured test set; the runs
-    #    of each learning rate are kept apart (final_lr*.json), bench.json gathers each method's chosen ones
-    for seed in args.seeds:
-        for method in base.methods:
-            settings = dataclasses.replace(base, methods=[method], lr=chosen[method], seeds=[seed])
-            steps.finetune_all(job, student, calibration, design_id, models["teacher"], settings=settings,
-                               name=f"final_lr{chosen[method]:g}")
-        gathered = {m: json.loads((job.run_dir / f"final_lr{chosen[m]:g}.json").read_text()).get(m, {})
-                    for m in base.methods}
-        write(job.run_dir / "bench.json", gathered)
-        evaluation = steps.evaluate(job, student, calibration, design_id, name="bench")
-        result["by_fraction"] = {m: {k: {f: v[f] for f in ("mean", "std", "seeds", "recovered_fraction", "accuracies")}
-                                     for k, v in fr.items()} for m, fr in evaluation["by_fraction"].items()}
-        write(args.out, result)
-    runs = json.loads((job.run_dir / "bench.json").read_text())
-    result["step_seconds"] = {m: float(np.mean([e["mean_step_s"] for es in fr.values() for e in es]))
-                              for m, fr in runs.items()}
-    result["complete"] = all(len(result["by_fraction"].get(m, {})) == len(job.config.capture.fractions) and
-                             all(cell["seeds"] == args.seeds for cell in result["by_fraction"][m].values())
-                             for m in base.methods)
-    result["benchmark_seconds"] = time.perf_counter() - started
-    write(args.out, result)
-    print(json.dumps({k: result[k] for k in ("design", "uncompensated", "calibration_layer", "complete")}))
+    torch.set_num_threads(args.threads)
+    phases = PHASES if args.phase == "all" else (args.phase,)
+    bench = Benchmark(args)
+    for phase in phases:
+        log.info("phase %s", phase)
+        getattr(bench, phase)()
     return 0
 
 
-def student_training_indices(student_run: str, train_split) -> np.ndarray:
-    """Indices of the training split the student of ``student_run`` trained on (its run config's split)."""
-    from hil.api import split_train_val
-    from hil.checkpoint import load_checkpoint
+class Benchmark:
+    """The run folders of one benchmark (``root/device_<seed>``) and its phases (module docstring)."""
 
-    config = load_checkpoint(Path(student_run) / "checkpoints" / "last.pt")["config"]
-    data = config["data"]
-    subset, _ = split_train_val(train_split, data["val_size"], data["train_subset"], config["seed"])
-    return np.asarray(subset.indices)
+    def __init__(self, args):
+        self.args = args
+        self.root = args.root.resolve()
+        self.first = args.devices[0]
+        self.tuning_file = self.root / "tuning.json"
 
+    # ------------------------------------------------------------------ jobs
+    def job(self, device: int):
+        """The job of ``device``: run_sim.yaml with absolute paths, this device's fabrication file and,
+        after the first device, the first device's student and teacher."""
+        raw = config_io.load_yaml(self.args.config)
+        base = self.args.config.resolve().parent
+        raw["bench"] = str(base / raw["bench"])
+        raw["fabrication"] = str(self.fabrication_file(device))
+        if device == self.first:
+            for role, extra in (("student", STUDENT_SET), ("teacher", TEACHER_SET)):
+                for field in ("run_dir", "checkpoint"):  # a trained model the config names is used as it is
+                    if raw[role].get(field):
+                        raw[role][field] = str(base / raw[role][field])
+                if raw[role].get("config"):
+                    raw[role]["config"] = str(base / raw[role]["config"])
+                    raw[role]["set"] = {**raw[role].get("set", {}), **extra}
+                    if "model.optics" in raw[role]["set"]:
+                        raw[role]["set"]["model.optics"] = str(base / raw[role]["set"]["model.optics"])
+        else:  # the first device's models
+            for role in ("student", "teacher"):
+                given = {f: str(base / raw[role][f]) for f in ("run_dir", "checkpoint") if raw[role].get(f)}
+                raw[role] = given or {"run_dir": str(self.run_dir(self.first) / role)}
+        raw["finetune"]["seeds"] = list(self.args.seeds)
+        file = self.root / "configs" / f"device_{device}.yaml"
+        write_text(file, yaml.safe_dump(raw, sort_keys=False))
+        return steps.load_job(file, self.run_dir(device))
 
-def timed_run(config: Path, folder: Path) -> dict:
-    """``make demo``'s job run end to end into a fresh ``folder`` and timed (``timing.json``), once."""
-    file = folder / "timing.json"
-    if not file.is_file():
-        if folder.exists() and any(folder.iterdir()):
-            raise SystemExit(f"{folder} is not empty and has no timing.json: give a fresh --timing-dir")
+    def run_dir(self, device: int) -> Path:
+        return self.root / f"device_{device}"
+
+    def fabrication_file(self, device: int) -> Path:
+        """The fabrication optics file with the error seed ``device``."""
+        optics = config_io.load_yaml(self.args.fabrication)
+        optics["errors"]["seed"] = int(device)
+        file = self.root / "configs" / f"optics_device_{device}.yaml"
+        write_text(file, yaml.safe_dump(optics, sort_keys=False))
+        return file
+
+    def context(self, device: int) -> dict:
+        """What the fine-tuning of ``device`` needs: its job, student, calibration, design id, teacher."""
+        job = self.job(device)
+        models = steps.train_models(job)
+        _, design_id = steps.design_identity(job.run_dir / "design" / "optics.yaml")
+        student, calibration = load_model(models["student"]), steps.load_job_calibration(job, design_id)
+        kinds = {COMPENSATIONS[m].features for m in job.config.finetune.methods}
+        return {"job": job, "student": student, "design_id": design_id, "calibration": calibration,
+                "teacher_path": models["teacher"],
+                "sets": captured_sets(job, student, calibration, design_id, kinds)}
+
+    # ------------------------------------------------------------------ phases
+    def design(self) -> None:
+        steps.run_job(self.job(self.first), progress=False, until="capture")
+
+    def capture(self) -> None:
+        for device in self.args.devices[1:]:
+            steps.run_job(self.job(device), progress=False, until="capture")
+
+    def tune(self) -> None:
+        """Learning rate per method and fraction, then the NTK weight of the NTKD methods (module docstring)."""
+        ctx = self.context(self.first)
+        methods = [DESIGN_FT, *ctx["job"].config.finetune.methods]
+        tuning = json.loads(self.tuning_file.read_text()) if self.tuning_file.is_file() else {}
+        for fraction in ctx["job"].config.capture.fractions:
+            key = steps.fraction_key(fraction)
+            scores = tuning.setdefault(key, {})
+
+            def score(lr, weight, group):
+                runs = self.finetune(ctx, group, lr, weight, [TUNING_SEED], fraction, prefix="tune")
+                for method in group:
+                    entries = runs.get(method, {}).get(key, [])
+                    if entries:
+                        scores.setdefault(method, {})[setting_name(lr, weight)] = entries[0]["best_val_accuracy"]
+                write_json(self.tuning_file, tuning)
+
+            grid = widened(self.args.lrs, lambda lr: score(lr, 1.0, methods), methods, scores, 1.0,
+                           self.args.widen)
+            log.info("fraction %s: learning rates tried %s", key, grid)
+            for method in ntkd_methods(ctx["job"].config.finetune.methods):
+                if method not in scores:
+                    continue  # left out by the teacher check
+                lr = best_setting(scores[method])[0]
+                widened(self.args.ntk_weights, lambda w, m=method, lr=lr: score(lr, w, [m]), [method], scores,
+                        lr, self.args.widen, weights=True)
+        write_json(self.tuning_file, tuning)
+
+    def final(self) -> None:
+        tuning = json.loads(self.tuning_file.read_text())
+        for device in self.args.final_devices or self.args.devices:
+            ctx = self.context(device)
+            groups: dict = {}  # (lr, ntk weight, fraction) -> methods chosen there (the control included)
+            for fraction in ctx["job"].config.capture.fractions:
+                for method, settings in tuning[steps.fraction_key(fraction)].items():
+                    groups.setdefault((*best_setting(settings), fraction), []).append(method)
+            for (lr, weight, fraction), group in sorted(groups.items()):
+                self.finetune(ctx, group, lr, weight, self.args.seeds, fraction, prefix="final")
+            control = {steps.fraction_key(f): best_setting(tuning[steps.fraction_key(f)][DESIGN_FT])
+                       for f in ctx["job"].config.capture.fractions}
+            evaluations = {setting_name(lr, w): steps.evaluate(ctx["job"], ctx["student"], ctx["calibration"],
+                                                               ctx["design_id"], name=f"final_{setting_name(lr, w)}")
+                           for lr, w in {(lr, w) for lr, w, _ in groups}}
+            write_json(self.run_dir(device) / "bench_device.json",
+                       device_row(device, evaluations, tuning, control, self.run_dir(device)))
+
+    def finetune(self, ctx, methods, lr, weight, seeds, fraction, *, prefix):
+        """``steps.finetune_all`` for ``methods`` (the ``design_ft`` control comes along) at one setting
+        and fraction, into ``<prefix>_<setting>.json`` of the device's run folder."""
+        base = ctx["job"].config.finetune
+        plain = [m for m in base.methods if not ntkd_methods([m])]
+        methods = [m for m in methods if m != DESIGN_FT] or plain[:1]  # the control comes with any method
+        settings = dataclasses.replace(base, methods=methods, lr=lr, seeds=list(seeds),
+                                       loss={**base.loss, "ntk_weight": weight})
+        return steps.finetune_all(ctx["job"], ctx["student"], ctx["calibration"], ctx["design_id"],
+                                  ctx["teacher_path"], settings=settings, fractions=[fraction],
+                                  name=f"{prefix}_{setting_name(lr, weight)}", sets=ctx["sets"])
+
+    def report(self) -> None:
+        rows = [json.loads((self.run_dir(d) / "bench_device.json").read_text()) for d in self.args.devices
+                if (self.run_dir(d) / "bench_device.json").is_file()]
+        timing_file = self.root / "timing" / "timing.json"
+        timing = json.loads(timing_file.read_text()) if timing_file.is_file() else None
+        result = aggregate(rows, self.args)
+        convergence = design_convergence(steps.train_models(self.job(self.first))["student"])
+        result.update({
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "machine": {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count()},
+            "complete": len(rows) == len(self.args.devices) and len(self.args.devices) >= 5,
+            "design_converged": bool(convergence and convergence["converged"]),
+            "design_curve": convergence,
+            "tuning": json.loads(self.tuning_file.read_text()) if self.tuning_file.is_file() else None,
+            "run_seconds": None if timing is None else timing["run_seconds"],
+            "capture_frames_per_s": None if timing is None else timing["capture_frames_per_s"],
+            "run_timing": timing,
+            "settings": {"config": "examples/run_sim.yaml", "fabrication": "examples/optics_fabricated.yaml",
+                         "errors": config_io.load_yaml(self.args.fabrication)["errors"]["spec"],
+                         "student_set": STUDENT_SET, "teacher_set": TEACHER_SET, "seeds": self.args.seeds,
+                         "lrs": self.args.lrs, "ntk_weights": self.args.ntk_weights, "tuning_seed": TUNING_SEED,
+                         "tuning_device": self.first, "threads": self.args.threads,
+                         "segmentation": "not run: the job takes classification only (issue 21, left open)"}})
+        print("\n".join(summary_table(result)))
+        finish([], result, self.args.out)
+        plot(result, self.args.out.with_suffix(".png"))
+
+    def timing(self) -> None:
+        """``make demo``'s job, fresh, timed end to end (``root/timing``)."""
+        folder = self.root / "timing"
+        file = folder / "timing.json"
+        if file.is_file():
+            return
+        run = folder / "run"
+        if run.exists() and any(run.iterdir()):
+            raise SystemExit(f"{run} is not empty and has no {file.name}: remove it to time a fresh run")
         start = time.perf_counter()
-        steps.run_job(steps.load_job(config, folder), progress=False)
-        write(file, {"run_seconds": time.perf_counter() - start, "command": "hil.job.run_job (what make demo runs)",
-                     "load_average_at_end": list(os.getloadavg())})
-    return json.loads(file.read_text())
+        steps.run_job(steps.load_job(self.args.config, run), progress=False)
+        seconds = time.perf_counter() - start
+        capture = json.loads((run / "capture.json").read_text())
+        write_json(file, {"run_seconds": seconds, "capture_frames_per_s": capture["frames_per_s"],
+                          "command": "hil.job.run_job(examples/run_sim.yaml) (what make demo runs)",
+                          "threads": torch.get_num_threads(), "load_average_at_end": list(os.getloadavg())})
 
 
-def write(path: Path, value: dict) -> None:
+# ---------------------------------------------------------------------- tuning grids
+def setting_name(lr: float, weight: float) -> str:
+    return f"lr{lr:g}_w{weight:g}"
+
+
+def canonical(value: float) -> float:
+    """``value`` as it reads back from a setting name (6 significant digits)."""
+    return float(f"{value:g}")
+
+
+def parse_setting(name: str) -> tuple[float, float]:
+    lr, weight = name[2:].split("_w")
+    return float(lr), float(weight)
+
+
+def best_setting(scores: dict) -> tuple[float, float]:
+    """The ``(lr, ntk_weight)`` of the best validation accuracy (ties: the smaller rate, then weight)."""
+    best = max(scores.values())
+    return min(parse_setting(name) for name, value in scores.items() if value == best)
+
+
+def widened(grid, run, methods, scores, fixed, times, *, weights=False) -> list[float]:
+    """Run ``run(value)`` over ``grid``; while a method's best value is at an edge, extend the grid by a
+    factor 3 beyond that edge (at most ``times`` times). ``fixed``: the other coordinate of the setting."""
+    grid = sorted(canonical(v) for v in grid)
+    for value in grid:
+        run(value)
+    for _ in range(times):
+        edges = set()
+        for method in methods:
+            tried = {parse_setting(n)[1 if weights else 0]: v for n, v in scores.get(method, {}).items()
+                     if parse_setting(n)[0 if weights else 1] == fixed}
+            if not tried:
+                continue
+            best = max(tried.values())
+            chosen = min(k for k, v in tried.items() if v == best)
+            if chosen == min(grid):
+                edges.add(canonical(min(grid) / 3))
+            elif chosen == max(grid):
+                edges.add(canonical(max(grid) * 3))
+        if not edges:
+            break
+        for value in sorted(edges):
+            run(value)
+            grid.append(value)
+        grid.sort()
+    return grid
+
+
+# ---------------------------------------------------------------------- rows and aggregation
+def device_row(device: int, evaluations: dict, tuning: dict, control: dict, run_dir: Path) -> dict:
+    """One device's figures: the references, the control at its tuned rate and at every group's rate,
+    and every method at its chosen setting (mean over seeds, recovered against the tuned control)."""
+    any_eval = next(iter(evaluations.values()))
+    capture = json.loads((run_dir / "capture.json").read_text())
+    row = {"device": device, **{k: any_eval[k] for k in ("test_samples", "design", "design_noisy",
+                                                         "perfect_fabrication", "uncompensated", "calibration_layer")},
+           "teacher": next((e["teacher"]["teacher"] for e in evaluations.values() if e.get("teacher")), None),
+           "left_out": {m: why for e in evaluations.values() for m, why in e.get("left_out", {}).items()},
+           "clipped_pixel_fraction": max(v["clipped_pixel_fraction"] for v in capture.values()
+                                         if isinstance(v, dict) and "clipped_pixel_fraction" in v),
+           "exposure_s": capture["exposure"]["exposure_s"], "design_ft": {}, "design_ft_same_lr": {},
+           "by_fraction": {}}
+    for key, setting in control.items():
+        cell = evaluations[setting_name(*setting)]["design_ft"][key]
+        row["design_ft"][key] = {"mean": cell["mean"], "accuracies": cell["accuracies"], "setting": setting_name(*setting)}
+    for key, methods in tuning.items():
+        for method, settings in methods.items():
+            if method == DESIGN_FT or method in row["left_out"]:
+                continue
+            name = setting_name(*best_setting(settings))
+            evaluation = evaluations[name]
+            cell = evaluation["by_fraction"].get(method, {}).get(key)
+            if cell is None:
+                continue
+            target = row["design_ft"][key]["mean"]
+            lost = target - row["uncompensated"]
+            row["by_fraction"].setdefault(method, {})[key] = {
+                "mean": cell["mean"], "accuracies": cell["accuracies"], "setting": name,
+                "recovered_fraction": (cell["mean"] - row["uncompensated"]) / lost if lost > 0 else None}
+            row["design_ft_same_lr"].setdefault(method, {})[key] = evaluation["design_ft"][key]["mean"]
+    return row
+
+
+def interval(values) -> dict:
+    """Mean and 95 % t-interval half width over devices (None for a single value)."""
+    values = np.asarray([v for v in values if v is not None], dtype=float)
+    if len(values) == 0:
+        return {"mean": None, "ci95": None, "devices": []}
+    half = float(stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values))) \
+        if len(values) > 1 else None
+    return {"mean": float(values.mean()), "ci95": half, "devices": values.tolist()}
+
+
+def aggregate(rows: list[dict], args) -> dict:
+    """The result keys of the issue over the per-device ``rows``."""
+    out = {"benchmark": "hil", "devices": [r["device"] for r in rows], "per_device": rows}
+    for key in ("design", "design_noisy", "perfect_fabrication", "uncompensated", "calibration_layer", "teacher"):
+        out[key] = interval([r[key] for r in rows])
+    out["fabrication_loss_points"] = interval([100 * (r["design"] - r["uncompensated"]) for r in rows])
+    fractions = sorted({k for r in rows for k in r["design_ft"]}, key=float)
+    out["design_ft"] = {k: interval([r["design_ft"][k]["mean"] for r in rows]) for k in fractions}
+    methods = sorted({m for r in rows for m in r["by_fraction"]})
+    out["by_fraction"] = {}
+    out["paired_vs_e2e"] = {}
+    for method in methods:
+        for key in fractions:
+            cells = [r["by_fraction"].get(method, {}).get(key) for r in rows]
+            if any(c is None for c in cells):
+                continue
+            cell = interval([c["mean"] for c in cells])
+            recovered = interval([c["recovered_fraction"] for c in cells])
+            cell.update({"recovered_fraction": recovered["mean"], "recovered_fraction_ci95": recovered["ci95"],
+                         "recovered_fraction_devices": recovered["devices"]})
+            out["by_fraction"].setdefault(method, {})[key] = cell
+            if method != "e2e" and all(r["by_fraction"].get("e2e", {}).get(key) for r in rows):
+                out["paired_vs_e2e"].setdefault(method, {})[key] = interval(
+                    [c["mean"] - r["by_fraction"]["e2e"][key]["mean"] for c, r in zip(cells, rows)])
+    out["clipped_pixel_fraction"] = max((r["clipped_pixel_fraction"] for r in rows), default=None)
+    best = {k: max(((m, out["by_fraction"][m][k]) for m in out["by_fraction"] if k in out["by_fraction"][m]),
+                   key=lambda mc: mc[1]["recovered_fraction"] or -np.inf, default=(None, None)) for k in fractions}
+    out["best_method"] = {k: {"method": m, "recovered_fraction": c and c["recovered_fraction"],
+                              "recovered_fraction_ci95": c and c["recovered_fraction_ci95"]} for k, (m, c) in best.items()}
+    losses = out["fabrication_loss_points"]["devices"]
+    out["checks"] = {"fabrication_loss_ge_8_points_every_device": bool(losses) and min(losses) >= 8,
+                     "clipped_pixel_fraction_le_0.001": out["clipped_pixel_fraction"] is not None
+                     and out["clipped_pixel_fraction"] <= 0.001}
+    if "0.1" in best and best["0.1"][1] is not None:
+        out["checks"]["best_recovers_ge_0.9_at_10_percent"] = best["0.1"][1]["recovered_fraction"] >= 0.9
+    return out
+
+
+def summary_table(result: dict) -> list[str]:
+    """A markdown table (the README's): references, the control and every method per captured fraction,
+    means over devices +- the 95 % interval half width, in percent."""
+    def fmt(cell):
+        if not cell or cell.get("mean") is None:
+            return "-"
+        ci = f" +- {100 * cell['ci95']:.1f}" if cell.get("ci95") is not None else ""
+        return f"{100 * cell['mean']:.1f}{ci}"
+    fractions = list(result["design_ft"])
+    lines = ["| accuracy % | " + " | ".join(f"{100 * float(k):g} % captured" for k in fractions) + " |",
+             "|---|" + "---|" * len(fractions)]
+    for key in ("design", "perfect_fabrication", "uncompensated", "calibration_layer", "teacher"):
+        lines.append(f"| {key} | {fmt(result[key])} |" + " |" * (len(fractions) - 1))
+    lines.append("| design_ft (control) | " + " | ".join(fmt(result["design_ft"][k]) for k in fractions) + " |")
+    for method, cells in result["by_fraction"].items():
+        recovered = [cells[k].get("recovered_fraction") if k in cells else None for k in fractions]
+        lines.append(f"| {method} | " + " | ".join(
+            fmt(cells.get(k)) + (f" ({100 * r:.0f} %)" if r is not None else "") for k, r in zip(fractions, recovered))
+            + " |")
+    return lines
+
+
+def plot(result: dict, path: Path) -> None:
+    """Accuracy against captured fraction, means over devices with 95 % intervals, references dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fractions = list(result["design_ft"])
+    if not fractions:
+        return
+    x = [100 * float(k) for k in fractions]
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    series = {"design_ft (control)": result["design_ft"], **result["by_fraction"]}
+    for i, (name, cells) in enumerate(series.items()):
+        means = [100 * cells[k]["mean"] for k in fractions]
+        errors = [100 * (cells[k]["ci95"] or 0.0) for k in fractions]
+        ax.errorbar([v * (1 + 0.03 * (i - len(series) / 2)) for v in x], means, yerr=errors, marker="o", capsize=3,
+                    label=name)
+    for key, style in (("design", "k--"), ("uncompensated", "r:"), ("perfect_fabrication", "g-.")):
+        if result[key]["mean"] is not None:
+            ax.axhline(100 * result[key]["mean"], color=style[0], linestyle=style[1:], label=key)
+    ax.set_xscale("log")
+    ax.set_xticks(x, [f"{v:g} %" for v in x])
+    ax.set_xlabel("training split captured")
+    ax.set_ylabel("test accuracy on captured frames (%)")
+    ax.set_title(f"{len(result['devices'])} fabricated devices, mean and 95 % interval")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_json(path: Path, value) -> None:
     from onn_core.files import atomic_write
 
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(path, "w") as fh:
         json.dump(value, fh, indent=1)
 
+
+def write_text(path: Path, text: str) -> None:
+    from onn_core.files import atomic_write
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_file() and path.read_text() == text:
+        return
+    with atomic_write(path, "w") as fh:
+        fh.write(text)
+
+
+__all__ = ["aggregate", "best_setting", "device_row", "interval", "widened"]
 
 if __name__ == "__main__":
     sys.exit(main())
