@@ -70,14 +70,19 @@ def resolve_device(name: str) -> torch.device:
 def split_train_val(dataset, val_size: int, train_subset: int | None, seed: int):
     """Seeded disjoint ``(train, val)`` subsets of a training split: ``val_size`` samples held out, and
     at most ``train_subset`` of the rest kept."""
-    n = len(dataset)
+    train, val = train_val_indices(len(dataset), val_size, train_subset, seed)
+    return Subset(dataset, train), (Subset(dataset, val) if val else None)
+
+
+def train_val_indices(n: int, val_size: int, train_subset: int | None, seed: int) -> tuple[list[int], list[int]]:
+    """The sorted ``(train, val)`` indices :func:`split_train_val` takes from a split of ``n`` samples."""
     if val_size >= n:
         raise ConfigError("data.val_size", val_size, f"fewer than the {n} training samples")
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
     val, train = order[:val_size], order[val_size:]
     if train_subset is not None:
         train = train[:train_subset]
-    return Subset(dataset, sorted(train)), (Subset(dataset, sorted(val)) if val else None)
+    return sorted(train), sorted(val)
 
 
 def build_datasets(cfg: RunConfig, datasets=None):
