@@ -18,9 +18,24 @@ Measured here (every figure in one run; seeds and magnitudes are not the tests')
 - ``phase_retrieval_rms_waves``: Noll 4-11 RMS error of phase retrieval with phase diversity on
   noiseless PSFs of an independent numpy FFT oracle; ``phase_retrieval_rms_waves_noisy``: mean over
   seeds at 1e5 photo-electrons per PSF and 2 e- read noise, with its Cramer-Rao RMS beside it.
+- ``example_device_reduced_chi2``: the last stage's reduced chi-square of the full fit (default
+  settings) of ``examples/optics.yaml``'s device, with its held-out residual over the noise
+  (``example_device_holdout_residual_over_noise``).
+- ``wave_device``: calibration outside its own model, over ``--wave-devices`` wave-optics devices
+  (``examples/optics_wave.yaml``'s errors, seeds 1..N, PSFs from wave optics: simulator.wave_device):
+  ``shift_rmse_px`` (fitted shift vs the true misregistration), ``reduced_chi2`` (median over devices
+  of the last stage's; ``reduced_chi2_per_device``), ``coverage_1sigma`` / ``coverage_2sigma`` (fraction
+  of the true shifts within 1 / 2 stated sigma, all PSFs and devices pooled), and
+  ``holdout_residual_over_noise`` (median over devices; residual RMS over the expected noise RMS on frames
+  the fit never saw: the point grid moved by half its spacing and two Fashion-MNIST test images where
+  the dataset is installed, else :func:`calibration.psf.default_holdout_images`). The fit configuration
+  is stated under ``fit`` (blur without Zernike terms in the optics stage unless ``--wave-zernike``: the
+  Zernike OTF makes the full fit ~10x slower on the 17 px wave window).
 
-Prints a table and, last, one line of JSON; writes benchmarks/results/calibration.json.
-Usage: python benchmarks/calibration.py [--realisations 50] [--phase-seeds 5]
+Prints a table and, last, one line of JSON; writes benchmarks/results/calibration.json. ``--parts``
+runs only some of the measurements; the keys of the others are kept from the existing JSON.
+Usage: python benchmarks/calibration.py [--realisations 50] [--phase-seeds 5] [--wave-devices 20]
+       [--parts shift,example,speed,phase,wave]
 """
 
 from __future__ import annotations
@@ -42,6 +57,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from calibration.fit import FitSettings, fit_mismatch  # noqa: E402
+from onn_core import config as config_io  # noqa: E402
 from calibration.psf import measure_psfs  # noqa: E402
 from onn_core.files import atomic_write  # noqa: E402
 from simulator.system import OpticalSystem  # noqa: E402
@@ -49,6 +65,9 @@ from tests.calibration import test_phase_retrieval as phase  # noqa: E402
 from tests.calibration.benches import example_optics, simulated_bench  # noqa: E402
 
 SHIFT_SPEC = {"shift_std_px": 0.5, "brightness_rel_std": 0.1}
+#: What --parts can name: shift accuracy, the example device's fit speed, its reduced chi-square,
+#: phase retrieval, the wave devices.
+PARTS = ("shift", "speed", "example", "phase", "wave")
 
 
 def nominal() -> OpticalSystem:
@@ -75,11 +94,7 @@ def shift_accuracy(realisations: int) -> dict:
 def example_device_fit() -> dict:
     with simulated_bench(None) as bench:  # examples/optics.yaml's fabricated device, as shipped
         measurement = measure_psfs(bench, nominal(), averages=8, progress=False)
-    aberration = example_optics()["errors"]["aberration"]
-    from simulator.fabrication import AberrationOptics
-
-    settings = FitSettings(aberration=AberrationOptics(**{k: tuple(v) if isinstance(v, list) else v
-                                                          for k, v in aberration.items()}))
+    settings = FitSettings(aberration=example_aberration())
     seconds = {}
     for method in ("finite_differences", "autodiff"):
         start = time.perf_counter()
@@ -93,6 +108,74 @@ def example_device_fit() -> dict:
             "fit_speedup_vs_finite_differences": seconds["finite_differences"] / seconds["autodiff"],
             "psf_residual_before": fit.psf_residual_before, "psf_residual_after": fit.psf_residual_after,
             "chi2_reduced": fit.chi2_reduced, "unidentifiable": [p.name for p in fit.parameters if not p.identifiable]}
+
+
+def example_device_chi2() -> dict:
+    """The full fit (default settings) of examples/optics.yaml's device: its last reduced chi-square and
+    held-out residual."""
+    with simulated_bench(None) as bench:
+        measurement = measure_psfs(bench, nominal(), averages=8, progress=False)
+    fit = fit_mismatch(measurement, nominal(), settings=FitSettings(aberration=example_aberration()))
+    return {"example_device_reduced_chi2": fit.chi2_reduced[fit.settings.stages[-1]],
+            "example_device_holdout_residual_over_noise": fit.holdout_residual_over_noise.get("all"),
+            "example_device_kernel_error_parameters": fit.kernel_error_parameters}
+
+
+def example_aberration():
+    from simulator.fabrication import AberrationOptics
+
+    aberration = example_optics()["errors"]["aberration"]
+    return AberrationOptics(**{k: tuple(v) if isinstance(v, list) else v for k, v in aberration.items()})
+
+
+def dataset_images(count: int = 2):
+    """The first ``count`` Fashion-MNIST test images in [0, 1] where the dataset is installed, else None."""
+    path = Path("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz")
+    if not path.exists():
+        return None
+    from hil.data.idx import read_idx
+
+    return read_idx(path)[:count].astype(np.float64) / 255.0
+
+
+def wave_devices(count: int, zernike: bool) -> dict:
+    """Fit ``count`` wave-optics devices (module docstring: ``wave_device``)."""
+    wave = config_io.load_yaml(ROOT / "examples" / "optics_wave.yaml")
+    margin = wave["geometry"]["psf_margin_px"]
+    optics = {**example_optics(), "geometry": {**example_optics()["geometry"], "psf_margin_px": margin}}
+    system = OpticalSystem.from_config({**optics, "errors": None})
+    settings = FitSettings(aberration=example_aberration(), zernike_noll=(4, 5, 6) if zernike else ())
+    images = dataset_images()
+    errors, sigmas, chi2, holdout, seconds = [], [], [], [], []
+    for seed in range(1, count + 1):
+        with simulated_bench({"errors": {**wave["errors"], "seed": seed}, "geometry": {"psf_margin_px": margin},
+                              "seed": 500 + seed}) as bench:
+            measurement = measure_psfs(bench, system, averages=8, progress=False, holdout_images=images)
+            truth = bench.camera.optics.errors.shift_px.clone()
+        start = time.perf_counter()
+        fit = fit_mismatch(measurement, system, settings=settings)
+        seconds.append(time.perf_counter() - start)
+        sigma = {p.name: p.sigma for p in fit.parameters}
+        errors.append((fit.errors.shift_px - truth).numpy())
+        sigmas.append(np.array([[sigma[f"shift_px[{i}][{a}]"] for a in range(2)] for i in range(truth.shape[0])]))
+        chi2.append(fit.chi2_reduced[settings.stages[-1]])
+        holdout.append(fit.holdout_residual_over_noise["all"])
+        print(f"wave device {seed}: reduced chi2 {chi2[-1]:.3g}, held-out {holdout[-1]:.3g}, "
+              f"{seconds[-1]:.0f} s", flush=True)
+    errors, sigmas = np.stack(errors), np.stack(sigmas)
+    z = np.abs(errors) / sigmas
+    return {"wave_device": {
+        "shift_rmse_px": float(np.sqrt(np.mean(errors**2))), "reduced_chi2": float(np.median(chi2)),
+        "coverage_1sigma": float(np.mean(z < 1)), "coverage_2sigma": float(np.mean(z < 2)),
+        "holdout_residual_over_noise": float(np.median(holdout)), "devices": count,
+        "reduced_chi2_per_device": chi2, "holdout_residual_per_device": holdout,
+        "shift_sigma_median_px": float(np.median(sigmas)), "fit_seconds_median": float(np.median(seconds)),
+        "holdout_images": "fashion-mnist t10k [0, 1]" if images is not None else "calibration.psf.default_holdout_images",
+        "fit": {"stages": list(settings.stages), "zernike_noll": list(settings.zernike_noll),
+                "kernel_error_window_px": "whole PSF window (7 + 2 x 5 = 17)", "kernel_error_prior":
+                settings.kernel_error_prior, "averages": 8,
+                "note": "faster configuration than the full fit: no Zernike terms (the kernel error holds them)"
+                if not zernike else "full fit"}}}
 
 
 def phase_retrieval(seeds: int) -> dict:
@@ -114,15 +197,32 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--realisations", type=int, default=50)
     parser.add_argument("--phase-seeds", type=int, default=5)
+    parser.add_argument("--wave-devices", type=int, default=20)
+    parser.add_argument("--wave-zernike", action="store_true", help="fit wave devices with Zernike 4-6 (slow)")
+    parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {PARTS}")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "calibration.json"))
     args = parser.parse_args()
+    parts = [p for p in args.parts.split(",") if p]
+    if not parts or set(parts) - set(PARTS):
+        parser.error(f"--parts must be a subset of {PARTS}")
     torch.set_num_threads(1)
-    results = {"machine": platform.node(), "processor": platform.processor() or platform.machine(),
-               "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-               "torch_threads": 1}
-    results.update(shift_accuracy(args.realisations))
-    results.update(example_device_fit())
-    results.update(phase_retrieval(args.phase_seeds))
+    out = Path(args.out)
+    results = json.loads(out.read_text()) if out.exists() and set(parts) != set(PARTS) else {}
+    results.update({"machine": platform.node(), "processor": platform.processor() or platform.machine(),
+                    "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                    "torch_threads": 1})
+    if set(parts) != set(PARTS):
+        results["parts_measured_on_date"] = parts
+    if "shift" in parts:
+        results.update(shift_accuracy(args.realisations))
+    if "speed" in parts:
+        results.update(example_device_fit())
+    if "example" in parts:
+        results.update(example_device_chi2())
+    if "phase" in parts:
+        results.update(phase_retrieval(args.phase_seeds))
+    if "wave" in parts:
+        results.update(wave_devices(args.wave_devices, args.wave_zernike))
     for key, value in results.items():
         if isinstance(value, float):
             print(f"{key:34s} {value:.4g}" if math.isfinite(value) else f"{key:34s} {value}")

@@ -13,8 +13,9 @@ Stages (each refits its own parameters together with the earlier stages' ones, s
 geometry        per PSF: shift (dy, dx) px, rotation (rad), magnification, brightness
 photometry      + crosstalk between neighbouring tiles, cos^4 vignetting (its squared tangent)
 optics          + per PSF: blur (its variance, px^2) and Zernike terms (Noll ``zernike_noll``, m)
-residual        a regularised relative kernel error on the design window, the rest held fixed;
-                then, in turn, the rest refitted given it and it refitted given them
+residual        a regularised relative kernel error on the whole PSF window (the design's K x K and
+                the margin around it, ``kernel_error_window_px``) together with the geometry;
+                then, in turn, every physical parameter refitted given it and it refitted
 ==============  ==============================================================================
 
 The first three stages are solved by Levenberg-Marquardt (Marquardt's diagonal scaling, so units do
@@ -26,10 +27,30 @@ automatic differentiation (``torch.func.jvp`` in one ``vmap``, the shape block a
 with autodiff (the Zernike terms' OTF derivative costs more than the few PSFs a difference
 recomputes), so differences are the default.
 The residual stage minimises chi-square plus ``sum(delta^2) / kernel_error_prior^2`` with L-BFGS
-while the physical parameters are held fixed, and the physical parameters are refitted (LM) while
-the kernel error is held fixed, :data:`RESIDUAL_ALTERNATIONS` times: never jointly, so the
-regularised kernel error cannot take over a shift or a brightness, but the physical parameters no
-longer carry the bias of an unmodelled kernel error.
+over the kernel error and the geometric parameters (shift, rotation, magnification, brightness: in
+units of their Fisher sigma times the root of a kernel value's chi-square curvature, so that L-BFGS
+moves both kinds alike), the others held fixed; then all physical parameters are refitted (LM) with
+the kernel error held fixed, and the two again, :data:`RESIDUAL_ALTERNATIONS` times. The prior is on
+the kernel error alone, so it cannot take over a shift or a brightness (they cost nothing); the
+geometry moves with it because an unmodelled part of the PSFs biases the earlier stages' geometry (a
+halo's light taken for a brighter, larger core), and a kernel error fitted at a fixed biased geometry
+absorbs the bias, which alternating one side at a time removes only slowly (on a cascade device with
+a 10 % halo: reduced chi-square 3.0 after the rounds, against 0.98 with the geometry moving along).
+Each L-BFGS run starts every kernel value just inside its bound ``psf + delta rms >= 0``: ``relu``
+has no slope beyond it, so a value a line search once took below zero intensity would stay there
+(on a wave device a quarter of the values were, holding the reduced chi-square at ~49).
+
+The kernel error spans the whole PSF window by default: a real optic (e.g. a meta-optic, see
+:mod:`simulator.wave_device`) puts light where the design puts none, a faint halo around the design's
+K x K (12 % of the light on the wave device of ``examples/optics_wave.yaml``); a kernel error on the
+design's window cannot hold it and the misfit biases every other parameter (there: reduced chi-square
+~42, shifts off by up to ~160 sigma). Its extra values are ordinary kernel-error values (relative to the
+design's RMS, the same prior) and count in the degrees of freedom like the others.
+
+Held-out frames: where the measurement has them (:class:`~calibration.psf.HoldoutFrames`: the point
+grid moved by half its spacing, images), the calibrated model predicts them and
+:attr:`MismatchFit.holdout_residual_over_noise` is the residual RMS over the expected noise RMS
+(:func:`holdout_residuals`): 1 where the model predicts frames it was not fitted to down to the noise.
 
 Reparametrisations that let a fit start at the design: blur enters through its variance (the PSF
 depends on sigma only through sigma^2, so d/d sigma = 0 at 0, but d/d variance is not); the
@@ -91,7 +112,8 @@ IDENTIFIABLE_SIGMA = {
     "crosstalk": 0.005, "vignetting_tan2": 0.05, "blur_variance_px2": 0.1, "zernike_waves": 0.05,
 }
 _BLUR_FLOOR = 1e-12
-#: Start of the relative kernel error in the residual stage (see _fit_kernel_error).
+#: Start of the relative kernel error in the residual stage, and how far inside its bound every value starts
+#: an L-BFGS run (see _fit_kernel_error).
 KERNEL_ERROR_START = 1e-3
 #: Rounds of refitting the physical parameters given the kernel error, then the kernel error given
 #: them, after the residual stage's first fit (the kernel error stays regularised and is held fixed
@@ -120,7 +142,10 @@ class FitSettings:
 
     stages: subset of :data:`STAGES`, in order. zernike_noll: Noll indices fitted in the optics stage
     (>= 4; tilt is the shift). kernel_error_prior: prior RMS of the relative kernel error.
-    max_iterations: per Levenberg-Marquardt or L-BFGS run. aberration: the optics behind the Zernike
+    kernel_error_window_px: side of the kernel error's window, centred on the design's K x K: K + 2 w
+    with ``w <= geometry.psf_margin_px`` (odd); None (default): the whole PSF window, K + 2 margin, so
+    the residual stage also absorbs light the design puts nowhere (a halo: module docstring).
+    max_iterations: per Levenberg-Marquardt run. aberration: the optics behind the Zernike
     terms (wavelength, image-side f-number of a sub-optic, sensor pixel pitch). jacobian: one of
     :data:`JACOBIANS`, how the Levenberg-Marquardt Jacobian is computed (module docstring).
     """
@@ -128,6 +153,7 @@ class FitSettings:
     stages: tuple[str, ...] = STAGES
     zernike_noll: tuple[int, ...] = (4, 5, 6)
     kernel_error_prior: float = 0.1
+    kernel_error_window_px: int | None = None
     max_iterations: int = 60
     aberration: AberrationOptics = field(default_factory=AberrationOptics)
     jacobian: str = "finite_differences"
@@ -146,6 +172,9 @@ class FitSettings:
         object.__setattr__(self, "zernike_noll", noll)
         if not (self.kernel_error_prior > 0):
             raise InputError(f"kernel_error_prior must be > 0, got {self.kernel_error_prior!r}")
+        window = self.kernel_error_window_px
+        if window is not None and (isinstance(window, bool) or not isinstance(window, int) or window < 1 or window % 2 == 0):
+            raise InputError(f"kernel_error_window_px must be an odd int (K + 2 w) or None, got {window!r}")
         if isinstance(self.max_iterations, bool) or not isinstance(self.max_iterations, int) or self.max_iterations < 1:
             raise InputError(f"max_iterations must be an int >= 1, got {self.max_iterations!r}")
 
@@ -177,6 +206,10 @@ class MismatchFit:
     model_rate: np.ndarray                        # calibrated model (DN/s), frame shape
     design_rate: np.ndarray                       # design model (DN/s), frame shape
     settings: FitSettings = field(default_factory=FitSettings)
+    #: residual RMS over the expected noise RMS on frames the fit never saw (``point_grid``, ``images``,
+    #: ``all`` pooled; 1.0 = the model predicts them to the noise): :func:`holdout_residuals`. Empty
+    #: when the measurement has no held-out frames.
+    holdout_residual_over_noise: dict = field(default_factory=dict)
 
     def table(self) -> list[dict]:
         return [{"name": p.name, "kind": p.kind, "value": p.value, "sigma": p.sigma,
@@ -188,7 +221,8 @@ class MismatchFit:
                 "kernel_error_parameters": self.kernel_error_parameters,
                 "psf_residual_before": self.psf_residual_before,
                 "psf_residual_after": self.psf_residual_after, "parameters": len(self.parameters),
-                "unidentifiable": flagged, "stages": list(self.settings.stages)}
+                "unidentifiable": flagged, "stages": list(self.settings.stages),
+                "holdout_residual_over_noise": self.holdout_residual_over_noise}
 
     def to_hdf5(self, group: h5py.Group) -> None:
         """Write into the empty h5py ``group`` with the codec of :mod:`calibration.hdf5` (schema
@@ -203,7 +237,8 @@ class MismatchFit:
                            "psf_residual_after": self.psf_residual_after, "sigma_scale": self.sigma_scale,
                            "kernel_error_parameters": self.kernel_error_parameters},
                     json_attrs={"errors": self.errors.to_dict(), "chi2_reduced": self.chi2_reduced, "dof": self.dof,
-                                "settings": config_io.to_plain(self.settings)})
+                                "settings": config_io.to_plain(self.settings),
+                                "holdout_residual_over_noise": self.holdout_residual_over_noise})
 
     @classmethod
     def from_hdf5(cls, group: h5py.Group) -> "MismatchFit":
@@ -213,6 +248,8 @@ class MismatchFit:
                             attrs=("psf_residual_before", "psf_residual_after", "sigma_scale",
                                    "kernel_error_parameters"),
                             json_attrs=("errors", "chi2_reduced", "dof", "settings"))
+        holdout = (read_group(group, SCHEMA, SCHEMA_VERSION, json_attrs=("holdout_residual_over_noise",))
+                   if "holdout_residual_over_noise_json" in group.attrs else {})  # absent in older files
         params = [Parameter(name=_text(r["name"]), kind=_text(r["kind"]), value=float(r["value"]),
                             sigma=float(r["sigma"]), identifiable=bool(r["identifiable"]),
                             sign_ambiguous=bool(r["sign_ambiguous"])) for r in values["parameters"]]
@@ -223,7 +260,8 @@ class MismatchFit:
                    psf_residual_before=float(values["psf_residual_before"]),
                    psf_residual_after=float(values["psf_residual_after"]),
                    model_rate=values["model_rate"], design_rate=values["design_rate"],
-                   settings=config_io.build(FitSettings, values["settings"], "fit.settings"))
+                   settings=config_io.build(FitSettings, values["settings"], "fit.settings"),
+                   holdout_residual_over_noise=holdout.get("holdout_residual_over_noise", {}))
 
 
 def _text(value) -> str:
@@ -240,6 +278,12 @@ class _Model:
         self.system.requires_grad_(False)
         p, self.channels, k, _ = self.system.design.psfs().shape
         self.p, self.k, self.aberration = p, k, aberration
+        margin = self.system.geometry.psf_margin_px
+        self.kernel_window = k + 2 * margin if settings.kernel_error_window_px is None else settings.kernel_error_window_px
+        if not (k <= self.kernel_window <= k + 2 * margin) or (self.kernel_window - k) % 2:
+            raise InputError(f"fit.kernel_error_window_px must be the design's {k} px plus an even number up to "
+                             f"2 x geometry.psf_margin_px = {2 * margin} (at most {k + 2 * margin}), "
+                             f"got {settings.kernel_error_window_px}")
         self.method = settings.jacobian
         self.num_zernike = max(settings.zernike_noll, default=0)
         self.zernike_index = [j - 1 for j in settings.zernike_noll]
@@ -327,7 +371,8 @@ class _Model:
         if kernel_error is not None and kernel_error.requires_grad:  # the residual stage: filters fixed
             if self._transfer is None or not torch.equal(self._transfer[0], shape_params):
                 window = self.system.psf_window_px
-                self._transfer = (shape_params.clone(), shape_transfer(errors, self.channels, window, theta.dtype))
+                self._transfer = (shape_params.detach().clone(),
+                                  shape_transfer(self.errors(theta.detach()), self.channels, window, theta.dtype))
             shaped = shape_psfs(self.design_psfs, errors, margin, transfer=self._transfer[1])
         elif cached is None or cached[1] is not kernel_error:
             shaped = shape_psfs(self.design_psfs, errors, margin)
@@ -351,6 +396,18 @@ class _Model:
         errors = self.errors(theta, kernel_error)
         self.system.errors = errors
         return self.system.radiance_frame(self.radiance, place_psfs(shaped, errors))[0] * self.scale
+
+    def predicted(self, pattern: np.ndarray, theta: torch.Tensor, kernel_error: torch.Tensor | None) -> torch.Tensor:
+        """Model signal rate (DN/s), whole frame, of another displayed ``pattern`` (gray levels)."""
+        gray = torch.from_numpy(np.asarray(pattern).astype(np.int64))[None, None]
+        radiance, design = self.radiance, self.design_psfs
+        self.radiance = (self.system.relative_radiance(gray, design)
+                         - self.system.relative_radiance(torch.zeros_like(gray), design))
+        try:
+            with torch.no_grad():
+                return self.rate(theta, kernel_error, remember=False)
+        finally:
+            self.radiance = radiance
 
     def whitened(self, theta: torch.Tensor, kernel_error: torch.Tensor | None = None) -> torch.Tensor:
         return (self.data - self.rate(theta, kernel_error)[self.mask]) / self.sigma
@@ -472,7 +529,12 @@ def effective_parameters(jacobian: torch.Tensor, prior: float) -> float:
     """Effective number of parameters of the regularised least squares ``|r - J d|^2 + |d|^2 / prior^2``
     (whitened residuals ``r``, Jacobian ``J`` (pixels, values)): the trace of its hat matrix
     ``J (J^T J + I / prior^2)^-1 J^T``, ``sum(lambda / (lambda + prior^-2))`` over the eigenvalues of ``J^T J``."""
-    eigen = torch.linalg.eigvalsh(jacobian.T @ jacobian).clamp(min=0)
+    return effective_parameters_of_gram(jacobian.T @ jacobian, prior)
+
+
+def effective_parameters_of_gram(gram: torch.Tensor, prior: float) -> float:
+    """:func:`effective_parameters` from ``J^T J`` itself."""
+    eigen = torch.linalg.eigvalsh(gram).clamp(min=0)
     return float((eigen / (eigen + prior**-2)).sum())
 
 
@@ -483,17 +545,10 @@ def sigma_scale(chi2_reduced: float, dof: float) -> float:
     return math.sqrt(chi2_reduced) if excess else 1.0
 
 
-def _kernel_error_jacobian(model: _Model, theta: torch.Tensor, kernel_error: torch.Tensor) -> torch.Tensor:
-    """d(model/sigma)/d kernel_error over the masked pixels (pixels, P * C * K * K), by forward-mode
-    automatic differentiation: one tangent per kernel value and colour class (PSFs whose tiles are >= 3
-    grid steps apart move together; each PSF's column is read off its own neighbourhood)."""
-    shape = kernel_error.shape
-    slots = int(np.prod(shape[1:]))
-    tangents = torch.zeros(5, slots, model.p, slots, dtype=torch.float64)
-    for p in range(model.p):
-        tangents[model.colour[p], torch.arange(slots), p, torch.arange(slots)] = 1.0
-
-    errors = model.errors(theta, kernel_error)  # the blur and aberration filters, fixed (as in the fit)
+def _kernel_error_rate(model: _Model, theta: torch.Tensor, kernel_error: torch.Tensor):
+    """The model's rate over the masked pixels as a function of the kernel error alone, at ``theta``
+    (the blur and aberration filters fixed, as in the fit), for forward-mode differentiation."""
+    errors = model.errors(theta, kernel_error)
     transfer = shape_transfer(errors, model.channels, model.system.psf_window_px, theta.dtype)
     margin = model.system.geometry.psf_margin_px
 
@@ -501,13 +556,61 @@ def _kernel_error_jacobian(model: _Model, theta: torch.Tensor, kernel_error: tor
         shaped = shape_psfs(model.design_psfs, model.errors(theta, delta), margin, transfer=transfer)
         return model._image(theta, shaped, delta)[model.mask]
 
+    return rate
+
+
+def _kernel_error_passes(model: _Model, theta: torch.Tensor, kernel_error: torch.Tensor) -> torch.Tensor:
+    """d rate / d kernel_error over the masked pixels, (5 colour classes, C * K' * K' values, pixels), by
+    forward-mode automatic differentiation: one tangent per kernel value and colour class (PSFs whose
+    tiles are >= 3 grid steps apart move together; PSF ``p``'s column is its class's, on ``near[p]``)."""
+    shape = kernel_error.shape
+    slots = int(np.prod(shape[1:]))
+    tangents = torch.zeros(5, slots, model.p, slots, dtype=torch.float64)
+    for p in range(model.p):
+        tangents[model.colour[p], torch.arange(slots), p, torch.arange(slots)] = 1.0
+
+    rate = _kernel_error_rate(model, theta, kernel_error)
+
     def derivative(tangent):
         return torch.func.jvp(rate, (kernel_error,), (tangent.reshape(shape),))[1]
 
     passes = torch.func.vmap(derivative, chunk_size=slots)(tangents.reshape(-1, *shape))
-    passes = passes.reshape(5, slots, -1)
+    return passes.reshape(5, slots, -1)
+
+
+def _kernel_error_jacobian(model: _Model, theta: torch.Tensor, kernel_error: torch.Tensor) -> torch.Tensor:
+    """d(model/sigma)/d kernel_error over the masked pixels (pixels, P * C * K' * K'), dense."""
+    passes = _kernel_error_passes(model, theta, kernel_error)
     columns = torch.stack([passes[model.colour[p]] * model.near[p] for p in range(model.p)])  # (P, slots, pixels)
     return columns.reshape(-1, passes.shape[-1]).T / model.sigma[:, None]
+
+
+def _kernel_error_normal(model: _Model, theta: torch.Tensor, kernel_error: torch.Tensor, residual: torch.Tensor,
+                         other: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(J_d^T J_d, J_d^T residual, J_d^T other)`` of the whitened kernel-error Jacobian ``J_d``
+    (:func:`_kernel_error_jacobian`), block by block: PSF ``p``'s columns live on its neighbourhood only,
+    so a block (p, q) is a product over the pixels both neighbourhoods share (none beyond 2 grid steps);
+    no dense (pixels, values) Jacobian is formed (equal to it to float64 rounding, see tests)."""
+    passes = _kernel_error_passes(model, theta, kernel_error)
+    slots = passes.shape[1]
+    near = model.near.bool()
+    whitened = passes / model.sigma
+    gram = torch.zeros(model.p * slots, model.p * slots, dtype=torch.float64)
+    jr = torch.zeros(model.p * slots, dtype=torch.float64)
+    jo = torch.zeros(model.p * slots, other.shape[1], dtype=torch.float64)
+    for p in range(model.p):
+        own = slice(p * slots, (p + 1) * slots)
+        pixels = near[p]
+        jr[own] = whitened[model.colour[p]][:, pixels] @ residual[pixels]
+        jo[own] = whitened[model.colour[p]][:, pixels] @ other[pixels]
+        for q in range(p, model.p):
+            common = pixels & near[q]
+            if not bool(common.any()):
+                continue
+            block = whitened[model.colour[p]][:, common] @ whitened[model.colour[q]][:, common].T
+            gram[own, q * slots:(q + 1) * slots] = block
+            gram[q * slots:(q + 1) * slots, own] = block.T
+    return gram, jr, jo
 
 
 def _levenberg_marquardt(model: _Model, theta: torch.Tensor, free: np.ndarray, max_iterations: int) -> torch.Tensor:
@@ -605,19 +708,28 @@ def fit_mismatch(measurement: PSFMeasurement, system: OpticalSystem, *, noise: P
     physical = len(np.flatnonzero(_mask_of(model, active) & ~fixed))
     if "residual" in settings.stages:
         free = np.flatnonzero(_mask_of(model, active) & ~fixed)
+        # the geometric parameters move with the kernel error (a kernel error alone would keep their bias)
+        joint = np.intersect1d(free, np.flatnonzero(_mask_of(model, kinds["geometry"])))
+        # in units of their Fisher sigmas times the root of a kernel value's curvature: L-BFGS then sees
+        # moves of either kind as equally curved (with the sigmas alone, ~1e3 times flatter: it would
+        # hardly move them)
+        curvature = _kernel_error_curvature(model, theta, _kernel_error_start(model, None))
+        steps = torch.from_numpy(np.where(np.isfinite(sigma[joint]), sigma[joint], 1e-3) * math.sqrt(curvature))
         for round_ in range(1 + RESIDUAL_ALTERNATIONS):
-            if round_:  # the physical parameters again, given the kernel error (which stays fixed there)
+            if round_:  # every physical parameter again, given the kernel error (which stays fixed there)
                 model.kernel_error = kernel_error
                 theta = _levenberg_marquardt(model, theta, free, settings.max_iterations)
                 model.kernel_error = None
-            kernel_error = _fit_kernel_error(model, theta, settings, start=kernel_error)
+            theta, kernel_error = _fit_kernel_error(model, theta, settings, kernel_error, joint, steps)
         if RESIDUAL_ALTERNATIONS:
             model.kernel_error = kernel_error
             sigma[:] = np.inf
             sigma[free] = _fisher_sigma(model, theta, free)
             model.kernel_error = None
-        kernel_parameters = effective_parameters(_kernel_error_jacobian(model, theta, kernel_error),
-                                                 settings.kernel_error_prior)
+        pixels = int(model.mask.sum())
+        gram = _kernel_error_normal(model, theta, kernel_error, torch.zeros(pixels, dtype=torch.float64),
+                                    torch.zeros(pixels, 0, dtype=torch.float64))[0]
+        kernel_parameters = effective_parameters_of_gram(gram, settings.kernel_error_prior)
         chi2["residual"], dof["residual"] = _chi2_reduced(model, theta, kernel_error, physical + kernel_parameters)
     last = settings.stages[-1]
     scale = sigma_scale(chi2[last], dof[last])
@@ -630,10 +742,30 @@ def fit_mismatch(measurement: PSFMeasurement, system: OpticalSystem, *, noise: P
     before = float((design_rate[model.mask] - data).norm()) / norm
     after = float((model_rate[model.mask] - data).norm()) / norm
     params = _parameters(model, theta, sigma, fixed, active, wavelength)
+    holdout = {}
+    if getattr(measurement, "holdout", None) is not None:
+        frames = measurement.holdout
+        holdout = holdout_residuals(frames, [model.predicted(pattern, theta, kernel_error).numpy()
+                                             for pattern in frames.patterns])
+        log.info("calibration fit: held-out residual over the noise %s", holdout)
     return MismatchFit(errors=_detached(errors), parameters=params, chi2_reduced=chi2, dof=dof,
                        kernel_error_parameters=kernel_parameters, sigma_scale=scale, psf_residual_before=before,
                        psf_residual_after=after, model_rate=model_rate.numpy(), design_rate=design_rate.numpy(),
-                       settings=settings)
+                       settings=settings, holdout_residual_over_noise=holdout)
+
+
+def holdout_residuals(frames, predicted) -> dict[str, float]:
+    """Residual RMS over the expected noise RMS, ``sqrt(mean((rate - model)^2 / variance))`` over each
+    held-out frame's masked pixels, pooled per kind (``point_grid``, ``images``) and over all (``all``);
+    ``frames``: :class:`~calibration.psf.HoldoutFrames`, ``predicted``: the model's rate frames (DN/s).
+    1.0: the model predicts frames it was not fitted to to the noise; above it, by how much it fails."""
+    pooled: dict[str, list] = {}
+    for kind, rate, variance, mask, model in zip(frames.kinds, frames.rate, frames.variance, frames.mask, predicted):
+        z2 = (rate[mask] - np.asarray(model)[mask]) ** 2 / variance[mask]
+        name = "images" if kind == "image" else kind
+        pooled.setdefault(name, []).append(z2)
+        pooled.setdefault("all", []).append(z2)
+    return {name: float(np.sqrt(np.concatenate(parts).mean())) for name, parts in pooled.items()}
 
 
 def _tile_chi2(model: _Model, theta: torch.Tensor) -> np.ndarray:
@@ -714,24 +846,55 @@ def _unidentifiable(model: _Model, sigma: np.ndarray, free: np.ndarray) -> np.nd
     return free[~(sigma[free] <= limits[free])].astype(np.int64)
 
 
-def _fit_kernel_error(model: _Model, theta: torch.Tensor, settings: FitSettings,
-                      start: torch.Tensor | None = None) -> torch.Tensor:
-    # Start just above 0: where a design PSF is exactly 0, relu(psf + delta rms) has no gradient at delta = 0.
-    delta = (torch.full((model.p, model.channels, model.k, model.k), KERNEL_ERROR_START, dtype=torch.float64)
-             if start is None else start.clone()).requires_grad_(True)
-    optimiser = torch.optim.LBFGS([delta], max_iter=settings.max_iterations * 4, line_search_fn="strong_wolfe",
+def _fit_kernel_error(model: _Model, theta: torch.Tensor, settings: FitSettings, start: torch.Tensor | None,
+                      joint: np.ndarray, steps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The kernel error minimising chi-square + ``sum(delta^2) / kernel_error_prior^2`` (L-BFGS), and
+    with it the parameters ``joint`` of ``theta`` (the geometric ones, in units of ``steps``: see
+    :func:`fit_mismatch`). Every value starts just inside its bound (``psf + delta rms >= 0``): beyond
+    it ``relu`` has no slope, and a value clipped there would never come back. Returns ``(theta, delta)``."""
+    delta = torch.maximum(_kernel_error_start(model, start), _kernel_error_floor(model) + KERNEL_ERROR_START)
+    delta.requires_grad_(True)
+    index = torch.from_numpy(np.asarray(joint, dtype=np.int64))
+    moves = torch.zeros(len(index), dtype=torch.float64, requires_grad=True)
+    optimiser = torch.optim.LBFGS([delta, moves], max_iter=settings.max_iterations * 4, line_search_fn="strong_wolfe",
                                   tolerance_grad=1e-9, tolerance_change=1e-12)
     prior = settings.kernel_error_prior
     count = model.data.numel()
 
+    def trial():
+        return theta.index_add(0, index, moves * steps) if len(index) else theta
+
     def closure():  # chi-square + prior, per residual (a well-scaled objective for L-BFGS' tolerances)
         optimiser.zero_grad()
-        loss = (model.whitened(theta, delta).square().sum() + delta.square().sum() / prior**2) / count
+        loss = (model.whitened(trial(), delta).square().sum() + delta.square().sum() / prior**2) / count
         loss.backward()
         return loss
 
     optimiser.step(closure)
-    return delta.detach()
+    with torch.no_grad():
+        return trial().detach(), delta.detach()
+
+
+def _kernel_error_start(model: _Model, start: torch.Tensor | None) -> torch.Tensor:
+    window = model.kernel_window
+    return (torch.full((model.p, model.channels, window, window), KERNEL_ERROR_START, dtype=torch.float64)
+            if start is None else start.clone())
+
+
+def _kernel_error_floor(model: _Model) -> torch.Tensor:
+    """The kernel error at zero intensity, ``-psf / rms`` on the kernel-error window (its lower bound)."""
+    pad = (model.kernel_window - model.k) // 2
+    rms = model.design_psfs.pow(2).mean(dim=(-2, -1), keepdim=True).sqrt().clamp(min=1e-300)
+    return -torch.nn.functional.pad(model.design_psfs, (pad,) * 4) / rms
+
+
+def _kernel_error_curvature(model: _Model, theta: torch.Tensor, kernel_error: torch.Tensor) -> float:
+    """The mean diagonal of ``J_d^T W J_d`` (the chi-square's curvature per kernel-error value), by one
+    forward-mode product along a random +-1 tangent (Hutchinson: ``E |J v|^2`` is the trace)."""
+    generator = torch.Generator().manual_seed(0)
+    tangent = torch.randint(0, 2, kernel_error.shape, generator=generator).double() * 2 - 1
+    change = torch.func.jvp(_kernel_error_rate(model, theta, kernel_error), (kernel_error,), (tangent,))[1]
+    return float((change / model.sigma).square().sum()) / kernel_error.numel()
 
 
 def _parameters(model: _Model, theta, sigma, fixed, active, wavelength) -> list[Parameter]:
@@ -759,4 +922,5 @@ def _detached(errors: FabricationErrors) -> FabricationErrors:
     return FabricationErrors.from_dict(errors.to_dict())
 
 
-__all__ = ["FitSettings", "IDENTIFIABLE_SIGMA", "MismatchFit", "Parameter", "SCHEMA", "SCHEMA_VERSION", "STAGES", "fit_mismatch"]
+__all__ = ["FitSettings", "IDENTIFIABLE_SIGMA", "MismatchFit", "Parameter", "SCHEMA", "SCHEMA_VERSION", "STAGES", "fit_mismatch",
+           "holdout_residuals"]

@@ -72,6 +72,7 @@ def markdown(calibration: Calibration, files: dict[str, Path], graded: list[Verd
         lines += ["## Mismatch fit", "", "Reduced chi-square by stage (degrees of freedom): " + ", ".join(
             f"{k} {v:.3g} ({fit.dof[k]:.6g})" for k, v in fit.chi2_reduced.items()) + ".", "",
             f"Relative PSF residual: design {fit.psf_residual_before:.4g}, calibrated {fit.psf_residual_after:.4g}.", "",
+            *_holdout_lines(fit.holdout_residual_over_noise),
             f"Sigmas: Fisher (Cramer-Rao) times {fit.sigma_scale:.3g} "
             + ("(sqrt of the reduced chi-square: the model misfits beyond the noise)." if fit.sigma_scale > 1
                else "(the misfit is the noise's)."),
@@ -83,6 +84,14 @@ def markdown(calibration: Calibration, files: dict[str, Path], graded: list[Verd
         lines.append("")
     figures = [f"![{name}]({path.name})" for name, path in files.items() if path.suffix == ".png"]
     return "\n".join(lines + ["## Figures", ""] + figures) + "\n"
+
+
+def _holdout_lines(holdout: dict) -> list[str]:
+    if not holdout:
+        return []
+    parts = ", ".join(f"{name.replace('_', ' ')} {value:.3g}" for name, value in holdout.items())
+    return [f"Held-out frames (not fitted), residual RMS over the expected noise RMS (1 = predicted to the "
+            f"noise): {parts}.", ""]
 
 
 def verdict_lines(graded: list[Verdict]) -> list[str]:

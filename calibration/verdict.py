@@ -3,7 +3,9 @@ what to do next; per PSF, where the fitted model fails (its tile's misfit agains
 
 The thresholds (:data:`THRESHOLDS`) grade one figure of each stage's summary: a value within ``ok``
 is ``ok``, within ``check`` is ``check`` (usable; look at it), beyond is ``failed`` (recalibrate).
-A PSF whose residual over the noise (root of its tile's chi-square per pixel) exceeds
+The fit is also graded by its held-out residual over the noise (:data:`HOLDOUT`: frames the fit never
+saw, predicted by the calibrated model). A PSF whose residual over the noise (root of its tile's
+chi-square per pixel) exceeds
 :data:`PSF_CHECK_FACTOR` times the median PSF's (or 1, whichever is larger) is ``check``, beyond
 :data:`PSF_FAILED_FACTOR` times ``failed``.
 """
@@ -28,6 +30,12 @@ THRESHOLDS = {
     "psf": ("snr_min", 50.0, 5.0, True, "a PSF is barely above the noise: raise the averages or the exposure"),
     "fit": ("chi2_reduced", 1.5, 5.0, False, None),  # advice from the stages run (_fit_advice)
 }
+#: The fit's held-out residual over the noise (``holdout_residual_over_noise["all"]``: frames it was not
+#: fitted to, 1 = predicted to the noise): ok / check limits and the advice beyond them.
+HOLDOUT = ("holdout_residual_over_noise", 1.5, 3.0,
+           "the calibrated model does not predict frames it was not fitted to (another phase of the point grid, "
+           "images): a term it lacks that the fitted PSFs hide (e.g. a halo beyond the kernel-error window: "
+           "widen fit.kernel_error_window_px), or a display response off its LUT")
 #: Residual over noise of a PSF, in multiples of the median PSF's, above which it is ``check`` / ``failed``.
 PSF_CHECK_FACTOR, PSF_FAILED_FACTOR = 1.7, 3.0
 #: Zernike terms suggested beyond the highest fitted one.
@@ -75,6 +83,12 @@ def stage_verdicts(summary: dict, zernike_noll=()) -> list[Verdict]:
         relation = ">=" if larger_is_better else "<="
         out.append(Verdict(stage, status, figure, value, f"ok {relation} {ok:g}, check {relation} {check:g}",
                            "" if status == "ok" else advice))
+        held_out = (figures.get("holdout_residual_over_noise") or {}).get("all") if stage == "fit" else None
+        if held_out is not None:
+            name, ok, check, advice = HOLDOUT
+            status = grade(float(held_out), ok, check)
+            out.append(Verdict("fit", status, "held-out residual over noise", float(held_out),
+                               f"ok <= {ok:g}, check <= {check:g}", "" if status == "ok" else advice))
         if stage == "fit" and figures.get("unidentifiable"):
             count = len(figures["unidentifiable"])
             out.append(Verdict("fit", "check", "unidentifiable parameters", float(count), "ok = 0",
@@ -140,5 +154,5 @@ def verdicts(calibration) -> list[Verdict]:
     return out
 
 
-__all__ = ["PSF_CHECK_FACTOR", "PSF_FAILED_FACTOR", "THRESHOLDS", "Verdict", "grade", "psf_verdicts",
+__all__ = ["HOLDOUT", "PSF_CHECK_FACTOR", "PSF_FAILED_FACTOR", "THRESHOLDS", "Verdict", "grade", "psf_verdicts",
            "stage_verdicts", "tile_residual_over_noise", "verdicts"]

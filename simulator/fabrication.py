@@ -18,7 +18,9 @@ name                   shape        meaning (identity value)
 ``blur_sigma_px``      (P,)         standard deviation of a discrete Gaussian blur (0)
 ``zernike_m``          (P, J)       Zernike coefficients, Noll ``j = 1..J``, RMS-normalised, in
                                     metres of wavefront (0); ``J`` may be 0
-``kernel_error``       (P, C, K, K) delta, relative: the PSF gains ``delta * rms(psf)`` (0), or None
+``kernel_error``       (P, C, K, K) delta, relative: the PSF gains ``delta * rms(psf)`` (0), or None;
+                                    or (P, C, K + 2w, K + 2w), reaching w px beyond the design (w <=
+                                    the margin)
 =====================  ===========  ===========================================================
 
 Frame level (the camera frame before the sensor, in whatever unit it carries; the optical system,
@@ -422,7 +424,8 @@ def apply_psf_errors(psfs: torch.Tensor, errors: FabricationErrors, margin_px: i
 
     Stages in order: kernel error, blur + aberration (:func:`shape_psfs`), geometric transform,
     brightness (:func:`place_psfs`); module docstring. ``margin_px`` widens the window by that many
-    zero pixels on every side after the kernel error (which stays on the design's K x K support), so
+    zero pixels on every side after the kernel error (which stays on the design's K x K support, or its own
+    wider window), so
     that light the later stages move outwards is kept: the result is (P, C, K + 2 margin, K + 2
     margin), centred on the same pixel. Differentiable in ``psfs`` and every error tensor; dtype and
     device follow ``psfs``.
@@ -444,11 +447,16 @@ def shape_psfs(psfs: torch.Tensor, errors: FabricationErrors, margin_px: int = 0
     if isinstance(margin_px, bool) or not isinstance(margin_px, int) or margin_px < 0:
         raise InputError(f"margin_px must be an int >= 0, got {margin_px!r}")
     out = psfs
+    pad = margin_px
     if errors.kernel_error is not None:
         out = add_kernel_error(out, errors.kernel_error)
-    if margin_px:
-        out = torch.nn.functional.pad(out, (margin_px,) * 4)
-        k1 += 2 * margin_px
+        pad -= (out.shape[-1] - k1) // 2  # a kernel error wider than the design already widened it
+        if pad < 0:
+            raise InputError(f"kernel_error is {errors.kernel_error.shape[-1]} px wide, more than the PSF window "
+                             f"{k1 + 2 * margin_px} (design {k1} + 2 x margin_px {margin_px})")
+    if pad:
+        out = torch.nn.functional.pad(out, (pad,) * 4)
+    k1 += 2 * margin_px
     transfer = shape_transfer(errors, c, k1, psfs.dtype) if transfer is None else transfer
     return out if transfer is None else filter_psfs(out, transfer)
 
@@ -482,11 +490,19 @@ def place_psfs(psfs: torch.Tensor, errors: FabricationErrors) -> torch.Tensor:
 
 
 def add_kernel_error(psfs: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
-    """``relu(psf + delta * rms(psf))`` per PSF and channel: delta is relative to each slice's RMS, and
-    an intensity cannot go negative. ``delta`` has the PSFs' shape (P, C, K, K)."""
-    if tuple(delta.shape) != tuple(psfs.shape):
-        raise InputError(f"kernel_error has shape {tuple(delta.shape)} but the PSFs have {tuple(psfs.shape)}")
+    """``relu(psf + delta * rms(psf))`` per PSF and channel: delta is relative to each slice's RMS (over
+    the design's K x K window), and an intensity cannot go negative. ``delta`` has the PSFs' shape
+    (P, C, K, K), or a window ``K + 2 w`` wide centred on it (P, C, K + 2 w, K + 2 w): the design is
+    zero-padded by ``w`` first, so the error reaches light the design puts nowhere (a halo); the result
+    then has the wider window."""
+    w2 = delta.shape[-1] - psfs.shape[-1] if delta.ndim == 4 else -1
+    if (delta.ndim != 4 or tuple(delta.shape[:2]) != tuple(psfs.shape[:2]) or delta.shape[-2] != delta.shape[-1]
+            or w2 < 0 or w2 % 2):
+        raise InputError(f"kernel_error has shape {tuple(delta.shape)} but the PSFs have {tuple(psfs.shape)} "
+                         "(it must have their shape, or a window wider by an even number of pixels)")
     rms = psfs.pow(2).mean(dim=(-2, -1), keepdim=True).sqrt()
+    if w2:
+        psfs = torch.nn.functional.pad(psfs, (w2 // 2,) * 4)
     return torch.relu(psfs + delta.to(psfs) * rms)
 
 

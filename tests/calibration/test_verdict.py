@@ -49,6 +49,14 @@ def test_the_fit_advice_names_the_stage_to_add_and_unidentifiable_terms_are_chec
     assert stage_verdicts({"fit": fit_summary(1.2)})[0].status == "ok"
 
 
+def test_the_held_out_residual_is_graded_after_the_fits_chi_square():
+    held_out = {"point_grid": 1.1, "images": 2.4, "all": 2.0}
+    graded = stage_verdicts({"fit": fit_summary(1.2, holdout_residual_over_noise=held_out)})
+    assert [(v.figure, v.status) for v in graded] == [("chi2_reduced", "ok"), ("held-out residual over noise", "check")]
+    assert graded[1].value == 2.0 and "kernel_error_window_px" in graded[1].advice
+    assert len(stage_verdicts({"fit": fit_summary(1.2, holdout_residual_over_noise={})})) == 1  # not measured
+
+
 def test_only_psfs_far_above_the_median_misfit_are_flagged_worst_first():
     ratio = np.array([1.1, 1.0, 1.2, 4.4, 1.05, 2.0, 1.1])  # median 1.1
     flagged = psf_verdicts(ratio, zernike_noll=(4, 5, 6), residual_stage=True)

@@ -1,0 +1,144 @@
+"""The residual stage's widened kernel error (a halo beyond the design's window) and the held-out
+residual, by round trip on simulated benches with known injected errors (seeds not the examples')."""
+
+from __future__ import annotations
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from calibration import fit as fit_module
+from calibration.fit import FitSettings, MismatchFit, effective_parameters, fit_mismatch
+from calibration.psf import PSFMeasurement
+from tests.calibration.test_fit import measure, nominal
+
+K, MARGIN = 7, 2  # examples/optics.yaml: 7 x 7 design, PSF window 11 x 11
+
+
+def halo_kernel_error(fraction: float = 0.1, seed: int = 5) -> torch.Tensor:
+    """A relative kernel error (16, 1, 11, 11) that is 0 on the design's 7 x 7 and a smooth halo on the
+    ring around it holding ``fraction`` of each PSF's light (brighter nearer the core, uneven)."""
+    design = nominal().design.psfs().double()
+    rms = design.pow(2).mean(dim=(-2, -1), keepdim=True).sqrt()
+    total = design.sum(dim=(-2, -1), keepdim=True)
+    window = K + 2 * MARGIN
+    y, x = torch.meshgrid(torch.arange(window) - window // 2, torch.arange(window) - window // 2, indexing="ij")
+    ring = (torch.maximum(y.abs(), x.abs()) > K // 2).double()
+    profile = ring * torch.exp(-torch.hypot(y.double(), x.double()) / 3.0)
+    generator = torch.Generator().manual_seed(seed)
+    uneven = 1 + 0.3 * torch.rand((16, 1, window, window), generator=generator, dtype=torch.float64)
+    halo = profile * uneven
+    halo = halo / halo.sum(dim=(-2, -1), keepdim=True) * fraction * total
+    return halo / rms
+
+
+def ring_light(errors, design) -> torch.Tensor:
+    """Light of each PSF's kernel error outside the design's window (P,), in design units."""
+    rms = design.pow(2).mean(dim=(-2, -1), keepdim=True).sqrt()
+    delta = errors.kernel_error * rms
+    inner = torch.zeros_like(delta, dtype=torch.bool)
+    inner[..., MARGIN:MARGIN + K, MARGIN:MARGIN + K] = True
+    return delta.clamp(min=0).masked_fill(inner, 0).sum(dim=(1, 2, 3))
+
+
+@pytest.fixture(scope="module")
+def halo_device():
+    truth = halo_kernel_error()
+    errors = {"num_psfs": 16, "errors": {"kernel_error": truth.tolist(),
+                                         "shift_px": [[0.15 * (p % 3), -0.1 * (p % 4)] for p in range(16)],
+                                         "brightness": [1 + 0.02 * (p % 5) for p in range(16)]}}
+    measurement, _ = measure(errors, seed=2, averages=4)
+    return measurement, truth
+
+
+def test_the_widened_kernel_error_recovers_a_known_halo(halo_device):
+    measurement, truth = halo_device
+    settings = FitSettings(stages=("geometry", "residual"), kernel_error_prior=1.0)
+    fit = fit_mismatch(measurement, nominal(), settings=settings)
+    narrow = fit_mismatch(measurement, nominal(), settings=FitSettings(stages=("geometry", "residual"),
+                                                                      kernel_error_prior=1.0, kernel_error_window_px=K))
+    assert tuple(fit.errors.kernel_error.shape) == (16, 1, K + 2 * MARGIN, K + 2 * MARGIN)
+    assert fit.chi2_reduced["residual"] < 1.2
+    assert narrow.chi2_reduced["residual"] > 3 * fit.chi2_reduced["residual"]  # the 7 x 7 one cannot hold it
+    design = nominal().design.psfs().double()
+    true_light = ring_light(fit_module.FabricationErrors(16, kernel_error=truth), design)
+    fitted = ring_light(fit.errors, design)
+    torch.testing.assert_close(fitted, true_light, rtol=0.1, atol=0)
+    # the halo's shape too, not only its light
+    correlation = torch.corrcoef(torch.stack([fit.errors.kernel_error.flatten(), truth.flatten()]))[0, 1]
+    assert float(correlation) > 0.9
+    # every fitted value is counted: dof = pixels - physical - the kernel error's effective number
+    physical = sum(p.identifiable for p in fit.parameters)
+    assert fit.dof["residual"] == pytest.approx(measurement.mask.sum() - physical - fit.kernel_error_parameters)
+    assert 16 * K * K < fit.kernel_error_parameters <= 16 * (K + 2 * MARGIN) ** 2
+    # the calibrated forward model applies the widened kernel error: it reproduces the fit's model
+    system = nominal()
+    system.errors = fit.errors
+    assert system.fabricated_psfs().shape[-1] == K + 2 * MARGIN
+
+
+def test_the_dof_counts_every_value_of_the_widened_kernel_error(halo_device):
+    """At a kernel error where no value is clipped (relu), with a weak prior, the hat-matrix trace is
+    exactly the number of values: 16 PSFs x 11 x 11 (the 7 x 7 window's 784 and the 1152 added)."""
+    measurement, _ = halo_device
+    settings = FitSettings()
+    model = fit_module._Model(measurement, nominal(), fit_module.PixelNoise.from_sensor(nominal().sensor),
+                              settings.aberration, settings)
+    theta = model.identity()
+    delta = torch.full((16, 1, 11, 11), 0.05, dtype=torch.float64)
+    jacobian = fit_module._kernel_error_jacobian(model, theta, delta)
+    assert jacobian.shape == (measurement.mask.sum(), 16 * 11 * 11)
+    assert effective_parameters(jacobian, 1e6) == pytest.approx(16 * 11 * 11, abs=1e-3)
+    assert effective_parameters(jacobian[:, :0], 1e6) == 0.0
+
+
+def test_the_blockwise_normal_matrix_equals_the_dense_one(halo_device):
+    measurement, _ = halo_device
+    settings = FitSettings()
+    model = fit_module._Model(measurement, nominal(), fit_module.PixelNoise.from_sensor(nominal().sensor),
+                              settings.aberration, settings)
+    theta = model.identity()
+    theta[model.block("shift_px")] = 0.3
+    delta = torch.full((16, 1, 11, 11), 0.05, dtype=torch.float64)
+    dense = fit_module._kernel_error_jacobian(model, theta, delta)
+    residual = torch.randn(dense.shape[0], generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    gram, jr, jo = fit_module._kernel_error_normal(model, theta, delta, residual, residual[:, None])
+    reference = dense.T @ dense
+    assert float((gram - reference).abs().max()) <= 1e-12 * float(reference.abs().max())
+    torch.testing.assert_close(jr, dense.T @ residual, rtol=1e-10, atol=0)
+    torch.testing.assert_close(jo[:, 0], jr)
+
+
+def test_a_kernel_error_window_that_does_not_fit_the_psf_window_is_refused(halo_device):
+    measurement, _ = halo_device
+    for window in (5, 13):
+        with pytest.raises(fit_module.InputError, match="kernel_error_window_px"):
+            fit_mismatch(measurement, nominal(), settings=FitSettings(stages=("geometry", "residual"),
+                                                                      kernel_error_window_px=window))
+    with pytest.raises(fit_module.InputError, match="odd"):
+        FitSettings(kernel_error_window_px=8)
+
+
+def test_the_holdout_residual_is_the_noise_inside_the_model_and_above_it_outside(tmp_path):
+    """A device inside the fitted model (shift, brightness; geometry fit): the held-out frames (another
+    phase of the point grid, two images) differ from the calibrated model by the noise alone (~1). A
+    blur the fit does not model: well above 1."""
+    spec = {"shift_std_px": 0.5, "brightness_rel_std": 0.1}
+    inside, _ = measure({"seed": 41, "spec": spec}, seed=3, averages=2)
+    fit = fit_mismatch(inside, nominal(), settings=FitSettings(stages=("geometry",)))
+    holdout = fit.holdout_residual_over_noise
+    assert set(holdout) == {"point_grid", "images", "all"}
+    assert 0.9 < holdout["all"] < 1.1 and 0.9 < holdout["point_grid"] < 1.1
+    outside, _ = measure({"seed": 41, "spec": {**spec, "blur_sigma_max_px": 0.6}}, seed=3, averages=2)
+    wrong = fit_mismatch(outside, nominal(), settings=FitSettings(stages=("geometry",)))
+    assert wrong.holdout_residual_over_noise["all"] > 1.5
+    # both travel through the file
+    with h5py.File(tmp_path / "c.h5", "w") as f:
+        inside.to_hdf5(f.create_group("psf"))
+        fit.to_hdf5(f.create_group("fit"))
+    with h5py.File(tmp_path / "c.h5", "r") as f:
+        back, back_fit = PSFMeasurement.from_hdf5(f["psf"]), MismatchFit.from_hdf5(f["fit"])
+    assert back.holdout.kinds == ["point_grid", "image", "image"]
+    np.testing.assert_array_equal(back.holdout.rate, inside.holdout.rate)
+    assert back_fit.holdout_residual_over_noise == holdout
