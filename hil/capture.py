@@ -3,13 +3,15 @@
 :func:`capture` shows each selected sample on the bench's SLM, captures the frame that saw it and
 appends one row to a captures file (schema ``onn-hil/captures`` v1 of :mod:`hil.data.captures`, which
 it extends compatibly; written by :mod:`hil.data.capture_writer`). :func:`stratified_indices` picks
-the samples: a seeded, class-balanced fraction of a split.
+the samples: a seeded, class-balanced fraction of a split (:func:`uniform_indices`: a seeded uniform
+one, for targets without classes such as segmentation masks).
 
 File layout (what the v1 reader needs, plus):
 
 * datasets, one row per shown sample, first axis resizable, each with a fletcher32 checksum:
   ``frames`` (the raw camera frame, camera dtype; one row per chunk, shuffle + gzip by default),
-  ``labels``, ``indices`` (index in the source dataset), ``shown`` (the integer image displayed),
+  ``labels`` (the class label; :data:`DENSE_TARGET` for a mask, read back from the source dataset by
+  index), ``indices`` (index in the source dataset), ``shown`` (the integer image displayed),
   ``exposure_s``, ``timestamp_s`` (the frame's exposure start, bench clock), ``saturated_pixels``;
 * ``planned``: every source index this file is meant to hold, in capture order (what a resumed
   capture checks it continues);
@@ -63,6 +65,9 @@ log = logging.getLogger(__name__)
 ROW_FIELDS = {"labels": "i8", "indices": "i8", "exposure_s": "f8", "timestamp_s": "f8", "saturated_pixels": "i8"}
 #: Packages whose versions a captures file records.
 RECORDED_PACKAGES = ("onn-hil", "torch", "numpy", "h5py", "opencv-python", "pyserial", "slmsuite")
+#: The ``labels`` entry of a sample whose target is not a class label (a segmentation mask, (1, H, W)):
+#: its target is read back from the source dataset by its ``indices`` entry (:func:`row_label`).
+DENSE_TARGET = -1
 #: Fault kind of each transient device error class (by name).
 FAULT_KINDS = {"DeviceTimeout": "timeout", "DeviceFault": "io_error", "StaleFrame": "stale"}
 
@@ -104,6 +109,27 @@ def stratified_indices(labels, fraction: float, seed: int, *, exclude=()) -> np.
             raise InputError(f"class {label} has {len(pool)} samples left, fewer than the {take} asked for")
         chosen.append(rng.choice(pool, size=take, replace=False))
     return rng.permutation(np.concatenate(chosen))
+
+
+def uniform_indices(count: int, fraction: float, seed: int, *, exclude=()) -> np.ndarray:
+    """A seeded uniform subset of ``range(count)`` (for targets without classes, e.g. segmentation
+    masks): ``round(fraction * count)`` indices (at least one), drawn without the ``exclude`` indices,
+    in a seeded random order (so that its first rows are a uniform subset too)."""
+    if not 0 < float(fraction) <= 1:
+        raise InputError(f"fraction must be in (0, 1], got {fraction!r}")
+    rng = np.random.default_rng(seed)
+    pool = np.setdiff1d(np.arange(int(count)), np.asarray(list(exclude), dtype=np.int64))
+    take = max(1, round(fraction * int(count)))
+    if take > len(pool):
+        raise InputError(f"{len(pool)} samples are left, fewer than the {take} asked for")
+    return rng.permutation(rng.choice(pool, size=take, replace=False))
+
+
+def row_label(target) -> int:
+    """The ``labels`` entry of a sample's target: a class label as an int, or :data:`DENSE_TARGET` for a
+    dense target (a mask), which a reader takes back from the source dataset by the row's index."""
+    target = torch.as_tensor(target)
+    return int(target) if target.numel() == 1 and target.ndim <= 1 else DENSE_TARGET
 
 
 def display_image(image: torch.Tensor, slm) -> np.ndarray:
@@ -291,7 +317,7 @@ def _capture_row(bench, dataset, index: int, faults: _FaultCounter, retries: int
     saturated = int(np.count_nonzero(frame.image >= bench.camera.saturation_dn))
     summary.saturated_frames += saturated > 0
     summary.dark_frames += _is_dark(frame.image, bench.camera)
-    return {"frames": frame.image, "shown": shown, "labels": int(label), "indices": index,
+    return {"frames": frame.image, "shown": shown, "labels": row_label(label), "indices": index,
             "exposure_s": frame.exposure_s, "timestamp_s": frame.timestamp_s, "saturated_pixels": saturated}
 
 
@@ -385,5 +411,5 @@ def _versions() -> dict:
     return found
 
 
-__all__ = ["CaptureFileError", "CaptureSummary", "capture", "check_continuable", "check_design", "design_fingerprint", "design_id_of",
-           "display_image", "stratified_indices"]
+__all__ = ["DENSE_TARGET", "CaptureFileError", "CaptureSummary", "capture", "check_continuable", "check_design",
+           "design_fingerprint", "design_id_of", "display_image", "row_label", "stratified_indices", "uniform_indices"]

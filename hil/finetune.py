@@ -12,7 +12,8 @@ fitted errors, measured display and sensor) with sensor noise, and reads them th
 so they have the statistics of real captures. :func:`finetune` then trains a copy of the student's
 backend on those features with the task loss ("end-to-end compensation"), classic KD, or NTKD, where
 the frozen teacher sees the raw images of the same samples (``source_indices``) and the student's
-kernel is over the backend's parameters only. :func:`accuracy` scores a backend on captured features.
+kernel is over the backend's parameters only. :func:`accuracy` scores a backend on captured features
+(:func:`score`: the task's metric, mean IoU for segmentation, whose labels are masks).
 
 The job's compensation methods (:data:`COMPENSATIONS`): ``e2e`` (task loss on real captures),
 ``ntkd``, each of the two plus synthetic captures (``e2e_synthetic``, ``ntkd_synthetic``), and each
@@ -64,7 +65,8 @@ COMPENSATIONS = {"e2e": Compensation("task", False, "layer"), "ntkd": Compensati
 
 @dataclass
 class CapturedSet:
-    """Features of captured frames (N, M, h, w) float32, their labels (N,) and the index of each shown
+    """Features of captured frames (N, M, h, w) float32, their labels (N,) (for segmentation their masks
+    (N, 1, H, W), taken from the source dataset: :mod:`hil.job.task`) and the index of each shown
     sample in its source dataset (N,)."""
 
     features: torch.Tensor
@@ -180,8 +182,11 @@ def write_synthetic(path, data: CapturedSet, *, calibration_id: str, design_id: 
                     seed: int, compression: str | None = "gzip") -> Path:
     """Store synthetic captures (:func:`synthetic_features`) as a captures file (the schema of
     :mod:`hil.data.captures`, ``content = "features"``: row ``i`` of ``frames`` holds the features
-    (M, h, w) float32 of sample ``source_indices[i]``), with checksums, written under a temporary name
+    (M, h, w) float32 of sample ``source_indices[i]``; its ``labels`` entry the class label, or
+    :data:`hil.capture.DENSE_TARGET` for a mask, which is not stored: a reader takes it back from the
+    source dataset by index), with checksums, written under a temporary name
     and renamed into place (a crash leaves no partial file). Returns ``path``."""
+    from .capture import row_label
     from .data.capture_writer import CaptureWriter, create_capture_file, remove_stale_temporaries
 
     path = Path(path)
@@ -198,7 +203,7 @@ def write_synthetic(path, data: CapturedSet, *, calibration_id: str, design_id: 
                                    "exposure_s": float(exposure_s), "seed": int(seed)})
         with CaptureWriter(tmp) as writer:
             for row in range(len(data)):
-                writer.append({"frames": features[row], "labels": int(data.labels[row]),
+                writer.append({"frames": features[row], "labels": row_label(data.labels[row]),
                                "indices": int(data.source_indices[row])})
         os.replace(tmp, path)
     finally:
@@ -233,6 +238,32 @@ class PairedObjective:
         return self.inner(model, inputs, targets, teacher_x=teacher_x, indices=source)
 
 
+#: The metric that scores (and selects) a backend of each task: a key of
+#: :meth:`hil.metrics.ConfusionAccumulator.compute`.
+TASK_METRIC = {"classification": "accuracy", "segmentation": "miou"}
+
+
+def score(backend: nn.Module, data: CapturedSet, task: str = "classification", batch_size: int = 1000) -> float:
+    """The task's metric (:data:`TASK_METRIC`) of the backend on ``data`` (eval mode, no gradients):
+    :func:`accuracy` for classification; for segmentation (``data.labels`` the masks (N, 1, H, W)) the
+    mean IoU of object and background over every pixel of ``data`` (:func:`hil.metrics.mean_iou`)."""
+    if task == "classification":
+        return accuracy(backend, data, batch_size)
+    from .metrics import ConfusionAccumulator, predictions
+
+    if task not in TASK_METRIC:
+        raise InputError(f"task must be one of {list(TASK_METRIC)}, got {task!r}")
+    was_training = backend.training
+    backend.eval()
+    confusion = ConfusionAccumulator(2)
+    with torch.no_grad():
+        for start in range(0, len(data), batch_size):
+            output = backend(data.features[start:start + batch_size])
+            confusion.update(predictions(output, task), data.labels[start:start + batch_size].long())
+    backend.train(was_training)
+    return confusion.compute()[TASK_METRIC[task]]
+
+
 def accuracy(backend: nn.Module, data: CapturedSet, batch_size: int = 1000) -> float:
     """Fraction of ``data`` the backend classifies right (eval mode, no gradients)."""
     was_training = backend.training
@@ -249,23 +280,29 @@ def accuracy(backend: nn.Module, data: CapturedSet, batch_size: int = 1000) -> f
 def finetune(student, train: CapturedSet, *, method: str = "task", teacher: nn.Module | None = None,
              source_inputs: torch.Tensor | None = None, loss: dict | None = None, epochs: int = 10,
              lr: float = 1e-3, batch_size: int = 64, seed: int = 0, val: CapturedSet | None = None,
-             max_steps: int | None = None, out_dir=None, progress: bool = False, device="cpu"):
+             max_steps: int | None = None, out_dir=None, progress: bool = False, device="cpu",
+             task: str = "classification"):
     """Retrain a copy of ``student.backend`` on captured features; returns ``(backend, TrainResult)``.
 
     ``method``: ``task`` (cross-entropy), ``kd`` or ``ntkd`` (``teacher`` and the raw ``source_inputs``
     (N_source, C, H, W) of the captured samples' source dataset needed; ``loss``: further fields of
     :class:`hil.config.LossConfig`). ``val`` (disjoint from ``train`` and from the test set) selects
     the backend: the best of every epoch's end and the last step (else the last is kept); the
-    result's ``best_metric`` is its validation accuracy.
+    result's ``best_metric`` is its validation accuracy (mean IoU for segmentation).
     ``max_steps`` stops after that many optimiser steps (an equal budget whatever the set's size). With
     ``out_dir`` the run is checkpointed and resumes like ``hil train``. ``device``: where the backend
-    trains (the ``teacher`` must be there already); the backend comes back on the CPU.
+    trains (the ``teacher`` must be there already); the backend comes back on the CPU. ``task``:
+    ``classification`` (``train.labels`` class labels) or ``segmentation`` (``train.labels`` masks (N,
+    1, H, W), the loss BCE + Dice, the backend selected, and ``best_metric``, by mean IoU:
+    :data:`TASK_METRIC`).
     """
     from .losses import build_objective
     from .trainer import Trainer
 
     if method not in METHODS:
         raise InputError(f"method must be one of {METHODS}, got {method!r}")
+    if task not in TASK_METRIC:
+        raise InputError(f"task must be one of {list(TASK_METRIC)}, got {task!r}")
     if method != "task" and (teacher is None or source_inputs is None):
         raise InputError(f"method {method!r} needs the teacher and the source images its captures came from")
     if len(train) < batch_size:
@@ -273,20 +310,21 @@ def finetune(student, train: CapturedSet, *, method: str = "task", teacher: nn.M
     if max_steps is not None:
         epochs = -(-int(max_steps) // (len(train) // batch_size))
     backend = copy.deepcopy(student.backend).train().requires_grad_(True)
-    objective = build_objective({"method": method, "seed": seed, **(loss or {})}, "classification", teacher)
+    objective = build_objective({"method": method, "seed": seed, **(loss or {})}, task, teacher)
     if method != "task":
         objective = PairedObjective(objective, source_inputs, train.source_indices)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        trainer = Trainer(backend, objective, TensorDataset(train.features, train.labels), task="classification",
-                          num_classes=int(train.labels.max()) + 1, optimizer=torch.optim.Adam(backend.parameters(), lr=lr),
+        trainer = Trainer(backend, objective, TensorDataset(train.features, train.labels), task=task,
+                          num_classes=int(train.labels.max()) + 1 if task == "classification" else 2,
+                          monitor=TASK_METRIC[task], optimizer=torch.optim.Adam(backend.parameters(), lr=lr),
                           val_data=None if val is None else TensorDataset(val.features, val.labels),
                           batch_size=batch_size, epochs=epochs, max_steps=max_steps, seed=seed, progress=progress,
                           out_dir=None if out_dir is None else Path(out_dir), restore_best=False, device=device)
         result = trainer.fit()
     backend = backend.cpu()
     if val is not None:  # the last step may fall inside an epoch, which the trainer did not evaluate
-        last = accuracy(backend, val)
+        last = score(backend, val, task)
         if trainer.best_state is not None and result.best_metric >= last:
             backend.load_state_dict(trainer.best_state)
         else:
@@ -294,5 +332,6 @@ def finetune(student, train: CapturedSet, *, method: str = "task", teacher: nn.M
     return backend.eval(), result
 
 
-__all__ = ["COMPENSATIONS", "CapturedSet", "Compensation", "METHODS", "PairedObjective", "accuracy", "captured_features",
-           "finetune", "read_synthetic", "simulated_features", "synthetic_features", "write_synthetic"]
+__all__ = ["COMPENSATIONS", "CapturedSet", "Compensation", "METHODS", "PairedObjective", "TASK_METRIC", "accuracy",
+           "captured_features", "finetune", "read_synthetic", "score", "simulated_features", "synthetic_features",
+           "write_synthetic"]

@@ -6,6 +6,8 @@
 module                 holds
 =====================  =====================================================================
 :mod:`.config`         the config schema (:class:`JobConfig`), :func:`load_job`, the job's identity
+:mod:`.task`           the task of ``data.dataset`` (classification or segmentation): its labels, its
+                       samples, its metric (accuracy or mean IoU) and the metric's name
 :mod:`.state`          ``state.json``: finished steps, the files each wrote, the identity
 :mod:`.steps`          the steps, plain functions a bench script calls (``examples/hil_job.py``),
                        and :data:`STEPS`, their table
@@ -26,13 +28,14 @@ from .steps import (STEP_NAMES, STEPS, JobMismatchError, RunContext, Step, bench
                     calibrate_bench, capture_plan, capture_sets, datasets, design_config, design_identity,
                     evaluate, export, finetune_all, fraction_key, fraction_rows, load_job_calibration, open_job_bench,
                     score_runs, synthetic_set, train_models)
+from .task import Task, job_task
 from .disk import DiskSpaceError
 from .exposure import ClippedCaptureError
 from .validate import preflight
 
 __all__ = ["STEPS", "STEP_NAMES", "CaptureStep", "ClippedCaptureError", "DiskSpaceError", "FinetuneStep", "Job",
-           "JobConfig", "JobConfigChanged", "JobMismatchError", "RunContext", "Step", "TrainStep", "bench_config",
+           "JobConfig", "JobConfigChanged", "JobMismatchError", "RunContext", "Step", "Task", "TrainStep", "bench_config",
            "calibrate_bench", "capture_plan", "capture_sets", "datasets", "design_config",
-           "design_identity", "evaluate", "export", "finetune_all", "fraction_key", "fraction_rows", "job_identity",
+           "design_identity", "evaluate", "export", "finetune_all", "fraction_key", "fraction_rows", "job_identity", "job_task",
            "load_job", "load_job_calibration", "open_job_bench", "preflight", "read_state", "report", "run_job",
            "score_runs", "synthetic_set", "train_models"]

@@ -52,10 +52,11 @@ class TrainStep:
 
 @dataclass
 class CaptureStep:
-    """Which samples are captured: stratified ``fractions`` of the training split (each per class; the
-    largest is captured, the others are nested in it), ``test_size`` held-out test images and
-    ``val_size`` captured validation images (from the training split, disjoint from the captured
-    training samples; the fine-tuning keeps the backend best on them), drawn with ``seed``.
+    """Which samples are captured: stratified ``fractions`` of the training split (each per class;
+    uniform for segmentation, :mod:`hil.job.task`; the largest is captured, the others are nested in
+    it), ``test_size`` held-out test images and ``val_size`` captured validation images (from the
+    training split, disjoint from the captured training samples; the fine-tuning keeps the backend
+    best on them), drawn with ``seed``.
 
     Exposure (:mod:`hil.job.exposure`): ``exposure_s`` (s) fixes it; null chooses it from the
     calibration so that the brightest expected frame peaks at ``1 - headroom`` of the camera's range.

@@ -24,6 +24,7 @@ import torch
 
 from ..finetune import COMPENSATIONS, simulated_features
 from .config import Job
+from .task import job_task
 
 log = logging.getLogger(__name__)
 
@@ -43,21 +44,17 @@ def ntkd_methods(methods) -> list[str]:
 
 
 def teacher_check(job: Job, student, teacher, images: torch.Tensor, labels: torch.Tensor) -> dict:
-    """Accuracy of ``teacher`` (on the raw ``images``) and of the design (``student`` in simulation,
-    noise free) on the same test images; ``usable``: the teacher is at least
+    """Accuracy (the task's metric, :mod:`hil.job.task`; ``labels``: masks for segmentation) of
+    ``teacher`` (on the raw ``images``) and of the design (``student`` in simulation, noise free) on
+    the same test images; ``usable``: the teacher is at least
     ``finetune.teacher_margin`` above the design."""
-    margin = job.config.finetune.teacher_margin
-    with torch.no_grad():
-        scores = {}
-        for name, model in (("teacher", teacher), ("design", student)):
-            model.eval()
-            logits = torch.cat([model(images[i:i + 1000]) for i in range(0, len(images), 1000)])
-            scores[name] = float((logits.argmax(1) == labels).float().mean())
+    margin, task = job.config.finetune.teacher_margin, job_task(job)
+    scores = {name: task.score_model(model, images, labels) for name, model in (("teacher", teacher), ("design", student))}
     usable = scores["teacher"] >= scores["design"] + margin
     if not usable:
-        log.warning("the teacher (%.2f %%) is not %.1f points above the design (%.2f %%) on the test images: the NTKD "
+        log.warning("the teacher (%s %.2f %%) is not %.1f points above the design (%.2f %%) on the test images: the NTKD "
                     "methods are left out (train a stronger teacher, or lower finetune.teacher_margin)",
-                    100 * scores["teacher"], 100 * margin, 100 * scores["design"])
+                    task.metric_name, 100 * scores["teacher"], 100 * margin, 100 * scores["design"])
     return {**scores, "margin": margin, "usable": usable}
 
 
@@ -67,8 +64,9 @@ def nominal_set(job: Job, system, split, rows: torch.Tensor, exposure_s: float, 
     return simulated_features(system, images, labels, rows, exposure_s=exposure_s, seed=seed)
 
 
-def design_convergence(run_dir) -> dict | None:
-    """The design student's validation curve (``curve``: ``[{epoch, val_accuracy}]``) from its run's
+def design_convergence(run_dir, metric: str = "accuracy", metric_name: str | None = None) -> dict | None:
+    """The design student's validation curve (``curve``: ``[{epoch, val_accuracy}]``; ``val_<metric>``
+    for another ``metric``, e.g. ``miou`` for segmentation, then also ``metric``) from its run's
     ``metrics.json``, its ``schedule`` (``optim.schedule`` of its ``config.yaml``) and ``converged``:
     the schedule decays and the validation accuracy of the last :data:`FLAT_EPOCHS` epochs spans at
     most :data:`FLAT_POINTS` points. None for a run without ``metrics.json`` (e.g. a checkpoint file)."""
@@ -76,19 +74,21 @@ def design_convergence(run_dir) -> dict | None:
     metrics = run_dir / "metrics.json" if run_dir.is_dir() else None
     if metrics is None or not metrics.is_file():
         return None
+    key = f"val_{metric}"
     history = json.loads(metrics.read_text()).get("history", [])
-    curve = [{"epoch": h["epoch"], "val_accuracy": h["val_accuracy"]} for h in history if "val_accuracy" in h]
+    curve = [{"epoch": h["epoch"], key: h[key]} for h in history if key in h]
     config = run_dir / "config.yaml"
     schedule = "constant"
     if config.is_file():
         from onn_core.config import load_yaml
 
         schedule = (load_yaml(config).get("optim") or {}).get("schedule", "constant")
-    last = [100 * c["val_accuracy"] for c in curve[-FLAT_EPOCHS:]]
+    last = [100 * c[key] for c in curve[-FLAT_EPOCHS:]]
     flat = len(last) == FLAT_EPOCHS and max(last) - min(last) <= FLAT_POINTS
-    return {"curve": curve, "schedule": schedule, "converged": bool(flat and schedule != "constant"),
-            "criterion": f"validation accuracy within {FLAT_POINTS} points over the last {FLAT_EPOCHS} epochs, "
-                         "under a decaying learning-rate schedule"}
+    out = {"curve": curve, "schedule": schedule, "converged": bool(flat and schedule != "constant"),
+           "criterion": f"validation {metric_name or metric} within {FLAT_POINTS} points over the last {FLAT_EPOCHS} "
+                        "epochs, under a decaying learning-rate schedule"}
+    return out if metric == "accuracy" else {**out, "metric": metric}
 
 
 __all__ = ["DESIGN_FT", "FLAT_EPOCHS", "FLAT_POINTS", "PERFECT_CAPTURE", "design_convergence", "nominal_set", "ntkd_methods", "teacher_check"]

@@ -7,11 +7,12 @@ from __future__ import annotations
 from calibration.plotting import pyplot, save_figure
 
 
-def plot_accuracy(evaluation: dict, path) -> bool:
+def plot_accuracy(evaluation: dict, path, *, metric_name: str = "accuracy") -> bool:
     """Test accuracy (%) of every fine-tuning method and the ``design_ft`` control against the captured
     fraction (log axis; error bars: std over seeds, none for one seed), with the design,
     perfect-fabrication, calibration-layer and uncompensated accuracies as lines; False (nothing written) when
-    ``evaluation`` has no fine-tuned backend."""
+    ``evaluation`` has no fine-tuned backend. ``metric_name``: what the figures are (``mIoU`` for
+    segmentation)."""
     by_fraction = evaluation["by_fraction"]
     if not by_fraction:
         return False
@@ -32,7 +33,7 @@ def plot_accuracy(evaluation: dict, path) -> bool:
     ax.set_xticks(ticks, [f"{t:g} %" for t in ticks])
     ax.minorticks_off()
     ax.set_xlabel("captured fraction of the training split (%)")
-    ax.set_ylabel("test accuracy on captured frames (%)")
+    ax.set_ylabel(f"test {metric_name} on captured frames (%)")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     save_figure(fig, path)
@@ -56,16 +57,17 @@ def plot_curves(results: dict, path) -> bool:
     return True
 
 
-def plot_design_curve(design: dict | None, path) -> bool:
+def plot_design_curve(design: dict | None, path, *, metric_name: str = "accuracy") -> bool:
     """The design student's validation accuracy (%) against epoch (:func:`hil.job.controls.design_convergence`);
     False (nothing written) without a curve."""
     if not design or not design["curve"]:
         return False
     fig, ax = pyplot().subplots(figsize=(6.5, 4.5))
     curve = design["curve"]
-    ax.plot([c["epoch"] for c in curve], [100 * c["val_accuracy"] for c in curve], marker="o")
+    key = f"val_{design.get('metric', 'accuracy')}"
+    ax.plot([c["epoch"] for c in curve], [100 * c[key] for c in curve], marker="o")
     ax.set_xlabel("epoch")
-    ax.set_ylabel("design validation accuracy (%)")
+    ax.set_ylabel(f"design validation {metric_name} (%)")
     ax.set_title(f"design: {'converged' if design['converged'] else 'not converged'} ({design['schedule']} lr)", fontsize=9)
     ax.grid(alpha=0.3)
     save_figure(fig, path)

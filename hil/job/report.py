@@ -12,6 +12,7 @@ from .config import Job
 from .controls import design_convergence
 from .plots import plot_accuracy, plot_curves, plot_design_curve
 from .state import read_state, write_json
+from .task import job_task
 
 REPORT_FILES = ("report.json", "summary.md", "psfs.png", "accuracy.png", "curves.png", "design.png")
 
@@ -24,23 +25,24 @@ def report(job: Job, evaluation: dict, calibration, extra: dict) -> Path:
     run = job.run_dir
     results = json.loads((run / "finetune.json").read_text()) if (run / "finetune.json").is_file() else {}
     student = (extra.get("models") or {}).get("student")
-    design = design_convergence(student) if student else None
+    task = job_task(job)
+    design = design_convergence(student, task.metric, task.metric_name) if student else None
     plots = {}
     if calibration.psf is not None and calibration.fit is not None:
         plot_psfs(calibration, run / "psfs.png")
         plots["psfs"] = "psfs.png"
-    if plot_accuracy(evaluation, run / "accuracy.png"):
+    if plot_accuracy(evaluation, run / "accuracy.png", metric_name=task.metric_name):
         plots["accuracy"] = "accuracy.png"
     if plot_curves(results, run / "curves.png"):
         plots["curves"] = "curves.png"
-    if plot_design_curve(design, run / "design.png"):
+    if plot_design_curve(design, run / "design.png", metric_name=task.metric_name):
         plots["design"] = "design.png"
     seconds = read_state(run)["seconds"]
     write_json(run / "report.json", {"run_dir": str(run), "evaluation": evaluation, "calibration": calibration.summary(),
                                      "design": design, "plots": plots, "seconds": seconds, **extra})
     with atomic_write(run / "summary.md", "w") as fh:
         fh.write("\n".join(summary_lines(run.name, evaluation, calibration, seconds, plots, design=design,
-                                         capture=extra.get("capture"))) + "\n")
+                                         capture=extra.get("capture"), metric_name=task.metric_name)) + "\n")
     return run / "summary.md"
 
 
@@ -56,20 +58,21 @@ def _cell(result: dict) -> str:
 
 
 def summary_lines(name: str, evaluation: dict, calibration, seconds: dict, plots: dict, *, design: dict | None = None,
-                  capture: dict | None = None) -> list[str]:
+                  capture: dict | None = None, metric_name: str = "accuracy") -> list[str]:
     """The lines of ``summary.md``: first the figures a user needs (design, ``design_ft`` control,
     uncompensated, best method at the largest captured fraction), then the references (noisy design,
     perfect fabrication, calibration layer, teacher), the design's convergence, the capture exposure
     and clipping, the fine-tuning table (mean, ± std only over several seeds, and the share of the
-    fabrication loss recovered against ``design_ft``), the PSF residuals and the step times (s)."""
+    fabrication loss recovered against ``design_ft``), the PSF residuals and the step times (s). Every
+    figure is the task's metric, ``metric_name`` (``mIoU`` for segmentation: :mod:`hil.job.task`)."""
     by_fraction, control = evaluation["by_fraction"], evaluation.get("design_ft") or {}
     keys = sorted({k for fractions in (*by_fraction.values(), control) for k in fractions}, key=float)
-    seeds = sorted({len(r["accuracies"]) for fractions in (*by_fraction.values(), control) for r in fractions.values()})
+    seeds = sorted({len(r["seeds"]) for fractions in (*by_fraction.values(), control) for r in fractions.values()})
     lines = [f"# Hardware-in-the-loop run: {name}", "",
              f"Held-out captured test set: {evaluation['test_samples']} images; "
              f"{' / '.join(map(str, seeds)) or 'no'} fine-tuning seed(s)"
              + (" (one seed: no spread shown)" if seeds == [1] else "") + ".", "",
-             "| | accuracy (%) |", "|---|---|",
+             f"| | {metric_name} (%) |", "|---|---|",
              f"| design (simulation, noise free) | {_cell({'mean': evaluation['design']})} |"]
     if keys:
         top = keys[-1]
@@ -94,10 +97,11 @@ def summary_lines(name: str, evaluation: dict, calibration, seconds: dict, plots
                      + ("." if teacher["usable"] else f": too weak, so {', '.join(evaluation['left_out'])} "
                         "are left out."))
     if design is not None:
-        last = design["curve"][-1]["val_accuracy"] if design["curve"] else None
+        key = f"val_{design.get('metric', 'accuracy')}"
+        last = design["curve"][-1][key] if design["curve"] else None
         lines.append(f"- Design: {'converged' if design['converged'] else 'NOT converged'} by the criterion "
                      f"({design['criterion']}); {len(design['curve'])} epochs, {design['schedule']} lr, last validation "
-                     f"accuracy {_pct(last)}"
+                     f"{metric_name} {_pct(last)}"
                      + ("." if design["converged"] else ": a smaller recipe than convergence; design_ft keeps the "
                         "recovered share honest."))
     if capture is not None and "exposure" in capture:
@@ -107,7 +111,7 @@ def summary_lines(name: str, evaluation: dict, calibration, seconds: dict, plots
                          f"{k} {100 * v['clipped_pixel_fraction']:.3f} % / {100 * v['clipped_frame_fraction']:.1f} %"
                          for k, v in sets.items()) + ".")
     if keys:
-        lines += ["", "Fine-tuned backend, accuracy % (" + ("mean ± std over seeds; " if seeds != [1] else "")
+        lines += ["", f"Fine-tuned backend, {metric_name} % (" + ("mean ± std over seeds; " if seeds != [1] else "")
                   + "in brackets: the share of the fabrication loss won back, (method - uncompensated) / "
                   "(design_ft - uncompensated)):", "",
                   "| method | " + " | ".join(f"{100 * float(k):g} % captured" for k in keys) + " |",

@@ -22,7 +22,8 @@ step               writes (inside the run folder)
                          :func:`capture_perfect`: ``captures/test_perfect.h5`` (error-free optics)
 :func:`finetune_all`     ``finetune/<method>_<fraction>.pt`` + ``finetune.json`` (one entry per method,
                          fraction and seed, written as each finishes; the ``design_ft`` control too)
-:func:`evaluate`         ``evaluation.json``: design accuracy (simulation), the controls, uncompensated
+:func:`evaluate`         ``evaluation.json``: design accuracy (simulation; the task's metric, mean
+                         IoU for segmentation: :mod:`hil.job.task`), the controls, uncompensated
                          (nominal features, no calibration), calibration layer only, and every
                          fine-tuned backend
 :func:`hil.job.report.report`  ``report.json``, ``summary.md``, ``psfs.png``, ``accuracy.png``, ``curves.png``,
@@ -77,20 +78,20 @@ from onn_core.files import atomic_write, resolve_relative
 from simulator.system import OpticalSystem
 
 from ..api import train
-from ..capture import capture, design_fingerprint, stratified_indices
+from ..capture import capture, design_fingerprint
 from ..checkpoint import CheckpointError, find_checkpoint, load_checkpoint, load_model, model_config_of
 from ..data import build_datasets
 from ..data.captures import CaptureDataset
 from ..data.errors import CaptureFileError
 from ..export import export_design
-from ..finetune import (COMPENSATIONS, CapturedSet, accuracy, captured_features, finetune, read_synthetic,
-                        synthetic_features, write_synthetic)
+from ..finetune import COMPENSATIONS, CapturedSet, finetune, read_synthetic, synthetic_features, write_synthetic
 from .config import FinetuneStep, Job, bench_settings, fabrication_errors, job_device, training_config
 from .disk import bench_frame_bytes, check_free_space
 from .controls import DESIGN_FT, PERFECT_CAPTURE, nominal_set, ntkd_methods, teacher_check
 from .exposure import check_clipping, choose_exposure, clipping
 from .report import REPORT_FILES, report
 from .state import write_json
+from .task import job_task
 
 log = logging.getLogger(__name__)
 
@@ -304,14 +305,14 @@ def check_calibration_design(calibration, path: Path, design_id: str) -> None:
 
 # ------------------------------------------------------------------------------------------ data and capture
 def datasets(job: Job):
-    """``(train split, test split)`` of the job's dataset (TensorDatasets of images in [0, 1], labels):
-    the bench script's ``job.datasets``, or ``config.data`` (``root`` relative to the config file),
-    loaded once."""
+    """``(train split, test split)`` of the job's dataset (datasets with ``tensors`` = (images in [0, 1],
+    targets: labels, or masks for segmentation, :mod:`hil.job.task`): the bench script's
+    ``job.datasets``, or ``config.data`` (``root`` relative to the config file), loaded once."""
     if job.datasets is None:
         data = dict(job.config.data)
         if data.get("root") is not None:
             data["root"] = str(job.path(data["root"]))
-        train_split, test_split, _ = build_datasets(data, "classification")
+        train_split, test_split, _ = build_datasets(data, job_task(job).name)
         if test_split is None:
             raise ConfigError("data.dataset", data.get("dataset"), "a dataset with a test split")
         job.datasets = (train_split, test_split)
@@ -319,18 +320,19 @@ def datasets(job: Job):
 
 
 def capture_plan(job: Job, train_labels, test_labels) -> dict:
-    """The seeded, stratified samples the job captures: ``{"train": indices, "test": indices}``."""
-    c = job.config.capture
+    """The seeded samples the job captures, stratified by class (uniform for segmentation:
+    :meth:`hil.job.task.Task.sample`): ``{"train": indices, "test": indices, "val": indices}``."""
+    c, task = job.config.capture, job_task(job)
     if not 0 < c.test_size <= len(test_labels):
         raise ConfigError("capture.test_size", c.test_size, f"a number in [1, {len(test_labels)}] (the size of the "
                           "dataset's test split)")
-    plan = {"train": stratified_indices(train_labels, max(c.fractions), c.seed),
-            "test": stratified_indices(test_labels, c.test_size / len(test_labels), c.seed + 1)}
+    plan = {"train": task.sample(train_labels, max(c.fractions), c.seed),
+            "test": task.sample(test_labels, c.test_size / len(test_labels), c.seed + 1)}
     if c.val_size:
         if c.val_size > len(train_labels) - len(plan["train"]):
             raise ConfigError("capture.val_size", c.val_size, f"at most {len(train_labels) - len(plan['train'])} (the "
                               "training images not captured for training)")
-        plan["val"] = stratified_indices(train_labels, c.val_size / len(train_labels), c.seed + 2, exclude=plan["train"])
+        plan["val"] = task.sample(train_labels, c.val_size / len(train_labels), c.seed + 2, exclude=plan["train"])
     return plan
 
 
@@ -437,11 +439,11 @@ def finetune_all(job: Job, student, calibration, design_id: str, teacher_path=No
     train_split, _ = datasets(job)
     if sets is None:
         sets = captured_sets(job, student, calibration, design_id, {COMPENSATIONS[m].features for m in methods})
-    counts = {int(c): int(n) for c, n in zip(*np.unique(train_split.tensors[1].numpy(), return_counts=True))}
+    task = job_task(job)
     reference = next(iter(sets["train"].values()))
     synthetic = None
     for fraction in sorted(fractions or job.config.capture.fractions):
-        rows = fraction_rows(reference.labels, fraction, counts)
+        rows = task.fraction_rows(reference, fraction, train_split.tensors[1])
         key = fraction_key(fraction)
         for method in (DESIGN_FT, *methods):
             kind = feature_kind(method)
@@ -463,7 +465,8 @@ def finetune_all(job: Job, student, calibration, design_id: str, teacher_path=No
                 backend, result = finetune(student, data, method=loss_method, teacher=teacher,
                                            source_inputs=train_split.tensors[0], loss=cfg.loss, lr=cfg.lr,
                                            batch_size=cfg.batch_size, max_steps=cfg.steps, seed=seed,
-                                           val=sets["val"].get(kind), progress=progress, device=device)
+                                           val=sets["val"].get(kind), progress=progress, device=device,
+                                           task=task.name)
                 file = f"{name}/{method}_{key}_seed{seed}.pt"
                 with atomic_write(job.run_dir / file) as fh:
                     torch.save(backend.state_dict(), fh)
@@ -471,7 +474,7 @@ def finetune_all(job: Job, student, calibration, design_id: str, teacher_path=No
                          "calibration_id": calibration.calibration_id, "captured": len(rows),
                          "synthetic": len(data) - len(rows), "images": images_digest(data.source_indices[:len(rows)]),
                          "steps": result.steps, "lr": cfg.lr, "batch_size": cfg.batch_size,
-                         "best_epoch": result.best_epoch, "best_val_accuracy": result.best_metric,
+                         "best_epoch": result.best_epoch, f"best_val_{task.metric}": result.best_metric,
                          "seconds": round(time.perf_counter() - start, 2), "mean_step_s": result.mean_step_s,
                          "curve": [{k: v for k, v in h.items() if isinstance(v, (int, float))} for h in result.history]}
                 results.setdefault(method, {}).setdefault(key, []).append(entry)
@@ -517,14 +520,15 @@ def captured_sets(job: Job, student, calibration, design_id: str, kinds) -> dict
     ``val`` without a validation capture."""
     identity = {"design_id": design_id, "calibration_id": calibration.calibration_id}
     readers = {"layer": calibration.layer(), "nominal": student.frontend}
-    splits = capture_splits(job)
+    splits, task = capture_splits(job), job_task(job)
     out = {}
     for offset, split in enumerate(("train", "val")):
         path = job.run_dir / "captures" / f"{split}.h5"
         if not path.is_file():
             out[split] = {}
             continue
-        sets = {kind: captured_features(path, readers[kind], **identity) for kind in {"layer", *kinds} - {"simulated"}}
+        sets = {kind: task.captured(path, readers[kind], splits[split], **identity)
+                for kind in {"layer", *kinds} - {"simulated"}}
         rows = sets["layer"].source_indices
         sets["simulated"] = nominal_set(job, calibration.nominal_system(), splits[split], rows, _capture_exposure(path),
                                         job.config.capture.seed + offset)
@@ -551,7 +555,7 @@ def synthetic_set(job: Job, calibration, design_id: str, train_split, count: int
     identity = {"design_id": design_id, "calibration_id": calibration.calibration_id}
     if cache.is_file():
         try:
-            return read_synthetic(cache, **identity)
+            return job_task(job).retarget(read_synthetic(cache, **identity), train_split)
         except CaptureFileError as exc:
             log.warning("rendering the synthetic captures again: %s", exc)
     exposure_s = _capture_exposure(job.run_dir / "captures" / "train.h5")
@@ -572,15 +576,16 @@ def synthetic_set(job: Job, calibration, design_id: str, train_split, count: int
 # ------------------------------------------------------------------------------------------ evaluation
 def score_runs(job: Job, student, data, results: dict, reference: dict | None = None, *,
                design_id: str | None = None, calibration_id: str | None = None) -> dict:
-    """Accuracy of every fine-tuned backend of ``results`` (:func:`finetune_all`) on ``data``: one
-    :class:`~hil.finetune.CapturedSet`, or ``{kind: CapturedSet}`` read per method's
-    :func:`feature_kind`. Returns ``{method: {fraction: {mean, std, seeds, accuracies,
-    recovered_fraction}}}`` (``std`` None for one seed); ``recovered_fraction`` = (mean -
+    """Accuracy (the task's metric, :mod:`hil.job.task`) of every fine-tuned backend of ``results``
+    (:func:`finetune_all`) on ``data``: one :class:`~hil.finetune.CapturedSet`, or ``{kind: CapturedSet}``
+    read per method's :func:`feature_kind`. Returns ``{method: {fraction: {mean, std, seeds, accuracies
+    (segmentation: mious), recovered_fraction}}}`` (``std`` None for one seed); ``recovered_fraction`` = (mean -
     uncompensated) / (target - uncompensated) with ``reference`` = ``{uncompensated, design_ft:
     {fraction: mean}}`` (target: ``design_ft`` of the same fraction) or ``{uncompensated, design}``,
     when given and the target is above uncompensated. With ``design_id`` and ``calibration_id``, a
     backend trained on others is refused."""
     out: dict = {}
+    task = job_task(job)
     for method, fractions in results.items():
         for key, entries in fractions.items():
             values = []
@@ -589,7 +594,7 @@ def score_runs(job: Job, student, data, results: dict, reference: dict | None = 
                     check_backend_identity(entry, job.run_dir / entry["backend"], design_id, calibration_id)
                 backend = copy.deepcopy(student.backend)
                 backend.load_state_dict(torch.load(job.run_dir / entry["backend"], weights_only=True))
-                values.append(accuracy(backend, data if isinstance(data, CapturedSet) else data[feature_kind(method)]))
+                values.append(task.score(backend, data if isinstance(data, CapturedSet) else data[feature_kind(method)]))
             values = np.array(values)
             mean = float(values.mean())
             target = None if reference is None else (
@@ -597,13 +602,14 @@ def score_runs(job: Job, student, data, results: dict, reference: dict | None = 
             lost = None if target is None else target - reference["uncompensated"]
             out.setdefault(method, {})[key] = {
                 "mean": mean, "std": float(values.std(ddof=1)) if len(values) > 1 else None,
-                "seeds": [e["seed"] for e in entries], "accuracies": values.tolist(),
+                "seeds": [e["seed"] for e in entries], task.values_key: values.tolist(),
                 "recovered_fraction": (mean - reference["uncompensated"]) / lost if lost and lost > 0 else None}
     return out
 
 
 def evaluate(job: Job, student, calibration, design_id: str, name: str = "finetune") -> dict:
-    """Accuracies on the held-out captured test set (``evaluation.json``): ``design`` (the student in
+    """Accuracies (the task's metric: mean IoU for segmentation, then ``metric``: ``miou``;
+    :mod:`hil.job.task`) on the held-out captured test set (``evaluation.json``): ``design`` (the student in
     simulation on the same test images, noise free), ``design_noisy`` (its backend on their simulated
     nominal features with sensor noise at the capture exposure), ``perfect_fabrication`` (its backend
     on the nominal features of the test images captured through error-free optics; None without that
@@ -616,9 +622,10 @@ def evaluate(job: Job, student, calibration, design_id: str, name: str = "finetu
     ``evaluation.json`` (``evaluation_<name>.json`` for another ``name``)."""
     test_file = job.run_dir / "captures" / "test.h5"
     identity = {"design_id": design_id, "calibration_id": calibration.calibration_id}
-    data = {"nominal": captured_features(test_file, student.frontend, **identity),
-            "layer": captured_features(test_file, calibration.layer(), **identity)}
     _, test_split = datasets(job)
+    task = job_task(job)
+    data = {"nominal": task.captured(test_file, student.frontend, test_split, **identity),
+            "layer": task.captured(test_file, calibration.layer(), test_split, **identity)}
     rows = data["layer"].source_indices
     data["simulated"] = nominal_set(job, calibration.nominal_system(), test_split, rows, _capture_exposure(test_file),
                                     job.config.capture.seed + 2)
@@ -626,13 +633,15 @@ def evaluate(job: Job, student, calibration, design_id: str, name: str = "finetu
         images = test_split.tensors[0][rows]
         logits = torch.cat([student(images[i:i + 1000]) for i in range(0, len(images), 1000)])
     perfect = job.run_dir / PERFECT_CAPTURE
-    out = {"test_samples": len(rows), "design": float((logits.argmax(1) == data["layer"].labels).float().mean()),
-           "design_noisy": accuracy(student.backend, data["simulated"]),
-           "perfect_fabrication": accuracy(student.backend, captured_features(perfect, student.frontend,
-                                                                              design_id=design_id))
+    out = {"test_samples": len(rows), "design": task.score_outputs(logits, data["layer"].labels),
+           "design_noisy": task.score(student.backend, data["simulated"]),
+           "perfect_fabrication": task.score(student.backend, task.captured(perfect, student.frontend, test_split,
+                                                                            design_id=design_id))
            if perfect.is_file() else None,
-           "uncompensated": accuracy(student.backend, data["nominal"]),
-           "calibration_layer": accuracy(student.backend, data["layer"])}
+           "uncompensated": task.score(student.backend, data["nominal"]),
+           "calibration_layer": task.score(student.backend, data["layer"])}
+    if task.dense:  # the metric is named where it is not accuracy (classification's evaluation.json unchanged)
+        out["metric"] = task.metric
     results_file = job.run_dir / f"{name}.json"
     results = json.loads(results_file.read_text()) if results_file.is_file() else {}
     check_file = job.run_dir / name / "teacher_check.json"
