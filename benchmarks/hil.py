@@ -19,10 +19,10 @@ Phases (each resumable; ``--phase all`` runs them in order):
    (the control: on their simulated nominal features); a grid whose best value is on an edge is widened
    by a factor 3 beyond it (at most ``--widen`` times); tuning seed 100;
 4. ``final``: on every device (``--final-devices`` splits the devices between processes), the chosen
-   setting of every method at every fraction on ``--seeds``, scored on the device's held-out captured
-   test set (``hil.job.steps.evaluate``); the control runs in every recipe group with that group's rate
-   (``design_ft_same_lr``), and ``recovered_fraction`` is taken against the control at its own tuned
-   rate (``design_ft``);
+   setting of every method and of the control at every fraction on ``--seeds`` (each run in the file
+   of its setting, ``final_<setting>.json``; ``bench.json`` gathers the chosen ones), scored on the
+   device's held-out captured test set by ``hil.job.steps.evaluate``: ``recovered_fraction`` is taken
+   against the control at its own tuned setting;
 5. ``report``: ``benchmarks/results/hil.json`` (means over devices with 95 % t-intervals, per-device
    rows, paired differences against ``e2e``) and ``hil.png``;
 6. ``timing``: ``make demo``'s job run end to end into a fresh folder (``run_seconds``,
@@ -198,15 +198,17 @@ class Benchmark:
             for fraction in ctx["job"].config.capture.fractions:
                 for method, settings in tuning[steps.fraction_key(fraction)].items():
                     groups.setdefault((*best_setting(settings), fraction), []).append(method)
+            chosen: dict = {}  # method -> fraction -> the runs of its chosen setting
             for (lr, weight, fraction), group in sorted(groups.items()):
-                self.finetune(ctx, group, lr, weight, self.args.seeds, fraction, prefix="final")
-            control = {steps.fraction_key(f): best_setting(tuning[steps.fraction_key(f)][DESIGN_FT])
-                       for f in ctx["job"].config.capture.fractions}
-            evaluations = {setting_name(lr, w): steps.evaluate(ctx["job"], ctx["student"], ctx["calibration"],
-                                                               ctx["design_id"], name=f"final_{setting_name(lr, w)}")
-                           for lr, w in {(lr, w) for lr, w, _ in groups}}
+                runs = self.finetune(ctx, group, lr, weight, self.args.seeds, fraction, prefix="final")
+                key = steps.fraction_key(fraction)
+                for method in group:
+                    if runs.get(method, {}).get(key):  # an NTKD method the teacher check left out has none
+                        chosen.setdefault(method, {})[key] = runs[method][key]
+            write_json(self.run_dir(device) / "bench.json", chosen)
+            evaluation = steps.evaluate(ctx["job"], ctx["student"], ctx["calibration"], ctx["design_id"], name="bench")
             write_json(self.run_dir(device) / "bench_device.json",
-                       device_row(device, evaluations, tuning, control, self.run_dir(device)))
+                       device_row(device, evaluation, tuning, self.run_dir(device)))
 
     def finetune(self, ctx, methods, lr, weight, seeds, fraction, *, prefix):
         """``steps.finetune_all`` for ``methods`` (the ``design_ft`` control comes along) at one setting
@@ -315,37 +317,27 @@ def widened(grid, run, methods, scores, fixed, times, *, weights=False) -> list[
 
 
 # ---------------------------------------------------------------------- rows and aggregation
-def device_row(device: int, evaluations: dict, tuning: dict, control: dict, run_dir: Path) -> dict:
-    """One device's figures: the references, the control at its tuned rate and at every group's rate,
-    and every method at its chosen setting (mean over seeds, recovered against the tuned control)."""
-    any_eval = next(iter(evaluations.values()))
+def device_row(device: int, evaluation: dict, tuning: dict, run_dir: Path) -> dict:
+    """One device's figures (``hil.job.steps.evaluate`` of the runs of every method's chosen setting):
+    the references, the control and every method per fraction (mean over seeds, recovered against the
+    control at its own tuned setting), the teacher, the largest clipped fraction of its captures."""
     capture = json.loads((run_dir / "capture.json").read_text())
-    row = {"device": device, **{k: any_eval[k] for k in ("test_samples", "design", "design_noisy",
-                                                         "perfect_fabrication", "uncompensated", "calibration_layer")},
-           "teacher": next((e["teacher"]["teacher"] for e in evaluations.values() if e.get("teacher")), None),
-           "left_out": {m: why for e in evaluations.values() for m, why in e.get("left_out", {}).items()},
+    checks = [json.loads(f.read_text()) for f in sorted(run_dir.glob("final_*/teacher_check.json"))]
+    row = {"device": device, **{k: evaluation[k] for k in ("test_samples", "design", "design_noisy",
+                                                           "perfect_fabrication", "uncompensated", "calibration_layer")},
+           "teacher": checks[0]["teacher"] if checks else None,
+           "ntkd_left_out": bool(checks) and not checks[0]["usable"],
            "clipped_pixel_fraction": max(v["clipped_pixel_fraction"] for v in capture.values()
                                          if isinstance(v, dict) and "clipped_pixel_fraction" in v),
-           "exposure_s": capture["exposure"]["exposure_s"], "design_ft": {}, "design_ft_same_lr": {},
-           "by_fraction": {}}
-    for key, setting in control.items():
-        cell = evaluations[setting_name(*setting)]["design_ft"][key]
-        row["design_ft"][key] = {"mean": cell["mean"], "accuracies": cell["accuracies"], "setting": setting_name(*setting)}
-    for key, methods in tuning.items():
-        for method, settings in methods.items():
-            if method == DESIGN_FT or method in row["left_out"]:
-                continue
-            name = setting_name(*best_setting(settings))
-            evaluation = evaluations[name]
-            cell = evaluation["by_fraction"].get(method, {}).get(key)
-            if cell is None:
-                continue
-            target = row["design_ft"][key]["mean"]
-            lost = target - row["uncompensated"]
+           "exposure_s": capture["exposure"]["exposure_s"], "design_ft": {}, "by_fraction": {}}
+    for key, cell in evaluation["design_ft"].items():
+        row["design_ft"][key] = {"mean": cell["mean"], "accuracies": cell["accuracies"],
+                                 "setting": setting_name(*best_setting(tuning[key][DESIGN_FT]))}
+    for method, cells in evaluation["by_fraction"].items():
+        for key, cell in cells.items():
             row["by_fraction"].setdefault(method, {})[key] = {
-                "mean": cell["mean"], "accuracies": cell["accuracies"], "setting": name,
-                "recovered_fraction": (cell["mean"] - row["uncompensated"]) / lost if lost > 0 else None}
-            row["design_ft_same_lr"].setdefault(method, {})[key] = evaluation["design_ft"][key]["mean"]
+                "mean": cell["mean"], "accuracies": cell["accuracies"], "recovered_fraction": cell["recovered_fraction"],
+                "setting": setting_name(*best_setting(tuning[key][method]))}
     return row
 
 

@@ -77,7 +77,7 @@ from onn_core.errors import ConfigError, HilError, InputError
 from onn_core.files import atomic_write, resolve_relative
 from simulator.system import OpticalSystem
 
-from ..api import train
+from ..api import train, train_val_indices
 from ..capture import capture, design_fingerprint
 from ..checkpoint import CheckpointError, find_checkpoint, load_checkpoint, load_model, model_config_of
 from ..data import build_datasets
@@ -321,7 +321,9 @@ def datasets(job: Job):
 
 def capture_plan(job: Job, train_labels, test_labels) -> dict:
     """The seeded samples the job captures, stratified by class (uniform for segmentation:
-    :meth:`hil.job.task.Task.sample`): ``{"train": indices, "test": indices, "val": indices}``."""
+    :meth:`hil.job.task.Task.sample`): ``{"train": indices, "test": indices, "val": indices}``; the
+    validation images are neither captured for training nor seen by the student
+    (:func:`student_training_rows`)."""
     c, task = job.config.capture, job_task(job)
     if not 0 < c.test_size <= len(test_labels):
         raise ConfigError("capture.test_size", c.test_size, f"a number in [1, {len(test_labels)}] (the size of the "
@@ -329,11 +331,31 @@ def capture_plan(job: Job, train_labels, test_labels) -> dict:
     plan = {"train": task.sample(train_labels, max(c.fractions), c.seed),
             "test": task.sample(test_labels, c.test_size / len(test_labels), c.seed + 1)}
     if c.val_size:
-        if c.val_size > len(train_labels) - len(plan["train"]):
-            raise ConfigError("capture.val_size", c.val_size, f"at most {len(train_labels) - len(plan['train'])} (the "
-                              "training images not captured for training)")
-        plan["val"] = task.sample(train_labels, c.val_size / len(train_labels), c.seed + 2, exclude=plan["train"])
+        seen = np.union1d(plan["train"], student_training_rows(job, len(train_labels)))
+        if c.val_size > len(train_labels) - len(seen):
+            raise ConfigError("capture.val_size", c.val_size, f"at most {len(train_labels) - len(seen)} (the training "
+                              "images neither captured for training nor seen by the student)")
+        plan["val"] = task.sample(train_labels, c.val_size / len(train_labels), c.seed + 2, exclude=seen)
     return plan
+
+
+def student_training_rows(job: Job, size: int) -> np.ndarray:
+    """Indices of the job's training split (``size`` images) that the student trains or trained on: the
+    seeded split of its run config (:func:`hil.api.train_val_indices`); none when it trained on another
+    dataset or its checkpoint does not record its data. The validation captures avoid them: a
+    fine-tuned backend chosen on images the design memorised would be one that stays close to the design."""
+    step = job.config.student
+    if step.config:
+        config = to_plain(training_config(job, "student"))
+    else:
+        given = job.path(step.run_dir or step.checkpoint)
+        config = load_yaml(given / "config.yaml") if (given / "config.yaml").is_file() else \
+            load_checkpoint(find_checkpoint(given))["config"]
+    data = config.get("data")
+    if not data or "seed" not in config or data.get("dataset") != (job.config.data or {}).get("dataset", "fashion_mnist"):
+        return np.zeros(0, np.int64)  # a checkpoint that does not say, or another dataset
+    train, _ = train_val_indices(size, data["val_size"], data.get("train_subset"), config["seed"])
+    return np.asarray(train, np.int64)
 
 
 def capture_splits(job: Job) -> dict:
