@@ -93,6 +93,7 @@ Usage::
     nice -n 19 python benchmarks/ntkd_study.py            # -> benchmarks/results/ntkd_study.json (resumable)
     python benchmarks/ntkd_study.py --smoke --out /tmp/s.json --work-dir /tmp/s   # tiny sizes, not a measurement
     nice -n 19 python benchmarks/ntkd_study.py --exploratory   # the post-hoc check below, after the study
+    python benchmarks/ntkd_study.py --aggregate-only   # rows and verdicts of what is recorded (e.g. a partial run)
 
 Amendments (after the pre-registration; each is stored in the JSON's ``amendments``)
 - 2026-12-06, ``compensation_1pct``: every method tunes its learning rate over the same grid,
@@ -101,7 +102,9 @@ Amendments (after the pre-registration; each is stored in the JSON's ``amendment
   loss chose 3e-4, a rate its grid offered and the others' ({1e-3, 3e-3}) did not, so the paired
   deficits of the other methods mixed the method with the learning-rate coverage; 1e-4 extends the
   grid below the task's choice. The cells, choices and rows run under the pre-registered grid are kept
-  under ``superseded`` (moved there, never dropped), with the exploratory check below.
+  under ``superseded`` (moved there, never dropped), with the exploratory check below. The teacher and
+  the designed student with its fabricated device are built again where the work dir lacks them
+  (``rebuilds`` records whether they equal the recorded ones).
 
 Exploratory, not pre-registered (``--exploratory``, added after the study's compensation cells had run;
 superseded by the amendment of 2026-12-06, and kept with that setting's earlier cells):
@@ -191,7 +194,9 @@ AMENDMENTS = [
      "change": "every method tunes its learning rate over the same grid {1e-4, 3e-4, 1e-3, 3e-3} (task: 4 "
                "candidates; the other methods: 4 rates x their 2 settings = 8 candidates; pre-registered: task "
                "{3e-4, 1e-3, 3e-3, 1e-2}, the others {1e-3, 3e-3}); the setting is rerun, its earlier cells, "
-               "choices and rows kept under superseded",
+               "choices and rows kept under superseded. The rerun had a fresh work dir: the teacher and the "
+               "designed student with its fabricated device were built again by the protocol's recipe (rebuilds "
+               "says whether they equal the recorded ones; compensation holds the device the rerun used)",
      "reason": "the task loss chose lr 3e-4, outside the other methods' pre-registered grids, so their paired "
                "differences to the task mixed the method with the learning-rate coverage"},
 ]
@@ -516,7 +521,7 @@ class Study:
                 # a setting whose grid changed (an amendment) is moved under superseded, never dropped
                 old = supersede(old, fresh["grids"], AMENDMENTS[-1]["date"])
                 kept = ("cells", "timing", "teacher", "compensation", "exploratory", "choice", "superseded",
-                        "rows", "verdicts")
+                        "rows", "verdicts", "rebuilds")
                 self.data = {**fresh, **{k: old[k] for k in kept if k in old}}
             else:
                 log.warning("%s was written under other sizes: starting afresh", out)
@@ -742,18 +747,35 @@ def aggregate(study: Study) -> None:
     study.write()
 
 
-def note_rebuild(study: Study, key: str, record: dict, compare: tuple) -> None:
-    """Record under ``rebuilds`` that ``key`` (the teacher, the compensation design) was built again (a
-    fresh work dir) and whether its ``compare`` figures equal the recorded ones (training is seeded and
-    single-threaded, so they should); the recorded figures stay."""
-    old = study.data[key]
+def note_rebuild(study: Study, key: str, record: dict, compare: tuple) -> bool:
+    """Whether ``record``'s ``compare`` figures equal those recorded under ``key`` (the teacher, the
+    compensation device; True when nothing is recorded). A differing one, or one built again (the
+    record has a wall time: a fresh work dir), is noted under ``rebuilds`` with both records (once)."""
+    old = study.data.get(key)
+    if old is None:
+        return True
     same = all(old.get(k) == record.get(k) for k in compare)
+    fresh = any(k.endswith("wall_s") for k in record)
     if not same:
-        log.warning("the rebuilt %s differs from the recorded one: %s", key,
-                    {k: (old.get(k), record.get(k)) for k in compare})
-    study.data.setdefault("rebuilds", []).append({
-        "what": key, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "matches_recorded": same, "record": record})
+        log.warning("the %s built now differs from the recorded one: %s", key,
+                    {k: (old.get(k), record.get(k)) for k in compare if old.get(k) != record.get(k)})
+    if (fresh or not same) and not any(r["what"] == key and r.get("recorded") == old
+                                      and all(r["record"].get(k) == record.get(k) for k in compare)
+                                      for r in study.data.get("rebuilds", [])):
+        study.data.setdefault("rebuilds", []).append({
+            "what": key, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "matches_recorded": same, "record": record, "recorded": old})
+    return same
+
+
+def record_compensation(study: Study, record: dict) -> None:
+    """Record the compensation device the setting's cells run on (:func:`build_compensation`'s record):
+    one that differs from the recorded device (a fresh work dir) replaces it, noted under ``rebuilds``."""
+    record = {**record, "errors": fabrication_errors()}
+    if note_rebuild(study, "compensation", record, ("design_test", "uncompensated_test")):
+        record = {**study.data.get("compensation", {}), **record}
+    study.data["compensation"] = record
+    study.write()
 
 
 def main(argv=None) -> int:
@@ -762,6 +784,8 @@ def main(argv=None) -> int:
     parser.add_argument("--work-dir", default=str(REPO / "runs" / "ntkd_study"))
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     parser.add_argument("--smoke", action="store_true", help="tiny sizes (tests the script; not a measurement)")
+    parser.add_argument("--aggregate-only", action="store_true",
+                        help="only summarise the recorded cells into rows and verdicts (nothing is trained)")
     parser.add_argument("--exploratory", action="store_true",
                         help="only the post-hoc compensation check at lr 3e-4 (module docstring; not pre-registered)")
     args = parser.parse_args(argv)
@@ -770,6 +794,11 @@ def main(argv=None) -> int:
     sizes = SMOKE if args.smoke else Sizes()
     study = Study(Path(args.out), Path(args.work_dir), sizes, args.smoke)
     data = load_data(sizes)
+    if args.aggregate_only:
+        if (study.work / "design_student.pt").is_file() and (study.work / "fabricated_features.pt").is_file():
+            record_compensation(study, build_compensation(data, sizes, study.work)[2])  # read back, not trained
+        aggregate(study)
+        return 0
     teacher_path = study.work / "teacher.pt"
     if not teacher_path.is_file():
         record = train_teacher(data, sizes, teacher_path)
@@ -785,12 +814,7 @@ def main(argv=None) -> int:
     for name in [] if args.exploratory else args.settings:
         if name.startswith("compensation"):
             compensation = build_compensation(data, sizes, study.work)
-            if "design_wall_s" in compensation[2] and "design_test" in study.data.get("compensation", {}):
-                note_rebuild(study, "compensation", compensation[2], ("design_test", "uncompensated_test"))
-            else:
-                study.data["compensation"] = {**study.data.get("compensation", {}), **compensation[2],
-                                              "errors": fabrication_errors()}
-            study.write()
+            record_compensation(study, compensation[2])
         run_setting(study, name, data, teacher, compensation)
         aggregate(study)
     aggregate(study)

@@ -137,6 +137,9 @@ def test_a_changed_grid_moves_its_setting_under_superseded_and_keeps_the_rest(tm
     out.write_text(study.json.dumps(data))
     again = study.Study(out, tmp_path / "work", study.SMOKE, smoke=True).data
     assert again["superseded"] == data["superseded"] and again["cells"] == data["cells"]
+    data["rebuilds"] = [{"what": "teacher"}]
+    out.write_text(study.json.dumps(data))
+    assert study.Study(out, tmp_path / "work", study.SMOKE, smoke=True).data["rebuilds"] == [{"what": "teacher"}]
     assert again["choice"] == data["choice"]
 
 
@@ -165,3 +168,32 @@ def test_fit_is_reproducible_for_a_seed_and_learns():
     assert study.accuracy(a, x, y) >= 0.9
     with pytest.raises(InputError, match="fewer than one batch"):
         study.fit(a, TaskObjective(), x[:8], y[:8], steps=1, lr=1e-3, batch=16, seed=0)
+
+
+def test_a_rebuilt_teacher_or_device_is_noted_once_with_both_records(tmp_path):
+    s = study.Study(tmp_path / "study.json", tmp_path / "work", study.SMOKE, smoke=True)
+    assert study.note_rebuild(s, "compensation", {"design_test": 0.8}, ("design_test",))  # nothing recorded
+    s.data["compensation"] = {"design_test": 0.83, "uncompensated_test": 0.79}
+    new = {"design_test": 0.82, "uncompensated_test": 0.80, "design_wall_s": 1.0}
+    assert not study.note_rebuild(s, "compensation", new, ("design_test", "uncompensated_test"))
+    cached = {"design_test": 0.82, "uncompensated_test": 0.80}  # the same device read back from the work dir
+    assert not study.note_rebuild(s, "compensation", cached, ("design_test", "uncompensated_test"))
+    (note,) = s.data["rebuilds"]
+    assert note["what"] == "compensation" and note["matches_recorded"] is False
+    assert note["record"] == new and note["recorded"] == {"design_test": 0.83, "uncompensated_test": 0.79}
+    s.data["teacher"] = {"test": 0.9}
+    assert study.note_rebuild(s, "teacher", {"test": 0.9, "wall_s": 2.0}, ("test",))  # rebuilt, equal: noted
+    assert [r["what"] for r in s.data["rebuilds"]] == ["compensation", "teacher"]
+    assert s.data["rebuilds"][1]["matches_recorded"] is True
+
+
+def test_a_rebuilt_compensation_device_replaces_the_record_and_keeps_the_old_one(tmp_path):
+    s = study.Study(tmp_path / "study.json", tmp_path / "work", study.SMOKE, smoke=True)
+    s.data["compensation"] = {"design_test": 0.83, "uncompensated_test": 0.79, "design_wall_s": 9.0}
+    study.record_compensation(s, {"design_test": 0.82, "uncompensated_test": 0.80, "design_wall_s": 1.0})
+    assert s.data["compensation"] == {"design_test": 0.82, "uncompensated_test": 0.80, "design_wall_s": 1.0,
+                                      "errors": study.fabrication_errors()}
+    assert s.data["rebuilds"][0]["recorded"]["design_test"] == 0.83
+    study.record_compensation(s, {"design_test": 0.82, "uncompensated_test": 0.80})  # read back: merged
+    assert s.data["compensation"]["design_wall_s"] == 1.0 and len(s.data["rebuilds"]) == 1
+    assert study.json.loads((tmp_path / "study.json").read_text())["compensation"]["design_test"] == 0.82
