@@ -239,12 +239,13 @@ class Benchmark:
             "run_seconds": None if timing is None else timing["run_seconds"],
             "capture_frames_per_s": None if timing is None else timing["capture_frames_per_s"],
             "run_timing": timing,
+            "demo": demo_figures(self.root / "timing" / "run" / "report.json"),
             "settings": {"config": "examples/run_sim.yaml", "fabrication": "examples/optics_fabricated.yaml",
                          "errors": config_io.load_yaml(self.args.fabrication)["errors"]["spec"],
                          "student_set": STUDENT_SET, "teacher_set": TEACHER_SET, "seeds": self.args.seeds,
                          "lrs": self.args.lrs, "ntk_weights": self.args.ntk_weights, "tuning_seed": TUNING_SEED,
                          "tuning_device": self.first, "threads": self.args.threads,
-                         "segmentation": "not run: the job takes classification only (issue 21, left open)"}})
+                         "segmentation": "not run: the job takes segmentation (examples/run_sim_seg.yaml) but no segmentation row set was measured yet"}})
         print("\n".join(summary_table(result)))
         finish([], result, self.args.out)
         plot(result, self.args.out.with_suffix(".png"))
@@ -265,6 +266,20 @@ class Benchmark:
         write_json(file, {"run_seconds": seconds, "capture_frames_per_s": capture["frames_per_s"],
                           "command": "hil.job.run_job(examples/run_sim.yaml) (what make demo runs)",
                           "threads": torch.get_num_threads(), "load_average_at_end": list(os.getloadavg())})
+
+
+def demo_figures(report_file: Path) -> dict | None:
+    """The timed ``make demo`` run's figures (its ``report.json``): references and method means."""
+    if not report_file.is_file():
+        return None
+    report = json.loads(report_file.read_text())
+    evaluation = report["evaluation"]
+    means = lambda cells: {k: v["mean"] for k, v in cells.items()}  # noqa: E731
+    return {**{k: evaluation[k] for k in ("design", "design_noisy", "perfect_fabrication", "uncompensated",
+                                           "calibration_layer")},
+            "teacher": (evaluation.get("teacher") or {}).get("teacher"), "design_ft": means(evaluation["design_ft"]),
+            "by_fraction": {m: means(c) for m, c in evaluation["by_fraction"].items()},
+            "design_converged": (report.get("design") or {}).get("converged"), "step_seconds": report.get("seconds")}
 
 
 # ---------------------------------------------------------------------- tuning grids
@@ -429,9 +444,10 @@ def plot(result: dict, path: Path) -> None:
         errors = [100 * (cells[k]["ci95"] or 0.0) for k in fractions]
         ax.errorbar([v * (1 + 0.03 * (i - len(series) / 2)) for v in x], means, yerr=errors, marker="o", capsize=3,
                     label=name)
-    for key, style in (("design", "k--"), ("uncompensated", "r:"), ("perfect_fabrication", "g-.")):
+    for key, colour, style in (("design", "black", "--"), ("perfect_fabrication", "grey", "-."),
+                               ("calibration_layer", "grey", ":"), ("uncompensated", "red", ":")):
         if result[key]["mean"] is not None:
-            ax.axhline(100 * result[key]["mean"], color=style[0], linestyle=style[1:], label=key)
+            ax.axhline(100 * result[key]["mean"], color=colour, linestyle=style, linewidth=1, label=key)
     ax.set_xscale("log")
     ax.set_xticks(x, [f"{v:g} %" for v in x])
     ax.set_xlabel("training split captured")
