@@ -109,6 +109,8 @@ class LiveWindow:
             while frames is None or shown < frames:
                 self.show_next()
                 shown += 1
+                if shown == 1:
+                    self._place()
                 now = time.monotonic()
                 if last is not None and now > last:
                     rate = 1.0 / (now - last)
@@ -141,6 +143,17 @@ class LiveWindow:
         return self.view
 
     # ------------------------------------------------------------------------------------ keys
+    def _place(self, timeout_s: float = 2.0) -> None:
+        """Move the window to ``position`` once it is shown (Qt may drop a move made before the window is
+        mapped), running the GUI until it is there or ``timeout_s`` passes (as the display SLM does)."""
+        import cv2
+
+        cv2.moveWindow(self.window_name, *self.position)
+        deadline = time.monotonic() + timeout_s
+        while tuple(cv2.getWindowImageRect(self.window_name)[:2]) != tuple(self.position) \
+                and time.monotonic() < deadline:
+            cv2.waitKey(1)
+
     def handle(self, key: int) -> bool:
         """Act on ``key`` (a ``cv2.waitKey`` code; -1: none); False to quit."""
         if key in QUIT_KEYS:

@@ -67,7 +67,7 @@ import yaml
 
 from calibration.api import calibrate
 from calibration.file import load_calibration, save_calibration
-from calibration.locate import locate_into
+from calibration.locate import GridLocation, locate_into
 from drivers.bench_fits import check_bench_fits
 from drivers.clock import make_clock
 from drivers.config import open_bench
@@ -232,21 +232,25 @@ def locate_design(job: Job, design_optics: Path, system) -> dict:
     ``grid.yaml`` (with ``grid.png``), which the job's bench then uses as ``camera.locate``
     (:func:`bench_config`): the location belongs to this run's design, so the file the bench names
     is not written (nor shared between runs). A bench without ``camera.locate``, or whose file
-    exists (used as is), is left alone. Returns and writes the record ``locate.json``
+    exists (used as is), is left alone, unless that file was located for another design frame (an
+    older design): then the grid is located again into the run folder, with a warning. Returns and writes the record ``locate.json``
     (``skipped``: why nothing was done). A grid not found raises
     :class:`calibration.locate.LocateError` naming the run folder's ``grid.png``, which shows the frame."""
     named = bench_location_file(job)
     output = job.run_dir / LOCATION_FILE
+    other = named is not None and named.is_file() and located_design_shape(named) not in (None, system.frame_shape)
     if named is None:
         record = {"skipped": "the bench's camera names no locate file (its frames are the design's)"}
-    elif named.is_file():
+    elif named.is_file() and not other:
         record = {"skipped": f"the bench's camera.locate file {named} exists: used as is", "grid": str(named)}
     else:
-        log.info("locating the design's grid in the camera frame into %s (the bench's camera.locate, %s, does "
-                 "not exist)", output, named)
+        why = (f"was located for a design frame of {located_design_shape(named)}, this design's is "
+               f"{system.frame_shape}" if other else "does not exist")
+        log.log(logging.WARNING if other else logging.INFO, "locating the design's grid in the camera frame into "
+                "%s (the bench's camera.locate, %s, %s)", output, named, why)
         with open_job_bench(job, bench_config(job, design_optics), located=False) as bench:
             location = locate_into(bench, system, output)
-        record = {"grid": str(output), "picture": str(output.with_suffix(".png")), "roi": list(location.roi),
+        record = {"grid": str(output), "bench_file": f"{named} {why}", "picture": str(output.with_suffix(".png")), "roi": list(location.roi),
                   "frame_shape": list(location.frame_shape), "magnification": location.magnification,
                   "rotation_deg": float(np.degrees(location.rotation_rad)), "mirror": bool(location.mirror),
                   "spots": location.spots, "residual_rms_px": location.residual_rms_px}
@@ -254,6 +258,15 @@ def locate_design(job: Job, design_optics: Path, system) -> dict:
     if "skipped" in record:
         log.info("step locate skipped: %s", record["skipped"])
     return record
+
+
+def located_design_shape(path: Path) -> tuple[int, int] | None:
+    """The design frame (rows, cols) a `hil locate` file was located for; None for a file that is not one
+    (the bench names it when it opens)."""
+    try:
+        return tuple(GridLocation.load(path).design_shape)
+    except ConfigError:
+        return None
 
 
 def _with_base(bench: dict, base: Path) -> dict:

@@ -7,6 +7,7 @@ import pytest
 
 from drivers.clock import VirtualClock
 from drivers.simulated import SimulatedCamera, SimulatedSLM, direct_render
+from tests.drivers.xvfb import window_manager, x_display, xvfb  # noqa: F401  (registered here once: one X server per session)
 
 #: DN per gray level per second of exposure of the test render (exact for 1 ms multiples).
 DN_PER_LEVEL_S = 1000.0

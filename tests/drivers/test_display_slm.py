@@ -18,7 +18,6 @@ from drivers.registry import load_backend
 from drivers.xwd import parse_xwd
 from onn_core.errors import ConfigError, InputError
 from tests.drivers.conformance import check_slm
-from tests.drivers.xvfb import window_manager, x_display, xvfb  # noqa: F401  (fixtures)
 
 PITCH_M = 8e-6
 

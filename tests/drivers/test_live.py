@@ -22,7 +22,6 @@ from drivers.live_window import EXPOSURE_STEP, LiveWindow
 from hil.cli import main
 from onn_core.errors import InputError
 from tests.drivers.test_display_slm import _assert_on_screen
-from tests.drivers.xvfb import x_display, xvfb  # noqa: F401  (fixtures)
 
 BENCH = "examples/bench_sim.yaml"
 

@@ -5,11 +5,12 @@ left alone; a grid not found is reported naming the annotated picture in the run
 
 import json
 
+import numpy as np
 import pytest
 import torch
 import yaml
 
-from calibration.locate import LocateError
+from calibration.locate import GridLocation, LocateError
 from hil.checkpoint import save_checkpoint
 from hil.job import load_job, read_state, run_job
 from hil.models import build_model
@@ -73,6 +74,19 @@ def test_a_bench_without_a_location_to_make_is_left_alone(tmp_path, untrained_st
     run_job(job, until="locate", progress=False)
     record = json.loads((job.run_dir / "locate.json").read_text())
     assert "exists: used as is" in record["skipped"] and record["grid"] == str(tmp_path / "given" / "grid.yaml")
+
+
+def test_a_location_made_for_another_design_is_made_again_in_the_run_folder(tmp_path, untrained_student, caplog):
+    stale = GridLocation.from_affine(np.array([[1.7, 0.0, 10.0], [0.0, 1.7, 12.0]]), (120, 160), (50, 50), spots=4,
+                                     residual_rms_px=0.1)  # an older design's frame: 50 x 50
+    stale.save(tmp_path / "grid.yaml")
+    job = lab_job(tmp_path, untrained_student, placement=PLACEMENT, locate="grid.yaml")
+    run_job(job, until="locate", progress=False)
+    record = json.loads((job.run_dir / "locate.json").read_text())
+    assert record["grid"] == str(job.run_dir / "grid.yaml")
+    assert "was located for a design frame of (50, 50)" in record["bench_file"]
+    assert "was located for a design frame of (50, 50)" in caplog.text
+    assert GridLocation.load(tmp_path / "grid.yaml").design_shape == (50, 50)  # the bench's file is left as it was
 
 
 def test_a_grid_not_found_names_the_picture_in_the_run_folder(tmp_path, untrained_student):
