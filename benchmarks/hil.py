@@ -239,13 +239,17 @@ class Benchmark:
             "run_seconds": None if timing is None else timing["run_seconds"],
             "capture_frames_per_s": None if timing is None else timing["capture_frames_per_s"],
             "run_timing": timing,
-            "demo": demo_figures(self.root / "timing" / "run" / "report.json"),
+            "demo": run_figures(self.root / "timing" / "run" / "report.json"),
+            "segmentation": {"how": "hil run examples/run_sim_seg.yaml --out-dir ROOT/seg_device_N (the job's own "
+                                    "recipe: one fine-tuning seed, its lr, no tuning); mIoU",
+                             "devices": {folder.name: run_figures(folder / "report.json")
+                                         for folder in sorted(self.root.glob("seg_device_*"))
+                                         if (folder / "report.json").is_file()}},
             "settings": {"config": "examples/run_sim.yaml", "fabrication": "examples/optics_fabricated.yaml",
                          "errors": config_io.load_yaml(self.args.fabrication)["errors"]["spec"],
                          "student_set": STUDENT_SET, "teacher_set": TEACHER_SET, "seeds": self.args.seeds,
                          "lrs": self.args.lrs, "ntk_weights": self.args.ntk_weights, "tuning_seed": TUNING_SEED,
-                         "tuning_device": self.first, "threads": self.args.threads,
-                         "segmentation": "not run: the job takes segmentation (examples/run_sim_seg.yaml) but no segmentation row set was measured yet"}})
+                         "tuning_device": self.first, "threads": self.args.threads}})
         print("\n".join(summary_table(result)))
         finish([], result, self.args.out)
         plot(result, self.args.out.with_suffix(".png"))
@@ -268,14 +272,15 @@ class Benchmark:
                           "threads": torch.get_num_threads(), "load_average_at_end": list(os.getloadavg())})
 
 
-def demo_figures(report_file: Path) -> dict | None:
-    """The timed ``make demo`` run's figures (its ``report.json``): references and method means."""
+def run_figures(report_file: Path) -> dict | None:
+    """A job run's figures (its ``report.json``): the metric, references and method means."""
     if not report_file.is_file():
         return None
     report = json.loads(report_file.read_text())
     evaluation = report["evaluation"]
     means = lambda cells: {k: v["mean"] for k, v in cells.items()}  # noqa: E731
-    return {**{k: evaluation[k] for k in ("design", "design_noisy", "perfect_fabrication", "uncompensated",
+    return {"metric": evaluation.get("metric", "accuracy"),
+            **{k: evaluation[k] for k in ("design", "design_noisy", "perfect_fabrication", "uncompensated",
                                            "calibration_layer")},
             "teacher": (evaluation.get("teacher") or {}).get("teacher"), "design_ft": means(evaluation["design_ft"]),
             "by_fraction": {m: means(c) for m, c in evaluation["by_fraction"].items()},
