@@ -48,7 +48,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 from scipy import stats
 
 REPO = Path(__file__).resolve().parents[1]
@@ -60,6 +59,7 @@ from hil.finetune import COMPENSATIONS  # noqa: E402
 from hil import job as steps  # noqa: E402
 from hil.job.steps import captured_sets  # noqa: E402
 from hil.job.controls import DESIGN_FT, design_convergence, ntkd_methods  # noqa: E402
+from hil.job.state import write_json  # noqa: E402
 from onn_core import config as config_io  # noqa: E402
 
 log = logging.getLogger("benchmarks.hil")
@@ -128,9 +128,7 @@ class Benchmark:
                 given = {f: str(base / raw[role][f]) for f in ("run_dir", "checkpoint") if raw[role].get(f)}
                 raw[role] = given or {"run_dir": str(self.run_dir(self.first) / role)}
         raw["finetune"]["seeds"] = list(self.args.seeds)
-        file = self.root / "configs" / f"device_{device}.yaml"
-        write_text(file, yaml.safe_dump(raw, sort_keys=False))
-        return steps.load_job(file, self.run_dir(device))
+        return steps.load_job(self.config_file(f"device_{device}.yaml", raw), self.run_dir(device))
 
     def run_dir(self, device: int) -> Path:
         return self.root / f"device_{device}"
@@ -139,8 +137,13 @@ class Benchmark:
         """The fabrication optics file with the error seed ``device``."""
         optics = config_io.load_yaml(self.args.fabrication)
         optics["errors"]["seed"] = int(device)
-        file = self.root / "configs" / f"optics_device_{device}.yaml"
-        write_text(file, yaml.safe_dump(optics, sort_keys=False))
+        return self.config_file(f"optics_device_{device}.yaml", optics)
+
+    def config_file(self, name: str, data: dict) -> Path:
+        """``data`` written as ``root/configs/<name>``."""
+        file = self.root / "configs" / name
+        file.parent.mkdir(parents=True, exist_ok=True)
+        config_io.save_yaml(data, file)
         return file
 
     def context(self, device: int) -> dict:
@@ -227,7 +230,7 @@ class Benchmark:
                 if (self.run_dir(d) / "bench_device.json").is_file()]
         timing_file = self.root / "timing" / "timing.json"
         timing = json.loads(timing_file.read_text()) if timing_file.is_file() else None
-        result = aggregate(rows, self.args)
+        result = aggregate(rows)
         convergence = design_convergence(steps.train_models(self.job(self.first))["student"])
         result.update({
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -371,7 +374,7 @@ def interval(values) -> dict:
     return {"mean": float(values.mean()), "ci95": half, "devices": values.tolist()}
 
 
-def aggregate(rows: list[dict], args) -> dict:
+def aggregate(rows: list[dict]) -> dict:
     """The result keys of the issue over the per-device ``rows``."""
     out = {"benchmark": "hil", "devices": [r["device"] for r in rows], "per_device": rows}
     for key in ("design", "design_noisy", "perfect_fabrication", "uncompensated", "calibration_layer", "teacher"):
@@ -462,24 +465,6 @@ def plot(result: dict, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-
-
-def write_json(path: Path, value) -> None:
-    from onn_core.files import atomic_write
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_write(path, "w") as fh:
-        json.dump(value, fh, indent=1)
-
-
-def write_text(path: Path, text: str) -> None:
-    from onn_core.files import atomic_write
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.is_file() and path.read_text() == text:
-        return
-    with atomic_write(path, "w") as fh:
-        fh.write(text)
 
 
 __all__ = ["aggregate", "best_setting", "device_row", "interval", "widened"]

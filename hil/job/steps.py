@@ -238,13 +238,14 @@ def locate_design(job: Job, design_optics: Path, system) -> dict:
     :class:`calibration.locate.LocateError` naming the run folder's ``grid.png``, which shows the frame."""
     named = bench_location_file(job)
     output = job.run_dir / LOCATION_FILE
-    other = named is not None and named.is_file() and located_design_shape(named) not in (None, system.frame_shape)
+    located_for = located_design_shape(named) if named is not None and named.is_file() else None
+    other = located_for not in (None, system.frame_shape)
     if named is None:
         record = {"skipped": "the bench's camera names no locate file (its frames are the design's)"}
     elif named.is_file() and not other:
         record = {"skipped": f"the bench's camera.locate file {named} exists: used as is", "grid": str(named)}
     else:
-        why = (f"was located for a design frame of {located_design_shape(named)}, this design's is "
+        why = (f"was located for a design frame of {located_for}, this design's is "
                f"{system.frame_shape}" if other else "does not exist")
         log.log(logging.WARNING if other else logging.INFO, "locating the design's grid in the camera frame into "
                 "%s (the bench's camera.locate, %s, %s)", output, named, why)

@@ -65,7 +65,7 @@ def row(device, design, uncompensated, control, e2e, ntkd):
 def test_aggregate_pairs_methods_with_e2e_per_device_and_checks_the_figures():
     rows = [row(1, 0.85, 0.70, 0.84, 0.80, 0.82), row(2, 0.85, 0.76, 0.84, 0.81, 0.82),
             row(3, 0.85, 0.74, 0.84, 0.80, 0.83)]
-    out = bench.aggregate(rows, None)
+    out = bench.aggregate(rows)
     assert out["devices"] == [1, 2, 3]
     assert out["fabrication_loss_points"]["devices"] == pytest.approx([15.0, 9.0, 11.0])
     assert out["checks"]["fabrication_loss_ge_8_points_every_device"] is True
