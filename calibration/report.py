@@ -5,7 +5,8 @@ verdicts, every PSF's residual over the noise and the parameter table), ``report
 first the verdicts of :mod:`calibration.verdict` -- per stage ok / check / failed with the figure,
 the threshold and what to do next, then the PSFs where the model fails -- then each stage's figures,
 the parameter table last), ``psfs.png`` (the PSF figure, :func:`calibration.plotting.plot_psfs`),
-``registration.png`` (the geometry overlay), ``photon_transfer.png`` and ``display_response.png`` --
+``registration.png`` (the registration figure with its legend,
+:func:`calibration.plotting.plot_registration`), ``photon_transfer.png`` and ``display_response.png`` --
 each only for the stages run. The report of a calibration file can be rebuilt at any time
 (``hil calibrate --report-only DIR``).
 """
@@ -19,10 +20,34 @@ import numpy as np
 
 from onn_core.files import atomic_write
 
-from . import display_response, geometry, sensor
+from . import display_response, sensor
 from .api import Calibration
-from .plotting import plot_psfs
+from .plotting import plot_psfs, plot_registration
 from .verdict import Verdict, tile_residual_over_noise, verdicts
+
+#: What a graded figure is, for a person (the report shows it with the figure's key).
+FIGURE_LABELS = {
+    "ptc_chi2_reduced": "photon-transfer reduced chi-square",
+    "gamma_chi2_reduced": "gamma-fit reduced chi-square",
+    "rms_px_max": "worst tile's reprojection RMS",
+    "snr_min": "weakest PSF's SNR",
+    "chi2_reduced": "fit's last-stage reduced chi-square",
+    "held-out residual over noise": "held-out frames' residual RMS over the noise RMS (not fitted)",
+}
+#: What each figure file shows, for the report's figure section.
+FIGURE_CAPTIONS = {
+    "photon_transfer": "Photon transfer: temporal variance against mean signal (DN above dark) with the fitted line "
+                       "and saturation, its residuals, and the deviation from linear.",
+    "display_response": "Display response: relative radiance against gray level with the gamma fit and the measured "
+                        "LUT, and the residual from the gamma curve.",
+    "registration": "Registration, in camera pixels: expected tiles of the design layout (light-blue dashed), fitted "
+                    "tiles (green), measured spots (red circles; orange crosses: outliers left out of the fit), the "
+                    "display's dot grid mapped through each tile's fitted homography (green +), each tile's "
+                    "reprojection RMS.",
+    "psfs": "PSFs, one row each (central point source, DN/s): design model on its own scale; measured and calibrated "
+            "model on one scale per row; their residual on its own symmetric scale; the row label gives the tile's "
+            "residual over the noise.",
+}
 
 
 def write_report(calibration: Calibration, out_dir) -> dict[str, Path]:
@@ -47,7 +72,8 @@ def write_report(calibration: Calibration, out_dir) -> dict[str, Path]:
         written["display_response"] = out / "display_response.png"
         display_response.plot(calibration.display, written["display_response"])
     if calibration.geometry is not None:
-        written["registration"] = geometry.plot_overlay(calibration.geometry, None, out / "registration.png")
+        written["registration"] = out / "registration.png"
+        plot_registration(calibration.geometry, written["registration"])
     if calibration.psf is not None and calibration.fit is not None:
         written["psfs"] = out / "psfs.png"
         plot_psfs(calibration, written["psfs"])
@@ -82,8 +108,12 @@ def markdown(calibration: Calibration, files: dict[str, Path], graded: list[Verd
                 "sign not determined" if p.sign_ambiguous else "")
             lines.append(f"| {p.name} | {p.value:.5g} | {p.sigma:.2g} | {note} |")
         lines.append("")
-    figures = [f"![{name}]({path.name})" for name, path in files.items() if path.suffix == ".png"]
-    return "\n".join(lines + ["## Figures", ""] + figures) + "\n"
+    figures = []
+    for name, path in files.items():
+        if Path(path).suffix == ".png":
+            caption = [FIGURE_CAPTIONS[name], ""] if name in FIGURE_CAPTIONS else []
+            figures += [f"![{name}]({Path(path).name})", ""] + caption
+    return "\n".join(lines + ["## Figures", ""] + figures).rstrip("\n") + "\n"
 
 
 def _holdout_lines(holdout: dict) -> list[str]:
@@ -95,15 +125,37 @@ def _holdout_lines(holdout: dict) -> list[str]:
 
 
 def verdict_lines(graded: list[Verdict]) -> list[str]:
-    """Markdown of the verdicts: the stages' table, then the PSFs where the model fails."""
+    """Markdown of the verdicts: the overall status, the stages' table (stage, verdict, the measured figure
+    with its unit, the threshold, what to do next), then the PSFs where the model fails."""
     stages = [v for v in graded if not v.subject.startswith("PSF ")]
     psfs = [v for v in graded if v.subject.startswith("PSF ")]
-    lines = ["## Verdict", "", "| stage | verdict | figure | threshold | next |", "|---|---|---|---|---|"]
-    lines += [f"| {v.subject} | **{v.status}** | {v.figure} = {v.value:.4g} | {v.threshold} | {v.advice} |" for v in stages]
+    lines = ["## Verdict", ""]
+    if graded:
+        worst = max(graded, key=lambda v: STATUS_ORDER.get(v.status, 2)).status
+        counts = ", ".join(f"{sum(v.status == s for v in graded)} {s}" for s in ("failed", "check", "ok")
+                           if any(v.status == s for v in graded))
+        lines += [f"Overall: **{worst}** ({counts}).", ""]
+    lines += ["| stage | verdict | figure | threshold | next |", "|---|---|---|---|---|"]
+    lines += [f"| {v.subject} | **{v.status}** | {figure_text(v)} | {v.threshold} | {v.advice or 'nothing to do'} |"
+              for v in stages]
     if any(v.subject == "fit" for v in stages):
         lines += ["", "### Where the model fails", ""]
-        lines += [f"- **{v.status}**: {v.advice} ({v.threshold})" for v in psfs] or ["No PSF misfits beyond the others."]
+        lines += [f"- **{v.status}**: {v.advice} (threshold: {v.threshold})" for v in psfs] or [
+            "No PSF misfits beyond the others."]
     return lines + [""]
+
+
+#: ok < check < failed.
+STATUS_ORDER = {"ok": 0, "check": 1, "failed": 2}
+
+
+def figure_text(verdict: Verdict) -> str:
+    """The graded figure as the report states it, e.g. "worst tile's reprojection RMS (rms_px_max) = 0.5 px"."""
+    label = FIGURE_LABELS.get(verdict.figure)
+    name = verdict.figure if not label else f"{label} ({verdict.figure})" if "_" in verdict.figure else label
+    glue = "" if verdict.unit.startswith("x") else " "
+    unit = f"{glue}{verdict.unit}" if verdict.unit else ""
+    return f"{name} = {verdict.value:.4g}{unit}"
 
 
 def _fmt(value) -> str:

@@ -4,10 +4,11 @@ what to do next; per PSF, where the fitted model fails (its tile's misfit agains
 The thresholds (:data:`THRESHOLDS`) grade one figure of each stage's summary: a value within ``ok``
 is ``ok``, within ``check`` is ``check`` (usable; look at it), beyond is ``failed`` (recalibrate).
 The fit is also graded by its held-out residual over the noise (:data:`HOLDOUT`: frames the fit never
-saw, predicted by the calibrated model). A PSF whose residual over the noise (root of its tile's
-chi-square per pixel) exceeds
-:data:`PSF_CHECK_FACTOR` times the median PSF's (or 1, whichever is larger) is ``check``, beyond
-:data:`PSF_FAILED_FACTOR` times ``failed``.
+saw, predicted by the calibrated model; ok <= 1.5x, check <= 3x the noise, failed beyond; the advice
+names each held-out part's figure and what a part beyond ok points to, :data:`HOLDOUT_PARTS`). A PSF
+whose residual over the noise (root of its tile's chi-square per pixel) exceeds :data:`PSF_CHECK_FACTOR`
+times the median PSF's (or 1, whichever is larger) is ``check``, beyond :data:`PSF_FAILED_FACTOR` times
+``failed``. Each verdict carries the unit of its figure (:data:`UNITS`), stated with its limits.
 """
 
 from __future__ import annotations
@@ -31,11 +32,22 @@ THRESHOLDS = {
     "fit": ("chi2_reduced", 1.5, 5.0, False, None),  # advice from the stages run (_fit_advice)
 }
 #: The fit's held-out residual over the noise (``holdout_residual_over_noise["all"]``: frames it was not
-#: fitted to, 1 = predicted to the noise): ok / check limits and the advice beyond them.
+#: fitted to, 1 = predicted to the noise): ok / check limits and the advice beyond them (the parts measured,
+#: ``point_grid`` and ``images``, are named in the advice and add their own, :data:`HOLDOUT_PARTS`).
 HOLDOUT = ("holdout_residual_over_noise", 1.5, 3.0,
            "the calibrated model does not predict frames it was not fitted to (another phase of the point grid, "
            "images): a term it lacks that the fitted PSFs hide (e.g. a halo beyond the kernel-error window: "
            "widen fit.kernel_error_window_px), or a display response off its LUT")
+#: Held-out part -> what it points to when it is beyond the ``ok`` limit.
+HOLDOUT_PARTS = {
+    "point_grid": "the point grid at another phase is mispredicted: the PSF changes across the field beyond the "
+                  "fitted shift (a field-dependent aberration) or has a halo beyond the kernel-error window "
+                  "(widen fit.kernel_error_window_px)",
+    "images": "images are mispredicted: remeasure the display response (its LUT), look for crosstalk between "
+              "tiles and stray light, or a halo summed over many pixels (widen fit.kernel_error_window_px)",
+}
+#: Unit of a graded figure, shown after its value and limits ("" for a plain number).
+UNITS = {"rms_px_max": "px", "held-out residual over noise": "x noise", "residual over noise": "x noise"}
 #: Residual over noise of a PSF, in multiples of the median PSF's, above which it is ``check`` / ``failed``.
 PSF_CHECK_FACTOR, PSF_FAILED_FACTOR = 1.7, 3.0
 #: Zernike terms suggested beyond the highest fitted one.
@@ -45,7 +57,8 @@ MORE_ZERNIKE = 5
 @dataclass(frozen=True)
 class Verdict:
     """One graded figure: ``subject`` (a stage, or "PSF 7"), ``status`` (ok / check / failed), the
-    ``figure``'s name and ``value``, the ``threshold`` it was graded by, and ``advice`` (empty when ok)."""
+    ``figure``'s name and ``value`` (in ``unit``, "" for a plain number), the ``threshold`` it was graded
+    by, and ``advice`` (empty when ok)."""
 
     subject: str
     status: str
@@ -53,6 +66,7 @@ class Verdict:
     value: float
     threshold: str
     advice: str
+    unit: str = ""
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -80,21 +94,46 @@ def stage_verdicts(summary: dict, zernike_noll=()) -> list[Verdict]:
             advice = _fit_advice(figures, zernike_noll)
         value = float("nan") if value is None else float(value)
         status = grade(value, ok, check, larger_is_better)
-        relation = ">=" if larger_is_better else "<="
-        out.append(Verdict(stage, status, figure, value, f"ok {relation} {ok:g}, check {relation} {check:g}",
-                           "" if status == "ok" else advice))
-        held_out = (figures.get("holdout_residual_over_noise") or {}).get("all") if stage == "fit" else None
-        if held_out is not None:
-            name, ok, check, advice = HOLDOUT
-            status = grade(float(held_out), ok, check)
-            out.append(Verdict("fit", status, "held-out residual over noise", float(held_out),
-                               f"ok <= {ok:g}, check <= {check:g}", "" if status == "ok" else advice))
+        out.append(Verdict(stage, status, figure, value, limits(ok, check, larger_is_better, UNITS.get(figure, "")),
+                           "" if status == "ok" else advice, UNITS.get(figure, "")))
+        if stage == "fit":
+            held_out = holdout_verdict(figures.get("holdout_residual_over_noise") or {})
+            out += [held_out] if held_out is not None else []
         if stage == "fit" and figures.get("unidentifiable"):
             count = len(figures["unidentifiable"])
             out.append(Verdict("fit", "check", "unidentifiable parameters", float(count), "ok = 0",
                                f"{count} parameters not identifiable (held at the design): more averages or "
                                "a longer exposure, or drop those terms"))
     return out
+
+
+def limits(ok: float, check: float, larger_is_better: bool = False, unit: str = "") -> str:
+    """The threshold as the report states it, e.g. "ok <= 1.5x noise, check <= 3x noise" (failed beyond)."""
+    relation = ">=" if larger_is_better else "<="
+    glue = "" if unit.startswith("x") else " "
+    shown = (lambda v: f"{v:g}{glue}{unit}") if unit else (lambda v: f"{v:g}")
+    return f"ok {relation} {shown(ok)}, check {relation} {shown(check)}"
+
+
+def holdout_verdict(holdout: dict) -> Verdict | None:
+    """The fit's held-out verdict from ``MismatchFit.holdout_residual_over_noise`` (part -> residual RMS
+    over the noise RMS; ``all`` pooled, else the worst part is graded), None when nothing was held out.
+    The advice names every part's figure and what each part beyond ``ok`` points to."""
+    parts = {k: float(v) for k, v in holdout.items() if v is not None}
+    if not parts:
+        return None
+    _, ok, check, advice = HOLDOUT
+    value = parts.get("all", max(parts.values()))
+    status = grade(value, ok, check)
+    if status == "ok":
+        return Verdict("fit", status, "held-out residual over noise", value, limits(ok, check, unit="x noise"), "",
+                       "x noise")
+    shown = ", ".join(f"{k.replace('_', ' ')} {v:.2g}x" for k, v in parts.items() if k != "all")
+    worse = [HOLDOUT_PARTS[k] for k, v in sorted(parts.items(), key=lambda kv: -kv[1])
+             if k in HOLDOUT_PARTS and grade(v, ok, check) != "ok"]
+    text = "; ".join(worse) if worse else advice
+    return Verdict("fit", status, "held-out residual over noise", value, limits(ok, check, unit="x noise"),
+                   (f"held out: {shown}. " if shown else "") + text[0].upper() + text[1:], "x noise")
 
 
 def _fit_advice(figures: dict, zernike_noll) -> str:
@@ -127,8 +166,10 @@ def psf_verdicts(residual_over_noise, zernike_noll=(), residual_stage: bool = Fa
         if status == "ok":
             break
         out.append(Verdict(f"PSF {p}", status, "residual over noise", float(ratio[p]),
-                           f"ok <= {PSF_CHECK_FACTOR:g}x the median ({median:.2g}x)",
-                           f"PSF {p} residual {ratio[p]:.2g}x the noise: {cause}; {_more_zernike(zernike_noll)}"))
+                           f"ok <= {PSF_CHECK_FACTOR:g}x, check <= {PSF_FAILED_FACTOR:g}x the median PSF's "
+                           f"{median:.2g}x noise",
+                           f"PSF {p} residual {ratio[p]:.2g}x the noise: {cause}; {_more_zernike(zernike_noll)}",
+                           "x noise"))
     return out
 
 
@@ -154,5 +195,6 @@ def verdicts(calibration) -> list[Verdict]:
     return out
 
 
-__all__ = ["HOLDOUT", "PSF_CHECK_FACTOR", "PSF_FAILED_FACTOR", "THRESHOLDS", "Verdict", "grade", "psf_verdicts",
-           "stage_verdicts", "tile_residual_over_noise", "verdicts"]
+__all__ = ["HOLDOUT", "HOLDOUT_PARTS", "PSF_CHECK_FACTOR", "PSF_FAILED_FACTOR", "THRESHOLDS", "UNITS", "Verdict",
+           "grade", "holdout_verdict", "limits", "psf_verdicts", "stage_verdicts", "tile_residual_over_noise",
+           "verdicts"]

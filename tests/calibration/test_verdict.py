@@ -10,7 +10,7 @@ import pytest
 
 from calibration.api import Calibration
 from calibration.report import markdown, verdict_lines
-from calibration.verdict import grade, psf_verdicts, stage_verdicts, tile_residual_over_noise
+from calibration.verdict import grade, holdout_verdict, psf_verdicts, stage_verdicts, tile_residual_over_noise
 from simulator.system import OpticalSystem
 from tests.calibration.benches import example_optics
 
@@ -36,7 +36,8 @@ def test_each_stage_gets_a_verdict_with_its_figure_threshold_and_advice():
     assert set(graded) == {"sensor", "geometry", "psf", "fit"}
     assert graded["sensor"].status == "ok" and graded["sensor"].advice == ""
     assert graded["geometry"].status == "check" and "focus" in graded["geometry"].advice
-    assert graded["geometry"].threshold == "ok <= 0.1, check <= 0.3"
+    assert graded["geometry"].threshold == "ok <= 0.1 px, check <= 0.3 px" and graded["geometry"].unit == "px"
+    assert graded["psf"].threshold == "ok >= 50, check >= 5"
     assert graded["psf"].status == "failed" and graded["psf"].value == 3.0
     fit = graded["fit"]
     assert fit.status == "failed" and fit.value == 12.0 and "Zernike 7-11" in fit.advice and "x3.5" in fit.advice
@@ -53,8 +54,28 @@ def test_the_held_out_residual_is_graded_after_the_fits_chi_square():
     held_out = {"point_grid": 1.1, "images": 2.4, "all": 2.0}
     graded = stage_verdicts({"fit": fit_summary(1.2, holdout_residual_over_noise=held_out)})
     assert [(v.figure, v.status) for v in graded] == [("chi2_reduced", "ok"), ("held-out residual over noise", "check")]
-    assert graded[1].value == 2.0 and "kernel_error_window_px" in graded[1].advice
+    assert graded[1].value == 2.0 and graded[1].threshold == "ok <= 1.5x noise, check <= 3x noise"
+    assert graded[1].unit == "x noise"
     assert len(stage_verdicts({"fit": fit_summary(1.2, holdout_residual_over_noise={})})) == 1  # not measured
+
+
+@pytest.mark.parametrize("pooled, status", [(1.0, "ok"), (1.5, "ok"), (1.51, "check"), (3.0, "check"), (3.01, "failed")])
+def test_the_held_out_residual_is_ok_to_1_5_check_to_3_and_failed_beyond(pooled, status):
+    verdict = holdout_verdict({"point_grid": pooled, "images": pooled, "all": pooled})
+    assert verdict.status == status and verdict.value == pooled
+    assert (verdict.advice == "") == (status == "ok")
+
+
+def test_the_held_out_advice_names_each_part_and_what_the_failing_one_points_to():
+    images = holdout_verdict({"point_grid": 1.1, "images": 4.0, "all": 3.2})
+    assert images.status == "failed"
+    assert images.advice.startswith("held out: point grid 1.1x, images 4x. ")
+    assert "display response" in images.advice and "field-dependent" not in images.advice
+    grid = holdout_verdict({"point_grid": 2.6, "images": 1.2, "all": 1.9})
+    assert grid.status == "check" and "field-dependent aberration" in grid.advice and "kernel_error_window_px" in grid.advice
+    worst = holdout_verdict({"point_grid": 1.2, "images": 3.5})  # no pooled figure: the worst part is graded
+    assert (worst.value, worst.status) == (3.5, "failed")
+    assert holdout_verdict({}) is None
 
 
 def test_only_psfs_far_above_the_median_misfit_are_flagged_worst_first():
@@ -73,7 +94,9 @@ def test_the_report_opens_with_the_verdicts():
     text = markdown(calibration, {}, stage_verdicts(calibration.summary()))
     headings = [line for line in text.splitlines() if line.startswith("#")]
     assert headings[:3] == ["# Calibration c1", "## Verdict", "## Geometry"]
-    assert "| geometry | **failed** | rms_px_max = 0.5 | ok <= 0.1, check <= 0.3 |" in text
+    assert ("| geometry | **failed** | worst tile's reprojection RMS (rms_px_max) = 0.5 px | ok <= 0.1 px, "
+            "check <= 0.3 px | spots sit off") in text
+    assert "Overall: **failed** (1 failed)." in text
     assert "Where the model fails" not in "\n".join(verdict_lines([]))
 
 
