@@ -3,13 +3,21 @@
 Layout: root attributes ``schema`` (:data:`SCHEMA`), ``schema_version``, ``calibration_id``,
 ``created_utc``, ``saved_utc``, ``toolkit_version``, ``versions_json`` (Python and dependency
 versions), ``bench_settings_json`` (the devices' settings while measuring), ``config_json`` (the
-resolved calibration config), ``optics_json`` (the nominal optical system) and ``stages``; one group
+resolved calibration config), ``optics_json`` (the nominal optical system), ``stages`` and, when stages
+were copied from an earlier calibration, ``provenance_json`` (:attr:`Calibration.provenance`: its
+``calibration_id``, file and the stages copied); one group
 per stage (``sensor``, ``display``, ``geometry``, ``psf``, ``fit``), each with its own schema name and
 version, written by the codec of :mod:`calibration.hdf5` (datasets with Fletcher-32 checksums).
 Version 2 (this one) added the checksums and the fit's own schema; version 1 files are refused.
 
 Writing is atomic (a temporary file in the same folder, flushed, then renamed) and never replaces an
-existing file: an earlier calibration stays as it was. Reading refuses, with
+existing file: an earlier calibration stays as it was. A **partial** calibration
+(:func:`save_partial`: the calibration so far, written after every stage by
+:func:`calibration.api.calibrate` with ``progress_file``, conventionally :data:`PARTIAL_NAME` beside the
+final file) has the same layout plus the root attributes ``partial`` (true) and ``stages_done``; it
+replaces its previous self atomically, and :func:`save_calibration` removes it once the finished file
+is written. :func:`load_calibration` refuses a partial file unless ``partial_ok`` (saying how to
+resume). Reading refuses, with
 :class:`~calibration.errors.CalibrationFileError`, a file that is not HDF5 or is truncated, one of
 another schema or version, one missing a stage it lists, and one whose data fail their checksums
 (naming the dataset); given the bench, it refuses a
@@ -31,7 +39,7 @@ import h5py
 
 from onn_core import config as config_io
 
-from .api import STAGES, Calibration
+from .api import IGNORED_SETTINGS, STAGES, Calibration
 from .display_response import DisplayCalibration
 from .errors import CalibrationFileError
 from .fit import MismatchFit
@@ -46,7 +54,9 @@ _STAGE_TYPES = {"sensor": SensorCalibration, "display": DisplayCalibration, "geo
                 "psf": PSFMeasurement, "fit": MismatchFit}
 _JSON_ATTRS = ("bench_settings", "config", "optics")
 #: Settings whose change does not matter to a calibration (per device).
-_IGNORED_SETTINGS = {"exposure_s", "timeout_s", "retries", "max_stale_reads", "name", "frames_served", "faults"}
+_IGNORED_SETTINGS = IGNORED_SETTINGS
+#: The file name of the finished calibration in an output folder, and of the partial one beside it.
+FILE_NAME, PARTIAL_NAME = "calibration.h5", "calibration.partial.h5"
 
 
 def versions() -> dict:
@@ -60,11 +70,55 @@ def versions() -> dict:
     return out
 
 
-def save_calibration(calibration: Calibration, path) -> Path:
-    """Write ``calibration`` to ``path`` (a new file; an existing one is refused, never replaced)."""
+def save_calibration(calibration: Calibration, path, *, partial_file=None) -> Path:
+    """Write ``calibration`` to ``path`` (a new file; an existing one is refused, never replaced).
+    ``partial_file``: its progress file (:func:`save_partial`), removed once ``path`` is written (left
+    alone, with a warning, when it holds another calibration)."""
     path = Path(path)
     if path.exists():
         raise CalibrationFileError(f"{path} exists: a calibration is never overwritten; choose a new file name")
+    _write(calibration, path, partial=False)
+    log.info("calibration %s written to %s", calibration.calibration_id, path)
+    if partial_file is not None and Path(partial_file).is_file():
+        found = partial_identity(partial_file)
+        if found == calibration.calibration_id:
+            Path(partial_file).unlink()
+        else:
+            log.warning("%s is not the progress of calibration %s (it holds %s): left as it is", partial_file,
+                        calibration.calibration_id, found)
+    return path
+
+
+def save_partial(calibration: Calibration, path) -> Path:
+    """Write the calibration so far (its stages done) to ``path``, marked partial, atomically replacing
+    the partial file of the same calibration there (a finished calibration, or a partial one of another
+    calibration, is refused: never replaced)."""
+    path = Path(path)
+    if path.exists():
+        found = partial_identity(path)
+        if found != calibration.calibration_id:
+            held = "a finished calibration" if found is None else f"partial calibration {found}"
+            raise CalibrationFileError(f"{path} holds {held}, not the progress of calibration "
+                                       f"{calibration.calibration_id}: it is not replaced; choose another file")
+    _write(calibration, path, partial=True)
+    log.info("calibration %s so far (stages %s) saved in %s", calibration.calibration_id,
+             ", ".join(calibration.stages), path)
+    return path
+
+
+def partial_identity(path) -> str | None:
+    """The ``calibration_id`` of the partial calibration file ``path``; None for a finished one (or a
+    file that is no calibration at all)."""
+    try:
+        with h5py.File(path, "r") as f:
+            if not f.attrs.get("partial", False):
+                return None
+            return str(f.attrs.get("calibration_id"))
+    except OSError:
+        return None
+
+
+def _write(calibration: Calibration, path: Path, *, partial: bool) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.partial")
     try:
@@ -78,25 +132,29 @@ def save_calibration(calibration: Calibration, path) -> Path:
             f.attrs["versions_json"] = json.dumps(versions())
             for name in _JSON_ATTRS:
                 f.attrs[f"{name}_json"] = json.dumps(config_io.to_plain(getattr(calibration, name)))
+            if calibration.provenance:
+                f.attrs["provenance_json"] = json.dumps(config_io.to_plain(calibration.provenance))
             f.attrs["stages"] = json.dumps(calibration.stages)
+            if partial:
+                f.attrs["partial"] = True
+                f.attrs["stages_done"] = json.dumps(calibration.stages)
             for stage in calibration.stages:
                 getattr(calibration, stage).to_hdf5(f.create_group(stage))
         with open(temporary, "rb+") as handle:
             os.fsync(handle.fileno())
-        if path.exists():  # appeared meanwhile
+        if not partial and path.exists():  # appeared meanwhile
             raise CalibrationFileError(f"{path} appeared while writing; the new calibration is left in {temporary}")
         os.replace(temporary, path)
     except BaseException:
-        if temporary.exists() and not path.exists():
+        if temporary.exists() and (partial or not path.exists()):
             temporary.unlink()
         raise
-    log.info("calibration %s written to %s", calibration.calibration_id, path)
-    return path
 
 
-def load_calibration(path, bench=None) -> Calibration:
+def load_calibration(path, bench=None, *, partial_ok: bool = False) -> Calibration:
     """Read a calibration file (module docstring for the checks); ``bench``: the bench it will be
-    used on, checked against the one it was measured on."""
+    used on, checked against the one it was measured on. A partial file (:func:`save_partial`) is
+    refused unless ``partial_ok`` (to resume it, or reuse its measurements)."""
     path = Path(path)
     if not path.is_file():
         raise CalibrationFileError(f"{path}: no such calibration file")
@@ -113,10 +171,18 @@ def load_calibration(path, bench=None) -> Calibration:
         if version != SCHEMA_VERSION:
             raise CalibrationFileError(f"{path} is calibration schema version {version}; this toolkit reads "
                                        f"{SCHEMA_VERSION}: calibrate again (hil calibrate) to get a file it reads")
+        if f.attrs.get("partial", False) and not partial_ok:
+            done = f.attrs.get("stages_done", "[]")
+            raise CalibrationFileError(
+                f"{path} is a partial calibration (stages done: {', '.join(json.loads(done)) or 'none'}), not a "
+                "finished one: rerun the same `hil calibrate CONFIG --out DIR` (or `hil run`) to continue it from "
+                "the first missing stage, or fit its measurements into a new folder with "
+                f"`hil calibrate CONFIG --out NEWDIR --stages fit --from {path}`")
         try:
             stages = json.loads(f.attrs["stages"])
             values = {name: json.loads(f.attrs[f"{name}_json"]) for name in _JSON_ATTRS}
             values.update(created_utc=str(f.attrs["created_utc"]), calibration_id=str(f.attrs["calibration_id"]))
+            values["provenance"] = json.loads(f.attrs["provenance_json"]) if "provenance_json" in f.attrs else {}
             for stage in stages:
                 if stage not in STAGES or stage not in f:
                     raise CalibrationFileError(f"{path}: stage {stage!r} listed but missing (truncated file?)")
@@ -153,4 +219,5 @@ def check_bench(calibration: Calibration, bench) -> list[str]:
     return changed
 
 
-__all__ = ["SCHEMA", "SCHEMA_VERSION", "check_bench", "load_calibration", "save_calibration", "versions"]
+__all__ = ["FILE_NAME", "PARTIAL_NAME", "SCHEMA", "SCHEMA_VERSION", "check_bench", "load_calibration", "partial_identity",
+           "save_calibration", "save_partial", "versions"]

@@ -15,6 +15,9 @@ from .state import read_state, write_json
 from .task import job_task
 
 REPORT_FILES = ("report.json", "summary.md", "psfs.png", "accuracy.png", "curves.png", "design.png")
+#: The subfolder of the run folder that holds the calibration report (``report.md``, ``report.json``, PNGs of
+#: :func:`calibration.report.write_report`, written by the calibrate step), apart from the files above.
+CALIBRATION_REPORT_DIR = "calibration"
 
 
 def report(job: Job, evaluation: dict, calibration, extra: dict) -> Path:
@@ -40,9 +43,12 @@ def report(job: Job, evaluation: dict, calibration, extra: dict) -> Path:
     seconds = read_state(run)["seconds"]
     write_json(run / "report.json", {"run_dir": str(run), "evaluation": evaluation, "calibration": calibration.summary(),
                                      "design": design, "plots": plots, "seconds": seconds, **extra})
+    lines = summary_lines(run.name, evaluation, calibration, seconds, plots, design=design,
+                          capture=extra.get("capture"), metric_name=task.metric_name)
+    if (run / CALIBRATION_REPORT_DIR / "report.md").is_file():
+        lines += ["", f"Calibration report (a verdict per stage): {CALIBRATION_REPORT_DIR}/report.md."]
     with atomic_write(run / "summary.md", "w") as fh:
-        fh.write("\n".join(summary_lines(run.name, evaluation, calibration, seconds, plots, design=design,
-                                         capture=extra.get("capture"), metric_name=task.metric_name)) + "\n")
+        fh.write("\n".join(lines) + "\n")
     return run / "summary.md"
 
 
@@ -127,4 +133,4 @@ def summary_lines(name: str, evaluation: dict, calibration, seconds: dict, plots
     return lines
 
 
-__all__ = ["REPORT_FILES", "report", "summary_lines"]
+__all__ = ["CALIBRATION_REPORT_DIR", "REPORT_FILES", "report", "summary_lines"]

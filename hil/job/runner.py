@@ -87,7 +87,7 @@ def _prepare(job: Job, from_step: str | None, last: int) -> list[str]:
     finished = [s for s in finished if STEP_NAMES.index(s) < first]
     preflight(job, [s for s in STEP_NAMES[:last + 1] if s not in finished])
     redo = list(STEP_NAMES[first:])
-    unfinish(run_dir, redo, [path for step in STEPS[first:] for path in step.outputs(job)])
+    unfinish(run_dir, redo, [path for step in STEPS[first:] for path in (*step.outputs(job), *step.aside(job))])
     record_identity(run_dir, identity, to_plain(job.config))
     return redo
 

@@ -13,7 +13,9 @@ step               writes (inside the run folder)
 :func:`locate_design`    ``locate.json`` (what was done or why nothing was), and, when the bench's
                          camera names a ``locate`` file that does not exist yet, ``grid.yaml`` +
                          ``grid.png`` (:func:`calibration.locate.locate_into`, as ``hil locate``)
-:func:`calibrate_bench`  ``calibration.h5`` (:func:`calibration.calibrate`, never overwritten)
+:func:`calibrate_bench`  ``calibration.h5`` (:func:`calibration.calibrate`, never overwritten;
+                         ``calibration.partial.h5`` while it runs, each stage saved as it finishes)
+                         and its report ``calibration/report.md`` (+ ``report.json``, PNGs)
 :func:`capture_sets`     ``captures/train.h5`` (the largest captured fraction of the training split;
                          the smaller fractions are its first rows of every class, so nested),
                          ``captures/val.h5`` (captured validation images) and ``captures/test.h5``
@@ -30,8 +32,8 @@ step               writes (inside the run folder)
                          ``design.png``
 =================  ===========================================================================
 
-A step stopped midway resumes: training from its checkpoint, a capture after its last complete frame,
-fine-tuning after its last finished method.
+A step stopped midway resumes: training from its checkpoint, calibration after its last finished
+stage, a capture after its last complete frame, fine-tuning after its last finished method.
 
 The compensation methods (:data:`hil.finetune.COMPENSATIONS`): ``e2e`` (task loss on the real captures
 read through the calibration layer), ``ntkd`` (task + NTK distillation from a teacher that sees the raw
@@ -66,6 +68,8 @@ import torch
 import yaml
 
 from calibration.api import calibrate
+from calibration.file import FILE_NAME as CALIBRATION_FILE
+from calibration.file import PARTIAL_NAME as CALIBRATION_PARTIAL
 from calibration.file import load_calibration, save_calibration
 from calibration.locate import GridLocation, locate_into
 from drivers.bench_fits import check_bench_fits
@@ -89,7 +93,7 @@ from .config import FinetuneStep, Job, bench_settings, fabrication_errors, job_d
 from .disk import bench_frame_bytes, check_free_space
 from .controls import DESIGN_FT, PERFECT_CAPTURE, nominal_set, ntkd_methods, teacher_check
 from .exposure import check_clipping, choose_exposure, clipping
-from .report import REPORT_FILES, report
+from .report import CALIBRATION_REPORT_DIR, REPORT_FILES, report
 from .state import write_json
 from .task import job_task
 
@@ -282,26 +286,36 @@ def _with_base(bench: dict, base: Path) -> dict:
 
 
 # ------------------------------------------------------------------------------------------ calibration
-def calibrate_bench(job: Job, bench, system):
+def calibrate_bench(job: Job, bench, system, *, progress: bool = True):
     """Calibrate ``bench`` against the nominal design ``system`` into ``calibration.h5`` (kept if it
     exists: loaded and checked against the bench and the design instead) on the job's ``device``;
-    returns the :class:`calibration.api.Calibration`. A failed geometry stage saves its annotated
-    frame into the run folder (``geometry_failure.png``, :mod:`calibration.geometry.overlay`) and its
+    returns the :class:`calibration.api.Calibration`. Every stage is saved as it finishes in
+    ``calibration.partial.h5``, from which a stopped job continues (the stages whose settings changed
+    measured again; a partial file of another bench or design is refused, naming it), removed once
+    ``calibration.h5`` is written; the calibration report (:func:`calibration.report.write_report`:
+    ``report.md``, ``report.json``, the PNGs) goes into ``calibration/``, apart from the job's own
+    report. A failed geometry stage saves its annotated frame into the run folder
+    (``geometry_failure.png``, :mod:`calibration.geometry.overlay`) and its
     :class:`~calibration.errors.CalibrationError` names it."""
-    path = job.run_dir / "calibration.h5"
+    path = job.run_dir / CALIBRATION_FILE
     if path.is_file():
         calibration = load_calibration(path, bench=bench)
         check_calibration_design(calibration, path, design_fingerprint(system.design.psfs().detach()))
         return calibration
     settings = {**job.config.calibration, "device": str(job_device(job))}
-    calibration = calibrate(bench, system, settings, diagnostics_dir=job.run_dir)
-    save_calibration(calibration, path)
+    partial = job.run_dir / CALIBRATION_PARTIAL
+    calibration = calibrate(bench, system, settings, diagnostics_dir=job.run_dir, progress_file=partial,
+                            progress=progress)
+    save_calibration(calibration, path, partial_file=partial)
+    from calibration.report import write_report  # matplotlib: only when a calibration was made
+
+    write_report(calibration, job.run_dir / CALIBRATION_REPORT_DIR)
     return calibration
 
 
 def load_job_calibration(job: Job, design_id: str):
     """The run's ``calibration.h5``, refused unless it was measured against the design ``design_id``."""
-    path = job.run_dir / "calibration.h5"
+    path = job.run_dir / CALIBRATION_FILE
     if not path.is_file():
         raise InputError(f"no calibration at {path}: run the calibrate step first (hil run --from calibrate)")
     calibration = load_calibration(path)
@@ -753,7 +767,7 @@ def _locate(ctx: RunContext) -> None:
 
 
 def _calibrate(ctx: RunContext) -> None:
-    ctx.calibration = calibrate_bench(ctx.job, ctx.bench, ctx.design[0])
+    ctx.calibration = calibrate_bench(ctx.job, ctx.bench, ctx.design[0], progress=ctx.progress)
 
 
 def _capture(ctx: RunContext) -> None:
@@ -785,20 +799,24 @@ def _report(ctx: RunContext) -> None:
 
 class Step(NamedTuple):
     """One row of :data:`STEPS`: its ``name``, ``run(context)``, ``outputs(job)`` (the files and folders
-    it writes, recorded when it finishes and moved aside when it must run again) and whether it uses
-    the ``bench``."""
+    it writes, recorded when it finishes and moved aside when it must run again), whether it uses
+    the ``bench``, and ``aside(job)``: files and folders it writes that are not recorded (a change to
+    them does not make it run again) but are moved aside when it runs again (the calibration's partial
+    file and report)."""
 
     name: str
     run: Callable[[RunContext], None]
     outputs: Callable[[Job], list[Path]]
     bench: bool = False
+    aside: Callable[[Job], list[Path]] = lambda job: []
 
 
 STEPS = (
     Step("train", _train, model_sources),
     Step("export", _export, lambda job: [job.run_dir / "design"]),
     Step("locate", _locate, lambda job: [job.run_dir / name for name in (LOCATION_FILE, "grid.png", "locate.json")]),
-    Step("calibrate", _calibrate, lambda job: [job.run_dir / "calibration.h5"], bench=True),
+    Step("calibrate", _calibrate, lambda job: [job.run_dir / CALIBRATION_FILE], bench=True,
+         aside=lambda job: [job.run_dir / CALIBRATION_PARTIAL, job.run_dir / CALIBRATION_REPORT_DIR]),
     Step("capture", _capture, lambda job: [job.run_dir / "captures", job.run_dir / "capture.json"], bench=True),
     Step("finetune", _finetune, lambda job: [job.run_dir / "finetune", job.run_dir / "finetune.json"]),
     Step("evaluate", _evaluate, lambda job: [job.run_dir / "evaluation.json"]),
@@ -807,7 +825,7 @@ STEPS = (
 STEP_NAMES = tuple(step.name for step in STEPS)
 
 
-__all__ = ["LOCATION_FILE", "STEPS", "STEP_NAMES", "JobMismatchError", "RunContext", "Step", "bench_config",
+__all__ = ["CALIBRATION_REPORT_DIR", "LOCATION_FILE", "STEPS", "STEP_NAMES", "JobMismatchError", "RunContext", "Step", "bench_config",
            "bench_location_file", "locate_design",
            "calibrate_bench", "capture_perfect", "capture_plan", "capture_sets", "capture_splits", "captured_sets",
            "check_backend_identity", "check_calibration_design", "feature_kind", "images_digest", "simulated_bench",
