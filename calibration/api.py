@@ -244,7 +244,8 @@ def calibrate(bench, system: OpticalSystem, config: CalibrationConfig | dict | N
     measurement or fit fails, and :class:`~calibration.errors.CalibrationFileError` for a progress
     file of another calibration; the SLM is left blank by the bench on any exit.
     """
-    from .file import load_calibration, save_partial  # calibration.file imports this module
+    from .errors import CalibrationFileError
+    from .file import load_calibration, partial_identity, save_partial  # calibration.file imports this module
 
     config = config if isinstance(config, CalibrationConfig) else CalibrationConfig.from_dict(config)
     device = resolve_device(config.device, "calibration.device")
@@ -296,6 +297,9 @@ def calibrate(bench, system: OpticalSystem, config: CalibrationConfig | dict | N
                          calibration_id=uuid.uuid4().hex, provenance=provenance)
     kept: list[str] = []
     if progress_file is not None and os.path.exists(progress_file):
+        if partial_identity(progress_file) is None:
+            raise CalibrationFileError(f"{progress_file} is a finished calibration (or no calibration file at all), "
+                                       "not the progress of one: give another progress file")
         earlier = load_calibration(progress_file, partial_ok=True)
         kept = _resumable(earlier, result, config.stages, progress_file)
         result.calibration_id, result.created_utc = earlier.calibration_id, earlier.created_utc

@@ -164,6 +164,9 @@ def test_a_partial_file_of_another_bench_or_optics_is_refused_and_kept(tmp_path,
     calfile.save_calibration(calfile.load_calibration(partial, partial_ok=True), final)
     with pytest.raises(CalibrationFileError, match="finished calibration"):
         calfile.save_partial(calfile.load_calibration(partial, partial_ok=True), final)
+    with simulated_bench(ERRORS) as bench:
+        with pytest.raises(CalibrationFileError, match="is a finished calibration .* not the progress of one"):
+            calibrate(bench, nominal(), FAST, progress_file=final)
 
 
 def _command_files(tmp_path, bench=None):
