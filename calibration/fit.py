@@ -14,8 +14,9 @@ geometry        per PSF: shift (dy, dx) px, rotation (rad), magnification, brigh
 photometry      + crosstalk between neighbouring tiles, cos^4 vignetting (its squared tangent)
 optics          + per PSF: blur (its variance, px^2) and Zernike terms (Noll ``zernike_noll``, m)
 residual        a regularised relative kernel error on the whole PSF window (the design's K x K and
-                the margin around it, ``kernel_error_window_px``) together with the geometry;
-                then, in turn, every physical parameter refitted given it and it refitted
+                the margin around it, ``kernel_error_window_px``), in the sensor frame, together
+                with the geometry; then, in turn, every physical parameter refitted given it and
+                it refitted
 ==============  ==============================================================================
 
 The first three stages are solved by Levenberg-Marquardt (Marquardt's diagonal scaling, so units do
@@ -36,9 +37,17 @@ geometry moves with it because an unmodelled part of the PSFs biases the earlier
 halo's light taken for a brighter, larger core), and a kernel error fitted at a fixed biased geometry
 absorbs the bias, which alternating one side at a time removes only slowly (on a cascade device with
 a 10 % halo: reduced chi-square 3.0 after the rounds, against 0.98 with the geometry moving along).
-Each L-BFGS run starts every kernel value just inside its bound ``psf + delta rms >= 0``: ``relu``
-has no slope beyond it, so a value a line search once took below zero intensity would stay there
-(on a wave device a quarter of the values were, holding the reduced chi-square at ~49).
+The kernel error is an additive correction (not clamped at zero: the model is linear in it, so no
+value can get stuck where a clamp has no slope).
+
+The kernel error acts in the sensor frame (``kernel_error_frame="sensor"`` of
+:class:`~simulator.fabrication.FabricationErrors`): on the placed PSF, after the geometric transform,
+so no bilinear resampling stands between it and the data. Placed before it (on the design's kernel,
+as the cascade device's own kernel error is), a fractional shift, rotation or magnification averages
+neighbouring pixels and the kernel error cannot make the pixel-scale structure of a real PSF behind
+it: on a wave device (below) the PSFs the fit placed at a fractional shift stayed at 10-60 times the
+noise, and the geometry stage's spurious rotations (up to 7 degrees) and magnifications stayed with
+them (reduced chi-square 13.6 against 1.03 in the sensor frame, same device, same data).
 
 The kernel error spans the whole PSF window by default: a real optic (e.g. a meta-optic, see
 :mod:`simulator.wave_device`) puts light where the design puts none, a faint halo around the design's
@@ -61,7 +70,12 @@ start at a small positive value (``ZERNIKE_START_WAVES``) and their sign is repo
 determined (``sign_ambiguous``); phase diversity (:mod:`calibration.phase_retrieval`) resolves it.
 
 Uncertainties: the covariance of the physical parameters is the inverse of the Fisher information
-``J^T W J`` of the Gaussian noise model at the optimum (the Cramer-Rao bound). Degrees of freedom
+``J^T W J`` of the Gaussian noise model at the optimum (the Cramer-Rao bound). After the residual
+stage it is the marginal one, the kernel error integrated out under its Gaussian prior (the inverse
+of the Schur complement ``J^T W J - C^T (G + I / prior^2)^-1 C``, :func:`_marginal_sigma`): the kernel
+error can move light as a shift does, so a shift is known only as well as the prior tells the two
+apart (on the in-model test device the geometry stage's sigmas missed the true shifts by a median of
+~8 sigma; the marginal ones cover them). Degrees of freedom
 count every fitted value: ``dof = pixels - free physical parameters - n_kernel``, where ``n_kernel``
 is the effective number of parameters of the regularised kernel error, the trace of its hat matrix
 ``sum(lambda / (lambda + 1 / kernel_error_prior^2))`` over the eigenvalues ``lambda`` of ``J_d^T W J_d``
@@ -89,7 +103,8 @@ import torch
 
 from onn_core import config as config_io
 from onn_core.errors import InputError
-from simulator.fabrication import AberrationOptics, FabricationErrors, place_psfs, shape_psfs, shape_transfer
+from simulator.fabrication import SHIFT_METHODS, AberrationOptics, FabricationErrors, place_psfs, shape_psfs
+from simulator.validation import is_transformed
 from simulator.system import OpticalSystem
 from simulator.zernike import noll_to_nm
 
@@ -112,9 +127,6 @@ IDENTIFIABLE_SIGMA = {
     "crosstalk": 0.005, "vignetting_tan2": 0.05, "blur_variance_px2": 0.1, "zernike_waves": 0.05,
 }
 _BLUR_FLOOR = 1e-12
-#: Start of the relative kernel error in the residual stage, and how far inside its bound every value starts
-#: an L-BFGS run (see _fit_kernel_error).
-KERNEL_ERROR_START = 1e-3
 #: Rounds of refitting the physical parameters given the kernel error, then the kernel error given
 #: them, after the residual stage's first fit (the kernel error stays regularised and is held fixed
 #: while the physical parameters move, so it cannot take over their physics).
@@ -148,6 +160,8 @@ class FitSettings:
     max_iterations: per Levenberg-Marquardt run. aberration: the optics behind the Zernike
     terms (wavelength, image-side f-number of a sub-optic, sensor pixel pitch). jacobian: one of
     :data:`JACOBIANS`, how the Levenberg-Marquardt Jacobian is computed (module docstring).
+    shift_method: how a PSF is moved by its sub-pixel shift (:data:`simulator.fabrication.SHIFT_METHODS`,
+    module docstring "Shift models").
     """
 
     stages: tuple[str, ...] = STAGES
@@ -157,10 +171,13 @@ class FitSettings:
     max_iterations: int = 60
     aberration: AberrationOptics = field(default_factory=AberrationOptics)
     jacobian: str = "finite_differences"
+    shift_method: str = "bilinear"
 
     def __post_init__(self):
         if self.jacobian not in JACOBIANS:
             raise InputError(f"jacobian must be one of {JACOBIANS}, got {self.jacobian!r}")
+        if self.shift_method not in SHIFT_METHODS:
+            raise InputError(f"shift_method must be one of {SHIFT_METHODS}, got {self.shift_method!r}")
         stages = tuple(self.stages)
         unknown = [s for s in stages if s not in STAGES]
         if unknown or not stages or list(stages) != sorted(stages, key=STAGES.index):
@@ -285,6 +302,7 @@ class _Model:
                              f"2 x geometry.psf_margin_px = {2 * margin} (at most {k + 2 * margin}), "
                              f"got {settings.kernel_error_window_px}")
         self.method = settings.jacobian
+        self.shift_method = settings.shift_method
         self.num_zernike = max(settings.zernike_noll, default=0)
         self.zernike_index = [j - 1 for j in settings.zernike_noll]
         self.even = [noll_to_nm(j)[0] % 2 == 0 for j in settings.zernike_noll]  # W(-r) = W(r)
@@ -298,8 +316,7 @@ class _Model:
         self.radiance = (self.system.relative_radiance(gray, design)
                          - self.system.relative_radiance(torch.zeros_like(gray), design))
         self.design_psfs = design
-        self._shaped: tuple | None = None  # (shape parameters, kernel error, shaped PSFs) of the last call
-        self._transfer: tuple | None = None  # (shape parameters, blur + aberration filter)
+        self._shaped: tuple | None = None  # (shape parameters, shaped PSFs) of the last remembered call
         self.kernel_error: torch.Tensor | None = None  # held fixed while the physical parameters refit
         self.layout = [  # (kind, field, shape)
             ("shift_px", "shift_px", (p, 2)), ("rotation_rad", "rotation_rad", (p,)),
@@ -356,46 +373,45 @@ class _Model:
         if rows is not None and kernel_error is not None:
             kernel_error = kernel_error[rows]
         return FabricationErrors(count, num_zernike=self.num_zernike, aberration=self.aberration,
-                                 kernel_error=kernel_error, **values)
+                                 kernel_error=kernel_error, kernel_error_frame="sensor", shift_method=self.shift_method,
+                                 **values)
 
     def rate(self, theta: torch.Tensor, kernel_error: torch.Tensor | None = None, remember: bool = True) -> torch.Tensor:
-        """Model signal rate (DN/s), whole frame. The shaped PSFs (blur, aberration: the costly part)
-        are recomputed only for the PSFs whose shape parameters differ from the last remembered call."""
+        """Model signal rate (DN/s), whole frame. The shaped PSFs (blur, aberration: the costly part; the
+        kernel error acts after them, in the sensor frame) are recomputed only for the PSFs whose shape
+        parameters differ from the last remembered call."""
         kernel_error = self.kernel_error if kernel_error is None else kernel_error
-        errors = self.errors(theta, kernel_error)
-        self.system.errors = errors
-        margin = self.system.geometry.psf_margin_px
+        shaped = self.shaped(theta, remember)
+        return self._image(theta, shaped, kernel_error)
+
+    def shaped(self, theta: torch.Tensor, remember: bool = True) -> torch.Tensor:
+        """The blurred and aberrated design PSFs (P, C, K', K') of ``theta``, cached (see :meth:`rate`)."""
         shape_params = torch.cat([theta[self.block("blur_variance_px2")].reshape(self.p, -1),
                                   theta[self.block("zernike_waves")].reshape(self.p, -1)], dim=1)
         cached = self._shaped
-        if kernel_error is not None and kernel_error.requires_grad:  # the residual stage: filters fixed
-            if self._transfer is None or not torch.equal(self._transfer[0], shape_params):
-                window = self.system.psf_window_px
-                self._transfer = (shape_params.detach().clone(),
-                                  shape_transfer(self.errors(theta.detach()), self.channels, window, theta.dtype))
-            shaped = shape_psfs(self.design_psfs, errors, margin, transfer=self._transfer[1])
-        elif cached is None or cached[1] is not kernel_error:
-            shaped = shape_psfs(self.design_psfs, errors, margin)
+        if cached is None or shape_params.requires_grad or is_transformed(shape_params):
+            shaped = self._shape(theta)
         else:
             rows = torch.nonzero((shape_params != cached[0]).any(dim=1)).flatten()
-            shaped = cached[2]
+            shaped = cached[1]
             if len(rows):
                 shaped = shaped.clone()
-                shaped[rows] = shape_psfs(self.design_psfs[rows], self.errors(theta, kernel_error, rows), margin)
-        if remember and not shaped.requires_grad:
-            self._shaped = (shape_params.clone(), kernel_error, shaped)
-        return self._image(theta, shaped, kernel_error)
+                shaped[rows] = shape_psfs(self.design_psfs[rows], self.errors(theta, None, rows),
+                                          self.system.geometry.psf_margin_px)
+        if remember and not (shaped.requires_grad or is_transformed(shaped)):
+            self._shaped = (shape_params.clone(), shaped)
+        return shaped
 
-    def _shape(self, theta: torch.Tensor, kernel_error: torch.Tensor | None) -> torch.Tensor:
-        """The shaped PSFs (P, C, K', K') of ``theta`` (kernel error, blur, aberration), uncached."""
-        return shape_psfs(self.design_psfs, self.errors(theta, kernel_error), self.system.geometry.psf_margin_px)
+    def _shape(self, theta: torch.Tensor) -> torch.Tensor:
+        """The blurred and aberrated design PSFs (P, C, K', K') of ``theta``, uncached."""
+        return shape_psfs(self.design_psfs, self.errors(theta), self.system.geometry.psf_margin_px)
 
     def _image(self, theta: torch.Tensor, shaped: torch.Tensor, kernel_error: torch.Tensor | None) -> torch.Tensor:
         """Model signal rate (DN/s), whole frame, of ``shaped`` PSFs placed and imaged with ``theta``'s
         geometry and photometry (linear in ``shaped``)."""
         errors = self.errors(theta, kernel_error)
         self.system.errors = errors
-        return self.system.radiance_frame(self.radiance, place_psfs(shaped, errors))[0] * self.scale
+        return self.system.radiance_frame(self.radiance, place_psfs(shaped, errors), clamp=False)[0] * self.scale
 
     def predicted(self, pattern: np.ndarray, theta: torch.Tensor, kernel_error: torch.Tensor | None) -> torch.Tensor:
         """Model signal rate (DN/s), whole frame, of another displayed ``pattern`` (gray levels)."""
@@ -448,7 +464,7 @@ class _Model:
         shape_kinds = ("blur_variance_px2", "zernike_waves")
         slots = sorted({key[0] for key in keys if key[0][0] in shape_kinds})
         with torch.no_grad():
-            shaped = self._shape(theta, kernel_error)
+            shaped = self._shape(theta)
         theta_tangents = torch.zeros(len(keys), theta.numel(), dtype=theta.dtype)
         shaped_tangents = torch.zeros(len(keys), *shaped.shape, dtype=shaped.dtype)
         if slots:
@@ -457,7 +473,7 @@ class _Model:
                 block = self.block(kind)
                 per_slot[i, block.start + slot:block.stop:(block.stop - block.start) // self.p] = 1.0
             shape_derivatives = torch.func.vmap(lambda tangent: torch.func.jvp(
-                lambda t: self._shape(t, kernel_error), (theta,), (tangent,))[1])(per_slot)
+                lambda t: self._shape(t), (theta,), (tangent,))[1])(per_slot)
         for g, key in enumerate(keys):
             indices = groups[key]
             if key[0][0] in shape_kinds:
@@ -546,14 +562,12 @@ def sigma_scale(chi2_reduced: float, dof: float) -> float:
 
 
 def _kernel_error_rate(model: _Model, theta: torch.Tensor, kernel_error: torch.Tensor):
-    """The model's rate over the masked pixels as a function of the kernel error alone, at ``theta``
-    (the blur and aberration filters fixed, as in the fit), for forward-mode differentiation."""
-    errors = model.errors(theta, kernel_error)
-    transfer = shape_transfer(errors, model.channels, model.system.psf_window_px, theta.dtype)
-    margin = model.system.geometry.psf_margin_px
+    """The model's rate over the masked pixels as a function of the kernel error alone, at ``theta``,
+    for forward-mode differentiation."""
+    with torch.no_grad():
+        shaped = model.shaped(theta)
 
     def rate(delta):
-        shaped = shape_psfs(model.design_psfs, model.errors(theta, delta), margin, transfer=transfer)
         return model._image(theta, shaped, delta)[model.mask]
 
     return rate
@@ -647,12 +661,26 @@ def _levenberg_marquardt(model: _Model, theta: torch.Tensor, free: np.ndarray, m
 
 def _fisher_sigma(model: _Model, theta: torch.Tensor, free: np.ndarray) -> np.ndarray:
     jac = model.jacobian(theta, free)
-    fisher = (jac.T @ jac).numpy()
+    return _sigma_of_fisher((jac.T @ jac).numpy())
+
+
+def _marginal_sigma(jac: torch.Tensor, gram: torch.Tensor, cross: torch.Tensor, prior: float) -> np.ndarray:
+    """Standard deviations of the physical parameters with the kernel error marginalised under its
+    Gaussian prior: the inverse of the Schur complement ``J^T J - C^T (G + I / prior^2)^-1 C`` (``J`` the
+    whitened Jacobian in the physical parameters, ``G = J_d^T J_d`` and ``C = J_d^T J`` of the kernel
+    error): what the data say about a shift once the kernel error may move light as well."""
+    regularised = gram + torch.eye(gram.shape[0], dtype=gram.dtype) / prior**2
+    factor = torch.linalg.cholesky(regularised)
+    explained = cross.T @ torch.cholesky_solve(cross, factor)
+    return _sigma_of_fisher((jac.T @ jac - explained).numpy())
+
+
+def _sigma_of_fisher(fisher: np.ndarray) -> np.ndarray:
     try:
         cov = np.linalg.inv(fisher)
         sigma = np.sqrt(np.clip(np.diag(cov), 0, None))
     except np.linalg.LinAlgError:
-        sigma = np.full(len(free), np.inf)
+        sigma = np.full(len(fisher), np.inf)
     return np.where(np.isfinite(sigma), sigma, np.inf)
 
 
@@ -721,14 +749,13 @@ def fit_mismatch(measurement: PSFMeasurement, system: OpticalSystem, *, noise: P
                 theta = _levenberg_marquardt(model, theta, free, settings.max_iterations)
                 model.kernel_error = None
             theta, kernel_error = _fit_kernel_error(model, theta, settings, kernel_error, joint, steps)
-        if RESIDUAL_ALTERNATIONS:
-            model.kernel_error = kernel_error
-            sigma[:] = np.inf
-            sigma[free] = _fisher_sigma(model, theta, free)
-            model.kernel_error = None
+        model.kernel_error = kernel_error
+        jac = model.jacobian(theta, free)
+        model.kernel_error = None
         pixels = int(model.mask.sum())
-        gram = _kernel_error_normal(model, theta, kernel_error, torch.zeros(pixels, dtype=torch.float64),
-                                    torch.zeros(pixels, 0, dtype=torch.float64))[0]
+        gram, _, cross = _kernel_error_normal(model, theta, kernel_error, torch.zeros(pixels, dtype=torch.float64), jac)
+        sigma[:] = np.inf
+        sigma[free] = _marginal_sigma(jac, gram, cross, settings.kernel_error_prior)
         kernel_parameters = effective_parameters_of_gram(gram, settings.kernel_error_prior)
         chi2["residual"], dof["residual"] = _chi2_reduced(model, theta, kernel_error, physical + kernel_parameters)
     last = settings.stages[-1]
@@ -850,10 +877,8 @@ def _fit_kernel_error(model: _Model, theta: torch.Tensor, settings: FitSettings,
                       joint: np.ndarray, steps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The kernel error minimising chi-square + ``sum(delta^2) / kernel_error_prior^2`` (L-BFGS), and
     with it the parameters ``joint`` of ``theta`` (the geometric ones, in units of ``steps``: see
-    :func:`fit_mismatch`). Every value starts just inside its bound (``psf + delta rms >= 0``): beyond
-    it ``relu`` has no slope, and a value clipped there would never come back. Returns ``(theta, delta)``."""
-    delta = torch.maximum(_kernel_error_start(model, start), _kernel_error_floor(model) + KERNEL_ERROR_START)
-    delta.requires_grad_(True)
+    :func:`fit_mismatch`), from ``start`` (None: zero). Returns ``(theta, delta)``."""
+    delta = _kernel_error_start(model, start).requires_grad_(True)
     index = torch.from_numpy(np.asarray(joint, dtype=np.int64))
     moves = torch.zeros(len(index), dtype=torch.float64, requires_grad=True)
     optimiser = torch.optim.LBFGS([delta, moves], max_iter=settings.max_iterations * 4, line_search_fn="strong_wolfe",
@@ -861,12 +886,16 @@ def _fit_kernel_error(model: _Model, theta: torch.Tensor, settings: FitSettings,
     prior = settings.kernel_error_prior
     count = model.data.numel()
 
+    with torch.no_grad():
+        shaped = model.shaped(theta)  # blur and aberration: not among the parameters moved here
+
     def trial():
         return theta.index_add(0, index, moves * steps) if len(index) else theta
 
     def closure():  # chi-square + prior, per residual (a well-scaled objective for L-BFGS' tolerances)
         optimiser.zero_grad()
-        loss = (model.whitened(trial(), delta).square().sum() + delta.square().sum() / prior**2) / count
+        whitened = (model.data - model._image(trial(), shaped, delta)[model.mask]) / model.sigma
+        loss = (whitened.square().sum() + delta.square().sum() / prior**2) / count
         loss.backward()
         return loss
 
@@ -877,15 +906,8 @@ def _fit_kernel_error(model: _Model, theta: torch.Tensor, settings: FitSettings,
 
 def _kernel_error_start(model: _Model, start: torch.Tensor | None) -> torch.Tensor:
     window = model.kernel_window
-    return (torch.full((model.p, model.channels, window, window), KERNEL_ERROR_START, dtype=torch.float64)
+    return (torch.zeros((model.p, model.channels, window, window), dtype=torch.float64)
             if start is None else start.clone())
-
-
-def _kernel_error_floor(model: _Model) -> torch.Tensor:
-    """The kernel error at zero intensity, ``-psf / rms`` on the kernel-error window (its lower bound)."""
-    pad = (model.kernel_window - model.k) // 2
-    rms = model.design_psfs.pow(2).mean(dim=(-2, -1), keepdim=True).sqrt().clamp(min=1e-300)
-    return -torch.nn.functional.pad(model.design_psfs, (pad,) * 4) / rms
 
 
 def _kernel_error_curvature(model: _Model, theta: torch.Tensor, kernel_error: torch.Tensor) -> float:

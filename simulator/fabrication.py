@@ -20,8 +20,19 @@ name                   shape        meaning (identity value)
                                     metres of wavefront (0); ``J`` may be 0
 ``kernel_error``       (P, C, K, K) delta, relative: the PSF gains ``delta * rms(psf)`` (0), or None;
                                     or (P, C, K + 2w, K + 2w), reaching w px beyond the design (w <=
-                                    the margin)
+                                    the margin); where it acts: ``kernel_error_frame`` below
 =====================  ===========  ===========================================================
+
+``kernel_error_frame`` says where the kernel error acts. ``"design"`` (default): on the design's
+kernel, before blur, aberration and the geometric transform, as fabrication errs (relative to the
+RMS of the design's K x K). ``"sensor"``: on the placed PSF in sensor pixels, after the geometric
+transform and before brightness (relative to the RMS of the blurred, aberrated PSF over its whole
+window; a narrower kernel error is centred and zero-padded); there it is a plain additive correction,
+not clamped at zero (the cascade's aberration filter itself dips below zero, see below). A calibration
+fit uses ``"sensor"``:
+there no interpolation stands between the kernel error and the data, so it can hold any pixel
+pattern at any shift, rotation or magnification (a bilinear resampling at a fractional shift
+averages neighbouring pixels and cannot produce pixel-scale structure behind it).
 
 Frame level (the camera frame before the sensor, in whatever unit it carries; the optical system,
 :mod:`simulator.system`, applies them to photons per second, so stray light scales with exposure):
@@ -34,8 +45,9 @@ Frame level (the camera frame before the sensor, in whatever unit it carries; th
 * ``background`` (): stray light added everywhere, and ``background_gradient`` (2,): its slope per
   pixel along (rows, cols) about the frame centre.
 
-Order of the PSF stages (:func:`apply_psf_errors`): kernel error -> blur and aberration (one
-Fourier-domain filter) -> geometric transform (rotation, magnification, shift) -> brightness.
+Order of the PSF stages (:func:`apply_psf_errors`): kernel error (design frame) -> blur and aberration
+(one Fourier-domain filter) -> geometric transform (rotation, magnification, shift) -> kernel error
+(sensor frame) -> brightness.
 
 Energy: the kernel error, blur and aberration filters and the geometric transform conserve a
 centred PSF's energy up to what leaves the window (cut off); ``apply_psf_errors(..., margin_px)``
@@ -76,7 +88,11 @@ with ``h`` from a 21x finer grid (oversampling 1, the bare ``2K-1`` grid: 3.3e-3
 and 16 PSFs of K = 15 take 0.25 s (1: 0.008 s, 3: 0.09 s, 7: 0.55 s; one CPU thread). When the pixel
 samples the PSF at Nyquist or finer (lambda F# >= 2 px) the pupil's cut-off lies inside the band, ``H``
 jumps there and ``h`` converges more slowly still (errors ~1e-3 of its peak). ``H(0) = 1``: the energy
-leaving the window is only what ``h`` carries beyond the cropped lags.
+leaving the window is only what ``h`` carries beyond the cropped lags. ``H`` is cut at the pixel band's
+edge, so ``h`` has negative lobes (a point's filtered image has -0.10 of its light in them for the example
+optics), and a PSF with pixel-scale structure filtered by it can dip below zero (on examples/optics.yaml's
+device: down to -3.5 % of the peak for 0.12 waves of defocus): the cascade keeps them, conserving energy,
+rather than clamp and add light.
 
 This is exact (paraxial scalar optics, incoherent light, thin phase screen in the pupil) when the
 design PSF is the diffraction-limited PSF of the same clear pupil, i.e. for a point kernel, because
@@ -137,6 +153,8 @@ FRAME_FIELDS = {
     "background_gradient": ((2,), 0.0),
 }
 SHIFT_METHODS = ("bilinear", "fourier")
+#: Where a kernel error acts (module docstring).
+KERNEL_ERROR_FRAMES = ("design", "sensor")
 #: Relative threshold below which the diffraction-limited OTF counts as zero (beyond the cutoff).
 _OTF_CUTOFF_RTOL = 1e-9
 #: Minimum number of pupil samples across the diameter when evaluating the aberration OTF.
@@ -225,6 +243,7 @@ class FabricationErrors(nn.Module):
         aberration: AberrationOptics | None = None,
         shift_method: Literal["bilinear", "fourier"] = "bilinear",
         kernel_error: torch.Tensor | None = None,
+        kernel_error_frame: Literal["design", "sensor"] = "design",
         **values,
     ):
         super().__init__()
@@ -234,7 +253,9 @@ class FabricationErrors(nn.Module):
             raise InputError(f"num_zernike must be an int >= 0, got {num_zernike!r}")
         if shift_method not in SHIFT_METHODS:
             raise InputError(f"shift_method must be one of {SHIFT_METHODS}, got {shift_method!r}")
-        self.num_psfs, self.shift_method = num_psfs, shift_method
+        if kernel_error_frame not in KERNEL_ERROR_FRAMES:
+            raise InputError(f"kernel_error_frame must be one of {KERNEL_ERROR_FRAMES}, got {kernel_error_frame!r}")
+        self.num_psfs, self.shift_method, self.kernel_error_frame = num_psfs, shift_method, kernel_error_frame
         self.aberration = aberration or AberrationOptics()
         specs = error_shapes(num_psfs, num_zernike)
         unknown = sorted(set(values) - set(specs))
@@ -335,6 +356,7 @@ class FabricationErrors(nn.Module):
         return {
             "num_psfs": self.num_psfs,
             "shift_method": self.shift_method,
+            "kernel_error_frame": self.kernel_error_frame,
             "aberration": config_io.to_plain(self.aberration),
             "errors": {name: t.detach().cpu().double().tolist() for name, t in self.tensors().items()},
         }
@@ -343,8 +365,9 @@ class FabricationErrors(nn.Module):
     def from_dict(cls, mapping: dict, path: str = "fabrication") -> "FabricationErrors":
         """Inverse of :meth:`to_dict`; a bad field raises ConfigError naming its path."""
         if not isinstance(mapping, dict):
-            raise ConfigError(path, mapping, "a mapping with num_psfs, errors (and shift_method, aberration)")
-        known = {"num_psfs", "shift_method", "aberration", "errors"}
+            raise ConfigError(path, mapping, "a mapping with num_psfs, errors (and shift_method, kernel_error_frame, "
+                              "aberration)")
+        known = {"num_psfs", "shift_method", "kernel_error_frame", "aberration", "errors"}
         for key in mapping:
             if key not in known:
                 raise ConfigError(f"{path}.{key}", mapping[key], f"one of the known fields {sorted(known)}")
@@ -354,6 +377,9 @@ class FabricationErrors(nn.Module):
         shift_method = mapping.get("shift_method", "bilinear")
         if shift_method not in SHIFT_METHODS:
             raise ConfigError(f"{path}.shift_method", shift_method, f"one of {list(SHIFT_METHODS)}")
+        frame = mapping.get("kernel_error_frame", "design")
+        if frame not in KERNEL_ERROR_FRAMES:
+            raise ConfigError(f"{path}.kernel_error_frame", frame, f"one of {list(KERNEL_ERROR_FRAMES)}")
         aberration = config_io.build(AberrationOptics, mapping.get("aberration") or {}, f"{path}.aberration")
         errors = mapping.get("errors") or {}
         if not isinstance(errors, dict):
@@ -376,7 +402,8 @@ class FabricationErrors(nn.Module):
             if not good_shape or not bool(torch.isfinite(tensor).all()):
                 raise ConfigError(where, value, f"finite numbers of {expected}, got shape {tuple(tensor.shape)}")
             values[name] = tensor
-        return cls(num_psfs, num_zernike=num_zernike, aberration=aberration, shift_method=shift_method, **values)
+        return cls(num_psfs, num_zernike=num_zernike, aberration=aberration, shift_method=shift_method,
+                   kernel_error_frame=frame, **values)
 
     def to_yaml(self, path) -> None:
         """Write :meth:`to_dict` as YAML (atomic)."""
@@ -388,7 +415,8 @@ class FabricationErrors(nn.Module):
         return cls.from_dict(config_io.load_yaml(path), path="fabrication")
 
     def extra_repr(self) -> str:
-        return f"num_psfs={self.num_psfs}, num_zernike={self.zernike_m.shape[-1]}, shift_method={self.shift_method!r}"
+        return (f"num_psfs={self.num_psfs}, num_zernike={self.zernike_m.shape[-1]}, shift_method={self.shift_method!r}, "
+                f"kernel_error_frame={self.kernel_error_frame!r}")
 
 
 def error_shapes(num_psfs: int, num_zernike: int) -> dict[str, tuple[tuple[int, ...], float]]:
@@ -448,7 +476,7 @@ def shape_psfs(psfs: torch.Tensor, errors: FabricationErrors, margin_px: int = 0
         raise InputError(f"margin_px must be an int >= 0, got {margin_px!r}")
     out = psfs
     pad = margin_px
-    if errors.kernel_error is not None:
+    if errors.kernel_error is not None and errors.kernel_error_frame == "design":
         out = add_kernel_error(out, errors.kernel_error)
         pad -= (out.shape[-1] - k1) // 2  # a kernel error wider than the design already widened it
         if pad < 0:
@@ -474,7 +502,7 @@ def shape_transfer(errors: FabricationErrors, channels: int, k: int, dtype) -> t
 
 def place_psfs(psfs: torch.Tensor, errors: FabricationErrors) -> torch.Tensor:
     """The stages of :func:`apply_psf_errors` that move and scale a PSF: rotation, magnification and
-    shift, then brightness, on (P, C, K', K') PSFs."""
+    shift, a kernel error in the sensor frame (module docstring), then brightness, on (P, C, K', K') PSFs."""
     if psfs.shape[0] != errors.num_psfs:
         raise InputError(f"psfs hold {psfs.shape[0]} PSFs (dim 0) but the fabrication errors are for {errors.num_psfs}")
     out = psfs
@@ -484,6 +512,8 @@ def place_psfs(psfs: torch.Tensor, errors: FabricationErrors) -> torch.Tensor:
         out = affine_resample(out, rot.to(psfs), mag.to(psfs), geometric_shift.to(psfs))
     if errors.shift_method == "fourier" and not _at_identity(shift, 0.0):
         out = fourier_shift(out, shift.to(psfs))
+    if errors.kernel_error is not None and errors.kernel_error_frame == "sensor":
+        out = add_sensor_kernel_error(out, errors.kernel_error, psfs)
     if not _at_identity(errors.brightness, 1.0):
         out = out * errors.brightness.to(psfs)[:, None, None, None]
     return out
@@ -504,6 +534,21 @@ def add_kernel_error(psfs: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
     if w2:
         psfs = torch.nn.functional.pad(psfs, (w2 // 2,) * 4)
     return torch.relu(psfs + delta.to(psfs) * rms)
+
+
+def add_sensor_kernel_error(placed: torch.Tensor, delta: torch.Tensor, shaped: torch.Tensor) -> torch.Tensor:
+    """``placed + delta * rms(shaped)``: a kernel error in the sensor frame (module docstring) on
+    PSFs ``placed`` (P, C, K', K') that were ``shaped`` before the geometric transform, each slice's RMS
+    over its whole window; ``delta`` (P, C, W, W) with ``W <= K'`` (odd difference: centred, zero-padded)."""
+    w2 = placed.shape[-1] - delta.shape[-1] if delta.ndim == 4 else -1
+    if (delta.ndim != 4 or tuple(delta.shape[:2]) != tuple(placed.shape[:2]) or delta.shape[-2] != delta.shape[-1]
+            or w2 < 0 or w2 % 2):
+        raise InputError(f"kernel_error has shape {tuple(delta.shape)} but the placed PSFs have {tuple(placed.shape)} "
+                         "(a sensor-frame kernel error must be as wide as their window, or narrower by an even number)")
+    rms = shaped.pow(2).mean(dim=(-2, -1), keepdim=True).sqrt()
+    if w2:
+        delta = torch.nn.functional.pad(delta, (w2 // 2,) * 4)
+    return placed + delta.to(placed) * rms
 
 
 def _lag_axis(size: int, dtype, device) -> torch.Tensor:

@@ -435,11 +435,15 @@ class OpticalSystem(nn.Module):
         psfs = self.fabricated_psfs() if psfs is None else psfs
         return self.radiance_frame(self.relative_radiance(gray, psfs), psfs)
 
-    def radiance_frame(self, radiance: torch.Tensor, psfs: torch.Tensor) -> torch.Tensor:
+    def radiance_frame(self, radiance: torch.Tensor, psfs: torch.Tensor, *, clamp: bool = True) -> torch.Tensor:
         """Expected photons per second on every sensor pixel (N, rows, cols) of a relative radiance
-        (N, C, H s, W s) imaged through ``psfs`` (P, C, K', K'), frame errors included."""
+        (N, C, H s, W s) imaged through ``psfs`` (P, C, K', K'), frame errors included; clamped at zero
+        (a photon rate), unless ``clamp`` is False: a model of a difference of frames (a calibration fit's
+        lit minus black) is linear in the PSFs, and a PSF's dip below zero (the aberration filter's
+        ringing, :mod:`simulator.fabrication`) shows there as less stray light."""
         tiles = optical_conv2d(radiance, psfs, mode="full") * self.photometry.photons_per_s
-        return apply_frame_errors(self.layout.assemble(tiles), self.errors, self.layout).clamp(min=0)
+        frame = apply_frame_errors(self.layout.assemble(tiles), self.errors, self.layout)
+        return frame.clamp(min=0) if clamp else frame
 
     def frame(self, gray: torch.Tensor, exposure_s: float | None = None, *, noise: bool | None = None,
               generator: torch.Generator | None = None) -> torch.Tensor:

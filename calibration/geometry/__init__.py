@@ -48,10 +48,10 @@ Modules: :mod:`~calibration.geometry.patterns` (the dot patterns and their spaci
 
 from .capture import GeometryFrames, capture_geometry
 from .fit import fit_geometry, intensity_centroid, measure_geometry
-from .overlay import DIAGNOSTIC_NAME, plot_overlay
+from .overlay import DIAGNOSTIC_NAME
 from .patterns import GUARD_PX, DotPatterns, dot_patterns, minimum_pitch
 from .result import SCHEMA, GeometryCalibration
 
 __all__ = ["DIAGNOSTIC_NAME", "GUARD_PX", "DotPatterns", "GeometryCalibration", "GeometryFrames", "SCHEMA",
            "capture_geometry", "dot_patterns", "fit_geometry", "intensity_centroid", "measure_geometry",
-           "minimum_pitch", "plot_overlay"]
+           "minimum_pitch"]

@@ -1,5 +1,5 @@
-"""Images of the geometry stage (OpenCV, PNG written atomically): the registration overlay of a result
-and the annotated frame saved when the fit fails."""
+"""The annotated frame the geometry stage saves when its fit fails (OpenCV, PNG written atomically); the
+registration figure of a result is :func:`calibration.plotting.plot_registration`."""
 
 from __future__ import annotations
 
@@ -10,27 +10,11 @@ import numpy as np
 from onn_core.errors import InputError
 from onn_core.files import atomic_write
 
-from .result import GeometryCalibration
 
 #: File name of the diagnostic image saved on a failure.
 DIAGNOSTIC_NAME = "geometry_failure.png"
 #: Width (pixels) the overlay images are enlarged to, about.
 OVERLAY_WIDTH_PX = 1000
-
-
-def plot_overlay(result: GeometryCalibration, frame, path) -> Path:
-    """Save the registration overlay PNG at ``path``: ``frame`` (rows, cols; None: the result's summed dot
-    image) with the nominal tiles (blue), the fitted tiles (green), the measured spots (red circles), their
-    fitted projections (green crosses) and each tile's RMS. Returns the path."""
-    image = result.image if frame is None else np.asarray(frame, dtype=np.float64)
-    if image.shape != tuple(result.frame_shape):
-        raise InputError(f"frame must be {tuple(result.frame_shape)} (the calibrated camera frame), got {image.shape}")
-    projected = np.concatenate([result.project(p, result.display_points) for p in range(result.num_tiles)])
-    boxes = [(tuple(o), tuple(o + np.array(result.tile_shape))) for o in result.nominal_origins_px]
-    fitted = [(tuple(o), tuple(o + np.array(result.tile_shape))) for o in result.tile_origins_px()]
-    labels = [(tuple(o), f"{p}: {result.rms_px[p]:.3f}px") for p, o in enumerate(result.tile_origins_px())]
-    canvas = _canvas(image, boxes, fitted, result.sensor_points.reshape(-1, 2), projected, labels)
-    return _write_png(Path(path), canvas)
 
 
 def save_diagnostic(path, image: np.ndarray, system, expected: np.ndarray,
@@ -42,10 +26,10 @@ def save_diagnostic(path, image: np.ndarray, system, expected: np.ndarray,
         rows, cols = system.layout.tile_slices(p)
         boxes.append(((rows.start, cols.start), (rows.stop, cols.stop)))
     labels = [(b[0], str(p)) for p, b in enumerate(boxes)]
-    return _write_png(Path(path), _canvas(image, boxes, [], np.empty((0, 2)), expected, labels, saturated))
+    return _write_png(Path(path), _canvas(image, boxes, expected, labels, saturated))
 
 
-def _canvas(image, nominal_boxes, fitted_boxes, measured, projected, labels, saturated=None) -> np.ndarray:
+def _canvas(image, boxes, expected, labels, saturated=None) -> np.ndarray:
     """BGR uint8 drawing (enlarged about :data:`OVERLAY_WIDTH_PX` wide) of a frame and marks, all in frame
     (row, col) pixel-centre coordinates."""
     import cv2
@@ -65,13 +49,9 @@ def _canvas(image, nominal_boxes, fitted_boxes, measured, projected, labels, sat
     def corner(point):  # frame (row, col) pixel corner -> canvas (x, y)
         return int(round(point[1] * scale)), int(round(point[0] * scale))
 
-    for boxes, colour in ((nominal_boxes, (255, 128, 0)), (fitted_boxes, (0, 200, 0))):
-        for top, bottom in boxes:
-            cv2.rectangle(canvas, corner(top), corner(bottom), colour, 1)
-    for point in measured:
-        if np.isfinite(point).all():
-            cv2.circle(canvas, at(point), max(2, scale // 2), (0, 0, 255), 1)
-    for point in projected:
+    for top, bottom in boxes:
+        cv2.rectangle(canvas, corner(top), corner(bottom), (255, 128, 0), 1)
+    for point in expected:
         if np.isfinite(point).all():
             cv2.drawMarker(canvas, at(point), (0, 255, 0), cv2.MARKER_CROSS, max(4, scale), 1)
     for top, text in labels:

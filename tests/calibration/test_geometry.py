@@ -15,8 +15,7 @@ import pytest
 from calibration.errors import CalibrationError, CalibrationFileError
 from drivers.bench_fits import BenchMismatch
 from calibration.geometry import (DIAGNOSTIC_NAME, GUARD_PX, GeometryCalibration, GeometryFrames, capture_geometry,
-                                  dot_patterns, fit_geometry, intensity_centroid, measure_geometry, minimum_pitch,
-                                  plot_overlay)
+                                  dot_patterns, fit_geometry, intensity_centroid, measure_geometry, minimum_pitch)
 from onn_core.errors import InputError
 from simulator.fabrication import ErrorSpec, FabricationErrors
 from simulator.system import OpticalSystem
@@ -261,17 +260,6 @@ def test_hdf5_refuses_foreign_incomplete_and_occupied_groups(tmp_path, calibrate
         with pytest.raises(CalibrationFileError, match="must be empty"):
             calibrated.to_hdf5(occupied)
         assert list(occupied) == [] and dict(occupied.attrs) == {"note": "keep me"}
-
-
-def test_overlay_png(tmp_path, calibrated):
-    import cv2
-    path = plot_overlay(calibrated, None, tmp_path / "overlay.png")
-    image = cv2.imread(str(path))
-    scale = image.shape[1] // calibrated.frame_shape[1]
-    assert scale >= 1 and image.shape[:2] == (calibrated.frame_shape[0] * scale, calibrated.frame_shape[1] * scale)
-    with pytest.raises(InputError, match="frame must be"):
-        plot_overlay(calibrated, np.zeros((4, 4)), tmp_path / "bad.png")
-    assert not (tmp_path / "bad.png").exists()
 
 
 def test_summary_is_plain(calibrated):
