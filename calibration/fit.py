@@ -103,7 +103,7 @@ import torch
 
 from onn_core import config as config_io
 from onn_core.errors import InputError
-from simulator.fabrication import SHIFT_METHODS, AberrationOptics, FabricationErrors, place_psfs, shape_psfs
+from simulator.fabrication import AberrationOptics, FabricationErrors, place_psfs, shape_psfs
 from simulator.validation import is_transformed
 from simulator.system import OpticalSystem
 from simulator.zernike import noll_to_nm
@@ -160,8 +160,6 @@ class FitSettings:
     max_iterations: per Levenberg-Marquardt run. aberration: the optics behind the Zernike
     terms (wavelength, image-side f-number of a sub-optic, sensor pixel pitch). jacobian: one of
     :data:`JACOBIANS`, how the Levenberg-Marquardt Jacobian is computed (module docstring).
-    shift_method: how a PSF is moved by its sub-pixel shift (:data:`simulator.fabrication.SHIFT_METHODS`,
-    module docstring "Shift models").
     """
 
     stages: tuple[str, ...] = STAGES
@@ -171,13 +169,10 @@ class FitSettings:
     max_iterations: int = 60
     aberration: AberrationOptics = field(default_factory=AberrationOptics)
     jacobian: str = "finite_differences"
-    shift_method: str = "bilinear"
 
     def __post_init__(self):
         if self.jacobian not in JACOBIANS:
             raise InputError(f"jacobian must be one of {JACOBIANS}, got {self.jacobian!r}")
-        if self.shift_method not in SHIFT_METHODS:
-            raise InputError(f"shift_method must be one of {SHIFT_METHODS}, got {self.shift_method!r}")
         stages = tuple(self.stages)
         unknown = [s for s in stages if s not in STAGES]
         if unknown or not stages or list(stages) != sorted(stages, key=STAGES.index):
@@ -302,7 +297,6 @@ class _Model:
                              f"2 x geometry.psf_margin_px = {2 * margin} (at most {k + 2 * margin}), "
                              f"got {settings.kernel_error_window_px}")
         self.method = settings.jacobian
-        self.shift_method = settings.shift_method
         self.num_zernike = max(settings.zernike_noll, default=0)
         self.zernike_index = [j - 1 for j in settings.zernike_noll]
         self.even = [noll_to_nm(j)[0] % 2 == 0 for j in settings.zernike_noll]  # W(-r) = W(r)
@@ -373,8 +367,7 @@ class _Model:
         if rows is not None and kernel_error is not None:
             kernel_error = kernel_error[rows]
         return FabricationErrors(count, num_zernike=self.num_zernike, aberration=self.aberration,
-                                 kernel_error=kernel_error, kernel_error_frame="sensor", shift_method=self.shift_method,
-                                 **values)
+                                 kernel_error=kernel_error, kernel_error_frame="sensor", **values)
 
     def rate(self, theta: torch.Tensor, kernel_error: torch.Tensor | None = None, remember: bool = True) -> torch.Tensor:
         """Model signal rate (DN/s), whole frame. The shaped PSFs (blur, aberration: the costly part; the
