@@ -38,6 +38,7 @@ import uuid
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 
 from drivers.bench_fits import check_bench_fits
 from onn_core import config as config_io
@@ -94,9 +95,10 @@ class PSFSettings:
 @dataclass(frozen=True)
 class CalibrationConfig:
     """The ``calibration`` section of a config (every field optional; see examples/calibrate_sim.yaml).
-    ``device`` (``cpu``, ``cuda``, ``cuda:N``, ``auto``): where the mismatch fit is to compute; checked
-    and resolved (CUDA where there is none is refused naming ``calibration.device``), but the fit
-    (:mod:`calibration.fit`) takes no device yet and runs on the CPU, saying so."""
+    ``device`` (``cpu``, ``cuda``, ``cuda:N``, ``auto``: CUDA when available): where the mismatch fit
+    (:func:`~calibration.fit.fit_mismatch`) computes, in float64; checked and resolved before anything
+    is measured (CUDA where there is none is refused naming ``calibration.device``). Its results are on
+    the CPU either way; the measuring stages do not use it."""
 
     stages: tuple[str, ...] = STAGES
     sensor: SensorSettings = field(default_factory=SensorSettings)
@@ -249,8 +251,6 @@ def calibrate(bench, system: OpticalSystem, config: CalibrationConfig | dict | N
 
     config = config if isinstance(config, CalibrationConfig) else CalibrationConfig.from_dict(config)
     device = resolve_device(config.device, "calibration.device")
-    if "fit" in config.stages and device.type != "cpu":
-        log.warning("calibration.device %s: the mismatch fit takes no device yet and runs on the CPU", device)
     recompute = tuple(config.stages if recompute is None else recompute)
     bad = [s for s in recompute if s not in config.stages]
     if bad:
@@ -319,7 +319,7 @@ def calibrate(bench, system: OpticalSystem, config: CalibrationConfig | dict | N
                 with report.stage(index, stage, expected_frames(stage, config, system)) as on_frame:
                     if counting is not None:
                         counting.on_frame = on_frame
-                    _run_stage(stage, counting, system, config, result, diagnostics_dir)
+                    _run_stage(stage, counting, system, config, result, diagnostics_dir, device)
             except BaseException as exc:  # CalibrationError, ExposureError, device errors, Ctrl-C
                 if isinstance(exc, HilError) and hasattr(exc, "add_note"):
                     exc.add_note(f"in calibration stage {stage!r}")
@@ -520,7 +520,7 @@ class _CountingBench:
 
 
 def _run_stage(stage: str, bench, system: OpticalSystem, config: CalibrationConfig, result: Calibration,
-               diagnostics_dir=None) -> None:
+               diagnostics_dir=None, device: torch.device | None = None) -> None:
     if stage == "sensor":
         s = config.sensor
         result.sensor = measure_sensor(bench, frames=s.frames, read_frames=s.read_frames, num_exposures=s.num_exposures)
@@ -542,7 +542,8 @@ def _run_stage(stage: str, bench, system: OpticalSystem, config: CalibrationConf
         result.psf = measure_psfs(bench, system, noise=result.pixel_noise(), averages=p.averages,
                                   bracket_factor=p.bracket_factor)
     elif stage == "fit":
-        result.fit = fit_mismatch(result.psf, system, noise=result.pixel_noise(), settings=config.fit)
+        result.fit = fit_mismatch(result.psf, system, noise=result.pixel_noise(), settings=config.fit,
+                                  device=device)
 
 
 def _nominal_config(system: OpticalSystem) -> dict:

@@ -103,7 +103,7 @@ import torch
 
 from onn_core import config as config_io
 from onn_core.errors import InputError
-from simulator.fabrication import AberrationOptics, FabricationErrors, place_psfs, shape_psfs
+from simulator.fabrication import AberrationOptics, FabricationErrors, error_shapes, place_psfs, shape_psfs
 from simulator.validation import is_transformed
 from simulator.system import OpticalSystem
 from simulator.zernike import noll_to_nm
@@ -282,11 +282,15 @@ def _text(value) -> str:
 
 # ----------------------------------------------------------------------------------------- the model
 class _Model:
-    """Measured data, the system to evaluate, and the map from a flat parameter vector to errors."""
+    """Measured data, the system to evaluate, and the map from a flat parameter vector to errors.
+
+    Every tensor lives on ``device`` (None: the CPU): the system's copy, the data and every tensor the
+    fit makes (:meth:`tensor` for those built from numpy); results leave it through ``.cpu()``."""
 
     def __init__(self, measurement: PSFMeasurement, system: OpticalSystem, noise: PixelNoise,
-                 aberration: AberrationOptics, settings: FitSettings):
-        self.system = copy.deepcopy(system).double().eval()
+                 aberration: AberrationOptics, settings: FitSettings, device: torch.device | str | None = None):
+        self.device = torch.device("cpu" if device is None else device)
+        self.system = copy.deepcopy(system).double().to(self.device).eval()
         self.system.requires_grad_(False)
         p, self.channels, k, _ = self.system.design.psfs().shape
         self.p, self.k, self.aberration = p, k, aberration
@@ -300,12 +304,12 @@ class _Model:
         self.num_zernike = max(settings.zernike_noll, default=0)
         self.zernike_index = [j - 1 for j in settings.zernike_noll]
         self.even = [noll_to_nm(j)[0] % 2 == 0 for j in settings.zernike_noll]  # W(-r) = W(r)
-        mask = torch.from_numpy(measurement.mask)
+        mask = self.tensor(measurement.mask)
         self.mask = mask
-        self.data = torch.from_numpy(measurement.rate)[mask]
-        self.sigma = torch.from_numpy(np.sqrt(measurement.variance))[mask]
+        self.data = self.tensor(measurement.rate)[mask]
+        self.sigma = self.tensor(np.sqrt(measurement.variance))[mask]
         self.scale = self.system.sensor.quantum_efficiency / noise.e_per_dn  # DN per photon
-        gray = torch.from_numpy(measurement.pattern.astype(np.int64))[None, None]
+        gray = self.tensor(measurement.pattern.astype(np.int64))[None, None]
         design = self.system.design.psfs()
         self.radiance = (self.system.relative_radiance(gray, design)
                          - self.system.relative_radiance(torch.zeros_like(gray), design))
@@ -319,6 +323,10 @@ class _Model:
             ("blur_variance_px2", "blur_sigma_px", (p,)), ("zernike_waves", "zernike_m", (p, len(self.zernike_index))),
         ]
         self.sizes = [int(np.prod(shape)) for _, _, shape in self.layout]
+        # the (frame-level) errors the fit leaves at identity, on the device (FabricationErrors' own are on the CPU)
+        fitted = {name for _, name, _ in self.layout}
+        self.unfitted = {name: torch.full(shape, value, dtype=torch.float64, device=self.device)
+                         for name, (shape, value) in error_shapes(p, self.num_zernike).items() if name not in fitted}
         self.offsets = np.cumsum([0] + self.sizes)
         # which PSF each parameter belongs to (-1: frame-level) and its slot within the PSF
         self.owner = np.concatenate([np.repeat(np.arange(p), size // p) if shape else [-1]
@@ -328,22 +336,25 @@ class _Model:
         grid_cols = self.system.layout.grid_cols
         rows, cols = np.divmod(np.arange(p), grid_cols)
         self.colour = (rows + 2 * cols) % 5  # equal colours are >= 3 grid steps apart
-        tile_of = torch.full(self.system.frame_shape, -1, dtype=torch.int64)
+        tile_of = torch.full(self.system.frame_shape, -1, dtype=torch.int64, device=self.device)
         for t in range(p):
             r, c = self.system.layout.tile_slices(t)
             tile_of[r, c] = t
         tile_of = tile_of[mask]
         self.tile_of = tile_of
-        adjacent = np.abs(rows[:, None] - rows[None]) + np.abs(cols[:, None] - cols[None]) <= 1
-        self.near = torch.stack([torch.from_numpy(adjacent[t])[tile_of.clamp(min=0)] & (tile_of >= 0)
-                                 for t in range(p)]).double()
+        adjacent = self.tensor(np.abs(rows[:, None] - rows[None]) + np.abs(cols[:, None] - cols[None]) <= 1)
+        self.near = torch.stack([adjacent[t][tile_of.clamp(min=0)] & (tile_of >= 0) for t in range(p)]).double()
+
+    def tensor(self, values) -> torch.Tensor:
+        """``values`` (a numpy array, a list) as a tensor on the model's device, dtype kept."""
+        return torch.as_tensor(values, device=self.device)
 
     def block(self, kind: str) -> slice:
         i = [entry[0] for entry in self.layout].index(kind)
         return slice(int(self.offsets[i]), int(self.offsets[i + 1]))
 
     def identity(self) -> torch.Tensor:
-        theta = torch.zeros(int(self.offsets[-1]), dtype=torch.float64)
+        theta = torch.zeros(int(self.offsets[-1]), dtype=torch.float64, device=self.device)
         theta[self.block("magnification")] = 1.0
         theta[self.block("brightness")] = 1.0
         return theta
@@ -351,15 +362,17 @@ class _Model:
     def errors(self, theta: torch.Tensor, kernel_error: torch.Tensor | None = None,
                rows: torch.Tensor | None = None) -> FabricationErrors:
         """The errors of parameter vector ``theta`` (for the PSFs ``rows`` only, when given)."""
-        values = {}
+        values = dict(self.unfitted)  # frame-level: the same for any rows
         for (kind, name, shape), start, size in zip(self.layout, self.offsets, self.sizes):
             part = theta[int(start):int(start) + size].reshape(shape)
             if kind in ("vignetting_tan2", "blur_variance_px2"):
                 part = torch.sqrt(part.clamp(min=0) + _BLUR_FLOOR)
             elif kind == "zernike_waves":
-                full = torch.zeros(self.p, self.num_zernike, dtype=theta.dtype)
+                full = torch.zeros(self.p, self.num_zernike, dtype=theta.dtype, device=self.device)
                 wavelength = self.aberration.wavelengths_m[0]
-                part = full.index_copy(1, torch.tensor(self.zernike_index), part * wavelength) if self.zernike_index else full
+                if self.zernike_index:
+                    full = full.index_copy(1, self.tensor(self.zernike_index), part * wavelength)
+                part = full
             if rows is not None and shape:
                 part = part[rows]
             values[name] = part
@@ -408,7 +421,7 @@ class _Model:
 
     def predicted(self, pattern: np.ndarray, theta: torch.Tensor, kernel_error: torch.Tensor | None) -> torch.Tensor:
         """Model signal rate (DN/s), whole frame, of another displayed ``pattern`` (gray levels)."""
-        gray = torch.from_numpy(np.asarray(pattern).astype(np.int64))[None, None]
+        gray = self.tensor(np.asarray(pattern).astype(np.int64))[None, None]
         radiance, design = self.radiance, self.design_psfs
         self.radiance = (self.system.relative_radiance(gray, design)
                          - self.system.relative_radiance(torch.zeros_like(gray), design))
@@ -438,7 +451,7 @@ class _Model:
             key = (self.slot[index], -1 - int(index) if owner < 0 else self.colour[owner])
             groups.setdefault(key, []).append(int(index))
         change = (self._autodiff_changes if self.method == "autodiff" else self._difference_changes)(theta, groups)
-        columns = torch.zeros(int(self.mask.sum()), len(free), dtype=torch.float64)
+        columns = torch.zeros(int(self.mask.sum()), len(free), dtype=torch.float64, device=self.device)
         for n, index in enumerate(free):
             owner = self.owner[index]
             column = change[int(index)] if owner < 0 else change[int(index)] * self.near[owner]
@@ -458,10 +471,10 @@ class _Model:
         slots = sorted({key[0] for key in keys if key[0][0] in shape_kinds})
         with torch.no_grad():
             shaped = self._shape(theta)
-        theta_tangents = torch.zeros(len(keys), theta.numel(), dtype=theta.dtype)
-        shaped_tangents = torch.zeros(len(keys), *shaped.shape, dtype=shaped.dtype)
+        theta_tangents = torch.zeros(len(keys), theta.numel(), dtype=theta.dtype, device=self.device)
+        shaped_tangents = torch.zeros(len(keys), *shaped.shape, dtype=shaped.dtype, device=self.device)
         if slots:
-            per_slot = torch.zeros(len(slots), theta.numel(), dtype=theta.dtype)
+            per_slot = torch.zeros(len(slots), theta.numel(), dtype=theta.dtype, device=self.device)
             for i, (kind, slot) in enumerate(slots):
                 block = self.block(kind)
                 per_slot[i, block.start + slot:block.stop:(block.stop - block.start) // self.p] = 1.0
@@ -470,7 +483,7 @@ class _Model:
         for g, key in enumerate(keys):
             indices = groups[key]
             if key[0][0] in shape_kinds:
-                owners = torch.from_numpy(self.owner[indices])
+                owners = self.tensor(self.owner[indices])
                 shaped_tangents[g, owners] = shape_derivatives[slots.index(key[0])][owners]
             else:
                 theta_tangents[g, indices] = 1.0
@@ -572,9 +585,10 @@ def _kernel_error_passes(model: _Model, theta: torch.Tensor, kernel_error: torch
     tiles are >= 3 grid steps apart move together; PSF ``p``'s column is its class's, on ``near[p]``)."""
     shape = kernel_error.shape
     slots = int(np.prod(shape[1:]))
-    tangents = torch.zeros(5, slots, model.p, slots, dtype=torch.float64)
+    tangents = torch.zeros(5, slots, model.p, slots, dtype=torch.float64, device=model.device)
+    diagonal = torch.arange(slots, device=model.device)
     for p in range(model.p):
-        tangents[model.colour[p], torch.arange(slots), p, torch.arange(slots)] = 1.0
+        tangents[model.colour[p], diagonal, p, diagonal] = 1.0
 
     rate = _kernel_error_rate(model, theta, kernel_error)
 
@@ -602,9 +616,9 @@ def _kernel_error_normal(model: _Model, theta: torch.Tensor, kernel_error: torch
     slots = passes.shape[1]
     near = model.near.bool()
     whitened = passes / model.sigma
-    gram = torch.zeros(model.p * slots, model.p * slots, dtype=torch.float64)
-    jr = torch.zeros(model.p * slots, dtype=torch.float64)
-    jo = torch.zeros(model.p * slots, other.shape[1], dtype=torch.float64)
+    gram = torch.zeros(model.p * slots, model.p * slots, dtype=torch.float64, device=model.device)
+    jr = torch.zeros(model.p * slots, dtype=torch.float64, device=model.device)
+    jo = torch.zeros(model.p * slots, other.shape[1], dtype=torch.float64, device=model.device)
     for p in range(model.p):
         own = slice(p * slots, (p + 1) * slots)
         pixels = near[p]
@@ -654,7 +668,7 @@ def _levenberg_marquardt(model: _Model, theta: torch.Tensor, free: np.ndarray, m
 
 def _fisher_sigma(model: _Model, theta: torch.Tensor, free: np.ndarray) -> np.ndarray:
     jac = model.jacobian(theta, free)
-    return _sigma_of_fisher((jac.T @ jac).numpy())
+    return _sigma_of_fisher((jac.T @ jac).cpu().numpy())
 
 
 def _marginal_sigma(jac: torch.Tensor, gram: torch.Tensor, cross: torch.Tensor, prior: float) -> np.ndarray:
@@ -662,10 +676,10 @@ def _marginal_sigma(jac: torch.Tensor, gram: torch.Tensor, cross: torch.Tensor, 
     Gaussian prior: the inverse of the Schur complement ``J^T J - C^T (G + I / prior^2)^-1 C`` (``J`` the
     whitened Jacobian in the physical parameters, ``G = J_d^T J_d`` and ``C = J_d^T J`` of the kernel
     error): what the data say about a shift once the kernel error may move light as well."""
-    regularised = gram + torch.eye(gram.shape[0], dtype=gram.dtype) / prior**2
+    regularised = gram + torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device) / prior**2
     factor = torch.linalg.cholesky(regularised)
     explained = cross.T @ torch.cholesky_solve(cross, factor)
-    return _sigma_of_fisher((jac.T @ jac - explained).numpy())
+    return _sigma_of_fisher((jac.T @ jac - explained).cpu().numpy())
 
 
 def _sigma_of_fisher(fisher: np.ndarray) -> np.ndarray:
@@ -678,18 +692,20 @@ def _sigma_of_fisher(fisher: np.ndarray) -> np.ndarray:
 
 
 def fit_mismatch(measurement: PSFMeasurement, system: OpticalSystem, *, noise: PixelNoise | None = None,
-                 settings: FitSettings | None = None) -> MismatchFit:
+                 settings: FitSettings | None = None, device: torch.device | str | None = None) -> MismatchFit:
     """Fit the fabrication errors of ``system``'s design to ``measurement`` (module docstring).
 
     ``noise`` must be the one the measurement's variance came from (for the DN scale; default the
-    nominal of ``system.sensor``).
+    nominal of ``system.sensor``). ``device`` (a torch device or its name; None: the CPU): where the fit
+    computes, in float64 (a copy of ``system`` goes there); the result is on the CPU either way (on
+    CUDA it equals the CPU's to rounding, not bit for bit: other kernels, another summation order).
     """
     settings = settings or FitSettings()
     noise = noise or PixelNoise.from_sensor(system.sensor)
     aberration = settings.aberration
     if measurement.rate.shape != system.frame_shape:
         raise InputError(f"the measurement's frames are {measurement.rate.shape} but the optics' layout is {system.frame_shape}")
-    model = _Model(measurement, system, noise, aberration, settings)
+    model = _Model(measurement, system, noise, aberration, settings, device)
     theta = model.identity()
     chi2, dof = {}, {}
     chi2["design"], dof["design"] = _chi2_reduced(model, theta, None, 0)
@@ -708,7 +724,7 @@ def fit_mismatch(measurement: PSFMeasurement, system: OpticalSystem, *, noise: P
         active += kinds[stage]
         if stage == "optics" and model.zernike_index:
             z = theta[model.block("zernike_waves")].reshape(model.p, -1)
-            z[:, torch.tensor(model.even)] = ZERNIKE_START_WAVES
+            z[:, model.tensor(model.even)] = ZERNIKE_START_WAVES
             theta[model.block("zernike_waves")] = z.reshape(-1)
         for _ in range(3):  # fit, flag what the data cannot determine, refit without it
             free = np.flatnonzero(_mask_of(model, active) & ~fixed)
@@ -735,7 +751,7 @@ def fit_mismatch(measurement: PSFMeasurement, system: OpticalSystem, *, noise: P
         # moves of either kind as equally curved (with the sigmas alone, ~1e3 times flatter: it would
         # hardly move them)
         curvature = _kernel_error_curvature(model, theta, _kernel_error_start(model, None))
-        steps = torch.from_numpy(np.where(np.isfinite(sigma[joint]), sigma[joint], 1e-3) * math.sqrt(curvature))
+        steps = model.tensor(np.where(np.isfinite(sigma[joint]), sigma[joint], 1e-3) * math.sqrt(curvature))
         for round_ in range(1 + RESIDUAL_ALTERNATIONS):
             if round_:  # every physical parameter again, given the kernel error (which stays fixed there)
                 model.kernel_error = kernel_error
@@ -746,7 +762,8 @@ def fit_mismatch(measurement: PSFMeasurement, system: OpticalSystem, *, noise: P
         jac = model.jacobian(theta, free)
         model.kernel_error = None
         pixels = int(model.mask.sum())
-        gram, _, cross = _kernel_error_normal(model, theta, kernel_error, torch.zeros(pixels, dtype=torch.float64), jac)
+        residual = torch.zeros(pixels, dtype=torch.float64, device=model.device)
+        gram, _, cross = _kernel_error_normal(model, theta, kernel_error, residual, jac)
         sigma[:] = np.inf
         sigma[free] = _marginal_sigma(jac, gram, cross, settings.kernel_error_prior)
         kernel_parameters = effective_parameters_of_gram(gram, settings.kernel_error_prior)
@@ -765,13 +782,13 @@ def fit_mismatch(measurement: PSFMeasurement, system: OpticalSystem, *, noise: P
     holdout = {}
     if getattr(measurement, "holdout", None) is not None:
         frames = measurement.holdout
-        holdout = holdout_residuals(frames, [model.predicted(pattern, theta, kernel_error).numpy()
+        holdout = holdout_residuals(frames, [model.predicted(pattern, theta, kernel_error).cpu().numpy()
                                              for pattern in frames.patterns])
         log.info("calibration fit: held-out residual over the noise %s", holdout)
     return MismatchFit(errors=_detached(errors), parameters=params, chi2_reduced=chi2, dof=dof,
                        kernel_error_parameters=kernel_parameters, sigma_scale=scale, psf_residual_before=before,
-                       psf_residual_after=after, model_rate=model_rate.numpy(), design_rate=design_rate.numpy(),
-                       settings=settings, holdout_residual_over_noise=holdout)
+                       psf_residual_after=after, model_rate=model_rate.cpu().numpy(),
+                       design_rate=design_rate.cpu().numpy(), settings=settings, holdout_residual_over_noise=holdout)
 
 
 def holdout_residuals(frames, predicted) -> dict[str, float]:
@@ -793,7 +810,7 @@ def _tile_chi2(model: _Model, theta: torch.Tensor) -> np.ndarray:
     with torch.no_grad():
         r2 = model.whitened(theta).square()
     own = torch.stack([model.tile_of == p for p in range(model.p)]).double()
-    return ((own * r2).sum(dim=1) / own.sum(dim=1).clamp(min=1)).numpy()
+    return ((own * r2).sum(dim=1) / own.sum(dim=1).clamp(min=1)).cpu().numpy()
 
 
 def _rescue_stuck_shifts(model: _Model, theta: torch.Tensor, free: np.ndarray, max_iterations: int) -> torch.Tensor:
@@ -838,8 +855,8 @@ def _start(model: _Model, design_rate: torch.Tensor) -> tuple[torch.Tensor, torc
     """Per PSF, a start near the answer (the cost is multimodal in the shift, as the PSFs are
     structured at the pixel scale): brightness = measured over modelled light in its tile, shift =
     the difference of their intensity centroids."""
-    brightness = torch.ones(model.p, dtype=torch.float64)
-    shift = torch.zeros(model.p, 2, dtype=torch.float64)
+    brightness = torch.ones(model.p, dtype=torch.float64, device=model.device)
+    shift = torch.zeros(model.p, 2, dtype=torch.float64, device=model.device)
     measured = torch.zeros_like(design_rate)
     measured[model.mask] = model.data
     for p in range(model.p):
@@ -852,8 +869,8 @@ def _start(model: _Model, design_rate: torch.Tensor) -> tuple[torch.Tensor, torc
 
 
 def _centroid(image: torch.Tensor) -> torch.Tensor:
-    y = torch.arange(image.shape[0], dtype=image.dtype)
-    x = torch.arange(image.shape[1], dtype=image.dtype)
+    y = torch.arange(image.shape[0], dtype=image.dtype, device=image.device)
+    x = torch.arange(image.shape[1], dtype=image.dtype, device=image.device)
     total = image.sum()
     return torch.stack([(image.sum(1) * y).sum() / total, (image.sum(0) * x).sum() / total])
 
@@ -872,8 +889,8 @@ def _fit_kernel_error(model: _Model, theta: torch.Tensor, settings: FitSettings,
     with it the parameters ``joint`` of ``theta`` (the geometric ones, in units of ``steps``: see
     :func:`fit_mismatch`), from ``start`` (None: zero). Returns ``(theta, delta)``."""
     delta = _kernel_error_start(model, start).requires_grad_(True)
-    index = torch.from_numpy(np.asarray(joint, dtype=np.int64))
-    moves = torch.zeros(len(index), dtype=torch.float64, requires_grad=True)
+    index = model.tensor(np.asarray(joint, dtype=np.int64))
+    moves = torch.zeros(len(index), dtype=torch.float64, device=model.device, requires_grad=True)
     optimiser = torch.optim.LBFGS([delta, moves], max_iter=settings.max_iterations * 4, line_search_fn="strong_wolfe",
                                   tolerance_grad=1e-9, tolerance_change=1e-12)
     prior = settings.kernel_error_prior
@@ -899,15 +916,16 @@ def _fit_kernel_error(model: _Model, theta: torch.Tensor, settings: FitSettings,
 
 def _kernel_error_start(model: _Model, start: torch.Tensor | None) -> torch.Tensor:
     window = model.kernel_window
-    return (torch.zeros((model.p, model.channels, window, window), dtype=torch.float64)
+    return (torch.zeros((model.p, model.channels, window, window), dtype=torch.float64, device=model.device)
             if start is None else start.clone())
 
 
 def _kernel_error_curvature(model: _Model, theta: torch.Tensor, kernel_error: torch.Tensor) -> float:
     """The mean diagonal of ``J_d^T W J_d`` (the chi-square's curvature per kernel-error value), by one
     forward-mode product along a random +-1 tangent (Hutchinson: ``E |J v|^2`` is the trace)."""
-    generator = torch.Generator().manual_seed(0)
-    tangent = torch.randint(0, 2, kernel_error.shape, generator=generator).double() * 2 - 1
+    generator = torch.Generator(device="cpu").manual_seed(0)  # drawn on the CPU: the same tangent on any device
+    signs = torch.randint(0, 2, kernel_error.shape, generator=generator, device="cpu")
+    tangent = (signs.double() * 2 - 1).to(model.device)
     change = torch.func.jvp(_kernel_error_rate(model, theta, kernel_error), (kernel_error,), (tangent,))[1]
     return float((change / model.sigma).square().sum()) / kernel_error.numel()
 
@@ -934,7 +952,9 @@ def _parameters(model: _Model, theta, sigma, fixed, active, wavelength) -> list[
 
 
 def _detached(errors: FabricationErrors) -> FabricationErrors:
-    return FabricationErrors.from_dict(errors.to_dict())
+    """A copy of ``errors`` outside any autograd graph, on the CPU (whatever torch's default device)."""
+    with torch.device("cpu"):
+        return FabricationErrors.from_dict(errors.to_dict())
 
 
 __all__ = ["FitSettings", "IDENTIFIABLE_SIGMA", "MismatchFit", "Parameter", "SCHEMA", "SCHEMA_VERSION", "STAGES", "fit_mismatch",
