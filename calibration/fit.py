@@ -24,8 +24,8 @@ not matter) with the Jacobian (``FitSettings.jacobian``) by central differences 
 forward passes per parameter group, only the perturbed PSFs' shapes recomputed), or by forward-mode
 automatic differentiation (``torch.func.jvp`` in one ``vmap``, the shape block apart: see
 :meth:`_Model.jacobian`). Both agree to 1e-6 away from the shift model's kinks; on the example device
-(16 PSFs, Zernike 4-6, residual stage, one thread) the full fit took 154 s with differences and 243 s
-with autodiff (the Zernike terms' OTF derivative costs more than the few PSFs a difference
+(16 PSFs, Zernike 4-6, residual stage, one thread, loaded machine) the full fit took 95 s with
+differences and 106 s with autodiff (the Zernike terms' OTF derivative costs more than the few PSFs a difference
 recomputes), so differences are the default.
 The residual stage minimises chi-square plus ``sum(delta^2) / kernel_error_prior^2`` with L-BFGS
 over the kernel error and the geometric parameters (shift, rotation, magnification, brightness: in
