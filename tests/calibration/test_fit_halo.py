@@ -87,10 +87,18 @@ def test_the_widened_kernel_error_recovers_a_known_halo(halo_device):
     physical = sum(p.identifiable for p in fit.parameters)
     assert fit.dof["residual"] == pytest.approx(measurement.mask.sum() - physical - fit.kernel_error_parameters)
     assert 16 * K * K < fit.kernel_error_parameters <= 16 * (K + 2 * MARGIN) ** 2
-    # the calibrated forward model applies the widened kernel error: it reproduces the fit's model
-    system = nominal()
-    system.errors = fit.errors
-    assert system.fabricated_psfs().shape[-1] == K + 2 * MARGIN
+    # the calibrated forward model (the errors through their file form: the sensor-frame kernel error on the
+    # widened window) reproduces the fit's model frame
+    system = nominal().double()
+    system.errors = fit_module.FabricationErrors.from_dict(fit.errors.to_dict())
+    psfs = system.fabricated_psfs()
+    assert psfs.shape[-1] == K + 2 * MARGIN
+    gray = torch.from_numpy(measurement.pattern.astype(np.int64))[None, None]
+    design = system.design.psfs()
+    radiance = system.relative_radiance(gray, design) - system.relative_radiance(torch.zeros_like(gray), design)
+    scale = system.sensor.quantum_efficiency / fit_module.PixelNoise.from_sensor(system.sensor).e_per_dn
+    rate = system.radiance_frame(radiance, psfs, clamp=False)[0].detach().numpy() * scale
+    np.testing.assert_allclose(rate, fit.model_rate, rtol=0, atol=1e-9 * np.abs(fit.model_rate).max())
 
 
 def test_the_dof_counts_every_value_of_the_widened_kernel_error(halo_device):
