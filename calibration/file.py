@@ -39,7 +39,7 @@ import h5py
 
 from onn_core import config as config_io
 
-from .api import IGNORED_SETTINGS, STAGES, Calibration
+from .api import STAGES, Calibration, changed_settings
 from .display_response import DisplayCalibration
 from .errors import CalibrationFileError
 from .fit import MismatchFit
@@ -54,7 +54,6 @@ _STAGE_TYPES = {"sensor": SensorCalibration, "display": DisplayCalibration, "geo
                 "psf": PSFMeasurement, "fit": MismatchFit}
 _JSON_ATTRS = ("bench_settings", "config", "optics")
 #: Settings whose change does not matter to a calibration (per device).
-_IGNORED_SETTINGS = IGNORED_SETTINGS
 #: The file name of the finished calibration in an output folder, and of the partial one beside it.
 FILE_NAME, PARTIAL_NAME = "calibration.h5", "calibration.partial.h5"
 
@@ -207,12 +206,7 @@ def check_bench(calibration: Calibration, bench) -> list[str]:
         raise CalibrationFileError(
             f"calibration {calibration.calibration_id} is of a bench with a {system.frame_shape} frame and a "
             f"{system.image_shape} display; this bench has {tuple(bench.camera.shape)} and {tuple(bench.slm.shape)}")
-    changed = []
-    for device in ("slm", "camera"):
-        before, after = measured.get(device, {}), now.get(device, {})
-        for key in sorted(set(before) | set(after)):
-            if key not in _IGNORED_SETTINGS and before.get(key) != after.get(key):
-                changed.append(f"{device}.{key}: {before.get(key)!r} when calibrated, {after.get(key)!r} now")
+    changed = changed_settings(measured, now)
     if changed:
         log.warning("calibration %s was measured with other device settings: %s (restore them in the bench YAML, "
                     "or calibrate again with hil calibrate)", calibration.calibration_id, "; ".join(changed))

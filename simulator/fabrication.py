@@ -525,26 +525,34 @@ def add_kernel_error(psfs: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
     (P, C, K, K), or a window ``K + 2 w`` wide centred on it (P, C, K + 2 w, K + 2 w): the design is
     zero-padded by ``w`` first, so the error reaches light the design puts nowhere (a halo); the result
     then has the wider window."""
-    w2 = delta.shape[-1] - psfs.shape[-1] if delta.ndim == 4 else -1
-    if (delta.ndim != 4 or tuple(delta.shape[:2]) != tuple(psfs.shape[:2]) or delta.shape[-2] != delta.shape[-1]
-            or w2 < 0 or w2 % 2):
-        raise InputError(f"kernel_error has shape {tuple(delta.shape)} but the PSFs have {tuple(psfs.shape)} "
-                         "(it must have their shape, or a window wider by an even number of pixels)")
+    w2 = _window_pad(delta, psfs, delta_wider=True, psfs_name="the PSFs",
+                     expected="it must have their shape, or a window wider by an even number of pixels")
     rms = psfs.pow(2).mean(dim=(-2, -1), keepdim=True).sqrt()
     if w2:
         psfs = torch.nn.functional.pad(psfs, (w2 // 2,) * 4)
     return torch.relu(psfs + delta.to(psfs) * rms)
 
 
+def _window_pad(delta: torch.Tensor, psfs: torch.Tensor, *, delta_wider: bool, psfs_name: str, expected: str) -> int:
+    """The even number of pixels by which the square window of a kernel error ``delta`` (P, C, W, W) is
+    wider than that of ``psfs`` (P, C, K, K) (``delta_wider``) or narrower (otherwise); InputError naming
+    both shapes and ``expected`` when they do not pair."""
+    w2 = -1
+    if delta.ndim == 4:
+        w2 = delta.shape[-1] - psfs.shape[-1] if delta_wider else psfs.shape[-1] - delta.shape[-1]
+    if (delta.ndim != 4 or tuple(delta.shape[:2]) != tuple(psfs.shape[:2]) or delta.shape[-2] != delta.shape[-1]
+            or w2 < 0 or w2 % 2):
+        raise InputError(f"kernel_error has shape {tuple(delta.shape)} but {psfs_name} have {tuple(psfs.shape)} "
+                         f"({expected})")
+    return w2
+
+
 def add_sensor_kernel_error(placed: torch.Tensor, delta: torch.Tensor, shaped: torch.Tensor) -> torch.Tensor:
     """``placed + delta * rms(shaped)``: a kernel error in the sensor frame (module docstring) on
     PSFs ``placed`` (P, C, K', K') that were ``shaped`` before the geometric transform, each slice's RMS
     over its whole window; ``delta`` (P, C, W, W) with ``W <= K'`` (odd difference: centred, zero-padded)."""
-    w2 = placed.shape[-1] - delta.shape[-1] if delta.ndim == 4 else -1
-    if (delta.ndim != 4 or tuple(delta.shape[:2]) != tuple(placed.shape[:2]) or delta.shape[-2] != delta.shape[-1]
-            or w2 < 0 or w2 % 2):
-        raise InputError(f"kernel_error has shape {tuple(delta.shape)} but the placed PSFs have {tuple(placed.shape)} "
-                         "(a sensor-frame kernel error must be as wide as their window, or narrower by an even number)")
+    w2 = _window_pad(delta, placed, delta_wider=False, psfs_name="the placed PSFs",
+                     expected="a sensor-frame kernel error must be as wide as their window, or narrower by an even number")
     rms = shaped.pow(2).mean(dim=(-2, -1), keepdim=True).sqrt()
     if w2:
         delta = torch.nn.functional.pad(delta, (w2 // 2,) * 4)

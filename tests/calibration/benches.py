@@ -10,6 +10,8 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
+import torch
+
 from drivers.config import open_bench
 from onn_core import config as config_io
 
@@ -57,3 +59,20 @@ def bench_config(optics_overrides: dict | None = None, *, exposure_s: float = 0.
 def simulated_bench(optics_overrides: dict | None = None, **kwargs):
     """Open :func:`bench_config` (use as a context manager)."""
     return open_bench(bench_config(optics_overrides, **kwargs))
+
+
+def calibrate_on_one_thread(errors: dict, config: dict):
+    """:func:`calibration.api.calibrate` (with ``config``) of a simulated bench with the injected ``errors``
+    against the example's nominal optics, on one torch thread (reproducible); returns the calibration and
+    the bench's true optics."""
+    from calibration.api import calibrate
+    from simulator.system import OpticalSystem
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with simulated_bench({"errors": errors}) as bench:
+            nominal = OpticalSystem.from_config({**example_optics(), "errors": None})
+            return calibrate(bench, nominal, config), bench.camera.optics
+    finally:
+        torch.set_num_threads(threads)

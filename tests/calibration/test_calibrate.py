@@ -17,7 +17,7 @@ from calibration.layer import CalibrationLayer, shift_tiles
 from hil.cli import main
 from onn_core.errors import ConfigError
 from simulator.system import OpticalSystem
-from tests.calibration.benches import bench_config, example_optics, simulated_bench
+from tests.calibration.benches import bench_config, calibrate_on_one_thread, example_optics
 from tests.calibration.test_hdf5 import corrupt
 
 FAST = {"sensor": {"frames": 4, "read_frames": 4, "num_exposures": 6}, "display": {"levels": 9, "frames": 2},
@@ -33,13 +33,7 @@ def nominal() -> OpticalSystem:
 @pytest.fixture(scope="module")
 def calibrated():
     """One calibration of a bench with injected errors (module-scoped: measured once, on one thread)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with simulated_bench({"errors": {"seed": 19, "spec": SPEC}}) as bench:
-            return calibrate(bench, nominal(), FAST), bench.camera.optics
-    finally:
-        torch.set_num_threads(threads)
+    return calibrate_on_one_thread({"seed": 19, "spec": SPEC}, FAST)
 
 
 def test_calibrate_runs_every_stage_and_recovers_the_injected_errors(calibrated):

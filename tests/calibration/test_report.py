@@ -12,14 +12,11 @@ import re
 
 import numpy as np
 import pytest
-import torch
 
-from calibration.api import calibrate
 from calibration.plotting import PSF_COLUMNS, REGISTRATION_LEGEND, plot_psfs, plot_registration
 from calibration.report import write_report
 from calibration.verdict import tile_residual_over_noise, verdicts
-from simulator.system import OpticalSystem
-from tests.calibration.benches import example_optics, simulated_bench
+from tests.calibration.benches import calibrate_on_one_thread
 
 FAST = {"stages": ["geometry", "psf", "fit"], "geometry": {"averages": 2, "phases": 2}, "psf": {"averages": 2},
         "fit": {"stages": ["geometry", "photometry"], "zernike_noll": [4, 5, 6]}}
@@ -33,13 +30,7 @@ UNITS_SHOWN = {"": "", "px": " px", "x noise": "x noise"}  # a verdict's unit as
 @pytest.fixture(scope="module")
 def calibrated():
     """A calibration (geometry, psf, fit) of a bench with injected errors, measured once on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with simulated_bench({"errors": {"seed": 19, "spec": SPEC}}) as bench:
-            return calibrate(bench, OpticalSystem.from_config({**example_optics(), "errors": None}), FAST)
-    finally:
-        torch.set_num_threads(threads)
+    return calibrate_on_one_thread({"seed": 19, "spec": SPEC}, FAST)[0]
 
 
 @pytest.fixture(scope="module")
