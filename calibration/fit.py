@@ -84,7 +84,10 @@ kernel values the data pin down counting 1, those the prior holds counting 0). W
 reduced chi-square exceeds 1 by more than :data:`CHI2_SIGNIFICANCE` standard deviations of a
 chi-square of that many degrees of freedom (``sqrt(2 / dof)``: the misfit is the model's, not the
 noise's), every sigma is multiplied by ``sqrt(reduced chi-square)`` (:attr:`MismatchFit.sigma_scale`;
-1 otherwise). A parameter whose
+1 otherwise). Each shift's sigma then adds, in quadrature, the sampling systematic of placing a PSF
+whose structure below the pixel scale is unknown by resampling its pixel values
+(:mod:`calibration.sampling`, :attr:`Parameter.systematic`; ``FitSettings.sampling_draws`` 0: none).
+A parameter whose
 standard deviation exceeds its :data:`IDENTIFIABLE_SIGMA` (the data cannot tell it from zero at a
 useful level) is flagged, fixed at its design value and the stage refitted without it, instead of
 returning noise as a value.
@@ -111,6 +114,7 @@ from simulator.zernike import noll_to_nm
 from .hdf5 import read_group, write_group
 from .noise import PixelNoise
 from .psf import PSFMeasurement
+from .sampling import shift_systematic_px
 
 log = logging.getLogger(__name__)
 
@@ -160,6 +164,8 @@ class FitSettings:
     max_iterations: per Levenberg-Marquardt run. aberration: the optics behind the Zernike
     terms (wavelength, image-side f-number of a sub-optic, sensor pixel pitch). jacobian: one of
     :data:`JACOBIANS`, how the Levenberg-Marquardt Jacobian is computed (module docstring).
+    sampling_draws: speckle draws of the shifts' sampling systematic (:mod:`calibration.sampling`,
+    added to their sigma in quadrature); 0: none (a device whose PSFs are the fit's own bilinear model).
     """
 
     stages: tuple[str, ...] = STAGES
@@ -169,6 +175,7 @@ class FitSettings:
     max_iterations: int = 60
     aberration: AberrationOptics = field(default_factory=AberrationOptics)
     jacobian: str = "finite_differences"
+    sampling_draws: int = 32
 
     def __post_init__(self):
         if self.jacobian not in JACOBIANS:
@@ -189,6 +196,8 @@ class FitSettings:
             raise InputError(f"kernel_error_window_px must be an odd int (K + 2 w) or None, got {window!r}")
         if isinstance(self.max_iterations, bool) or not isinstance(self.max_iterations, int) or self.max_iterations < 1:
             raise InputError(f"max_iterations must be an int >= 1, got {self.max_iterations!r}")
+        if isinstance(self.sampling_draws, bool) or not isinstance(self.sampling_draws, int) or self.sampling_draws < 0:
+            raise InputError(f"sampling_draws must be an int >= 0, got {self.sampling_draws!r}")
 
 
 @dataclass(frozen=True)
@@ -198,9 +207,10 @@ class Parameter:
     name: str              # e.g. "shift_px[3][0]"
     kind: str              # key of IDENTIFIABLE_SIGMA
     value: float           # in the kind's unit (Zernike: metres)
-    sigma: float           # same unit, Fisher sigma times MismatchFit.sigma_scale; inf where singular
+    sigma: float           # same unit: Fisher sigma x MismatchFit.sigma_scale (+ systematic in quadrature); inf where singular
     identifiable: bool
     sign_ambiguous: bool = False
+    systematic: float = 0.0  # the part of sigma from the sampling systematic (shifts only, px; calibration.sampling)
 
 
 @dataclass
@@ -225,7 +235,8 @@ class MismatchFit:
 
     def table(self) -> list[dict]:
         return [{"name": p.name, "kind": p.kind, "value": p.value, "sigma": p.sigma,
-                 "identifiable": p.identifiable, "sign_ambiguous": p.sign_ambiguous} for p in self.parameters]
+                 "identifiable": p.identifiable, "sign_ambiguous": p.sign_ambiguous, "systematic": p.systematic}
+                for p in self.parameters]
 
     def summary(self) -> dict:
         flagged = [p.name for p in self.parameters if not p.identifiable]
@@ -241,7 +252,7 @@ class MismatchFit:
         :data:`SCHEMA` version :data:`SCHEMA_VERSION`; the parameter table and the model frames as
         checksummed datasets, the errors, reduced chi-squares and settings as JSON)."""
         dtype = np.dtype([("name", h5py.string_dtype()), ("kind", h5py.string_dtype()), ("value", "f8"),
-                          ("sigma", "f8"), ("identifiable", "?"), ("sign_ambiguous", "?")])
+                          ("sigma", "f8"), ("identifiable", "?"), ("sign_ambiguous", "?"), ("systematic", "f8")])
         table = np.array([tuple(row.values()) for row in self.table()], dtype=dtype)
         write_group(group, SCHEMA, SCHEMA_VERSION,
                     arrays={"parameters": table, "model_rate": self.model_rate, "design_rate": self.design_rate},
@@ -264,7 +275,9 @@ class MismatchFit:
                    if "holdout_residual_over_noise_json" in group.attrs else {})  # absent in older files
         params = [Parameter(name=_text(r["name"]), kind=_text(r["kind"]), value=float(r["value"]),
                             sigma=float(r["sigma"]), identifiable=bool(r["identifiable"]),
-                            sign_ambiguous=bool(r["sign_ambiguous"])) for r in values["parameters"]]
+                            sign_ambiguous=bool(r["sign_ambiguous"]),
+                            systematic=float(r["systematic"]) if "systematic" in r.dtype.names else 0.0)  # older files: none
+                  for r in values["parameters"]]
         return cls(errors=FabricationErrors.from_dict(values["errors"]), parameters=params,
                    chi2_reduced=values["chi2_reduced"], dof=values["dof"],
                    kernel_error_parameters=float(values["kernel_error_parameters"]),
@@ -771,6 +784,8 @@ def fit_mismatch(measurement: PSFMeasurement, system: OpticalSystem, *, noise: P
     last = settings.stages[-1]
     scale = sigma_scale(chi2[last], dof[last])
     sigma = sigma * scale
+    systematic = _sampling_systematic(model, theta, settings) if "shift_px" in active else np.zeros_like(sigma)
+    sigma = np.sqrt(sigma**2 + systematic**2)
     with torch.no_grad():
         model_rate = model.rate(theta, kernel_error)
         errors = model.errors(theta, kernel_error)
@@ -778,7 +793,7 @@ def fit_mismatch(measurement: PSFMeasurement, system: OpticalSystem, *, noise: P
     norm = float(data.norm())
     before = float((design_rate[model.mask] - data).norm()) / norm
     after = float((model_rate[model.mask] - data).norm()) / norm
-    params = _parameters(model, theta, sigma, fixed, active, wavelength)
+    params = _parameters(model, theta, sigma, systematic, fixed, active, wavelength)
     holdout = {}
     if getattr(measurement, "holdout", None) is not None:
         frames = measurement.holdout
@@ -930,7 +945,20 @@ def _kernel_error_curvature(model: _Model, theta: torch.Tensor, kernel_error: to
     return float((change / model.sigma).square().sum()) / kernel_error.numel()
 
 
-def _parameters(model: _Model, theta, sigma, fixed, active, wavelength) -> list[Parameter]:
+def _sampling_systematic(model: _Model, theta: torch.Tensor, settings: FitSettings) -> np.ndarray:
+    """Per parameter of ``theta``: the shifts' sampling systematic (px, :mod:`calibration.sampling`) at
+    the fitted shapes and shifts, 0 elsewhere and with ``settings.sampling_draws`` 0."""
+    out = np.zeros(theta.numel())
+    if settings.sampling_draws:
+        block = model.block("shift_px")
+        with torch.no_grad():
+            shaped = model.shaped(theta, remember=False)
+        out[block] = shift_systematic_px(shaped, theta[block].reshape(model.p, 2), settings.aberration,
+                                         draws=settings.sampling_draws).reshape(-1).numpy()
+    return out
+
+
+def _parameters(model: _Model, theta, sigma, systematic, fixed, active, wavelength) -> list[Parameter]:
     out = []
     for kind, _, shape in model.layout:
         if kind not in active:
@@ -947,7 +975,7 @@ def _parameters(model: _Model, theta, sigma, fixed, active, wavelength) -> list[
                 value, s = value * wavelength, s * wavelength
                 ambiguous = model.even[mode]
             out.append(Parameter(name=name, kind=kind, value=value, sigma=s, identifiable=not fixed[i],
-                                 sign_ambiguous=ambiguous and not fixed[i]))
+                                 sign_ambiguous=ambiguous and not fixed[i], systematic=float(systematic[i])))
     return out
 
 

@@ -1,0 +1,126 @@
+"""How well a pixel-level shift model can place an under-sampled PSF: the sampling systematic.
+
+The mismatch fit (:mod:`calibration.fit`) moves each PSF by resampling its pixel values (bilinear,
+:func:`simulator.fabrication.affine_resample`). A real PSF is a continuous intensity, band-limited by
+its sub-aperture to spatial frequencies below ``1 / (lambda F#)`` (the incoherent cut-off), which the
+sensor integrates over its pixels. Where ``lambda F#`` is small against the pixel pitch (under-sampled:
+below 2 px), a sub-pixel move changes the binned pattern in a way no resampling of the binned pattern
+reproduces, and the shift that matches best is pulled towards whole pixels ("pixel locking"). How far
+depends on the PSF's structure below the pixel scale, which a measurement does not show: the fit's
+noise-only (Fisher) sigma cannot contain it.
+
+:func:`shift_systematic_px` estimates it by Monte Carlo from what the fit knows (the fitted PSF shapes
+and shifts, the wavelength, f-number and pixel pitch):
+
+1. each PSF's fitted shape (pixel values, clamped at 0) is the envelope of fully developed speckle,
+   band-limited by a square sub-aperture (coherent cut-off ``1 / (2 lambda F#)`` per axis), sampled at
+   ``u`` points per pixel with ``u > 2 px / (lambda F#)`` so that the intensity is band-limited on that
+   grid (its moves are then exact Fourier phase ramps);
+2. the speckle is binned as it is (the model's template) and after a move by the fitted shift (what
+   the sensor sees);
+3. the geometry stage's model (shift, rotation, magnification and brightness of the template),
+   linearised at the fitted shift and weighted as shot noise (:data:`WEIGHT_FLOOR`), takes the moved
+   pattern; its shift error is recorded.
+
+The RMS of that error over the draws is the systematic (px, per PSF and axis). At a whole-pixel shift it
+is 0 (the moved pattern is the template); it grows as ``lambda F#`` drops below the pixel pitch.
+Seeded: the same inputs give the same result.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from onn_core.errors import InputError
+from simulator.fabrication import AberrationOptics, affine_resample
+from simulator.fft import ifft2
+from simulator.validation import check_tensor
+
+#: Floor of the shot-noise weights, as a fraction of each PSF's peak (read noise and stray light).
+WEIGHT_FLOOR = 0.02
+#: Central-difference steps of the linearised geometry model: shift (px), rotation (rad), magnification.
+STEPS = (1e-4, 1e-5, 1e-5)
+
+
+def shift_systematic_px(psfs: torch.Tensor, shift_px: torch.Tensor, optics: AberrationOptics, *, draws: int = 32,
+                        seed: int = 0) -> torch.Tensor:
+    """The sampling systematic (P, 2) of fitted shifts (module docstring), px, float64 on the CPU.
+
+    psfs: (P, C, K, K) fitted PSF shapes before placement (non-negative; negative values are clamped).
+    shift_px: (P, 2) fitted (dy, dx). optics: wavelength per channel (or one for all), f-number and
+    pixel pitch of a sub-optic. draws: speckle realisations (>= 1). seed: of the random phases.
+    """
+    check_tensor("psfs", psfs, ndim=4)
+    check_tensor("shift_px", shift_px, ndim=2)
+    p, c, k, width = psfs.shape
+    if k != width or tuple(shift_px.shape) != (p, 2):
+        raise InputError(f"psfs must be (P, C, K, K) and shift_px (P, 2); got {tuple(psfs.shape)} and "
+                         f"{tuple(shift_px.shape)}")
+    if isinstance(draws, bool) or not isinstance(draws, int) or draws < 1:
+        raise InputError(f"draws must be an int >= 1, got {draws!r}")
+    wavelengths = optics.wavelengths_m * (c if len(optics.wavelengths_m) == 1 else 1)
+    if len(wavelengths) != c:
+        raise InputError(f"optics has {len(optics.wavelengths_m)} wavelengths for {c} channels (expected 1 or {c})")
+    cpu = torch.device("cpu")  # explicit throughout: whatever torch's default device
+    spot_px = torch.tensor([w * optics.f_number / optics.pixel_pitch_m for w in wavelengths], dtype=torch.float64,
+                           device=cpu)
+    u = max(2, math.floor(2.0 / float(spot_px.min())) + 1)
+    psfs = psfs.detach().to(cpu, torch.float64).clamp(min=0)
+    shift = shift_px.detach().to(cpu, torch.float64)
+    freq = torch.fft.fftfreq(k * u, d=1.0 / u, dtype=torch.float64, device=cpu)  # cycles per pixel
+    cut = (0.5 / spot_px)[:, None, None]
+    pupil = ((freq.abs()[:, None] <= cut) & (freq.abs()[None, :] <= cut)).to(torch.complex128)  # (C, n, n)
+    amplitude = psfs.repeat_interleave(u, dim=-2).repeat_interleave(u, dim=-1).sqrt()
+    angle = shift[:, 0, None, None] * freq[:, None] + shift[:, 1, None, None] * freq[None, :]
+    ramp = torch.exp(-2j * math.pi * angle)[:, None]  # (P, 1, n, n)
+    generator = torch.Generator(device=cpu).manual_seed(seed)
+    squared = torch.zeros(p, 2, dtype=torch.float64, device=cpu)
+    for _ in range(draws):
+        phase = 2 * math.pi * torch.rand(amplitude.shape, generator=generator, dtype=torch.float64, device=cpu)
+        fine = ifft2(torch.fft.fft2(amplitude * torch.exp(1j * phase)) * pupil).abs().square()
+        moved = ifft2(torch.fft.fft2(fine) * ramp).real
+        squared += linearised_shift_error(_bin(fine, u), _bin(moved, u), shift).square()
+    return (squared / draws).sqrt()
+
+
+def linearised_shift_error(template: torch.Tensor, target: torch.Tensor, shift_px: torch.Tensor) -> torch.Tensor:
+    """Shift error (P, 2) px of the geometry model fitted to ``target``: the (P, C, K, K) ``template``
+    moved by ``shift_px`` + error, rotated, magnified and scaled, by one weighted Gauss-Newton step from
+    ``shift_px`` (no rotation, magnification 1, brightness 1); weights ``1 / (target + floor x peak)``."""
+    p = template.shape[0]
+    zero = torch.zeros(p, dtype=template.dtype, device=template.device)
+    one = torch.ones_like(zero)
+
+    def model(d_shift=None, rotation=zero, magnification=one):
+        moved = shift_px if d_shift is None else shift_px + d_shift
+        return affine_resample(template, rotation, magnification, moved)
+
+    h_shift, h_rotation, h_magnification = STEPS
+    columns = []
+    for axis in range(2):
+        step = torch.zeros_like(shift_px)
+        step[:, axis] = h_shift
+        columns.append((model(step) - model(-step)) / (2 * h_shift))
+    columns.append((model(rotation=zero + h_rotation) - model(rotation=zero - h_rotation)) / (2 * h_rotation))
+    columns.append((model(magnification=one + h_magnification) - model(magnification=one - h_magnification))
+                   / (2 * h_magnification))
+    centre = model()
+    columns.append(centre)  # brightness
+    jac = torch.stack(columns, dim=-1).reshape(p, -1, len(columns))  # (P, pixels, 5)
+    residual = (target - centre).reshape(p, -1)
+    clamped = target.clamp(min=0).reshape(p, -1)
+    weight = 1.0 / (clamped + WEIGHT_FLOOR * clamped.amax(dim=1, keepdim=True))
+    normal = jac.transpose(1, 2) @ (weight[..., None] * jac)
+    gradient = jac.transpose(1, 2) @ (weight * residual)[..., None]
+    return torch.linalg.solve(normal, gradient)[:, :2, 0]
+
+
+def _bin(fine: torch.Tensor, u: int) -> torch.Tensor:
+    """Sum (P, C, K u, K u) over ``u x u`` blocks: (P, C, K, K)."""
+    p, c, n, _ = fine.shape
+    return fine.reshape(p, c, n // u, u, n // u, u).sum(dim=(3, 5))
+
+
+__all__ = ["STEPS", "WEIGHT_FLOOR", "linearised_shift_error", "shift_systematic_px"]

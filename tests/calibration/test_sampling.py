@@ -1,0 +1,108 @@
+"""The shifts' sampling systematic (calibration.sampling) and how the fit states it."""
+
+from __future__ import annotations
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from calibration.fit import FitSettings, MismatchFit, fit_mismatch
+from calibration.sampling import linearised_shift_error, shift_systematic_px
+from onn_core.errors import InputError
+from simulator.fabrication import AberrationOptics, affine_resample
+from tests.calibration.test_fit import measure, nominal
+
+D = torch.float64
+
+
+def optics(spot_px: float) -> AberrationOptics:
+    """Optics whose lambda F# is ``spot_px`` pixels of 3.45 um at 532 nm."""
+    return AberrationOptics(wavelengths_m=(532e-9,), f_number=spot_px * 3.45e-6 / 532e-9, pixel_pitch_m=3.45e-6)
+
+
+def psfs(count: int = 4, seed: int = 0) -> torch.Tensor:
+    """Random non-negative 7 x 7 PSFs in a 15 x 15 window."""
+    core = torch.rand(count, 1, 7, 7, generator=torch.Generator().manual_seed(seed), dtype=D)
+    return torch.nn.functional.pad(core, (4, 4, 4, 4))
+
+
+def test_the_linearised_geometry_model_recovers_a_move_it_contains():
+    """A target that IS the template moved (by a shift off the fitted one), slightly rotated and
+    magnified: one Gauss-Newton step returns the shift's offset (the bilinear model is linear in a
+    shift within a pixel cell up to the dy dx cross term, ~1e-6 px here)."""
+    template = psfs()
+    shift = torch.tensor([[0.3, -0.2], [0.1, 0.4], [-0.35, 0.05], [0.2, 0.2]], dtype=D)
+    offset = torch.tensor([[2e-3, -1e-3], [-1.5e-3, 5e-4], [1e-3, 1e-3], [0.0, -2e-3]], dtype=D)
+    target = affine_resample(template, torch.full((4,), 1e-4, dtype=D), torch.full((4,), 1.0 + 1e-4, dtype=D),
+                             shift + offset)
+    np.testing.assert_allclose(linearised_shift_error(template, target, shift).numpy(), offset.numpy(), atol=2e-5)
+
+
+def test_no_systematic_at_a_whole_pixel_and_one_at_a_fraction():
+    """Moved by whole pixels the binned speckle is the template moved (what the model does): ~0; at
+    0.3 px an under-sampled PSF (lambda F# = 0.62 px) is placed off by a few hundredths of a pixel."""
+    whole = shift_systematic_px(psfs(), torch.tensor([[1.0, -2.0]] * 4, dtype=D), optics(0.62))
+    fraction = shift_systematic_px(psfs(), torch.full((4, 2), 0.3, dtype=D), optics(0.62))
+    assert float(fraction.min()) > 0.01
+    assert float(whole.max()) < 0.02 * float(fraction.median())
+
+
+def test_the_systematic_falls_as_the_psf_becomes_well_sampled():
+    """Speckle grains of 0.62 px lock the shift towards whole pixels far more than a PSF sampled at
+    lambda F# = 5 px, whose structure the pixel values resolve (only the bilinear model's own
+    interpolation error is left)."""
+    shift = torch.full((4, 2), 0.3, dtype=D)
+    under = shift_systematic_px(psfs(), shift, optics(0.62))
+    well = shift_systematic_px(psfs(), shift, optics(5.0))
+    assert float(under.median()) > 1.5 * float(well.median())
+
+
+def test_seeded():
+    shift = torch.full((4, 2), 0.3, dtype=D)
+    first = shift_systematic_px(psfs(), shift, optics(0.62), draws=4, seed=3)
+    assert torch.equal(first, shift_systematic_px(psfs(), shift, optics(0.62), draws=4, seed=3))
+    assert not torch.equal(first, shift_systematic_px(psfs(), shift, optics(0.62), draws=4, seed=4))
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"draws": 0}, "draws must be an int >= 1"),
+    ({"shift_px": torch.zeros(3, 2, dtype=D)}, "shift_px \\(P, 2\\)"),
+    ({"optics": AberrationOptics(wavelengths_m=(5e-7, 6e-7, 7e-7, 8e-7))}, "4 wavelengths for 1 channels"),
+])
+def test_bad_input_is_named(kwargs, message):
+    args = {"psfs": psfs(), "shift_px": torch.zeros(4, 2, dtype=D), "optics": optics(0.62), **kwargs}
+    with pytest.raises(InputError, match=message):
+        shift_systematic_px(**args)
+
+
+def test_the_fit_adds_the_systematic_to_the_shift_sigmas_only(tmp_path):
+    """Same fit with and without the systematic: equal values, equal sigmas except the shifts', whose
+    sigma^2 is the noise's plus the systematic's (that of the fitted shapes at the fitted shifts);
+    the calibration file keeps it."""
+    measurement, _ = measure({"seed": 5, "spec": {"shift_std_px": 0.3, "brightness_rel_std": 0.1}}, averages=2)
+    plain = fit_mismatch(measurement, nominal(), settings=FitSettings(stages=("geometry",), sampling_draws=0))
+    fit = fit_mismatch(measurement, nominal(), settings=FitSettings(stages=("geometry",), sampling_draws=8))
+    assert all(p.systematic == 0.0 for p in plain.parameters)
+    for a, b in zip(fit.parameters, plain.parameters):
+        assert (a.name, a.value) == (b.name, b.value)
+        if a.kind == "shift_px":
+            assert a.systematic > 0 and a.sigma == pytest.approx(np.hypot(b.sigma, a.systematic), rel=1e-12)
+        else:
+            assert a.systematic == 0.0 and a.sigma == b.sigma
+    system = nominal()
+    shaped = torch.nn.functional.pad(system.design.psfs().double(), (system.geometry.psf_margin_px,) * 4)
+    expected = shift_systematic_px(shaped, fit.errors.shift_px, FitSettings().aberration, draws=8)
+    stated = np.array([[p.systematic for p in fit.parameters if p.name == f"shift_px[{i}][{a}]"][0]
+                       for i in range(system.num_psfs) for a in range(2)])
+    np.testing.assert_allclose(stated, expected.reshape(-1).numpy(), rtol=1e-5)  # shapes at identity: to rounding
+    with h5py.File(tmp_path / "fit.h5", "w") as f:
+        fit.to_hdf5(f.create_group("fit"))
+    with h5py.File(tmp_path / "fit.h5", "r") as f:
+        back = MismatchFit.from_hdf5(f["fit"])
+    assert [p.systematic for p in back.parameters] == [p.systematic for p in fit.parameters]
+
+
+def test_bad_sampling_draws_are_named():
+    with pytest.raises(InputError, match="sampling_draws must be an int >= 0"):
+        FitSettings(sampling_draws=-1)
