@@ -30,6 +30,12 @@ Phases (each resumable; ``--phase all`` runs them in order):
 6. ``timing``: ``make demo``'s job run end to end into a fresh folder (``run_seconds``,
    ``capture_frames_per_s``).
 
+Segmentation phases, by name only (not in ``all``), on the hand-run job folder ``root/seg_device_N``
+(``--seg-device``; ``hil run examples/run_sim_seg.yaml --out-dir ROOT/seg_device_N`` with its captures):
+``seg_tune`` (as ``tune``, scored by validation mIoU, into ``root/seg_tuning_N.json``; the NTKD methods
+only where the job's teacher check let them run) and ``seg_final`` (as ``final`` on that folder); the
+report's ``segmentation.tuned`` reads them.
+
 Usage::
 
     nice -n 19 python benchmarks/hil.py [--root out/bench_hil] [--phase all]
@@ -62,6 +68,7 @@ from hil import job as steps  # noqa: E402
 from hil.job.steps import captured_sets  # noqa: E402
 from hil.job.controls import DESIGN_FT, design_convergence, ntkd_methods  # noqa: E402
 from hil.job.state import write_json  # noqa: E402
+from hil.job.task import job_task  # noqa: E402
 from onn_core import config as config_io  # noqa: E402
 
 log = logging.getLogger("benchmarks.hil")
@@ -70,6 +77,9 @@ EXAMPLES = REPO / "examples"
 STUDENT_SET = {"data.train_subset": None, "train.epochs": 12}
 TEACHER_SET = {"train.epochs": 15}
 PHASES = ("design", "capture", "tune", "final", "report", "timing")
+#: segmentation phases, run by name only (not in ``--phase all``): on the hand-run job folder
+#: ``root/seg_device_N`` (``hil run examples/run_sim_seg.yaml``, captures done)
+SEG_PHASES = ("seg_tune", "seg_final")
 
 
 def main(argv=None) -> int:
@@ -78,7 +88,11 @@ def main(argv=None) -> int:
     parser.add_argument("--fabrication", type=Path, default=EXAMPLES / "optics_fabricated.yaml")
     parser.add_argument("--root", type=Path, default=REPO / "out" / "bench_hil")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "hil.json")
-    parser.add_argument("--phase", choices=("all", *PHASES), default="all")
+    parser.add_argument("--phase", choices=("all", *PHASES, *SEG_PHASES), default="all")
+    parser.add_argument("--seg-config", type=Path, default=EXAMPLES / "run_sim_seg.yaml",
+                        help="the segmentation job's config (seg_tune, seg_final)")
+    parser.add_argument("--seg-device", type=int, default=1,
+                        help="the segmentation job folder root/seg_device_N the seg phases use")
     parser.add_argument("--devices", type=int, nargs="+", default=[1, 2, 3, 4, 5])
     parser.add_argument("--final-devices", type=int, nargs="+", default=None,
                         help="the devices the final phase runs (default: all): split them between processes")
@@ -106,6 +120,8 @@ class Benchmark:
         self.root = args.root.resolve()
         self.first = args.devices[0]
         self.tuning_file = self.root / "tuning.json"
+        self.seg_dir = self.root / f"seg_device_{args.seg_device}"
+        self.seg_tuning_file = self.root / f"seg_tuning_{args.seg_device}.json"
 
     # ------------------------------------------------------------------ jobs
     def job(self, device: int):
@@ -148,9 +164,16 @@ class Benchmark:
         config_io.save_yaml(data, file)
         return file
 
+    def seg_job(self):
+        """The hand-run segmentation job (its own config and folder: the same identity, nothing redone)."""
+        return steps.load_job(self.args.seg_config, self.seg_dir)
+
     def context(self, device: int) -> dict:
         """What the fine-tuning of ``device`` needs: its job, student, calibration, design id, teacher."""
-        job = self.job(device)
+        return self.job_context(self.job(device))
+
+    def job_context(self, job) -> dict:
+        """:meth:`context` of a job."""
         models = steps.train_models(job)
         _, design_id = steps.design_identity(job.run_dir / "design" / "optics.yaml")
         student, calibration = load_model(models["student"]), steps.load_job_calibration(job, design_id)
@@ -169,9 +192,24 @@ class Benchmark:
 
     def tune(self) -> None:
         """Learning rate per method and fraction, then the NTK weight of the NTKD methods (module docstring)."""
-        ctx = self.context(self.first)
-        methods = [DESIGN_FT, *ctx["job"].config.finetune.methods]
-        tuning = json.loads(self.tuning_file.read_text()) if self.tuning_file.is_file() else {}
+        self.tune_job(self.context(self.first), self.tuning_file)
+
+    def seg_tune(self) -> None:
+        """:meth:`tune` on the segmentation job (scored by validation mIoU; the NTKD methods only where
+        the job's own teacher check let them run)."""
+        self.tune_job(self.seg_context(), self.seg_tuning_file)
+
+    def seg_context(self) -> dict:
+        ctx = self.job_context(self.seg_job())
+        check = self.seg_dir / "finetune" / "teacher_check.json"
+        if check.is_file() and not json.loads(check.read_text())["usable"]:
+            ctx["methods"] = [m for m in ctx["job"].config.finetune.methods if not ntkd_methods([m])]
+        return ctx
+
+    def tune_job(self, ctx, tuning_file: Path) -> None:
+        methods = [DESIGN_FT, *ctx.get("methods", ctx["job"].config.finetune.methods)]
+        metric = f"best_val_{job_task(ctx['job']).metric}"
+        tuning = json.loads(tuning_file.read_text()) if tuning_file.is_file() else {}
         for fraction in ctx["job"].config.capture.fractions:
             key = steps.fraction_key(fraction)
             scores = tuning.setdefault(key, {})
@@ -181,8 +219,8 @@ class Benchmark:
                 for method in group:
                     entries = runs.get(method, {}).get(key, [])
                     if entries:
-                        scores.setdefault(method, {})[setting_name(lr, weight)] = entries[0]["best_val_accuracy"]
-                write_json(self.tuning_file, tuning)
+                        scores.setdefault(method, {})[setting_name(lr, weight)] = entries[0][metric]
+                write_json(tuning_file, tuning)
 
             grid = widened(self.args.lrs, lambda lr: score(lr, 1.0, methods), methods, scores, 1.0,
                            self.args.widen)
@@ -193,27 +231,33 @@ class Benchmark:
                 lr = best_setting(scores[method])[0]
                 widened(self.args.ntk_weights, lambda w, m=method, lr=lr: score(lr, w, [m]), [method], scores,
                         lr, self.args.widen, weights=True)
-        write_json(self.tuning_file, tuning)
+        write_json(tuning_file, tuning)
 
     def final(self) -> None:
         tuning = json.loads(self.tuning_file.read_text())
         for device in self.args.final_devices or self.args.devices:
-            ctx = self.context(device)
-            groups: dict = {}  # (lr, ntk weight, fraction) -> methods chosen there (the control included)
-            for fraction in ctx["job"].config.capture.fractions:
-                for method, settings in tuning[steps.fraction_key(fraction)].items():
-                    groups.setdefault((*best_setting(settings), fraction), []).append(method)
-            chosen: dict = {}  # method -> fraction -> the runs of its chosen setting
-            for (lr, weight, fraction), group in sorted(groups.items()):
-                runs = self.finetune(ctx, group, lr, weight, self.args.seeds, fraction, prefix="final")
-                key = steps.fraction_key(fraction)
-                for method in group:
-                    if runs.get(method, {}).get(key):  # an NTKD method the teacher check left out has none
-                        chosen.setdefault(method, {})[key] = runs[method][key]
-            write_json(self.run_dir(device) / "bench.json", chosen)
-            evaluation = steps.evaluate(ctx["job"], ctx["student"], ctx["calibration"], ctx["design_id"], name="bench")
-            write_json(self.run_dir(device) / "bench_device.json",
-                       device_row(device, evaluation, tuning, self.run_dir(device)))
+            self.final_job(self.context(device), tuning, device, self.run_dir(device))
+
+    def seg_final(self) -> None:
+        """:meth:`final` on the segmentation job at its tuned settings (``seg_device_N/bench_device.json``)."""
+        self.final_job(self.seg_context(), json.loads(self.seg_tuning_file.read_text()), self.args.seg_device,
+                       self.seg_dir)
+
+    def final_job(self, ctx, tuning: dict, device: int, run_dir: Path) -> None:
+        groups: dict = {}  # (lr, ntk weight, fraction) -> methods chosen there (the control included)
+        for fraction in ctx["job"].config.capture.fractions:
+            for method, settings in tuning[steps.fraction_key(fraction)].items():
+                groups.setdefault((*best_setting(settings), fraction), []).append(method)
+        chosen: dict = {}  # method -> fraction -> the runs of its chosen setting
+        for (lr, weight, fraction), group in sorted(groups.items()):
+            runs = self.finetune(ctx, group, lr, weight, self.args.seeds, fraction, prefix="final")
+            key = steps.fraction_key(fraction)
+            for method in group:
+                if runs.get(method, {}).get(key):  # an NTKD method the teacher check left out has none
+                    chosen.setdefault(method, {})[key] = runs[method][key]
+        write_json(run_dir / "bench.json", chosen)
+        evaluation = steps.evaluate(ctx["job"], ctx["student"], ctx["calibration"], ctx["design_id"], name="bench")
+        write_json(run_dir / "bench_device.json", device_row(device, evaluation, tuning, run_dir))
 
     def finetune(self, ctx, methods, lr, weight, seeds, fraction, *, prefix):
         """``steps.finetune_all`` for ``methods`` (the ``design_ft`` control comes along) at one setting
@@ -250,6 +294,7 @@ class Benchmark:
                              "devices": {folder.name: segmentation_figures(folder)
                                          for folder in sorted(self.root.glob("seg_device_*"))
                                          if (folder / "report.json").is_file()},
+                             "tuned": self.seg_tuned(),
                              "superseded": SEGMENTATION_SUPERSEDED},
             "settings": {"config": "examples/run_sim.yaml", "fabrication": "examples/optics_fabricated.yaml",
                          "errors": config_io.load_yaml(self.args.fabrication)["errors"]["spec"],
@@ -259,6 +304,17 @@ class Benchmark:
         print("\n".join(summary_table(result)))
         finish([], result, self.args.out)
         plot(result, self.args.out.with_suffix(".png"))
+
+    def seg_tuned(self) -> dict | None:
+        """The segmentation job's tuned rows (``seg_tune``, ``seg_final``), None before they ran."""
+        row_file = self.seg_dir / "bench_device.json"
+        if not row_file.is_file():
+            return None
+        return {"how": "seg_tune + seg_final of benchmarks/hil.py on the segmentation job's folder: the lr of "
+                       "every method and of design_ft per fraction, scored by validation mIoU on tuning seed "
+                       f"{TUNING_SEED}, the chosen settings on the final seeds; mIoU on the job's captured test set",
+                "row": json.loads(row_file.read_text()),
+                "tuning": json.loads(self.seg_tuning_file.read_text()) if self.seg_tuning_file.is_file() else None}
 
     def timing(self) -> None:
         """``make demo``'s job, fresh, timed end to end (``root/timing``)."""
@@ -395,13 +451,14 @@ def device_row(device: int, evaluation: dict, tuning: dict, run_dir: Path) -> di
            "clipped_pixel_fraction": max(v["clipped_pixel_fraction"] for v in capture.values()
                                          if isinstance(v, dict) and "clipped_pixel_fraction" in v),
            "exposure_s": capture["exposure"]["exposure_s"], "design_ft": {}, "by_fraction": {}}
+    values = "mious" if evaluation.get("metric") == "miou" else "accuracies"
     for key, cell in evaluation["design_ft"].items():
-        row["design_ft"][key] = {"mean": cell["mean"], "accuracies": cell["accuracies"],
+        row["design_ft"][key] = {"mean": cell["mean"], values: cell[values],
                                  "setting": setting_name(*best_setting(tuning[key][DESIGN_FT]))}
     for method, cells in evaluation["by_fraction"].items():
         for key, cell in cells.items():
             row["by_fraction"].setdefault(method, {})[key] = {
-                "mean": cell["mean"], "accuracies": cell["accuracies"], "recovered_fraction": cell["recovered_fraction"],
+                "mean": cell["mean"], values: cell[values], "recovered_fraction": cell["recovered_fraction"],
                 "setting": setting_name(*best_setting(tuning[key][method]))}
     return row
 
