@@ -101,11 +101,16 @@ def markdown(calibration: Calibration, files: dict[str, Path], graded: list[Verd
             *_holdout_lines(fit.holdout_residual_over_noise),
             f"Sigmas: Fisher (Cramer-Rao) times {fit.sigma_scale:.3g} "
             + ("(sqrt of the reduced chi-square: the model misfits beyond the noise)." if fit.sigma_scale > 1
-               else "(the misfit is the noise's)."),
+               else "(the misfit is the noise's).")
+            + (" Shift sigmas add the sampling systematic in quadrature (what resampling pixel values cannot"
+               " place of a PSF's structure below the pixel scale; noted per shift)."
+               if any(p.systematic for p in fit.parameters) else ""),
             "", "| parameter | value | sigma | note |", "|---|---|---|---|"]
         for p in fit.parameters:
             note = "not identifiable: fixed at design" if not p.identifiable else (
                 "sign not determined" if p.sign_ambiguous else "")
+            if p.systematic and p.identifiable:
+                note = f"sampling systematic {p.systematic:.2g}"
             lines.append(f"| {p.name} | {p.value:.5g} | {p.sigma:.2g} | {note} |")
         lines.append("")
     figures = []

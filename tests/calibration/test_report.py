@@ -164,3 +164,19 @@ def test_the_psf_figure_shares_one_scale_per_row_for_measured_and_model(calibrat
     assert "own scale" in titles[column["designed"]] and "symmetric scale" in titles[column["residual"]]
     assert "shared" in titles[column["measured"]] and "shared" in titles[column["calibrated"]]
     assert grid[0, 0].get_ylabel().startswith("PSF 0\nresidual ")
+
+
+def test_the_parameter_table_notes_each_shift_sampling_systematic(report):
+    """Shift sigmas include the sampling systematic (calibration.sampling): the table says how much, per
+    shift, and the text above it says it is added in quadrature; no other row carries one."""
+    files, calibration = report
+    text = files["markdown"].read_text()
+    assert "Shift sigmas add the sampling systematic in quadrature" in text
+    rows = {row[0]: row for row in table_rows(dict(sections(text))["Mismatch fit"])}
+    for p in calibration.fit.parameters:
+        expected = f"sampling systematic {p.systematic:.2g}" if p.kind == "shift_px" and p.identifiable else None
+        assert p.systematic > 0 if p.kind == "shift_px" else p.systematic == 0.0
+        if expected:
+            assert rows[p.name][3] == expected
+        else:
+            assert "sampling" not in rows[p.name][3]
