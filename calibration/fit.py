@@ -106,7 +106,8 @@ import torch
 
 from onn_core import config as config_io
 from onn_core.errors import InputError
-from simulator.fabrication import AberrationOptics, FabricationErrors, error_shapes, place_psfs, shape_psfs
+from simulator.fabrication import (AberrationOptics, FabricationErrors, aberration_transfer_derivatives,
+                                   error_shapes, gaussian_transfer, place_psfs, shape_psfs)
 from simulator.validation import is_transformed
 from simulator.system import OpticalSystem
 from simulator.zernike import noll_to_nm
@@ -121,6 +122,8 @@ log = logging.getLogger(__name__)
 STAGES = ("geometry", "photometry", "optics", "residual")
 #: How the Levenberg-Marquardt Jacobian is computed (:meth:`_Model.jacobian`).
 JACOBIANS = ("autodiff", "finite_differences")
+#: The parameter kinds that change a PSF's shape (blur, aberration), before it is placed.
+SHAPE_KINDS = ("blur_variance_px2", "zernike_waves")
 #: Schema name and version of a stored :class:`MismatchFit` (:mod:`calibration.hdf5`).
 SCHEMA, SCHEMA_VERSION = "onn_hil.calibration.fit", 2
 #: Start of even Zernike terms, in waves RMS (their gradient vanishes at 0).
@@ -475,29 +478,23 @@ class _Model:
         """Per index, d rate / d theta along its group's tangent (masked pixels), by ``torch.func``.
 
         Two blocks: a PSF's shape (blur, aberration: the costly part) depends on its own shape
-        parameters only, so one tangent per shape slot gives every PSF's shape derivative at once;
-        the image is linear in the shaped PSFs, so a shape group's derivative is the image's
-        derivative along those shape derivatives, and every group's is one ``vmap`` of image ``jvp``s."""
+        parameters only, so one tangent per shape slot gives every PSF's shape derivative at once
+        (:meth:`_shape_derivatives`); the image is linear in the shaped PSFs, so a shape group's
+        derivative is the image's derivative along those shape derivatives, and every group's is one
+        ``vmap`` of image ``jvp``s."""
         kernel_error = self.kernel_error
         keys = list(groups)
-        shape_kinds = ("blur_variance_px2", "zernike_waves")
-        slots = sorted({key[0] for key in keys if key[0][0] in shape_kinds})
+        slots = sorted({key[0] for key in keys if key[0][0] in SHAPE_KINDS})
         with torch.no_grad():
-            shaped = self._shape(theta)
+            shaped = self.shaped(theta)
+        shape_derivatives = self._shape_derivatives(theta, slots)
         theta_tangents = torch.zeros(len(keys), theta.numel(), dtype=theta.dtype, device=self.device)
         shaped_tangents = torch.zeros(len(keys), *shaped.shape, dtype=shaped.dtype, device=self.device)
-        if slots:
-            per_slot = torch.zeros(len(slots), theta.numel(), dtype=theta.dtype, device=self.device)
-            for i, (kind, slot) in enumerate(slots):
-                block = self.block(kind)
-                per_slot[i, block.start + slot:block.stop:(block.stop - block.start) // self.p] = 1.0
-            shape_derivatives = torch.func.vmap(lambda tangent: torch.func.jvp(
-                lambda t: self._shape(t), (theta,), (tangent,))[1])(per_slot)
         for g, key in enumerate(keys):
             indices = groups[key]
-            if key[0][0] in shape_kinds:
+            if key[0][0] in SHAPE_KINDS:
                 owners = self.tensor(self.owner[indices])
-                shaped_tangents[g, owners] = shape_derivatives[slots.index(key[0])][owners]
+                shaped_tangents[g, owners] = shape_derivatives[key[0]][owners]
             else:
                 theta_tangents[g, indices] = 1.0
 
@@ -507,6 +504,48 @@ class _Model:
         passes = torch.func.vmap(lambda a, b: torch.func.jvp(image, (theta, shaped), (a, b))[1])(
             theta_tangents, shaped_tangents)
         return {index: passes[g] for g, key in enumerate(keys) for index in groups[key]}
+
+    def _shape_derivatives(self, theta: torch.Tensor, slots: list[tuple[str, int]]) -> dict[tuple, torch.Tensor]:
+        """Per shape slot ``(kind, slot)``, every PSF's shaped PSF (P, C, K', K') differentiated by its
+        own parameter in that slot (blur variance per px^2, Zernike term per wave), by forward mode.
+
+        The shaped PSFs are linear in their filter ``T = G H`` (:func:`~simulator.fabrication.shape_psfs`
+        with a given transfer), G the blur's and H the aberration's, so ``d shaped`` is the shaping by
+        ``dG H`` or ``G dH``: the Zernike terms' ``dH`` in closed form, all terms from one aberrated OTF
+        (:func:`~simulator.fabrication.aberration_transfer_derivatives`), the blur's ``dG`` by
+        ``torch.func.jvp`` without differentiating H at all."""
+        if not slots:
+            return {}
+        margin = self.system.geometry.psf_margin_px
+        k = self.k + 2 * margin
+        errors = self.errors(theta)
+
+        def blur(t):
+            return gaussian_transfer(self.errors(t).blur_sigma_px, k)[:, None]
+
+        zernike = [slot for slot in slots if slot[0] == "zernike_waves"]
+        h = dh = None
+        if zernike or bool((errors.zernike_m != 0).any()):
+            modes = tuple(self.zernike_index[slot] for _, slot in zernike)
+            h, dh = aberration_transfer_derivatives(errors.zernike_m, self.aberration, self.channels, k,
+                                                    theta.dtype, modes)
+            dh = dh * self.aberration.wavelengths_m[0]  # per wave (the fit's Zernike unit, errors())
+        g = blur(theta)
+        derivatives = {slot: shape_psfs(self.design_psfs, errors, margin, transfer=g * dh[i])
+                       for i, slot in enumerate(zernike)}
+        if ("blur_variance_px2", 0) in slots:
+            dg = torch.func.jvp(blur, (theta,), (self._slot_tangent(theta, ("blur_variance_px2", 0)),))[1]
+            derivatives[("blur_variance_px2", 0)] = shape_psfs(self.design_psfs, errors, margin,
+                                                               transfer=dg if h is None else dg * h)
+        return derivatives
+
+    def _slot_tangent(self, theta: torch.Tensor, slot: tuple[str, int]) -> torch.Tensor:
+        """The unit tangent moving every PSF's parameter in ``slot`` ``(kind, slot)`` together."""
+        kind, index = slot
+        block = self.block(kind)
+        tangent = torch.zeros_like(theta)
+        tangent[block.start + index:block.stop:(block.stop - block.start) // self.p] = 1.0
+        return tangent
 
     def _difference_changes(self, theta: torch.Tensor, groups: dict) -> dict[int, torch.Tensor]:
         """Per index, the finite difference of the rate (masked pixels) along its group's step."""

@@ -134,7 +134,7 @@ from .layout import TileLayout
 from .pupil import circular_pupil
 from .sampling import fast_fft_size
 from .validation import check_positive, check_tensor, complex_dtype_for, is_transformed
-from .zernike import wavefront_to_phase, zernike_wavefront
+from .zernike import zernike_basis
 
 #: Per-PSF error tensors, their trailing shape after P, and their identity value.
 PSF_FIELDS = {
@@ -595,6 +595,15 @@ def aberration_transfer(zernike_m: torch.Tensor, optics: AberrationOptics, chann
     ``_IMPULSE_OVERSAMPLING`` times finer in frequency than the ``2K-1`` one (its tail wraps only from
     beyond that many window widths), then cropped.
     """
+    return aberration_transfer_derivatives(zernike_m, optics, channels, k, dtype, ())[0]
+
+
+def aberration_transfer_derivatives(zernike_m: torch.Tensor, optics: AberrationOptics, channels: int, k: int, dtype,
+                                    modes: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`aberration_transfer` (P, C, M, M) and its derivatives (len(modes), P, C, M, M): entry ``i``
+    is every PSF's transfer differentiated by its own coefficient ``zernike_m[p, modes[i]]`` (per metre;
+    ``modes``: 0-based Noll indices), in closed form (:func:`_otf_ratio`: one more FFT per mode, the
+    aberrated pupil's own shared). The transfer stays differentiable by autograd; the derivatives are not."""
     wavelengths = optics.wavelengths_m
     if len(wavelengths) not in (1, channels):
         raise InputError(f"aberration wavelengths_m has {len(wavelengths)} entries, expected 1 or {channels} (channels)")
@@ -603,14 +612,22 @@ def aberration_transfer(zernike_m: torch.Tensor, optics: AberrationOptics, chann
     lags = _lag_axis(m, torch.float64, zernike_m.device).long() % m_fine
     rows = []
     for wavelength in (wavelengths * channels if len(wavelengths) == 1 else wavelengths):
-        impulse = ifft2(_otf_ratio(zernike_m, wavelength, optics, m_fine, dtype)).real
+        impulse = ifft2(_otf_ratio(zernike_m, wavelength, optics, m_fine, dtype, modes)).real  # linear in the ratio
         rows.append(torch.fft.fft2(impulse[..., lags[:, None], lags[None, :]]))
-    return torch.stack(rows, dim=-3)
+    transfer = torch.stack(rows, dim=-3)
+    return transfer[0], transfer[1:]
 
 
-def _otf_ratio(zernike_m: torch.Tensor, wavelength: float, optics: AberrationOptics, m: int, dtype) -> torch.Tensor:
+def _otf_ratio(zernike_m: torch.Tensor, wavelength: float, optics: AberrationOptics, m: int, dtype,
+               modes: tuple[int, ...] = ()) -> torch.Tensor:
     """``OTF_ab / OTF_dl`` at the pixel-grid frequencies ``k / (m pitch)`` of a size-``m`` DFT (FFT order),
-    (P, m, m); 1 beyond the pupil's cutoff."""
+    1 beyond the pupil's cutoff, then its derivative by each PSF's coefficient ``modes[i]`` (per metre;
+    0 beyond the cutoff): (1 + len(modes), P, m, m).
+
+    The derivatives in closed form: the aberrated pupil ``A = P exp(i phi)`` moves by ``dA = i dphi A``
+    (``dphi = 2 pi Z_j / lambda``), so its power spectrum ``|F A|^2`` by ``Re(conj(F A) F (2 dA))``: one
+    FFT per mode, and the rest of the chain (the autocorrelation from the power spectrum, the division
+    by ``OTF_dl``) is linear."""
     # Pupil samples across the diameter such that pixel-grid frequency k/(m pitch) is a lag of
     # q*k pupil samples: n_D = q m pitch / (lambda F#).
     samples_per_lag = optics.pixel_pitch_m / (wavelength * optics.f_number) * m
@@ -621,30 +638,52 @@ def _otf_ratio(zernike_m: torch.Tensor, wavelength: float, optics: AberrationOpt
     # autocorrelation of size >= 2 support + 1 holds unwrapped (and zero), as it does every smaller lag.
     reach = min(q * (m - 1) // 2, support)
     n = fast_fft_size(support + reach + 1)
-    grid = Grid.square(n, 2.0 / n_diameter)  # normalised pupil coordinates: radius 1
-    pupil, otf_dl = _clear_pupil(n, n_diameter, dtype, zernike_m.device)
-    phase = wavefront_to_phase(zernike_wavefront(zernike_m.to(dtype), grid, 1.0), wavelength)[..., 0, :, :]
-    otf_ab = _autocorrelation(pupil * torch.exp(1j * phase))
-    lags = (_lag_axis(m, torch.float64, zernike_m.device) * q).long().clamp(-reach, reach) % n
-    otf_ab = otf_ab[..., lags[:, None], lags[None, :]]
-    otf_dl = otf_dl[..., lags[:, None], lags[None, :]]
+    lags = tuple(min(max(q * int(k), -reach), reach) for k in _lag_axis(m, torch.float64, "cpu"))
+    pupil, basis, lags, otf_dl = _clear_pupil(n, n_diameter, zernike_m.shape[-1], lags, dtype, zernike_m.device)
+    phase = (2.0 * math.pi / wavelength) * torch.tensordot(zernike_m.to(dtype), basis, dims=([-1], [0]))
+    field = torch.complex(pupil * torch.cos(phase), pupil * torch.sin(phase))
+    spectrum = torch.fft.fft2(field, s=(n, n))
+    otf_ab = [_autocorrelation(spectrum.real.square() + spectrum.imag.square(), n, lags)]
+    for mode in modes:  # one at a time: each temporary is as large as the pupil's own
+        slope = (4.0 * math.pi / wavelength) * basis[mode]  # 2 d phase / d coefficient
+        moved = torch.fft.fft2(torch.complex(-slope * field.imag, slope * field.real), s=(n, n))
+        otf_ab.append(_autocorrelation(torch.addcmul(spectrum.real * moved.real, spectrum.imag, moved.imag), n, lags))
+    otf_ab = torch.stack(otf_ab)
     passband = otf_dl.abs() > _OTF_CUTOFF_RTOL * otf_dl[..., :1, :1].abs()
-    return torch.where(passband, otf_ab / torch.where(passband, otf_dl, torch.ones_like(otf_dl)),
-                       torch.ones_like(otf_ab))
+    beyond = torch.ones_like(otf_ab).index_fill(0, torch.arange(1, len(otf_ab), device=otf_ab.device), 0)
+    return torch.where(passband, otf_ab / torch.where(passband, otf_dl, torch.ones_like(otf_dl)), beyond)
 
 
 @functools.lru_cache(maxsize=16)
-def _clear_pupil(n: int, n_diameter: float, dtype, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """The clear circular pupil on an ``n x n`` grid ``n_diameter`` samples across, and its
-    autocorrelation (the diffraction-limited OTF), cached: they do not depend on the aberration."""
-    pupil = circular_pupil(Grid.square(n, 2.0 / n_diameter), 1.0, dtype=dtype, device=device)
-    return pupil, _autocorrelation(pupil.to(complex_dtype_for(dtype)))
+def _clear_pupil(n: int, n_diameter: float, num_zernike: int, lags: tuple[int, ...], dtype,
+                 device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The clear circular pupil ``n_diameter`` samples across, cropped to the rows and columns it touches,
+    the Noll modes 1..``num_zernike`` there (pupil radius 1), ``lags`` (signed pupil samples, one axis) as a
+    tensor, and the pupil's autocorrelation (the diffraction-limited OTF) at those lags on an ``n x n``
+    circular grid; cached: they do not depend on the aberration."""
+    grid = Grid.square(n, 2.0 / n_diameter)  # normalised pupil coordinates: radius 1
+    pupil = circular_pupil(grid, 1.0, dtype=dtype, device=device)
+    rows, cols = (torch.nonzero(pupil.sum(dim=d) > 0).flatten() for d in (1, 0))
+    rows, cols = slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1)
+    basis = zernike_basis(num_zernike, grid, 1.0, dtype=dtype, device=device)[:, rows, cols]
+    pupil = pupil[rows, cols]
+    lags = torch.tensor(lags, dtype=torch.int64, device=device)
+    return pupil, basis, lags, _autocorrelation(torch.fft.fft2(pupil, s=(n, n)).abs().square(), n, lags)
 
 
-def _autocorrelation(pupil: torch.Tensor) -> torch.Tensor:
-    """Circular autocorrelation ``sum_u P(u + s) conj(P(u))`` by FFT (zero-padded by the caller)."""
-    spectrum = torch.fft.fft2(pupil)
-    return ifft2(spectrum.real**2 + spectrum.imag**2)
+def _autocorrelation(power: torch.Tensor, n: int, lags: torch.Tensor) -> torch.Tensor:
+    """Circular autocorrelation ``sum_u F(u + s) conj(F(u))`` of a field F zero-padded to ``n x n``
+    (``n >=`` its support ``+ max|lag|``: no lag wraps) from its power spectrum ``power = |DFT F|^2``
+    (..., n, n), at the lags ``s = (lags[i], lags[j])`` (signed samples), (..., L, L); linear in
+    ``power`` (any real spectrum is taken). A real spectrum's inverse DFT is Hermitian: only the lags
+    ``s_x >= 0`` are transformed (one-sided along x, then only those columns along y), the others are
+    the conjugates of their mirror images."""
+    reach = int(lags.abs().max())
+    half = torch.fft.ifft(torch.fft.ihfft(power, dim=-1)[..., :reach + 1], dim=-2)  # lags (all s_y, s_x >= 0)
+    negative = lags[None, :] < 0
+    rows = torch.where(negative, -lags[:, None], lags[:, None]) % n
+    value = half[..., rows, lags.abs()[None, :].expand_as(rows)]
+    return torch.where(negative, value.conj(), value)
 
 
 def filter_psfs(psfs: torch.Tensor, transfer: torch.Tensor) -> torch.Tensor:

@@ -14,6 +14,7 @@ from simulator.fabrication import (
     ErrorSpec,
     FabricationErrors,
     aberration_transfer,
+    aberration_transfer_derivatives,
     apply_frame_errors,
     apply_psf_errors,
     filter_psfs,
@@ -230,6 +231,38 @@ def test_aberration_filter_is_the_linear_convolution_with_the_unwrapped_impulse_
     inside = reference[k // 2:k // 2 + k, k // 2:k // 2 + k].sum()
     assert abs(kept - inside) < 4e-4 and abs(kept - 1) > 5e-4
     assert abs(reference.sum() - 1) < 1e-3
+
+
+def test_aberration_filter_is_the_reference_impulse_response_at_the_same_oversampling_to_rounding():
+    """The OTFs from the pupil's power spectrum, transformed only at the lags used (one-sided, Hermitian),
+    equal the full zero-padded FFT autocorrelation of the numpy reference on the same grid (pixel pitch
+    above lambda F#, and at half of it: the pupil's cutoff at the band's edge)."""
+    coeffs = [0.0, 0.0, 0.0, 3e-8, -1.5e-8, 1.5e-8, 2e-8]
+    for wavelength, f_number, pitch, k in ((532e-9, 2.5, 3.45e-6, 11), (500e-9, 2.0, 0.5e-6, 7)):
+        reference = reference_impulse_response(coeffs, wavelength, f_number, pitch, k, oversampling=5)
+        transfer = aberration_transfer(torch.tensor([coeffs], dtype=D), AberrationOptics((wavelength,), f_number, pitch),
+                                       1, k, D)[0, 0]
+        impulse = torch.fft.fftshift(torch.fft.ifft2(transfer).real).numpy()
+        np.testing.assert_allclose(impulse, reference, rtol=0, atol=1e-10 * np.abs(reference).max())
+
+
+def test_aberration_transfer_derivatives_equal_central_differences():
+    """The closed-form derivative of every PSF's transfer by its own Zernike coefficient (one FFT per
+    mode) equals the central difference moving that coefficient of all PSFs at once (a PSF's transfer
+    depends on its own coefficients only), to 1e-7 relative; the transfer returned beside it is
+    :func:`aberration_transfer` exactly. Two channels of different wavelengths, coma included."""
+    optics = AberrationOptics((532e-9, 633e-9), 2.5, 3.45e-6)
+    z = torch.tensor([[0.0, 0.0, 0.0, 3e-8, 1.5e-8, -1e-8, 2e-8], [0.0, 0.0, 0.0, -2e-8, 0.0, 2.5e-8, -1e-8]], dtype=D)
+    modes, k, h = (3, 5, 6), 7, 1e-11
+    transfer, derivatives = aberration_transfer_derivatives(z, optics, 2, k, D, modes)
+    assert torch.equal(transfer, aberration_transfer(z, optics, 2, k, D))
+    assert derivatives.shape == (3, 2, 2, 2 * k - 1, 2 * k - 1)
+    for i, mode in enumerate(modes):
+        step = torch.zeros_like(z)
+        step[:, mode] = h
+        difference = (aberration_transfer(z + step, optics, 2, k, D) - aberration_transfer(z - step, optics, 2, k, D)) / (2 * h)
+        error = float((derivatives[i] - difference).abs().max() / difference.abs().max())
+        assert error < 1e-7, (mode, error)
 
 
 def test_aberration_filter_convolves_linearly_without_wrapping():
