@@ -20,13 +20,17 @@ residual        a regularised relative kernel error on the whole PSF window (the
 ==============  ==============================================================================
 
 The first three stages are solved by Levenberg-Marquardt (Marquardt's diagonal scaling, so units do
-not matter) with the Jacobian (``FitSettings.jacobian``) by central differences in float64 (two
-forward passes per parameter group, only the perturbed PSFs' shapes recomputed), or by forward-mode
-automatic differentiation (``torch.func.jvp`` in one ``vmap``, the shape block apart: see
-:meth:`_Model.jacobian`). Both agree to 1e-6 away from the shift model's kinks; on the example device
-(16 PSFs, Zernike 4-6, residual stage, one thread, loaded machine) the full fit took 95 s with
-differences and 106 s with autodiff (the Zernike terms' OTF derivative costs more than the few PSFs a difference
-recomputes), so differences are the default.
+not matter) with the Jacobian (``FitSettings.jacobian``) by forward-mode differentiation
+(``"autodiff"``, the default: the image by ``torch.func.jvp`` in one ``vmap``; the PSF shapes, the
+costly block, apart: each PSF's depends on its own blur and Zernike terms only, so one derivative per
+term serves every PSF, the Zernike terms' in closed form, one FFT each: :meth:`_Model.jacobian`), or by
+central differences in float64 (``"finite_differences"``, the reference: two forward passes per
+parameter group, only the perturbed PSFs' shapes recomputed). Both agree to 1e-6 away from the shift
+model's kinks and converge to the same fit (4e-7 of a sigma apart, tests); on the example device
+(16 PSFs, Zernike 4-6, residual stage, one thread) the full fit took 62 s with autodiff and 84 s
+with differences (one run, 2026-12-06, machine shared; 95 s with differences before the aberration OTF
+was computed only at the lags it needs): the Jacobians are about half of it, the trial steps'
+aberration OTFs and the residual stage most of the rest.
 The residual stage minimises chi-square plus ``sum(delta^2) / kernel_error_prior^2`` with L-BFGS
 over the kernel error and the geometric parameters (shift, rotation, magnification, brightness: in
 units of their Fisher sigma times the root of a kernel value's chi-square curvature, so that L-BFGS
@@ -177,7 +181,7 @@ class FitSettings:
     kernel_error_window_px: int | None = None
     max_iterations: int = 60
     aberration: AberrationOptics = field(default_factory=AberrationOptics)
-    jacobian: str = "finite_differences"
+    jacobian: str = "autodiff"
     sampling_draws: int = 32
 
     def __post_init__(self):
@@ -690,12 +694,11 @@ def _levenberg_marquardt(model: _Model, theta: torch.Tensor, free: np.ndarray, m
     theta = theta.clone()
     nonneg = model.nonnegative()
     with torch.no_grad():
-        cost = float(model.whitened(theta).square().sum())
+        r = model.whitened(theta)  # kept with theta: the accepted trial's own
+    cost = float(r.square().sum())
     damping = 1e-3
     for _ in range(max_iterations):
         jac = model.jacobian(theta, free)
-        with torch.no_grad():
-            r = model.whitened(theta)
         hessian = jac.T @ jac
         gradient = jac.T @ r
         diag = torch.diag(hessian).clamp(min=1e-12)
@@ -706,11 +709,12 @@ def _levenberg_marquardt(model: _Model, theta: torch.Tensor, free: np.ndarray, m
             trial[free] += step
             trial[nonneg] = trial[nonneg].clamp(min=0)
             with torch.no_grad():
-                trial_cost = float(model.whitened(trial).square().sum())
+                trial_r = model.whitened(trial)
+            trial_cost = float(trial_r.square().sum())
             if trial_cost < cost:
                 improved = True
                 decrease = cost - trial_cost
-                theta, cost, damping = trial, trial_cost, max(damping / 3, 1e-9)
+                theta, r, cost, damping = trial, trial_r, trial_cost, max(damping / 3, 1e-9)
                 break
             damping *= 4
         if not improved or decrease < max(TOLERANCE_REL * cost, TOLERANCE_CHI2):
