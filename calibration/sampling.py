@@ -23,8 +23,11 @@ and shifts, the wavelength, f-number and pixel pitch):
    pattern; its shift error is recorded.
 
 The RMS of that error over the draws is the systematic (px, per PSF and axis). At a whole-pixel shift it
-is 0 (the moved pattern is the template); it grows as ``lambda F#`` drops below the pixel pitch.
-Seeded: the same inputs give the same result.
+is ~0 (the moved pattern is the template, up to the window's edge). It is largest where the speckle
+grain ``lambda F#`` is near the pixel pitch: for the example design's 16 PSFs at a 0.3 px shift, median
+0.061 px at ``lambda F#`` = 0.62 px and 0.055 px at 1.2 px, against 0.025 px at 4.9 px (well sampled:
+the bilinear model's own interpolation error) and 0.024 px at 0.15 px (grains averaged within each
+pixel). Seeded: the same inputs give the same result.
 """
 
 from __future__ import annotations
