@@ -43,7 +43,7 @@ import torch
 from drivers.bench_fits import check_bench_fits
 from onn_core import config as config_io
 from onn_core.errors import ConfigError, HilError
-from onn_core.progress import Throttle, progress_bar
+from onn_core.progress import Throttle, format_duration, progress_bar
 from simulator.device import check_device_name, resolve_device
 from simulator.fabrication import FabricationErrors
 from simulator.system import OpticalSystem
@@ -445,7 +445,7 @@ class StageProgress:
         return f"calibration stage {index + 1}/{len(self.stages)} {stage}"
 
     def elapsed(self) -> str:
-        return _duration(self.clock() - self.start)
+        return format_duration(self.clock() - self.start)
 
     def skipped(self, index: int, stage: str, why: str) -> None:
         log.info("%s: %s", self._where(index, stage), why)
@@ -470,28 +470,18 @@ class StageProgress:
                 spent = self.clock() - started
                 left = (bar.total - frames[0]) * spent / frames[0] if spent > 0 else float("nan")
                 log.info("%s: %d of about %d frames, %s, about %s left", where, frames[0], bar.total,
-                         _duration(spent), _duration(left))
+                         format_duration(spent), format_duration(left))
 
         try:
             yield on_frame
         finally:
             if bar is not None:
                 bar.close()
-        log.info("%s: done in %s%s (%s into the calibration)", where, _duration(self.clock() - started),
+        log.info("%s: done in %s%s (%s into the calibration)", where, format_duration(self.clock() - started),
                  f", {frames[0]} frames" if frames[0] else "", self.elapsed())
 
     def finished(self) -> None:
         log.info("calibration: %d stages done in %s", len(self.stages), self.elapsed())
-
-
-def _duration(seconds: float) -> str:
-    if not math.isfinite(seconds):
-        return "?"
-    if seconds < 10:
-        return f"{max(0.0, seconds):.1f} s"
-    seconds = int(round(seconds))
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 else \
-        f"{seconds // 60}:{seconds % 60:02d}" if seconds >= 60 else f"{seconds} s"
 
 
 class _CountingBench:

@@ -52,7 +52,7 @@ from torch.utils.data import Subset, default_collate
 from onn_core.config import save_yaml
 from onn_core.errors import ConfigError, HilError, InputError
 from onn_core.files import atomic_write
-from onn_core.progress import Throttle, progress_bar, progress_enabled
+from onn_core.progress import Throttle, format_duration, progress_bar, progress_enabled
 
 from .checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
 from .metrics import ConfusionAccumulator, predictions, summary_metrics
@@ -146,16 +146,6 @@ def freeze_parts(model: nn.Module, parts: Sequence[str]) -> None:
             children = [n for n, _ in model.named_children()]
             raise ConfigError(f"train.freeze[{i}]", name, f"a submodule of {type(model).__name__}: one of {children}")
         part.requires_grad_(False)
-
-
-def format_duration(seconds: float) -> str:
-    """``"45 s"``, ``"7 min 05 s"``, ``"2 h 03 min"``."""
-    seconds = int(round(seconds))
-    if seconds < 60:
-        return f"{seconds} s"
-    if seconds < 3600:
-        return f"{seconds // 60} min {seconds % 60:02d} s"
-    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
 
 
 def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:

@@ -21,13 +21,14 @@ when a bar is made.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import time
 
 from .errors import ConfigError
 
-__all__ = ["ENV_VAR", "LOG_INTERVAL_S", "Throttle", "progress_bar", "progress_enabled", "set_progress"]
+__all__ = ["ENV_VAR", "LOG_INTERVAL_S", "Throttle", "format_duration", "progress_bar", "progress_enabled", "set_progress"]
 
 #: Environment variable that forces bars on (``1``, ``true``, ``yes``, ``on``) or off (``0``, ``false``, ``no``, ``off``).
 ENV_VAR = "ONN_PROGRESS"
@@ -42,6 +43,21 @@ _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off", "")
 
 _forced: bool | None = None
+
+
+def format_duration(seconds: float) -> str:
+    """A duration for a person: ``"5.0 s"`` (under 10 s), ``"45 s"``, ``"7 min 05 s"``, ``"2 h 03 min"``;
+    ``"?"`` when unknown (not finite)."""
+    if not math.isfinite(seconds):
+        return "?"
+    if seconds < 10:
+        return f"{max(0.0, seconds):.1f} s"
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
 
 
 def set_progress(enabled: bool | None) -> None:

@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from onn_core import progress
-from onn_core.progress import ENV_VAR, Throttle, progress_bar, progress_enabled, set_progress
+from onn_core.progress import ENV_VAR, Throttle, format_duration, progress_bar, progress_enabled, set_progress
 
 
 class FakeTerminal(io.StringIO):
@@ -130,3 +130,9 @@ def test_hil_progress_flag_sets_the_rule(monkeypatch):
     assert cli.main(["--progress", "devices"]) == 0 and seen["forced"] is True
     assert cli.main(["--no-progress", "devices"]) == 0 and seen["forced"] is False
     assert cli.main(["devices"]) == 0 and seen["forced"] is None
+
+
+@pytest.mark.parametrize("seconds, text", [(4.96, "5.0 s"), (-1.0, "0.0 s"), (45.4, "45 s"), (425.0, "7 min 05 s"),
+                                           (7380.0, "2 h 03 min"), (float("inf"), "?"), (float("nan"), "?")])
+def test_one_duration_format_for_every_progress_line(seconds, text):
+    assert format_duration(seconds) == text
