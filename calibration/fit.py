@@ -990,15 +990,14 @@ def _kernel_error_curvature(model: _Model, theta: torch.Tensor, kernel_error: to
 
 
 def _sampling_systematic(model: _Model, theta: torch.Tensor, settings: FitSettings) -> np.ndarray:
-    """Per parameter of ``theta``: the shifts' sampling systematic (px, :mod:`calibration.sampling`) at
-    the fitted shapes and shifts, 0 elsewhere and with ``settings.sampling_draws`` 0."""
+    """Per parameter of ``theta``: the shifts' sampling systematic (px, :mod:`calibration.sampling`) of
+    the fitted shapes, 0 elsewhere and with ``settings.sampling_draws`` 0."""
     out = np.zeros(theta.numel())
     if settings.sampling_draws:
         block = model.block("shift_px")
         with torch.no_grad():
             shaped = model.shaped(theta, remember=False)
-        out[block] = shift_systematic_px(shaped, theta[block].reshape(model.p, 2), settings.aberration,
-                                         draws=settings.sampling_draws).reshape(-1).numpy()
+        out[block] = shift_systematic_px(shaped, settings.aberration, draws=settings.sampling_draws).reshape(-1).numpy()
     return out
 
 

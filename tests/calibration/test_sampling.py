@@ -39,46 +39,46 @@ def test_the_linearised_geometry_model_recovers_a_move_it_contains():
     np.testing.assert_allclose(linearised_shift_error(template, target, shift).numpy(), offset.numpy(), atol=2e-5)
 
 
-def test_no_systematic_at_a_whole_pixel_and_one_at_a_fraction():
-    """Moved by whole pixels the binned speckle is the template moved (what the model does): ~0; at
-    0.3 px an under-sampled PSF (lambda F# = 0.62 px) is placed off by a few hundredths of a pixel."""
-    whole = shift_systematic_px(psfs(), torch.tensor([[1.0, -2.0]] * 4, dtype=D), optics(0.62))
-    fraction = shift_systematic_px(psfs(), torch.full((4, 2), 0.3, dtype=D), optics(0.62))
-    assert float(fraction.min()) > 0.01
-    assert float(whole.max()) < 0.02 * float(fraction.median())
+def test_a_whole_pixel_move_is_the_model_and_a_fraction_is_not():
+    """Moved by whole pixels, the binned pattern IS the template moved (what the model does): no error;
+    over sub-pixel moves an under-sampled PSF (lambda F# = 0.62 px) is placed off by hundredths of a
+    pixel."""
+    template = psfs()
+    whole = torch.tensor([[1.0, -2.0]] * 4, dtype=D)
+    moved = affine_resample(template, torch.zeros(4, dtype=D), torch.ones(4, dtype=D), whole)
+    assert float(linearised_shift_error(template, moved, whole).abs().max()) < 1e-12
+    assert float(shift_systematic_px(psfs(), optics(0.62)).min()) > 0.01
 
 
 def test_the_systematic_falls_as_the_psf_becomes_well_sampled():
     """Speckle grains of 0.62 px lock the shift towards whole pixels far more than a PSF sampled at
     lambda F# = 5 px, whose structure the pixel values resolve (only the bilinear model's own
     interpolation error is left)."""
-    shift = torch.full((4, 2), 0.3, dtype=D)
-    under = shift_systematic_px(psfs(), shift, optics(0.62))
-    well = shift_systematic_px(psfs(), shift, optics(5.0))
+    under = shift_systematic_px(psfs(), optics(0.62))
+    well = shift_systematic_px(psfs(), optics(5.0))
     assert float(under.median()) > 1.5 * float(well.median())
 
 
 def test_seeded():
-    shift = torch.full((4, 2), 0.3, dtype=D)
-    first = shift_systematic_px(psfs(), shift, optics(0.62), draws=4, seed=3)
-    assert torch.equal(first, shift_systematic_px(psfs(), shift, optics(0.62), draws=4, seed=3))
-    assert not torch.equal(first, shift_systematic_px(psfs(), shift, optics(0.62), draws=4, seed=4))
+    first = shift_systematic_px(psfs(), optics(0.62), draws=4, seed=3)
+    assert torch.equal(first, shift_systematic_px(psfs(), optics(0.62), draws=4, seed=3))
+    assert not torch.equal(first, shift_systematic_px(psfs(), optics(0.62), draws=4, seed=4))
 
 
 @pytest.mark.parametrize("kwargs, message", [
     ({"draws": 0}, "draws must be an int >= 1"),
-    ({"shift_px": torch.zeros(3, 2, dtype=D)}, "shift_px \\(P, 2\\)"),
+    ({"psfs": torch.zeros(4, 1, 7, 9, dtype=D)}, "psfs must be \\(P, C, K, K\\)"),
     ({"optics": AberrationOptics(wavelengths_m=(5e-7, 6e-7, 7e-7, 8e-7))}, "4 wavelengths for 1 channels"),
 ])
 def test_bad_input_is_named(kwargs, message):
-    args = {"psfs": psfs(), "shift_px": torch.zeros(4, 2, dtype=D), "optics": optics(0.62), **kwargs}
+    args = {"psfs": psfs(), "optics": optics(0.62), **kwargs}
     with pytest.raises(InputError, match=message):
         shift_systematic_px(**args)
 
 
 def test_the_fit_adds_the_systematic_to_the_shift_sigmas_only(tmp_path):
     """Same fit with and without the systematic: equal values, equal sigmas except the shifts', whose
-    sigma^2 is the noise's plus the systematic's (that of the fitted shapes at the fitted shifts);
+    sigma^2 is the noise's plus the systematic's (that of the fitted shapes);
     the calibration file keeps it."""
     measurement, _ = measure({"seed": 5, "spec": {"shift_std_px": 0.3, "brightness_rel_std": 0.1}}, averages=2)
     plain = fit_mismatch(measurement, nominal(), settings=FitSettings(stages=("geometry",), sampling_draws=0))
@@ -92,7 +92,7 @@ def test_the_fit_adds_the_systematic_to_the_shift_sigmas_only(tmp_path):
             assert a.systematic == 0.0 and a.sigma == b.sigma
     system = nominal()
     shaped = torch.nn.functional.pad(system.design.psfs().double(), (system.geometry.psf_margin_px,) * 4)
-    expected = shift_systematic_px(shaped, fit.errors.shift_px, FitSettings().aberration, draws=8)
+    expected = shift_systematic_px(shaped, FitSettings().aberration, draws=8)
     stated = np.array([[p.systematic for p in fit.parameters if p.name == f"shift_px[{i}][{a}]"][0]
                        for i in range(system.num_psfs) for a in range(2)])
     np.testing.assert_allclose(stated, expected.reshape(-1).numpy(), rtol=1e-5)  # shapes at identity: to rounding
