@@ -311,8 +311,9 @@ class Benchmark:
         if not row_file.is_file():
             return None
         return {"how": "seg_tune + seg_final of benchmarks/hil.py on the segmentation job's folder: the lr of "
-                       "every method and of design_ft per fraction, scored by validation mIoU on tuning seed "
-                       f"{TUNING_SEED}, the chosen settings on the final seeds; mIoU on the job's captured test set",
+                       "every method and of design_ft per fraction (the rates tried: the keys of tuning), scored by "
+                       f"validation mIoU on tuning seed {TUNING_SEED}, the chosen settings on the final seeds; mIoU "
+                       "on the job's captured test set",
                 "row": json.loads(row_file.read_text()),
                 "tuning": json.loads(self.seg_tuning_file.read_text()) if self.seg_tuning_file.is_file() else None}
 
