@@ -34,7 +34,10 @@ Segmentation phases, by name only (not in ``all``), on the hand-run job folder `
 (``--seg-device``; ``hil run examples/run_sim_seg.yaml --out-dir ROOT/seg_device_N`` with its captures):
 ``seg_tune`` (as ``tune``, scored by validation mIoU, into ``root/seg_tuning_N.json``; the NTKD methods
 only where the job's teacher check let them run) and ``seg_final`` (as ``final`` on that folder); the
-report's ``segmentation.tuned`` reads them.
+report's ``segmentation.tuned`` reads them. ``seg_shape``: what the calibration layer cannot undo there
+(the captured test scenes rendered through the calibrated model with and without its PSF-shape terms,
+read through the layer, scored by the design's backend; ``root/seg_device_N/shape_check.json``, the
+report's ``segmentation.layer_shape_check``).
 
 Usage::
 
@@ -63,13 +66,14 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks.report import finish  # noqa: E402
 from hil.checkpoint import load_model  # noqa: E402
-from hil.finetune import COMPENSATIONS  # noqa: E402
+from hil.finetune import COMPENSATIONS, synthetic_features  # noqa: E402
 from hil import job as steps  # noqa: E402
-from hil.job.steps import captured_sets  # noqa: E402
+from hil.job.steps import capture_exposure, captured_sets  # noqa: E402
 from hil.job.controls import DESIGN_FT, design_convergence, ntkd_methods  # noqa: E402
 from hil.job.state import write_json  # noqa: E402
 from hil.job.task import job_task  # noqa: E402
 from onn_core import config as config_io  # noqa: E402
+from simulator.fabrication import FabricationErrors  # noqa: E402
 
 log = logging.getLogger("benchmarks.hil")
 TUNING_SEED = 100
@@ -79,7 +83,9 @@ TEACHER_SET = {"train.epochs": 15}
 PHASES = ("design", "capture", "tune", "final", "report", "timing")
 #: segmentation phases, run by name only (not in ``--phase all``): on the hand-run job folder
 #: ``root/seg_device_N`` (``hil run examples/run_sim_seg.yaml``, captures done)
-SEG_PHASES = ("seg_tune", "seg_final")
+SEG_PHASES = ("seg_tune", "seg_final", "seg_shape")
+#: seg_shape's output in the segmentation job folder
+SHAPE_CHECK = "shape_check.json"
 
 
 def main(argv=None) -> int:
@@ -199,6 +205,10 @@ class Benchmark:
         the job's own teacher check let them run)."""
         self.tune_job(self.seg_context(), self.seg_tuning_file)
 
+    def seg_shape(self) -> None:
+        """What the calibration layer leaves on the segmentation device (module docstring: ``seg_shape``)."""
+        write_json(self.seg_dir / SHAPE_CHECK, layer_shape_check(self.seg_job()))
+
     def seg_context(self) -> dict:
         ctx = self.job_context(self.seg_job())
         check = self.seg_dir / "finetune" / "teacher_check.json"
@@ -295,6 +305,7 @@ class Benchmark:
                                          for folder in sorted(self.root.glob("seg_device_*"))
                                          if (folder / "report.json").is_file()},
                              "tuned": self.seg_tuned(),
+                             "layer_shape_check": read_json_or_none(self.seg_dir / SHAPE_CHECK),
                              "superseded": SEGMENTATION_SUPERSEDED},
             "settings": {"config": "examples/run_sim.yaml", "fabrication": "examples/optics_fabricated.yaml",
                          "errors": config_io.load_yaml(self.args.fabrication)["errors"]["spec"],
@@ -348,6 +359,46 @@ def run_figures(report_file: Path) -> dict | None:
             "teacher": (evaluation.get("teacher") or {}).get("teacher"), "design_ft": means(evaluation["design_ft"]),
             "by_fraction": {m: means(c) for m, c in evaluation["by_fraction"].items()},
             "design_converged": (report.get("design") or {}).get("converged"), "step_seconds": report.get("seconds")}
+
+
+def layer_shape_check(job) -> dict:
+    """The design's backend on the calibration layer's features (mIoU or accuracy, %) of the job's captured
+    test scenes: as captured, and rendered (seeded sensor noise, the captures' exposure) through the
+    calibrated model with all its fitted errors, without its kernel error, and without its kernel error,
+    blur and Zernike terms (the PSF-shape terms the layer cannot undo)."""
+    student = load_model(steps.train_models(job)["student"])
+    _, design_id = steps.design_identity(job.run_dir / "design" / "optics.yaml")
+    calibration = steps.load_job_calibration(job, design_id)
+    task = job_task(job)
+    _, test_split = steps.datasets(job)
+    test_file = job.run_dir / "captures" / "test.h5"
+    captured = task.captured(test_file, calibration.layer(), test_split, design_id=design_id,
+                             calibration_id=calibration.calibration_id)
+    rows = captured.source_indices
+    images, labels = test_split.tensors[0][rows], test_split.tensors[1][rows]
+    fitted = calibration.fit.errors
+
+    def without(*names):
+        errors = FabricationErrors.from_dict(fitted.to_dict())
+        for name in names:
+            setattr(errors, name, None if name == "kernel_error" else torch.zeros_like(getattr(fitted, name)))
+        return dataclasses.replace(calibration, fit=dataclasses.replace(calibration.fit, errors=errors))
+
+    rendered = {"calibrated_model": calibration, "without_kernel_error": without("kernel_error"),
+                "without_kernel_error_blur_zernike": without("kernel_error", "blur_sigma_px", "zernike_m")}
+    exposure_s = capture_exposure(test_file)
+    out = {"captured": 100 * task.score(student.backend, captured)}
+    for name, model in rendered.items():
+        data = synthetic_features(model, images, labels, rows, exposure_s=exposure_s, seed=job.config.capture.seed)
+        out[name] = 100 * task.score(student.backend, data)
+    return {**out, "metric": task.metric, "test_samples": len(rows),
+            "how": "the captured test scenes rendered through calibration.calibrated_system() (seeded sensor noise, the "
+                   "captures' exposure) and read through the calibration layer, with the fitted errors as they are, "
+                   "without the kernel error, and without kernel error, blur and Zernike terms; the design's backend"}
+
+
+def read_json_or_none(path: Path):
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def segmentation_figures(folder: Path) -> dict | None:

@@ -580,13 +580,13 @@ def captured_sets(job: Job, student, calibration, design_id: str, kinds) -> dict
         sets = {kind: task.captured(path, readers[kind], splits[split], **identity)
                 for kind in {"layer", *kinds} - {"simulated"}}
         rows = sets["layer"].source_indices
-        sets["simulated"] = nominal_set(job, calibration.nominal_system(), splits[split], rows, _capture_exposure(path),
+        sets["simulated"] = nominal_set(job, calibration.nominal_system(), splits[split], rows, capture_exposure(path),
                                         job.config.capture.seed + offset)
         out[split] = sets
     return out
 
 
-def _capture_exposure(path: Path) -> float:
+def capture_exposure(path: Path) -> float:
     """The exposure (s) of the frames of a captures file (the first one if they differ)."""
     data = CaptureDataset(path)
     exposures = np.unique(np.asarray(data.rows("exposure_s", 0, data.count)))
@@ -608,7 +608,7 @@ def synthetic_set(job: Job, calibration, design_id: str, train_split, count: int
             return job_task(job).retarget(read_synthetic(cache, **identity), train_split)
         except CaptureFileError as exc:
             log.warning("rendering the synthetic captures again: %s", exc)
-    exposure_s = _capture_exposure(job.run_dir / "captures" / "train.h5")
+    exposure_s = capture_exposure(job.run_dir / "captures" / "train.h5")
     _, test_split = datasets(job)
     plan = capture_plan(job, train_split.tensors[1].numpy(), test_split.tensors[1].numpy())
     captured = np.concatenate([plan["train"], plan.get("val", np.zeros(0, np.int64))])
@@ -677,7 +677,7 @@ def evaluate(job: Job, student, calibration, design_id: str, name: str = "finetu
     data = {"nominal": task.captured(test_file, student.frontend, test_split, **identity),
             "layer": task.captured(test_file, calibration.layer(), test_split, **identity)}
     rows = data["layer"].source_indices
-    data["simulated"] = nominal_set(job, calibration.nominal_system(), test_split, rows, _capture_exposure(test_file),
+    data["simulated"] = nominal_set(job, calibration.nominal_system(), test_split, rows, capture_exposure(test_file),
                                     job.config.capture.seed + 2)
     with torch.no_grad():
         images = test_split.tensors[0][rows]
@@ -827,7 +827,8 @@ STEP_NAMES = tuple(step.name for step in STEPS)
 
 __all__ = ["CALIBRATION_REPORT_DIR", "LOCATION_FILE", "STEPS", "STEP_NAMES", "JobMismatchError", "RunContext", "Step", "bench_config",
            "bench_location_file", "locate_design",
-           "calibrate_bench", "capture_perfect", "capture_plan", "capture_sets", "capture_splits", "captured_sets",
+           "calibrate_bench", "capture_exposure", "capture_perfect", "capture_plan", "capture_sets", "capture_splits",
+           "captured_sets",
            "check_backend_identity", "check_calibration_design", "feature_kind", "images_digest", "simulated_bench",
            "usable_methods",
            "datasets", "design_config", "design_identity", "evaluate", "export", "finetune_all",
