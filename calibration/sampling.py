@@ -71,6 +71,8 @@ def shift_systematic_px(psfs: torch.Tensor, optics: AberrationOptics, *, draws: 
                            device=cpu)
     u = max(2, math.floor(2.0 / float(spot_px.min())) + 1)
     psfs = psfs.detach().to(cpu, torch.float64).clamp(min=0)
+    lit = psfs.flatten(1).amax(dim=1) > 0  # a dark PSF (no light to place) has no systematic
+    psfs, p_all, p = psfs[lit], p, int(lit.sum())
     freq = torch.fft.fftfreq(k * u, d=1.0 / u, dtype=torch.float64, device=cpu)  # cycles per pixel
     cut = (0.5 / spot_px)[:, None, None]
     pupil = ((freq.abs()[:, None] <= cut) & (freq.abs()[None, :] <= cut)).to(torch.complex128)  # (C, n, n)
@@ -84,7 +86,9 @@ def shift_systematic_px(psfs: torch.Tensor, optics: AberrationOptics, *, draws: 
         angle = shift[:, 0, None, None] * freq[:, None] + shift[:, 1, None, None] * freq[None, :]
         moved = ifft2(torch.fft.fft2(fine) * torch.exp(-2j * math.pi * angle)[:, None]).real
         squared += linearised_shift_error(_bin(fine, u), _bin(moved, u), shift).square()
-    return (squared / draws).sqrt()
+    out = torch.zeros(p_all, 2, dtype=torch.float64, device=cpu)
+    out[lit] = (squared / draws).sqrt()
+    return out
 
 
 def linearised_shift_error(template: torch.Tensor, target: torch.Tensor, shift_px: torch.Tensor) -> torch.Tensor:

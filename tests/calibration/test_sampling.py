@@ -59,6 +59,16 @@ def test_the_systematic_falls_as_the_psf_becomes_well_sampled():
     assert float(under.median()) > 1.5 * float(well.median())
 
 
+def test_a_dark_psf_has_no_systematic_and_leaves_the_others_as_they_were():
+    """A PSF with no light (a signed kernel without negative values leaves its k- PSF dark) has nothing to
+    place: 0, and the lit PSFs' values are those computed without it."""
+    lit = psfs(3)
+    with_dark = torch.cat([lit[:1], torch.zeros_like(lit[:1]), lit[1:]])
+    out = shift_systematic_px(with_dark, optics(0.62), draws=4)
+    assert torch.equal(out[1], torch.zeros(2, dtype=D))
+    assert torch.equal(out[[0, 2, 3]], shift_systematic_px(lit, optics(0.62), draws=4))
+
+
 def test_seeded():
     first = shift_systematic_px(psfs(), optics(0.62), draws=4, seed=3)
     assert torch.equal(first, shift_systematic_px(psfs(), optics(0.62), draws=4, seed=3))
