@@ -31,13 +31,15 @@ Phases (each resumable; ``--phase all`` runs them in order):
    ``capture_frames_per_s``).
 
 Segmentation phases, by name only (not in ``all``), on the hand-run job folder ``root/seg_device_N``
-(``--seg-device``; ``hil run examples/run_sim_seg.yaml --out-dir ROOT/seg_device_N`` with its captures):
+(``--seg-device``; ``hil run examples/run_sim_seg.yaml --out-dir ROOT/seg_device_N`` with its captures;
+another device: that config with ``fabrication`` the device's optics file and ``student`` / ``teacher``
+``run_dir`` the first device's, passed as ``--seg-config``):
 ``seg_tune`` (as ``tune``, scored by validation mIoU, into ``root/seg_tuning_N.json``; the NTKD methods
 only where the job's teacher check let them run) and ``seg_final`` (as ``final`` on that folder); the
 report's ``segmentation.tuned`` reads them. ``seg_shape``: what the calibration layer cannot undo there
 (the captured test scenes rendered through the calibrated model with and without its PSF-shape terms,
-read through the layer, scored by the design's backend; ``root/seg_device_N/shape_check.json``, the
-report's ``segmentation.layer_shape_check``).
+read through the layer, scored by the design's backend; ``root/seg_device_N/shape_check.json``, in the
+report's ``segmentation.devices.seg_device_N.layer_shape_check``).
 
 Usage::
 
@@ -305,7 +307,6 @@ class Benchmark:
                                          for folder in sorted(self.root.glob("seg_device_*"))
                                          if (folder / "report.json").is_file()},
                              "tuned": self.seg_tuned(),
-                             "layer_shape_check": read_json_or_none(self.seg_dir / SHAPE_CHECK),
                              "superseded": SEGMENTATION_SUPERSEDED},
             "settings": {"config": "examples/run_sim.yaml", "fabrication": "examples/optics_fabricated.yaml",
                          "errors": config_io.load_yaml(self.args.fabrication)["errors"]["spec"],
@@ -402,9 +403,10 @@ def read_json_or_none(path: Path):
 
 
 def segmentation_figures(folder: Path) -> dict | None:
-    """:func:`run_figures` of a segmentation job run, with each cell's per-seed values and the
+    """:func:`run_figures` of a segmentation job run, with each cell's per-seed values, the
     calibration fit's stages and goodness of fit (reduced chi-square of its last stage, held-out residual
-    over the noise, PSF residual against the calibrated model)."""
+    over the noise, PSF residual against the calibrated model) and its ``seg_shape`` check (None before
+    that phase ran)."""
     figures = run_figures(folder / "report.json")
     if figures is None:
         return None
@@ -424,6 +426,7 @@ def segmentation_figures(folder: Path) -> dict | None:
     figures["calibration_fit"] = {"stages": fit["stages"], "chi2_reduced": fit["chi2_reduced"][fit["stages"][-1]],
                                   "holdout_residual_over_noise": fit["holdout_residual_over_noise"].get("all"),
                                   "psf_residual_after": fit["psf_residual_after"]}
+    figures["layer_shape_check"] = read_json_or_none(folder / SHAPE_CHECK)
     return figures
 
 
