@@ -26,7 +26,8 @@ Phases (each resumable; ``--phase all`` runs them in order):
 5. ``report``: ``benchmarks/results/hil.json`` (means over devices with 95 % t-intervals, per-device
    rows, paired differences against ``e2e``) and ``hil.png``; its ``segmentation`` entry reads every
    ``root/seg_device_N`` job run of ``hil run examples/run_sim_seg.yaml`` (run by hand; the job's own
-   untuned recipe): figures, per-seed values and the calibration fit's goodness of fit;
+   untuned recipe): figures, per-seed values and the calibration fit's goodness of fit, and
+   ``across_devices``: means and 95 % t-intervals over those folders;
 6. ``timing``: ``make demo``'s job run end to end into a fresh folder (``run_seconds``,
    ``capture_frames_per_s``).
 
@@ -290,6 +291,8 @@ class Benchmark:
         timing = json.loads(timing_file.read_text()) if timing_file.is_file() else None
         result = aggregate(rows)
         convergence = design_convergence(steps.train_models(self.job(self.first))["student"])
+        seg_devices = {folder.name: segmentation_figures(folder) for folder in sorted(self.root.glob("seg_device_*"))
+                       if (folder / "report.json").is_file()}
         result.update({
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "machine": {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count()},
@@ -303,9 +306,8 @@ class Benchmark:
             "demo": run_figures(self.root / "timing" / "run" / "report.json"),
             "segmentation": {"how": "hil run examples/run_sim_seg.yaml --out-dir ROOT/seg_device_N (the job's own "
                                     "recipe: its calibration fit, its fine-tuning seeds, its lr, no tuning); mIoU",
-                             "devices": {folder.name: segmentation_figures(folder)
-                                         for folder in sorted(self.root.glob("seg_device_*"))
-                                         if (folder / "report.json").is_file()},
+                             "devices": seg_devices,
+                             "across_devices": segmentation_across(seg_devices),
                              "tuned": self.seg_tuned(),
                              "superseded": SEGMENTATION_SUPERSEDED},
             "settings": {"config": "examples/run_sim.yaml", "fabrication": "examples/optics_fabricated.yaml",
@@ -396,6 +398,33 @@ def layer_shape_check(job) -> dict:
             "how": "the captured test scenes rendered through calibration.calibrated_system() (seeded sensor noise, the "
                    "captures' exposure) and read through the calibration layer, with the fitted errors as they are, "
                    "without the kernel error, and without kernel error, blur and Zernike terms; the design's backend"}
+
+
+def segmentation_across(devices: dict) -> dict | None:
+    """Means and 95 % t-intervals over the segmentation devices (``segmentation_figures`` by folder) of the
+    references, the control, every method (with its recovered fraction against ``design_ft`` of the same
+    fraction, per device) and the shape check; None without a device."""
+    rows = [figures for figures in devices.values() if figures]
+    if not rows:
+        return None
+    out = {"devices": len(rows), **{key: interval([r[key] for r in rows])
+                                    for key in ("design", "uncompensated", "calibration_layer")}}
+    out["design_ft"] = {k: interval([r["design_ft"][k] for r in rows]) for k in rows[0]["design_ft"]}
+    out["by_fraction"] = {}
+    for method, cells in rows[0]["by_fraction"].items():
+        for key in cells:
+            values = [r["by_fraction"].get(method, {}).get(key) for r in rows]
+            if any(v is None for v in values):
+                continue
+            recovered = interval([(v - r["uncompensated"]) / (r["design_ft"][key] - r["uncompensated"])
+                                  for v, r in zip(values, rows)])
+            out["by_fraction"].setdefault(method, {})[key] = {**interval(values), "recovered_fraction": recovered}
+    checks = [r["layer_shape_check"] for r in rows if r.get("layer_shape_check")]
+    if len(checks) == len(rows):
+        out["layer_shape_check"] = {key: interval([c[key] for c in checks]) for key in
+                                    ("captured", "calibrated_model", "without_kernel_error",
+                                     "without_kernel_error_blur_zernike")}
+    return out
 
 
 def read_json_or_none(path: Path):

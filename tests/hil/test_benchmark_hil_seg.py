@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from benchmarks.hil import segmentation_figures
 
 
@@ -48,3 +50,26 @@ def test_device_row_keeps_the_mious_of_a_segmentation_evaluation(tmp_path):
     assert row["by_fraction"]["e2e"]["0.03"]["mious"] == [0.82, 0.84]
     assert row["by_fraction"]["e2e"]["0.03"]["setting"] == "lr0.001_w1"  # a tie: the smaller rate
     assert row["calibration_layer"] == 0.60 and row["teacher"] is None
+
+
+def test_segmentation_across_devices_means_intervals_and_recovered_fractions():
+    """Two devices: the mean and 95 % t-interval of each figure (t_0.975,1 = 12.706), the recovered fraction
+    per device against its own design_ft and uncompensated; a device without its shape check drops that row."""
+    from benchmarks.hil import segmentation_across
+
+    def device(uncompensated, design_ft, e2e, shape):
+        return {"design": 0.84, "uncompensated": uncompensated, "calibration_layer": uncompensated + 0.02,
+                "design_ft": {"0.03": design_ft}, "by_fraction": {"e2e": {"0.03": e2e}}, "layer_shape_check": shape}
+
+    shape = {"captured": 60.0, "calibrated_model": 60.0, "without_kernel_error": 70.0,
+             "without_kernel_error_blur_zernike": 80.0}
+    across = segmentation_across({"a": device(0.50, 0.84, 0.80, shape), "b": device(0.60, 0.84, 0.82, shape)})
+    assert across["devices"] == 2
+    assert across["uncompensated"]["mean"] == 0.55
+    assert across["uncompensated"]["ci95"] == pytest.approx(12.706 * 0.05, rel=1e-4)  # std 0.0707 / sqrt(2)
+    recovered = across["by_fraction"]["e2e"]["0.03"]["recovered_fraction"]
+    assert recovered["devices"] == pytest.approx([0.30 / 0.34, 0.22 / 0.24])
+    assert across["layer_shape_check"]["without_kernel_error"]["mean"] == 70.0
+    assert "layer_shape_check" not in segmentation_across({"a": device(0.5, 0.84, 0.8, shape),
+                                                           "b": device(0.6, 0.84, 0.82, None)})
+    assert segmentation_across({}) is None
