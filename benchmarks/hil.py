@@ -184,8 +184,7 @@ class Benchmark:
     def job_context(self, job) -> dict:
         """:meth:`context` of a job."""
         models = steps.train_models(job)
-        _, design_id = steps.design_identity(job.run_dir / "design" / "optics.yaml")
-        student, calibration = load_model(models["student"]), steps.load_job_calibration(job, design_id)
+        student, design_id, calibration = job_run(job, models)
         kinds = {COMPENSATIONS[m].features for m in job.config.finetune.methods}
         return {"job": job, "student": student, "design_id": design_id, "calibration": calibration,
                 "teacher_path": models["teacher"],
@@ -222,7 +221,7 @@ class Benchmark:
     def tune_job(self, ctx, tuning_file: Path) -> None:
         methods = [DESIGN_FT, *ctx.get("methods", ctx["job"].config.finetune.methods)]
         metric = f"best_val_{job_task(ctx['job']).metric}"
-        tuning = json.loads(tuning_file.read_text()) if tuning_file.is_file() else {}
+        tuning = read_json_or_none(tuning_file) or {}
         for fraction in ctx["job"].config.capture.fractions:
             key = steps.fraction_key(fraction)
             scores = tuning.setdefault(key, {})
@@ -288,7 +287,7 @@ class Benchmark:
         rows = [json.loads((self.run_dir(d) / "bench_device.json").read_text()) for d in self.args.devices
                 if (self.run_dir(d) / "bench_device.json").is_file()]
         timing_file = self.root / "timing" / "timing.json"
-        timing = json.loads(timing_file.read_text()) if timing_file.is_file() else None
+        timing = read_json_or_none(timing_file)
         result = aggregate(rows)
         convergence = design_convergence(steps.train_models(self.job(self.first))["student"])
         seg_devices = {folder.name: segmentation_figures(folder) for folder in sorted(self.root.glob("seg_device_*"))
@@ -299,7 +298,7 @@ class Benchmark:
             "complete": len(rows) == len(self.args.devices) and len(self.args.devices) >= 5,
             "design_converged": bool(convergence and convergence["converged"]),
             "design_curve": convergence,
-            "tuning": json.loads(self.tuning_file.read_text()) if self.tuning_file.is_file() else None,
+            "tuning": read_json_or_none(self.tuning_file),
             "run_seconds": None if timing is None else timing["run_seconds"],
             "capture_frames_per_s": None if timing is None else timing["capture_frames_per_s"],
             "run_timing": timing,
@@ -329,7 +328,7 @@ class Benchmark:
                        f"validation mIoU on tuning seed {TUNING_SEED}, the chosen settings on the final seeds; mIoU "
                        "on the job's captured test set",
                 "row": json.loads(row_file.read_text()),
-                "tuning": json.loads(self.seg_tuning_file.read_text()) if self.seg_tuning_file.is_file() else None}
+                "tuning": read_json_or_none(self.seg_tuning_file)}
 
     def timing(self) -> None:
         """``make demo``'s job, fresh, timed end to end (``root/timing``)."""
@@ -364,14 +363,20 @@ def run_figures(report_file: Path) -> dict | None:
             "design_converged": (report.get("design") or {}).get("converged"), "step_seconds": report.get("seconds")}
 
 
+def job_run(job, models: dict | None = None) -> tuple:
+    """A finished job run's design student, design id and calibration (``models``: its
+    ``steps.train_models``, looked up when not given)."""
+    models = models or steps.train_models(job)
+    _, design_id = steps.design_identity(job.run_dir / "design" / "optics.yaml")
+    return load_model(models["student"]), design_id, steps.load_job_calibration(job, design_id)
+
+
 def layer_shape_check(job) -> dict:
     """The design's backend on the calibration layer's features (mIoU or accuracy, %) of the job's captured
     test scenes: as captured, and rendered (seeded sensor noise, the captures' exposure) through the
     calibrated model with all its fitted errors, without its kernel error, and without its kernel error,
     blur and Zernike terms (the PSF-shape terms the layer cannot undo)."""
-    student = load_model(steps.train_models(job)["student"])
-    _, design_id = steps.design_identity(job.run_dir / "design" / "optics.yaml")
-    calibration = steps.load_job_calibration(job, design_id)
+    student, design_id, calibration = job_run(job)
     task = job_task(job)
     _, test_split = steps.datasets(job)
     test_file = job.run_dir / "captures" / "test.h5"
@@ -428,6 +433,7 @@ def segmentation_across(devices: dict) -> dict | None:
 
 
 def read_json_or_none(path: Path):
+    """The JSON at ``path``, None where there is no file."""
     return json.loads(path.read_text()) if path.is_file() else None
 
 
