@@ -603,15 +603,20 @@ def synthetic_set(job: Job, calibration, design_id: str, train_split, count: int
     they match."""
     cache = job.run_dir / f"synthetic_{count}.h5"
     identity = {"design_id": design_id, "calibration_id": calibration.calibration_id}
-    if cache.is_file():
-        try:
-            return job_task(job).retarget(read_synthetic(cache, **identity), train_split)
-        except CaptureFileError as exc:
-            log.warning("rendering the synthetic captures again: %s", exc)
-    exposure_s = capture_exposure(job.run_dir / "captures" / "train.h5")
     _, test_split = datasets(job)
     plan = capture_plan(job, train_split.tensors[1].numpy(), test_split.tensors[1].numpy())
     captured = np.concatenate([plan["train"], plan.get("val", np.zeros(0, np.int64))])
+    if cache.is_file():
+        try:
+            data = job_task(job).retarget(read_synthetic(cache, **identity), train_split)
+            overlap = np.intersect1d(np.asarray(data.source_indices), captured)
+            if not len(overlap):
+                return data
+            log.warning("rendering the synthetic captures again: %s holds %d images now captured for training "
+                        "or validation (the capture plan changed)", cache, len(overlap))
+        except CaptureFileError as exc:
+            log.warning("rendering the synthetic captures again: %s", exc)
+    exposure_s = capture_exposure(job.run_dir / "captures" / "train.h5")
     pool = np.setdiff1d(np.arange(len(train_split)), captured)
     rng = np.random.default_rng(job.config.capture.seed + 1000)
     chosen = torch.from_numpy(np.sort(rng.choice(pool, size=min(count, len(pool)), replace=False)))

@@ -154,6 +154,24 @@ def test_fabrication_loss_is_undone_by_the_layer_and_fine_tuning_resumes(tmp_pat
     assert runs["e2e_synthetic"]["0.2"][0]["synthetic"] == 160 and runs["e2e"]["0.2"][0]["synthetic"] == 0
 
 
+    # the synthetic pool is rendered again when the capture plan changes under it (more validation images)
+    from hil.job.steps import capture_plan, design_identity, load_job_calibration, synthetic_set
+
+    cache = job.run_dir / "synthetic_160.h5"
+    before = cache.stat().st_mtime_ns
+    train, test = student_run[2]
+    _, design_id = design_identity(job.run_dir / "design" / "optics.yaml")
+    calibration = load_job_calibration(job, design_id)
+    kept = synthetic_set(job, calibration, design_id, train, 160)
+    assert cache.stat().st_mtime_ns == before  # the same plan: the file is reused
+    job.config.capture.val_size = 300
+    val = capture_plan(job, train.tensors[1].numpy(), test.tensors[1].numpy())["val"]
+    assert np.intersect1d(kept.source_indices.numpy(), val).size > 0  # the old pool holds new validation images
+    rendered = synthetic_set(job, calibration, design_id, train, 160)
+    assert cache.stat().st_mtime_ns != before and len(rendered.labels) == 160
+    assert np.intersect1d(rendered.source_indices.numpy(), val).size == 0
+
+
 def test_a_design_that_does_not_fit_the_bench_is_refused(tmp_path, student_run):
     from types import SimpleNamespace
 
