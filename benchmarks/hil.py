@@ -29,22 +29,23 @@ Phases (each resumable; ``--phase all`` runs them in order):
    against the control at its own tuned setting;
 5. ``report``: ``benchmarks/results/hil.json`` (means over devices with 95 % t-intervals, per-device
    rows, paired differences against ``e2e``) and ``hil.png``; its ``segmentation`` entry reads every
-   ``root/seg_device_N`` job run of ``hil run examples/run_sim_seg.yaml`` (run by hand; the job's own
+   ``root/seg_device_N`` job run (the ``seg_run`` phase below: the job's own
    untuned recipe): figures, per-seed values and the calibration fit's goodness of fit, and
    ``across_devices``: means and 95 % t-intervals over those folders;
 6. ``timing``: ``make demo``'s job run end to end into a fresh folder (``run_seconds``,
    ``capture_frames_per_s``).
 
-Segmentation phases, by name only (not in ``all``), on the hand-run job folder ``root/seg_device_N``
-(``--seg-device``; ``hil run examples/run_sim_seg.yaml --out-dir ROOT/seg_device_N`` with its captures;
-another device: that config with ``fabrication`` the device's optics file and ``student`` / ``teacher``
-``run_dir`` the first device's, passed as ``--seg-config``):
-``seg_tune`` (as ``tune``, scored by validation mIoU, into ``root/seg_tuning_N.json``; the NTKD methods
-only where the job's teacher check let them run) and ``seg_final`` (as ``final`` on that folder); the
-report's ``segmentation.tuned`` reads them. ``seg_shape``: what the calibration layer cannot undo there
-(the captured test scenes rendered through the calibrated model with and without its PSF-shape terms,
-read through the layer, scored by the design's backend; ``root/seg_device_N/shape_check.json``, in the
-report's ``segmentation.devices.seg_device_N.layer_shape_check``).
+Segmentation phases, by name only (not in ``all``), on the job folder ``root/seg_device_N``
+(``--seg-device`` N; the first device's job is ``examples/run_sim_seg.yaml``, ``--seg-config``, as it
+is; another device's is that config with the device's fabrication file and the first device's student
+and teacher, written as ``root/configs/seg_device_N.yaml``): ``seg_run`` (the job, resumed to its end;
+the first device first: the others reuse its models), ``seg_tune`` (as ``tune``, scored by validation
+mIoU, into ``root/seg_tuning_N.json``; the NTKD methods only where the job's teacher check let them run)
+and ``seg_final`` (as ``final`` on that folder); the report's ``segmentation.tuned`` reads them.
+``seg_shape``: what the calibration layer cannot undo there (the captured test scenes rendered through
+the calibrated model with and without its PSF-shape terms, read through the layer, scored by the
+design's backend; ``root/seg_device_N/shape_check.json``, in the report's
+``segmentation.devices.seg_device_N.layer_shape_check``).
 
 Usage::
 
@@ -100,9 +101,9 @@ PROTOCOL_AMENDMENTS = [
             "so the chosen rate sat at the lower edge of a twice-widened grid for most methods; the superseded "
             "tuning is kept under tuning_superseded"}]
 PHASES = ("design", "capture", "tune", "final", "report", "timing")
-#: segmentation phases, run by name only (not in ``--phase all``): on the hand-run job folder
-#: ``root/seg_device_N`` (``hil run examples/run_sim_seg.yaml``, captures done)
-SEG_PHASES = ("seg_tune", "seg_final", "seg_shape")
+#: segmentation phases, run by name only (not in ``--phase all``): on the job folder ``root/seg_device_N``
+#: (module docstring)
+SEG_PHASES = ("seg_run", "seg_tune", "seg_final", "seg_shape")
 #: seg_shape's output in the segmentation job folder
 SHAPE_CHECK = "shape_check.json"
 
@@ -115,7 +116,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "hil.json")
     parser.add_argument("--phase", choices=("all", *PHASES, *SEG_PHASES), default="all")
     parser.add_argument("--seg-config", type=Path, default=EXAMPLES / "run_sim_seg.yaml",
-                        help="the segmentation job's config (seg_tune, seg_final)")
+                        help="the first segmentation device's job config (the others' derive from it)")
     parser.add_argument("--seg-device", type=int, default=1,
                         help="the segmentation job folder root/seg_device_N the seg phases use")
     parser.add_argument("--devices", type=int, nargs="+", default=[1, 2, 3, 4, 5])
@@ -194,8 +195,24 @@ class Benchmark:
         return file
 
     def seg_job(self):
-        """The hand-run segmentation job (its own config and folder: the same identity, nothing redone)."""
-        return steps.load_job(self.args.seg_config, self.seg_dir)
+        """The segmentation job of ``--seg-device`` N, into ``root/seg_device_N``: for the first device
+        ``--seg-config`` as it is (its fabrication file's own error seed is that device's); for another,
+        that config with the device's fabrication file and the first device's student and teacher
+        (written as ``root/configs/seg_device_N.yaml``)."""
+        device = self.args.seg_device
+        if device == self.first:
+            return steps.load_job(self.args.seg_config, self.seg_dir)
+        raw = config_io.load_yaml(self.args.seg_config)
+        raw["bench"] = str(self.args.seg_config.resolve().parent / raw["bench"])
+        raw["fabrication"] = str(self.fabrication_file(device))
+        raw["out_dir"] = str(self.seg_dir)
+        for role in ("student", "teacher"):
+            raw[role] = {"run_dir": str(self.root / f"seg_device_{self.first}" / role)}
+        return steps.load_job(self.config_file(f"seg_device_{device}.yaml", raw), self.seg_dir)
+
+    def seg_run(self) -> None:
+        """The segmentation job of ``--seg-device`` run (resumed) to its end (:meth:`seg_job`)."""
+        steps.run_job(self.seg_job(), progress=False)
 
     def context(self, device: int) -> dict:
         """What the fine-tuning of ``device`` needs: its job, student, calibration, design id, teacher."""
