@@ -406,6 +406,7 @@ def run_figures(report_file: Path) -> dict | None:
 def job_run(job, models: dict | None = None) -> tuple:
     """A finished job run's design student, design id and calibration (``models``: its
     ``steps.train_models``, looked up when not given)."""
+    steps.check_run(job)  # a config other than the run's would read its files under wrong assumptions
     models = models or steps.train_models(job)
     _, design_id = steps.design_identity(job.run_dir / "design" / "optics.yaml")
     return load_model(models["student"]), design_id, steps.load_job_calibration(job, design_id)

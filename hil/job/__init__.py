@@ -22,7 +22,7 @@ module                 holds
 
 from .config import CaptureStep, FinetuneStep, Job, JobConfig, TrainStep, job_identity, load_job
 from .report import report
-from .runner import run_job
+from .runner import check_run, run_job
 from .state import JobConfigChanged, read_state
 from .steps import (STEP_NAMES, STEPS, JobMismatchError, RunContext, Step, bench_config,
                     calibrate_bench, capture_plan, capture_sets, datasets, design_config, design_identity,
@@ -35,7 +35,7 @@ from .validate import preflight
 
 __all__ = ["STEPS", "STEP_NAMES", "CaptureStep", "ClippedCaptureError", "DiskSpaceError", "FinetuneStep", "Job",
            "JobConfig", "JobConfigChanged", "JobMismatchError", "RunContext", "Step", "Task", "TrainStep", "bench_config",
-           "calibrate_bench", "capture_plan", "capture_sets", "datasets", "design_config",
+           "calibrate_bench", "capture_plan", "check_run", "capture_sets", "datasets", "design_config",
            "design_identity", "evaluate", "export", "finetune_all", "fraction_key", "fraction_rows", "job_identity", "job_task",
            "load_job", "load_job_calibration", "open_job_bench", "preflight", "read_state", "report", "run_job",
            "score_runs", "synthetic_set", "train_models"]

@@ -67,6 +67,13 @@ def run_job(job: Job, *, progress: bool = True, from_step: str | None = None, un
         torch.set_num_threads(threads)
 
 
+def check_run(job: Job) -> None:
+    """Refuse (:class:`~hil.job.state.JobConfigChanged`) a ``job`` whose run folder's finished steps ran
+    with another config, as :func:`run_job` does before it resumes: for code that reads a finished run's
+    outputs through a job it loaded itself (a benchmark, a script)."""
+    check_identity(job.run_dir, job_identity(job), read_state(job.run_dir)["finished"])
+
+
 def _prepare(job: Job, from_step: str | None, last: int) -> list[str]:
     """Everything before the first step (module docstring); returns the steps to redo, whose outputs
     were moved aside."""
@@ -92,4 +99,4 @@ def _prepare(job: Job, from_step: str | None, last: int) -> list[str]:
     return redo
 
 
-__all__ = ["run_job"]
+__all__ = ["check_run", "run_job"]

@@ -13,7 +13,7 @@ from torch.utils.data import TensorDataset
 from hil.capture import CaptureFileError
 from hil.checkpoint import save_checkpoint
 from hil.models import build_model
-from hil.job import STEP_NAMES, JobConfig, JobConfigChanged, load_job, run_job
+from hil.job import STEP_NAMES, JobConfig, JobConfigChanged, check_run, load_job, run_job
 from onn_core import config as config_io
 from onn_core.errors import ConfigError
 
@@ -211,6 +211,9 @@ def test_a_missing_or_damaged_output_is_made_again_and_foreign_files_are_refused
     with pytest.raises(JobConfigChanged, match=r"started with another config: finetune.steps = 11 \(was 10\); "
                                                r"step finetune already ran"):
         run_job(changed, progress=False)
+    with pytest.raises(JobConfigChanged, match=r"finetune.steps = 11 \(was 10\)"):
+        check_run(changed)  # what reads a finished run with a job loaded by hand
+    check_run(job)
     with pytest.raises(JobMismatchError, match="calibration .* of design .*, not of this run's design 0123"):
         load_job_calibration(job, "0123456789abcdef")
 
