@@ -79,14 +79,19 @@ pitch)``, and ``OTF`` is evaluated there without the pixel's own MTF (it cancels
 The filter is applied as a linear convolution of the K x K window with the impulse response ``h`` (the
 inverse transform of ``H`` over the pixel-grid band) cropped to the lags ``|dy|, |dx| <= K-1``: exactly
 the lags that map the window onto itself, so nothing wraps around the window. ``h`` is computed by an
-inverse DFT of ``H`` sampled ``_IMPULSE_OVERSAMPLING = 5`` times finer in frequency than the ``2K-1``
-grid (its tail aliases onto the cropped lags only from ``5 (2K-1) - K`` lags away). ``h`` decays slowly
-(``H`` is cut at the pixel band's edge), so this converges only like ``1 / oversampling`` while the
-cost grows like its square: for the example optics (lambda F# = 0.39 px, 0.06 waves of defocus and
-astigmatism, 0.04 of coma, K = 11) the filtered PSF is within 5.4e-4 of its peak of the convolution
-with ``h`` from a 21x finer grid (oversampling 1, the bare ``2K-1`` grid: 3.3e-3; 3: 9.9e-4; 7: 3.4e-4),
-and 16 PSFs of K = 15 take 0.25 s (1: 0.008 s, 3: 0.09 s, 7: 0.55 s; one CPU thread). When the pixel
-samples the PSF at Nyquist or finer (lambda F# >= 2 px) the pupil's cut-off lies inside the band, ``H``
+inverse DFT of ``H`` sampled ``impulse_oversampling`` (default 3) times finer in frequency than the
+``2K-1`` grid (its tail aliases onto the cropped lags only from ``3 (2K-1) - K`` lags away). ``h`` decays
+slowly (``H`` is cut at the pixel band's edge), so this converges only like ``1 / oversampling`` while
+the cost grows like its square: for the example optics (lambda F# = 0.39 px, 0.06 waves of defocus and
+astigmatism, 0.04 of coma, K = 11) the filtered PSF is within 9.9e-4 of its peak of the convolution
+with ``h`` from a 21x finer grid (oversampling 1, the bare ``2K-1`` grid: 3.3e-3; 5: 5.4e-4; 7: 3.4e-4),
+and 16 PSFs of K = 15 take 0.09 s (1: 0.008 s, 5: 0.25 s, 7: 0.55 s; one CPU thread). The default
+trades that accuracy for a fit 3x faster: the example device simulated at 9 and fitted at 3 or at 5
+ends at the same reduced chi-square (1.0279) and held-out residual (1.0011x the noise) as fitted at
+9; its geometric parameters move by up to 0.33 (at 5: 0.04) and one PSF's Zernike terms by 1.9 (0.12)
+of their statistical sigma, which on that bench is 3e-4 px for a shift, far below the sampling
+systematic a shift's stated sigma carries (:mod:`calibration.sampling`). When
+the pixel samples the PSF at Nyquist or finer (lambda F# >= 2 px) the pupil's cut-off lies inside the band, ``H``
 jumps there and ``h`` converges more slowly still (errors ~1e-3 of its peak). ``H(0) = 1``: the energy
 leaving the window is only what ``h`` carries beyond the cropped lags. ``H`` is cut at the pixel band's
 edge, so ``h`` has negative lobes (a point's filtered image has -0.10 of its light in them for the example
@@ -159,9 +164,6 @@ KERNEL_ERROR_FRAMES = ("design", "sensor")
 _OTF_CUTOFF_RTOL = 1e-9
 #: Minimum number of pupil samples across the diameter when evaluating the aberration OTF.
 _MIN_PUPIL_SAMPLES = 32
-#: The aberration filter's impulse response is computed on a frequency grid this many times finer than
-#: the ``2K-1`` window's (odd), then cropped to the window's lags (module docstring: accuracy).
-_IMPULSE_OVERSAMPLING = 5
 
 
 @dataclass(frozen=True)
@@ -209,12 +211,15 @@ class AberrationOptics:
     """Optics behind the Zernike aberration transfer function (see the module docstring).
 
     wavelengths_m: one per channel (or one for all channels), metres. f_number: image-side f-number
-    of a sub-optic. pixel_pitch_m: sensor pixel pitch, metres.
+    of a sub-optic. pixel_pitch_m: sensor pixel pitch, metres. impulse_oversampling: odd; the filter's
+    impulse response is computed on a frequency grid this many times finer than the ``2K-1`` window's,
+    then cropped to the window's lags (module docstring: its accuracy and cost).
     """
 
     wavelengths_m: tuple[float, ...] = (532e-9,)
     f_number: float = 2.5
     pixel_pitch_m: float = 3.45e-6
+    impulse_oversampling: int = 3
 
     def __post_init__(self):
         if not isinstance(self.wavelengths_m, (tuple, list)) or not self.wavelengths_m:
@@ -224,6 +229,10 @@ class AberrationOptics:
         object.__setattr__(self, "wavelengths_m", tuple(float(w) for w in self.wavelengths_m))
         check_positive("f_number", self.f_number)
         check_positive("pixel_pitch_m", self.pixel_pitch_m)
+        over = self.impulse_oversampling
+        if isinstance(over, bool) or not isinstance(over, int) or over < 1 or over % 2 == 0:
+            raise InputError(f"impulse_oversampling must be an odd int >= 1 (the impulse response stays real), "
+                             f"got {over!r}")
 
 
 class FabricationErrors(nn.Module):
@@ -592,8 +601,8 @@ def aberration_transfer(zernike_m: torch.Tensor, optics: AberrationOptics, chann
     exact linear convolution of the window with that impulse response.
 
     The impulse response is the inverse DFT of ``H = OTF_ab / OTF_dl`` sampled on a grid
-    ``_IMPULSE_OVERSAMPLING`` times finer in frequency than the ``2K-1`` one (its tail wraps only from
-    beyond that many window widths), then cropped.
+    ``optics.impulse_oversampling`` times finer in frequency than the ``2K-1`` one (its tail wraps only
+    from beyond that many window widths), then cropped.
     """
     return aberration_transfer_derivatives(zernike_m, optics, channels, k, dtype, ())[0]
 
@@ -608,7 +617,7 @@ def aberration_transfer_derivatives(zernike_m: torch.Tensor, optics: AberrationO
     if len(wavelengths) not in (1, channels):
         raise InputError(f"aberration wavelengths_m has {len(wavelengths)} entries, expected 1 or {channels} (channels)")
     m = _filter_size(k)
-    m_fine = _IMPULSE_OVERSAMPLING * m  # odd: H stays Hermitian on the grid, so the impulse response is real
+    m_fine = optics.impulse_oversampling * m  # odd: H stays Hermitian on the grid, so the impulse response is real
     lags = _lag_axis(m, torch.float64, zernike_m.device).long() % m_fine
     rows = []
     for wavelength in (wavelengths * channels if len(wavelengths) == 1 else wavelengths):
