@@ -28,7 +28,7 @@ central differences in float64 (``"finite_differences"``, the reference: two for
 parameter group, only the perturbed PSFs' shapes recomputed). Both agree to 1e-6 away from the shift
 model's kinks and converge to the same fit (through the optics stage 4e-7 of a sigma apart, tests; the
 example device's full fit, whose L-BFGS stops on a tolerance, within 0.007 sigma); on the example device
-(16 PSFs, Zernike 4-6, residual stage, 2 threads) the full fit takes 12.5 s with autodiff and 29 s
+(16 PSFs, Zernike 4-6, residual stage, 2 threads) the full fit takes 9.3 s with autodiff and 19 s
 with differences (one run, 2026-12-06; docs/method.md has the history): the aberration OTFs of the
 Jacobians and trial steps are the larger part of it, the residual stage most of the rest.
 The residual stage minimises chi-square plus ``sum(delta^2) / kernel_error_prior^2`` with L-BFGS
