@@ -73,3 +73,30 @@ def test_segmentation_across_devices_means_intervals_and_recovered_fractions():
     assert "layer_shape_check" not in segmentation_across({"a": device(0.5, 0.84, 0.8, shape),
                                                            "b": device(0.6, 0.84, 0.82, None)})
     assert segmentation_across({}) is None
+
+
+def test_the_benchmark_writes_each_devices_job_config(tmp_path):
+    """A segmentation device other than the first: run_sim_seg.yaml with the device's fabrication file
+    (its error seed), the first device's student and teacher, its own folder; a classification device
+    captures the benchmark's 2000 validation images. The jobs load (their configs are valid)."""
+    import argparse
+
+    from benchmarks.hil import CAPTURE_SET, EXAMPLES, Benchmark
+    from onn_core import config as config_io
+
+    args = argparse.Namespace(config=EXAMPLES / "run_sim.yaml", fabrication=EXAMPLES / "optics_fabricated.yaml",
+                              root=tmp_path, seg_config=EXAMPLES / "run_sim_seg.yaml", seg_device=3,
+                              devices=[1, 2, 3], seeds=[0, 1], redo=None)
+    bench = Benchmark(args)
+    job = bench.seg_job()
+    written = config_io.load_yaml(tmp_path / "configs" / "seg_device_3.yaml")
+    assert written["student"] == {"run_dir": str(tmp_path / "seg_device_1" / "student")}
+    assert written["teacher"] == {"run_dir": str(tmp_path / "seg_device_1" / "teacher")}
+    assert written["out_dir"] == str(tmp_path / "seg_device_3") and job.run_dir == tmp_path / "seg_device_3"
+    fabrication = config_io.load_yaml(written["fabrication"])
+    assert fabrication["errors"]["seed"] == 3
+    assert written["capture"] == config_io.load_yaml(EXAMPLES / "run_sim_seg.yaml")["capture"]  # seg: as it is
+    assert CAPTURE_SET == {"val_size": 2000}
+    assert bench.job(2).config.capture.val_size == 2000
+    first = Benchmark(argparse.Namespace(**{**vars(args), "seg_device": 1})).seg_job()
+    assert first.run_dir == tmp_path / "seg_device_1" and not (tmp_path / "configs" / "seg_device_1.yaml").exists()
