@@ -59,6 +59,7 @@ import dataclasses
 import datetime
 import json
 import logging
+import math
 import os
 import platform
 import sys
@@ -546,31 +547,41 @@ def best_setting(scores: dict) -> tuple[float, float]:
 
 
 def widened(grid, run, methods, scores, fixed, times, *, weights=False) -> list[float]:
-    """Run ``run(value)`` over ``grid``; while a method's best value is at an edge, extend the grid by a
-    factor 3 beyond that edge (at most ``times`` times). ``fixed``: the other coordinate of the setting."""
-    grid = sorted(canonical(v) for v in grid)
+    """Run ``run(value)`` over ``grid`` and over the values already scored for ``methods`` (a resumed
+    tuning's earlier widenings); while a method's best value is at an edge, extend the grid by a factor 3
+    beyond that edge, at most ``times`` factors of 3 beyond ``grid`` on each side. ``fixed``: the other
+    coordinate of the setting."""
+    base = sorted(canonical(v) for v in grid)
+    axis = 1 if weights else 0
+
+    def tried(method) -> dict:
+        return {parse_setting(n)[axis]: v for n, v in scores.get(method, {}).items()
+                if parse_setting(n)[1 - axis] == fixed}
+
+    def steps_beyond(ratio: float) -> int:
+        return round(math.log(ratio) / math.log(3))
+
+    grid = sorted(set(base) | {value for method in methods for value in tried(method)})
     for value in grid:
         run(value)
-    for _ in range(times):
+    while True:
         edges = set()
         for method in methods:
-            tried = {parse_setting(n)[1 if weights else 0]: v for n, v in scores.get(method, {}).items()
-                     if parse_setting(n)[0 if weights else 1] == fixed}
-            if not tried:
+            values = tried(method)
+            if not values:
                 continue
-            best = max(tried.values())
-            chosen = min(k for k, v in tried.items() if v == best)
-            if chosen == min(grid):
-                edges.add(canonical(min(grid) / 3))
-            elif chosen == max(grid):
-                edges.add(canonical(max(grid) * 3))
+            best = max(values.values())
+            chosen = min(k for k, v in values.items() if v == best)
+            if chosen == min(grid) and steps_beyond(base[0] / chosen) < times:
+                edges.add(canonical(chosen / 3))
+            elif chosen == max(grid) and steps_beyond(chosen / base[-1]) < times:
+                edges.add(canonical(chosen * 3))
         if not edges:
-            break
+            return grid
         for value in sorted(edges):
             run(value)
             grid.append(value)
         grid.sort()
-    return grid
 
 
 # ---------------------------------------------------------------------- rows and aggregation

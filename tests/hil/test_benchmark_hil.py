@@ -46,6 +46,24 @@ def test_widened_extends_the_grid_beyond_an_edge_until_the_best_is_interior():
     assert len(grid) == 6
 
 
+def test_a_resumed_widening_starts_from_the_values_already_scored():
+    """Earlier widenings (scores at 1e-3/3 and 1e-3/9 on file) count: the best at 1e-3/9 is an edge of the
+    whole tried grid, so 1e-3/27 is tried next, and no side goes more than ``times`` factors of 3 out."""
+    truth = {1e-2: 0.70, 3e-3: 0.75, 1e-3: 0.78, 1e-3 / 3: 0.80, 1e-3 / 9: 0.81, 1e-3 / 27: 0.79}
+    scores = {"e2e": {bench.setting_name(lr, 1.0): truth[lr] for lr in (1e-2, 3e-3, 1e-3, 1e-3 / 3, 1e-3 / 9)}}
+    tried = []
+
+    def run(lr):
+        tried.append(lr)
+        scores["e2e"][bench.setting_name(lr, 1.0)] = truth[min(truth, key=lambda k: abs(k - lr))]
+
+    bench.widened([1e-3, 3e-3, 1e-2], run, ["e2e"], scores, 1.0, times=3)
+    assert tried[5:] == pytest.approx([1e-3 / 27], rel=1e-5)  # the earlier five again (cached in the job), then one
+    tried.clear()
+    assert len(bench.widened([1e-3, 3e-3, 1e-2], run, ["e2e"], {"e2e": dict(scores["e2e"])}, 1.0, times=2)) == 6
+    assert len(tried) == 6  # best now interior (1e-3/9 between 1e-3/3 and 1e-3/27): nothing more
+
+
 def test_widened_stops_after_the_allowed_number_of_widenings():
     scores: dict = {}
     grid = bench.widened([1.0, 3.0], lambda w: scores.setdefault("ntkd", {}).__setitem__(
