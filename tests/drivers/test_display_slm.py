@@ -31,7 +31,7 @@ def _as_rgb(frame: np.ndarray) -> np.ndarray:
     return np.repeat(frame[..., None], 3, axis=-1) if frame.ndim == 2 else frame
 
 
-def _assert_on_screen(server, frame, position, deadline_s: float = 5.0) -> None:
+def _assert_on_screen(server, frame, position, deadline_s: float = 20.0) -> None:
     """The screen holds ``frame`` exactly at ``position`` and nothing (black) anywhere else.
 
     Qt and the X server paint asynchronously (a window is painted only once the X server has exposed
