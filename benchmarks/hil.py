@@ -134,7 +134,8 @@ def main(argv=None) -> int:
     parser.add_argument("--redo", choices=steps.STEP_NAMES, default=None,
                         help="design and capture phases: redo this job step and the later ones (after a change "
                              "of the benchmark's settings; move the old tune_*/final_* files aside first)")
-    parser.add_argument("--widen", type=int, default=4, help="how many times a grid may be widened at an edge")
+    parser.add_argument("--widen", type=int, default=4,
+                        help="how many factors of 3 a grid may extend beyond --lrs / --ntk-weights on each side")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
