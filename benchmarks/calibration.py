@@ -58,6 +58,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.threads import torch_threads  # noqa: E402
 from calibration.fit import FitSettings, fit_mismatch  # noqa: E402
 from onn_core import config as config_io  # noqa: E402
 from calibration.psf import measure_psfs  # noqa: E402
@@ -102,13 +103,8 @@ SPEED_THREADS = 2
 def example_device_fit() -> dict:
     with simulated_bench(None) as bench:  # examples/optics.yaml's fabricated device, as shipped
         measurement = measure_psfs(bench, nominal(), averages=8, progress=False)
-    settings = FitSettings(aberration=example_aberration())
-    threads = torch.get_num_threads()
-    torch.set_num_threads(SPEED_THREADS)
-    try:
-        return _timed_fits(measurement, settings)
-    finally:
-        torch.set_num_threads(threads)
+    with torch_threads(SPEED_THREADS):
+        return _timed_fits(measurement, FitSettings(aberration=example_aberration()))
 
 
 def _timed_fits(measurement, settings: FitSettings) -> dict:

@@ -45,12 +45,14 @@ from pathlib import Path
 # This script is named like the package it measures; keep its own folder off the import path so that
 # ``import simulator`` finds the package, not this file.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: benchmarks.threads
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from scipy.optimize import nnls  # noqa: E402
 
+from benchmarks.threads import torch_threads  # noqa: E402
 from simulator import conv as conv_module  # noqa: E402
 from simulator.conv import IncoherentConv2d  # noqa: E402
 from simulator.fft import ifft2_unscaled  # noqa: E402
@@ -149,12 +151,8 @@ def sweep_rows(grid: dict, timing: dict) -> list[dict]:
     """Seconds (median, and least: ``*_least_s``) of the FFT path, the direct path and conv2d's own
     padding (the old direct path) for each shape of ``grid``, forward only, "full" mode, CPU, no
     gradient, on :data:`SWEEP_THREADS` torch threads."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(SWEEP_THREADS)
-    try:
+    with torch_threads(SWEEP_THREADS):
         return _sweep_rows(grid, timing)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _sweep_rows(grid: dict, timing: dict) -> list[dict]:

@@ -86,7 +86,7 @@ the cost grows like its square: for the example optics (lambda F# = 0.39 px, 0.0
 astigmatism, 0.04 of coma, K = 11) the filtered PSF is within 9.9e-4 of its peak of the convolution
 with ``h`` from a 21x finer grid (oversampling 1, the bare ``2K-1`` grid: 3.3e-3; 5: 5.4e-4; 7: 3.4e-4),
 and 16 PSFs of K = 15 take 0.09 s (1: 0.008 s, 5: 0.25 s, 7: 0.55 s; one CPU thread). The default
-trades that accuracy for a fit 3x faster: the example device simulated at 9 and fitted at 3 or at 5
+trades that accuracy for a fit 2.8x faster: the example device simulated at 9 and fitted at 3 or at 5
 ends at the same reduced chi-square (1.0279) and held-out residual (1.0011x the noise) as fitted at
 9; its geometric parameters move by up to 0.33 (at 5: 0.04) and one PSF's Zernike terms by 1.9 (0.12)
 of their statistical sigma, which on that bench is 3e-4 px for a shift, far below the sampling
