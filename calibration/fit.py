@@ -90,8 +90,11 @@ chi-square of that many degrees of freedom (``sqrt(2 / dof)``: the misfit is the
 noise's), every sigma is multiplied by ``sqrt(reduced chi-square)`` (:attr:`MismatchFit.sigma_scale`;
 1 otherwise). Each shift's sigma then adds, in quadrature, the sampling systematic of placing a PSF
 whose structure below the pixel scale is unknown by resampling its pixel values
-(:mod:`calibration.sampling`, :attr:`Parameter.systematic`; ``FitSettings.sampling_draws`` 0: none).
-A parameter whose
+(:mod:`calibration.sampling`, :attr:`Parameter.systematic`; ``FitSettings.sampling_draws`` 0: none),
+and states the pull towards whole pixels that this sampling puts into the fitted shift
+(:attr:`Parameter.sampling_pull`): the sigma is that of the physical misregistration,
+:meth:`MismatchFit.misregistration_px` (the fitted shift less its pull); ``errors.shift_px`` keeps the
+least-squares shifts, which predict frames best. A parameter whose
 standard deviation exceeds its :data:`IDENTIFIABLE_SIGMA` (the data cannot tell it from zero at a
 useful level) is flagged, fixed at its design value and the stage refitted without it, instead of
 returning noise as a value.
@@ -119,7 +122,7 @@ from simulator.zernike import noll_to_nm
 from .hdf5 import read_group, write_group
 from .noise import PixelNoise
 from .psf import PSFMeasurement
-from .sampling import shift_systematic_px
+from .sampling import sampling_pull_px, shift_systematic_px
 
 log = logging.getLogger(__name__)
 
@@ -218,6 +221,9 @@ class Parameter:
     identifiable: bool
     sign_ambiguous: bool = False
     systematic: float = 0.0  # the part of sigma from the sampling systematic (shifts only, px; calibration.sampling)
+    #: shifts only (px): the fitted value's pull towards whole pixels (calibration.sampling.sampling_pull_px);
+    #: ``value - sampling_pull`` estimates the physical misregistration, the quantity ``sigma`` is stated for
+    sampling_pull: float = 0.0
 
 
 @dataclass
@@ -242,8 +248,17 @@ class MismatchFit:
 
     def table(self) -> list[dict]:
         return [{"name": p.name, "kind": p.kind, "value": p.value, "sigma": p.sigma,
-                 "identifiable": p.identifiable, "sign_ambiguous": p.sign_ambiguous, "systematic": p.systematic}
+                 "identifiable": p.identifiable, "sign_ambiguous": p.sign_ambiguous, "systematic": p.systematic,
+                 "sampling_pull": p.sampling_pull}
                 for p in self.parameters]
+
+    def misregistration_px(self) -> np.ndarray:
+        """(P, 2) px: the physical optic-to-sensor misregistration, the fitted shifts less their sampling
+        pull (:attr:`Parameter.sampling_pull`); ``errors.shift_px`` keeps the least-squares shifts, the
+        ones that predict frames best."""
+        shift = self.errors.shift_px.detach().cpu().numpy().astype(np.float64)
+        pulls = [p.sampling_pull for p in self.parameters if p.kind == "shift_px"]  # (P, 2) in order, or none
+        return shift - np.reshape(pulls, shift.shape) if pulls else shift
 
     def summary(self) -> dict:
         flagged = [p.name for p in self.parameters if not p.identifiable]
@@ -259,7 +274,8 @@ class MismatchFit:
         :data:`SCHEMA` version :data:`SCHEMA_VERSION`; the parameter table and the model frames as
         checksummed datasets, the errors, reduced chi-squares and settings as JSON)."""
         dtype = np.dtype([("name", h5py.string_dtype()), ("kind", h5py.string_dtype()), ("value", "f8"),
-                          ("sigma", "f8"), ("identifiable", "?"), ("sign_ambiguous", "?"), ("systematic", "f8")])
+                          ("sigma", "f8"), ("identifiable", "?"), ("sign_ambiguous", "?"), ("systematic", "f8"),
+                          ("sampling_pull", "f8")])
         table = np.array([tuple(row.values()) for row in self.table()], dtype=dtype)
         write_group(group, SCHEMA, SCHEMA_VERSION,
                     arrays={"parameters": table, "model_rate": self.model_rate, "design_rate": self.design_rate},
@@ -283,7 +299,9 @@ class MismatchFit:
         params = [Parameter(name=_text(r["name"]), kind=_text(r["kind"]), value=float(r["value"]),
                             sigma=float(r["sigma"]), identifiable=bool(r["identifiable"]),
                             sign_ambiguous=bool(r["sign_ambiguous"]),
-                            systematic=float(r["systematic"]) if "systematic" in r.dtype.names else 0.0)  # older files: none
+                            # older files: neither
+                            systematic=float(r["systematic"]) if "systematic" in r.dtype.names else 0.0,
+                            sampling_pull=float(r["sampling_pull"]) if "sampling_pull" in r.dtype.names else 0.0)
                   for r in values["parameters"]]
         return cls(errors=FabricationErrors.from_dict(values["errors"]), parameters=params,
                    chi2_reduced=values["chi2_reduced"], dof=values["dof"],
@@ -845,7 +863,9 @@ def fit_mismatch(measurement: PSFMeasurement, system: OpticalSystem, *, noise: P
     last = settings.stages[-1]
     scale = sigma_scale(chi2[last], dof[last])
     sigma = sigma * scale
-    systematic = _sampling_systematic(model, theta, settings) if "shift_px" in active else np.zeros_like(sigma)
+    systematic, pull = np.zeros_like(sigma), np.zeros_like(sigma)
+    if "shift_px" in active:
+        systematic, pull = _sampling_systematic(model, theta, settings)
     sigma = np.sqrt(sigma**2 + systematic**2)
     with torch.no_grad():
         model_rate = model.rate(theta, kernel_error)
@@ -854,7 +874,7 @@ def fit_mismatch(measurement: PSFMeasurement, system: OpticalSystem, *, noise: P
     norm = float(data.norm())
     before = float((design_rate[model.mask] - data).norm()) / norm
     after = float((model_rate[model.mask] - data).norm()) / norm
-    params = _parameters(model, theta, sigma, systematic, fixed, active, wavelength)
+    params = _parameters(model, theta, sigma, systematic, pull, fixed, active, wavelength)
     holdout = {}
     if getattr(measurement, "holdout", None) is not None:
         frames = measurement.holdout
@@ -1006,19 +1026,22 @@ def _kernel_error_curvature(model: _Model, theta: torch.Tensor, kernel_error: to
     return float((change / model.sigma).square().sum()) / kernel_error.numel()
 
 
-def _sampling_systematic(model: _Model, theta: torch.Tensor, settings: FitSettings) -> np.ndarray:
-    """Per parameter of ``theta``: the shifts' sampling systematic (px, :mod:`calibration.sampling`) of
-    the fitted shapes, 0 elsewhere and with ``settings.sampling_draws`` 0."""
-    out = np.zeros(theta.numel())
+def _sampling_systematic(model: _Model, theta: torch.Tensor, settings: FitSettings) -> tuple[np.ndarray, np.ndarray]:
+    """Per parameter of ``theta``: the shifts' sampling systematic and pull (px, :mod:`calibration.sampling`)
+    of the fitted shapes, 0 elsewhere and with ``settings.sampling_draws`` 0."""
+    systematic, pull = np.zeros(theta.numel()), np.zeros(theta.numel())
     if settings.sampling_draws:
         block = model.block("shift_px")
         with torch.no_grad():
             shaped = model.shaped(theta, remember=False)
-        out[block] = shift_systematic_px(shaped, settings.aberration, draws=settings.sampling_draws).reshape(-1).numpy()
-    return out
+        draws = settings.sampling_draws
+        systematic[block] = shift_systematic_px(shaped, settings.aberration, draws=draws).reshape(-1).numpy()
+        fitted = theta[block].detach().reshape(-1, 2)
+        pull[block] = sampling_pull_px(shaped, fitted, settings.aberration, draws=draws).reshape(-1).numpy()
+    return systematic, pull
 
 
-def _parameters(model: _Model, theta, sigma, systematic, fixed, active, wavelength) -> list[Parameter]:
+def _parameters(model: _Model, theta, sigma, systematic, pull, fixed, active, wavelength) -> list[Parameter]:
     out = []
     for kind, _, shape in model.layout:
         if kind not in active:
@@ -1035,7 +1058,8 @@ def _parameters(model: _Model, theta, sigma, systematic, fixed, active, waveleng
                 value, s = value * wavelength, s * wavelength
                 ambiguous = model.even[mode]
             out.append(Parameter(name=name, kind=kind, value=value, sigma=s, identifiable=not fixed[i],
-                                 sign_ambiguous=ambiguous and not fixed[i], systematic=float(systematic[i])))
+                                 sign_ambiguous=ambiguous and not fixed[i], systematic=float(systematic[i]),
+                                 sampling_pull=float(pull[i])))
     return out
 
 

@@ -103,14 +103,16 @@ def markdown(calibration: Calibration, files: dict[str, Path], graded: list[Verd
             + ("(sqrt of the reduced chi-square: the model misfits beyond the noise)." if fit.sigma_scale > 1
                else "(the misfit is the noise's).")
             + (" Shift sigmas add the sampling systematic in quadrature (what resampling pixel values cannot"
-               " place of a PSF's structure below the pixel scale; noted per shift)."
+               " place of a PSF's structure below the pixel scale; noted per shift). A shift's value is the"
+               " least-squares one, pulled towards whole pixels by that sampling; the physical misregistration"
+               " is the value less the pull noted beside it, and the sigma is stated for that."
                if any(p.systematic for p in fit.parameters) else ""),
             "", "| parameter | value | sigma | note |", "|---|---|---|---|"]
         for p in fit.parameters:
             note = "not identifiable: fixed at design" if not p.identifiable else (
                 "sign not determined" if p.sign_ambiguous else "")
             if p.systematic and p.identifiable:
-                note = f"sampling systematic {p.systematic:.2g}"
+                note = f"sampling systematic {p.systematic:.2g}, pull {p.sampling_pull:+.2g}"
             lines.append(f"| {p.name} | {p.value:.5g} | {p.sigma:.2g} | {note} |")
         lines.append("")
     figures = []

@@ -30,10 +30,21 @@ pixels missed most). It is largest where the speckle grain ``lambda F#`` is near
 the example design's 16 PSFs, median 0.056 px at ``lambda F#`` = 0.62 px and 0.045 px at 1.2 px,
 against 0.022 px at 4.9 px (well sampled: the bilinear model's own interpolation error) and 0.024 px
 at 0.15 px (grains averaged within each pixel). Seeded: the same inputs give the same result.
+
+The pull itself is not random: over speckle draws, the mean error at a given sub-pixel phase is a
+pull towards whole pixels (near zero at whole and half pixels, largest between). :func:`sampling_pull_px`
+takes the same Monte Carlo at fixed shifts and inverts it: which true shift the fit would have pulled
+to the fitted one. The fitted shift less that pull estimates the physical misregistration (the fit's
+own least-squares shift stays what its model uses: it predicts frames best); on 20 wave-optics
+devices it lowered the shift error from 0.077 to 0.058 px RMS. The sigma stated for it stays the
+phase-averaged systematic: the speckle model of what lies below the pixel is an assumption, and the
+pull it predicts was ~25 % weaker than the devices' own (the spread of the draws around their mean,
+0.03 px, would understate the error).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 
 import torch
@@ -42,6 +53,9 @@ from onn_core.errors import InputError
 from simulator.fabrication import AberrationOptics, affine_resample
 from simulator.fft import ifft2
 from simulator.validation import check_tensor
+
+log = logging.getLogger(__name__)
+_CPU = torch.device("cpu")  # explicit throughout: whatever torch's default device
 
 #: Floor of the shot-noise weights, as a fraction of each PSF's peak (read noise and stray light).
 WEIGHT_FLOOR = 0.02
@@ -57,38 +71,94 @@ def shift_systematic_px(psfs: torch.Tensor, optics: AberrationOptics, *, draws: 
     optics: wavelength per channel (or one for all), f-number and pixel pitch of a sub-optic.
     draws: speckle realisations and sub-pixel shifts (>= 1). seed: of both.
     """
-    check_tensor("psfs", psfs, ndim=4)
-    p, c, k, width = psfs.shape
-    if k != width:
-        raise InputError(f"psfs must be (P, C, K, K), got {tuple(psfs.shape)}")
-    if isinstance(draws, bool) or not isinstance(draws, int) or draws < 1:
-        raise InputError(f"draws must be an int >= 1, got {draws!r}")
-    wavelengths = optics.wavelengths_m * (c if len(optics.wavelengths_m) == 1 else 1)
-    if len(wavelengths) != c:
-        raise InputError(f"optics has {len(optics.wavelengths_m)} wavelengths for {c} channels (expected 1 or {c})")
-    cpu = torch.device("cpu")  # explicit throughout: whatever torch's default device
-    spot_px = torch.tensor([w * optics.f_number / optics.pixel_pitch_m for w in wavelengths], dtype=torch.float64,
-                           device=cpu)
-    u = max(2, math.floor(2.0 / float(spot_px.min())) + 1)
-    psfs = psfs.detach().to(cpu, torch.float64).clamp(min=0)
-    lit = psfs.flatten(1).amax(dim=1) > 0  # a dark PSF (no light to place) has no systematic
-    psfs, p_all, p = psfs[lit], p, int(lit.sum())
-    freq = torch.fft.fftfreq(k * u, d=1.0 / u, dtype=torch.float64, device=cpu)  # cycles per pixel
-    cut = (0.5 / spot_px)[:, None, None]
-    pupil = ((freq.abs()[:, None] <= cut) & (freq.abs()[None, :] <= cut)).to(torch.complex128)  # (C, n, n)
-    amplitude = psfs.repeat_interleave(u, dim=-2).repeat_interleave(u, dim=-1).sqrt()
-    generator = torch.Generator(device=cpu).manual_seed(seed)
-    squared = torch.zeros(p, 2, dtype=torch.float64, device=cpu)
+    speckle = _Speckle(psfs, optics, draws)
+    generator = torch.Generator(device=_CPU).manual_seed(seed)
+    squared = torch.zeros(speckle.lit_count, 2, dtype=torch.float64, device=_CPU)
     for _ in range(draws):
-        phase = 2 * math.pi * torch.rand(amplitude.shape, generator=generator, dtype=torch.float64, device=cpu)
-        shift = torch.rand(p, 2, generator=generator, dtype=torch.float64, device=cpu) - 0.5
-        fine = ifft2(torch.fft.fft2(amplitude * torch.exp(1j * phase)) * pupil).abs().square()
-        angle = shift[:, 0, None, None] * freq[:, None] + shift[:, 1, None, None] * freq[None, :]
+        fine = speckle.draw(generator)
+        shift = torch.rand(speckle.lit_count, 2, generator=generator, dtype=torch.float64, device=_CPU) - 0.5
+        squared += speckle.shift_error(fine, shift).square()
+    return speckle.scatter((squared / draws).sqrt())
+
+
+def sampling_pull_px(psfs: torch.Tensor, fitted_shift_px: torch.Tensor, optics: AberrationOptics, *,
+                     draws: int = 32, seed: int = 0, tolerance_px: float = 1e-4,
+                     max_iterations: int = 60) -> torch.Tensor:
+    """The pull (P, 2) px towards whole pixels contained in fitted shifts ``fitted_shift_px`` (P, 2).
+
+    The mean over speckle draws of the geometry model's shift error at a true shift ``d`` is the pull
+    ``pull(d)``; the true shift behind a fitted one solves ``d + pull(d) = fitted_shift_px``. It is found
+    by damped fixed-point iteration ``d += w (fitted - pull(d) - d)``, with the same draws each time (the
+    mean pull is then one deterministic function of ``d``) and each value's ``w`` halved whenever its step
+    changes sign (where the pull is steep, the plain iteration would oscillate), until no value moves
+    more than ``tolerance_px``. Returns ``fitted_shift_px - d``: ``fitted_shift_px - pull`` estimates the
+    physical misregistration; its uncertainty remains the phase-averaged :func:`shift_systematic_px`
+    (the speckle model of the structure below the pixel is itself uncertain). Arguments as
+    :func:`shift_systematic_px`; float64 on the CPU.
+    """
+    speckle = _Speckle(psfs, optics, draws)
+    check_tensor("fitted_shift_px", fitted_shift_px, ndim=2)
+    if tuple(fitted_shift_px.shape) != (psfs.shape[0], 2):
+        raise InputError(f"fitted_shift_px must be (P, 2) = ({psfs.shape[0]}, 2), got {tuple(fitted_shift_px.shape)}")
+    generator = torch.Generator(device=_CPU).manual_seed(seed)
+    fields = [speckle.draw(generator) for _ in range(draws)]
+    fitted = fitted_shift_px.detach().to(_CPU, torch.float64)[speckle.lit]
+    true, weight, previous = fitted.clone(), torch.ones_like(fitted), torch.zeros_like(fitted)
+    moved = 0.0
+    for _ in range(max_iterations):
+        step = fitted - sum(speckle.shift_error(fine, true) for fine in fields) / draws - true
+        weight = torch.where(step * previous < 0, weight / 2, weight)
+        true, previous = true + weight * step, step
+        moved = float((weight * step).abs().amax()) if step.numel() else 0.0
+        if moved < tolerance_px:
+            break
+    else:
+        log.warning("sampling pull: the true shift behind a fitted one still moved %.2g px at the last of %d "
+                    "iterations (tolerance %.2g px)", moved, max_iterations, tolerance_px)
+    return speckle.scatter(fitted - true)
+
+
+class _Speckle:
+    """Band-limited speckle under each lit PSF's envelope (module docstring, step 1), and the geometry
+    model's shift error on it (steps 2-3)."""
+
+    def __init__(self, psfs: torch.Tensor, optics: AberrationOptics, draws: int):
+        check_tensor("psfs", psfs, ndim=4)
+        p, c, k, width = psfs.shape
+        if k != width:
+            raise InputError(f"psfs must be (P, C, K, K), got {tuple(psfs.shape)}")
+        if isinstance(draws, bool) or not isinstance(draws, int) or draws < 1:
+            raise InputError(f"draws must be an int >= 1, got {draws!r}")
+        wavelengths = optics.wavelengths_m * (c if len(optics.wavelengths_m) == 1 else 1)
+        if len(wavelengths) != c:
+            raise InputError(f"optics has {len(optics.wavelengths_m)} wavelengths for {c} channels (expected 1 or {c})")
+        spot_px = torch.tensor([w * optics.f_number / optics.pixel_pitch_m for w in wavelengths],
+                               dtype=torch.float64, device=_CPU)
+        self.u = max(2, math.floor(2.0 / float(spot_px.min())) + 1)
+        psfs = psfs.detach().to(_CPU, torch.float64).clamp(min=0)
+        self.lit = psfs.flatten(1).amax(dim=1) > 0  # a dark PSF (no light to place) has no systematic
+        self.count, self.lit_count = p, int(self.lit.sum())
+        self.freq = torch.fft.fftfreq(k * self.u, d=1.0 / self.u, dtype=torch.float64, device=_CPU)  # cycles/px
+        cut = (0.5 / spot_px)[:, None, None]
+        self.pupil = ((self.freq.abs()[:, None] <= cut) & (self.freq.abs()[None, :] <= cut)).to(torch.complex128)
+        self.amplitude = psfs[self.lit].repeat_interleave(self.u, dim=-2).repeat_interleave(self.u, dim=-1).sqrt()
+
+    def draw(self, generator: torch.Generator) -> torch.Tensor:
+        """One speckle intensity (lit P, C, K u, K u) sampled ``u`` times per pixel."""
+        phase = 2 * math.pi * torch.rand(self.amplitude.shape, generator=generator, dtype=torch.float64, device=_CPU)
+        return ifft2(torch.fft.fft2(self.amplitude * torch.exp(1j * phase)) * self.pupil).abs().square()
+
+    def shift_error(self, fine: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+        """The geometry model's shift error (lit P, 2) px when ``fine`` moves by ``shift`` (lit P, 2) px."""
+        angle = shift[:, 0, None, None] * self.freq[:, None] + shift[:, 1, None, None] * self.freq[None, :]
         moved = ifft2(torch.fft.fft2(fine) * torch.exp(-2j * math.pi * angle)[:, None]).real
-        squared += linearised_shift_error(_bin(fine, u), _bin(moved, u), shift).square()
-    out = torch.zeros(p_all, 2, dtype=torch.float64, device=cpu)
-    out[lit] = (squared / draws).sqrt()
-    return out
+        return linearised_shift_error(_bin(fine, self.u), _bin(moved, self.u), shift)
+
+    def scatter(self, values: torch.Tensor) -> torch.Tensor:
+        """(lit P, 2) -> (P, 2), zero for the dark PSFs."""
+        out = torch.zeros(self.count, 2, dtype=torch.float64, device=_CPU)
+        out[self.lit] = values
+        return out
 
 
 def linearised_shift_error(template: torch.Tensor, target: torch.Tensor, shift_px: torch.Tensor) -> torch.Tensor:
@@ -129,4 +199,4 @@ def _bin(fine: torch.Tensor, u: int) -> torch.Tensor:
     return fine.reshape(p, c, n // u, u, n // u, u).sum(dim=(3, 5))
 
 
-__all__ = ["STEPS", "WEIGHT_FLOOR", "linearised_shift_error", "shift_systematic_px"]
+__all__ = ["STEPS", "WEIGHT_FLOOR", "linearised_shift_error", "sampling_pull_px", "shift_systematic_px"]

@@ -167,14 +167,17 @@ def test_the_psf_figure_shares_one_scale_per_row_for_measured_and_model(calibrat
 
 
 def test_the_parameter_table_notes_each_shift_sampling_systematic(report):
-    """Shift sigmas include the sampling systematic (calibration.sampling): the table says how much, per
-    shift, and the text above it says it is added in quadrature; no other row carries one."""
+    """Shift sigmas include the sampling systematic (calibration.sampling): the table says how much, and
+    the pull to subtract for the misregistration, per shift, and the text above it says what each is; no
+    other row carries one."""
     files, calibration = report
     text = files["markdown"].read_text()
     assert "Shift sigmas add the sampling systematic in quadrature" in text
+    assert "the physical misregistration is the value less the pull noted beside it" in text
     rows = {row[0]: row for row in table_rows(dict(sections(text))["Mismatch fit"])}
     for p in calibration.fit.parameters:
-        expected = f"sampling systematic {p.systematic:.2g}" if p.kind == "shift_px" and p.identifiable else None
+        expected = (f"sampling systematic {p.systematic:.2g}, pull {p.sampling_pull:+.2g}"
+                    if p.kind == "shift_px" and p.identifiable else None)
         assert p.systematic > 0 if p.kind == "shift_px" else p.systematic == 0.0
         if expected:
             assert rows[p.name][3] == expected
