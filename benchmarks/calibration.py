@@ -46,6 +46,7 @@ Usage: python benchmarks/calibration.py [--realisations 50] [--phase-seeds 5] [-
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import datetime
 import json
@@ -62,6 +63,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.threads import torch_threads  # noqa: E402
+import calibration.fit as fit_module  # noqa: E402
 from calibration.fit import FitSettings, fit_mismatch  # noqa: E402
 from onn_core import config as config_io  # noqa: E402
 from calibration.psf import measure_psfs  # noqa: E402
@@ -110,12 +112,35 @@ def example_device_fit() -> dict:
         return _timed_fits(measurement, FitSettings(aberration=example_aberration()))
 
 
+@contextlib.contextmanager
+def jacobian_timer():
+    """Within the block, seconds and calls of the fit's physical-parameter Jacobians (the part the two
+    Jacobian methods do differently; the kernel error's derivatives are forward mode in both)."""
+    original = fit_module._Model.jacobian
+    spent = {"seconds": 0.0, "calls": 0}
+
+    def timed(self, *args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return original(self, *args, **kwargs)
+        finally:
+            spent["seconds"] += time.perf_counter() - start
+            spent["calls"] += 1
+
+    fit_module._Model.jacobian = timed
+    try:
+        yield spent
+    finally:
+        fit_module._Model.jacobian = original
+
+
 def _timed_fits(measurement, settings: FitSettings) -> dict:
     """The full fit with each Jacobian and the geometry stage alone, timed (seconds)."""
-    seconds = {}
+    seconds, jacobians = {}, {}
     for method in ("finite_differences", "autodiff"):
         start = time.perf_counter()
-        fit = fit_mismatch(measurement, nominal(), settings=dataclasses.replace(settings, jacobian=method))
+        with jacobian_timer() as jacobians[method]:
+            fit = fit_mismatch(measurement, nominal(), settings=dataclasses.replace(settings, jacobian=method))
         seconds[method] = time.perf_counter() - start
     full = seconds[settings.jacobian]
     start = time.perf_counter()
@@ -124,6 +149,12 @@ def _timed_fits(measurement, settings: FitSettings) -> dict:
     return {"fit_seconds_16_psfs": full, "fit_seconds_16_psfs_geometry": geometry,
             "fit_speedup_vs_finite_differences": seconds["finite_differences"] / seconds["autodiff"],
             "fit_speed_threads": SPEED_THREADS, "fit_seconds_16_psfs_finite_differences": seconds["finite_differences"],
+            "jacobian_seconds": {method: spent["seconds"] for method, spent in jacobians.items()},
+            "jacobian_calls": {method: spent["calls"] for method, spent in jacobians.items()},
+            "jacobian_speedup_vs_finite_differences": (
+                (jacobians["finite_differences"]["seconds"] / jacobians["finite_differences"]["calls"])
+                / (jacobians["autodiff"]["seconds"] / jacobians["autodiff"]["calls"])),
+            "fit_seconds_outside_jacobians": seconds["autodiff"] - jacobians["autodiff"]["seconds"],
             "psf_residual_before": fit.psf_residual_before, "psf_residual_after": fit.psf_residual_after,
             "chi2_reduced": fit.chi2_reduced, "unidentifiable": [p.name for p in fit.parameters if not p.identifiable]}
 

@@ -101,12 +101,14 @@ def sampling_pull_px(psfs: torch.Tensor, fitted_shift_px: torch.Tensor, optics: 
     if tuple(fitted_shift_px.shape) != (psfs.shape[0], 2):
         raise InputError(f"fitted_shift_px must be (P, 2) = ({psfs.shape[0]}, 2), got {tuple(fitted_shift_px.shape)}")
     generator = torch.Generator(device=_CPU).manual_seed(seed)
-    fields = [speckle.draw(generator) for _ in range(draws)]
+    fine = torch.cat([speckle.draw(generator) for _ in range(draws)])  # every draw in one batch
+    spectrum, template = torch.fft.fft2(fine), _bin(fine, speckle.u)
     fitted = fitted_shift_px.detach().to(_CPU, torch.float64)[speckle.lit]
     true, weight, previous = fitted.clone(), torch.ones_like(fitted), torch.zeros_like(fitted)
     moved = 0.0
     for _ in range(max_iterations):
-        step = fitted - sum(speckle.shift_error(fine, true) for fine in fields) / draws - true
+        errors = speckle.moved_error(spectrum, template, true.repeat(draws, 1))
+        step = fitted - errors.reshape(draws, -1, 2).mean(dim=0) - true
         weight = torch.where(step * previous < 0, weight / 2, weight)
         true, previous = true + weight * step, step
         moved = float((weight * step).abs().amax()) if step.numel() else 0.0
@@ -142,6 +144,11 @@ class _Speckle:
         cut = (0.5 / spot_px)[:, None, None]
         self.pupil = ((self.freq.abs()[:, None] <= cut) & (self.freq.abs()[None, :] <= cut)).to(torch.complex128)
         self.amplitude = psfs[self.lit].repeat_interleave(self.u, dim=-2).repeat_interleave(self.u, dim=-1).sqrt()
+        # the inverse DFT along one axis followed by binning u samples: (K, K u), one matrix product
+        n = k * self.u
+        index = torch.arange(n, dtype=torch.float64, device=_CPU)
+        inverse = torch.exp(2j * math.pi * torch.outer(index, index) / n) / n
+        self.binned_inverse = inverse.reshape(k, self.u, n).sum(dim=1)
 
     def draw(self, generator: torch.Generator) -> torch.Tensor:
         """One speckle intensity (lit P, C, K u, K u) sampled ``u`` times per pixel."""
@@ -149,10 +156,18 @@ class _Speckle:
         return ifft2(torch.fft.fft2(self.amplitude * torch.exp(1j * phase)) * self.pupil).abs().square()
 
     def shift_error(self, fine: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-        """The geometry model's shift error (lit P, 2) px when ``fine`` moves by ``shift`` (lit P, 2) px."""
-        angle = shift[:, 0, None, None] * self.freq[:, None] + shift[:, 1, None, None] * self.freq[None, :]
-        moved = ifft2(torch.fft.fft2(fine) * torch.exp(-2j * math.pi * angle)[:, None]).real
-        return linearised_shift_error(_bin(fine, self.u), _bin(moved, self.u), shift)
+        """The geometry model's shift error (N, 2) px when ``fine`` (N, C, K u, K u) moves by ``shift``
+        (N, 2) px."""
+        return self.moved_error(torch.fft.fft2(fine), _bin(fine, self.u), shift)
+
+    def moved_error(self, spectrum: torch.Tensor, template: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+        """:meth:`shift_error` of the speckle whose 2-D spectrum is ``spectrum`` and binned pattern
+        ``template``: moved by a phase ramp (separable), inverse-transformed and binned per axis as one
+        matrix product each (equal to the inverse FFT then binning, to rounding; ~10x faster)."""
+        ramps = torch.exp(-2j * math.pi * shift[:, :, None] * self.freq)  # (N, 2, K u): per axis
+        rows, columns = (self.binned_inverse * ramps[:, axis, None, :] for axis in range(2))  # (N, K, K u)
+        moved = (rows[:, None] @ spectrum @ columns[:, None].transpose(-1, -2)).real
+        return linearised_shift_error(template, moved, shift)
 
     def scatter(self, values: torch.Tensor) -> torch.Tensor:
         """(lit P, 2) -> (P, 2), zero for the dark PSFs."""
