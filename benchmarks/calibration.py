@@ -12,7 +12,9 @@ Measured here (every figure in one run; seeds and magnitudes are not the tests')
   with 2 torch threads (the goal is stated for 2 cores; every other part runs on 1), with the Jacobian of ``FitSettings``' default; ``fit_seconds_16_psfs_geometry``: the
   geometry stage alone; ``fit_speedup_vs_finite_differences``: the same full fit with the
   finite-difference Jacobian (``jacobian="finite_differences"``, the reference), its time over the
-  autodiff one's (``jacobian="autodiff"``), both in this run.
+  autodiff one's (``jacobian="autodiff"``), both in this run; ``jacobian_seconds`` / ``jacobian_calls`` per
+  method, ``jacobian_speedup_vs_finite_differences`` (per call) and ``fit_seconds_outside_jacobians``
+  (the autodiff fit's time spent elsewhere, which bounds the full-fit ratio).
 - ``psf_residual_before`` / ``psf_residual_after``: relative L2 of measured PSFs vs the design model /
   vs the calibrated model, for that device (its errors include a 5 % kernel error and stray light).
 - ``phase_retrieval_rms_waves``: Noll 4-11 RMS error of phase retrieval with phase diversity on
