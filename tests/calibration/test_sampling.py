@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import h5py
 import numpy as np
+import numpy.lib.recfunctions as rfn
 import pytest
 import torch
 
@@ -120,6 +121,16 @@ def test_the_fit_adds_the_systematic_to_the_shift_sigmas_only(tmp_path):
         back = MismatchFit.from_hdf5(f["fit"])
     assert [p.systematic for p in back.parameters] == [p.systematic for p in fit.parameters]
     assert [p.sampling_pull for p in back.parameters] == [p.sampling_pull for p in fit.parameters]
+    # a file written before the pull (its parameter table without the column) reads with none
+    with h5py.File(tmp_path / "fit.h5", "r+") as f:
+        table = f["fit/parameters"][()]
+        del f["fit/parameters"]
+        f["fit"].create_dataset("parameters", data=rfn.drop_fields(table, "sampling_pull"), fletcher32=True)
+    with h5py.File(tmp_path / "fit.h5", "r") as f:
+        older = MismatchFit.from_hdf5(f["fit"])
+    assert [p.sampling_pull for p in older.parameters] == [0.0] * len(fit.parameters)
+    assert [p.systematic for p in older.parameters] == [p.systematic for p in fit.parameters]
+    np.testing.assert_array_equal(older.misregistration_px(), fit.errors.shift_px.numpy())
 
 
 def test_bad_sampling_draws_are_named():
