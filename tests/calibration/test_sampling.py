@@ -186,3 +186,16 @@ def test_subtracting_the_pull_brings_fitted_shifts_of_speckle_closer_to_the_trut
 def test_a_bad_fitted_shift_is_named():
     with pytest.raises(InputError, match=r"fitted_shift_px must be \(P, 2\) = \(4, 2\), got \(4, 3\)"):
         sampling_pull_px(psfs(), torch.zeros(4, 3, dtype=D), optics(0.62))
+
+
+def test_the_pull_of_colour_psfs_has_one_value_per_psf_and_axis():
+    """Three channels (one wavelength each): the pull is (P, 2), none at zero shift, some at a
+    quarter pixel; a shift of half a pixel less the pull still lies within the pixel's cell."""
+    rgb = AberrationOptics(wavelengths_m=(635e-9, 532e-9, 450e-9), f_number=4.0, pixel_pitch_m=3.45e-6)
+    colour = torch.nn.functional.pad(torch.rand(4, 3, 5, 5, generator=torch.Generator().manual_seed(1), dtype=D),
+                                     (4, 4, 4, 4))
+    assert float(sampling_pull_px(colour, torch.zeros(4, 2, dtype=D), rgb, draws=4).abs().max()) < 1e-12
+    quarter = sampling_pull_px(colour, torch.full((4, 2), 0.25, dtype=D), rgb, draws=4)
+    assert quarter.shape == (4, 2) and float(quarter.abs().max()) > 1e-2
+    half = 0.5 - sampling_pull_px(colour, torch.full((4, 2), 0.5, dtype=D), rgb, draws=4)
+    assert float(half.min()) > 0.0 and float(half.max()) < 1.0
