@@ -39,10 +39,14 @@ Measured here (every figure in one run; seeds and magnitudes are not the tests')
   terms in the optics stage unless ``--wave-zernike``: the Zernike OTF makes the full fit ~10x slower on
   the 17 px wave window).
 
+- ``wave_device_variants``: the same figures on ``--wave-variant-devices`` wave devices (seeds 41..) of
+  each of :data:`WAVE_VARIANTS` (twice the misregistration; an f/6 sub-aperture), to see whether the
+  coverage holds away from the configuration it was developed on.
+
 Prints a table and, last, one line of JSON; writes benchmarks/results/calibration.json. ``--parts``
 runs only some of the measurements; the keys of the others are kept from the existing JSON.
-Usage: python benchmarks/calibration.py [--realisations 50] [--phase-seeds 5] [--wave-devices 20]
-       [--parts shift,example,speed,phase,wave]
+Usage: python benchmarks/calibration.py [--realisations 50] [--phase-seeds 5] [--wave-devices 20] [--wave-variant-devices 10]
+       [--parts shift,example,speed,phase,wave,wave_variants]
 """
 
 from __future__ import annotations
@@ -78,7 +82,7 @@ from tests.calibration.benches import example_optics, simulated_bench  # noqa: E
 SHIFT_SPEC = {"shift_std_px": 0.5, "brightness_rel_std": 0.1}
 #: What --parts can name: shift accuracy, the example device's fit speed, its reduced chi-square,
 #: phase retrieval, the wave devices.
-PARTS = ("shift", "speed", "example", "phase", "wave")
+PARTS = ("shift", "speed", "example", "phase", "wave", "wave_variants")
 
 
 def nominal() -> OpticalSystem:
@@ -192,9 +196,21 @@ def dataset_images(count: int = 2):
 WAVE_FIRST_SEED = 21
 
 
-def wave_devices(count: int, zernike: bool, first_seed: int = WAVE_FIRST_SEED) -> dict:
-    """Fit ``count`` wave-optics devices, seeds ``first_seed``.. (module docstring: ``wave_device``)."""
+#: Wave devices unlike the main ones, each a change of ``examples/optics_wave.yaml``'s ``errors``
+#: (module docstring: ``wave_device_variants``): twice the misregistration; a slower sub-aperture
+#: (f/6: a speckle grain of 0.93 px instead of 0.62 px).
+WAVE_VARIANTS = {"shift_std_0.6_px": {"spec": {"shift_std_px": 0.6}},
+                 "f_number_6": {"optics": {"f_number": 6.0}}}
+#: their seeds: neither the development devices' (1-20) nor the main benchmark's (21-40)
+VARIANT_FIRST_SEED = 41
+
+
+def wave_devices(count: int, zernike: bool, first_seed: int = WAVE_FIRST_SEED, variant: dict | None = None) -> dict:
+    """Fit ``count`` wave-optics devices, seeds ``first_seed``.. (module docstring: ``wave_device``),
+    ``examples/optics_wave.yaml``'s errors changed by ``variant`` (``{section: {key: value}}``)."""
     wave = config_io.load_yaml(ROOT / "examples" / "optics_wave.yaml")
+    for section, values in (variant or {}).items():
+        wave["errors"][section] = {**wave["errors"][section], **values}
     margin = wave["geometry"]["psf_margin_px"]
     optics = {**example_optics(), "geometry": {**example_optics()["geometry"], "psf_margin_px": margin}}
     system = OpticalSystem.from_config({**optics, "errors": None})
@@ -269,6 +285,7 @@ def main() -> None:
     parser.add_argument("--phase-seeds", type=int, default=5)
     parser.add_argument("--wave-devices", type=int, default=20)
     parser.add_argument("--wave-zernike", action="store_true", help="fit wave devices with Zernike 4-6 (slow)")
+    parser.add_argument("--wave-variant-devices", type=int, default=10, help="devices per entry of WAVE_VARIANTS")
     parser.add_argument("--wave-first-seed", type=int, default=WAVE_FIRST_SEED,
                         help="error seed of the first wave device (the pull correction was developed on 1-20)")
     parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {PARTS}")
@@ -301,6 +318,10 @@ def main() -> None:
             keep = ("coverage_1sigma", "coverage_2sigma", "shift_rmse_px", "shift_sigma_median_px", "seeds")
             results["wave_device"]["previous"] = earlier.get("previous", []) + [
                 {**{k: earlier[k] for k in keep if k in earlier}, "date": earlier_date}]
+    if "wave_variants" in parts:
+        results["wave_device_variants"] = {
+            name: {**wave_devices(args.wave_variant_devices, False, VARIANT_FIRST_SEED, variant)["wave_device"],
+                   "variant": variant} for name, variant in WAVE_VARIANTS.items()}
     for key, value in results.items():
         if isinstance(value, float):
             print(f"{key:34s} {value:.4g}" if math.isfinite(value) else f"{key:34s} {value}")
