@@ -40,8 +40,9 @@ Measured here (every figure in one run; seeds and magnitudes are not the tests')
   the 17 px wave window).
 
 - ``wave_device_variants``: the same figures on ``--wave-variant-devices`` wave devices (seeds 41..) of
-  each of :data:`WAVE_VARIANTS` (twice the misregistration; an f/6 sub-aperture), to see whether the
-  coverage holds away from the configuration it was developed on.
+  each of :data:`WAVE_VARIANTS` (twice the misregistration; an f/6 sub-aperture; no misregistration), to
+  see whether the coverage holds away from the configuration it was developed on (``--wave-variants``:
+  some of them).
 
 Prints a table and, last, one line of JSON; writes benchmarks/results/calibration.json. ``--parts``
 runs only some of the measurements; the keys of the others are kept from the existing JSON.
@@ -198,9 +199,11 @@ WAVE_FIRST_SEED = 21
 
 #: Wave devices unlike the main ones, each a change of ``examples/optics_wave.yaml``'s ``errors``
 #: (module docstring: ``wave_device_variants``): twice the misregistration; a slower sub-aperture
-#: (f/6: a speckle grain of 0.93 px instead of 0.62 px).
+#: (f/6: a speckle grain of 0.93 px instead of 0.62 px); no misregistration (an aligned optic: what
+#: the fitted shifts hold besides it).
 WAVE_VARIANTS = {"shift_std_0.6_px": {"spec": {"shift_std_px": 0.6}},
-                 "f_number_6": {"optics": {"f_number": 6.0}}}
+                 "f_number_6": {"optics": {"f_number": 6.0}},
+                 "aligned": {"spec": {"shift_std_px": 0.0}}}
 #: their seeds: neither the development devices' (1-20) nor the main benchmark's (21-40)
 VARIANT_FIRST_SEED = 41
 
@@ -286,6 +289,8 @@ def main() -> None:
     parser.add_argument("--wave-devices", type=int, default=20)
     parser.add_argument("--wave-zernike", action="store_true", help="fit wave devices with Zernike 4-6 (slow)")
     parser.add_argument("--wave-variant-devices", type=int, default=10, help="devices per entry of WAVE_VARIANTS")
+    parser.add_argument("--wave-variants", default=",".join(WAVE_VARIANTS),
+                        help=f"comma-separated subset of {tuple(WAVE_VARIANTS)} (the others' results are kept)")
     parser.add_argument("--wave-first-seed", type=int, default=WAVE_FIRST_SEED,
                         help="error seed of the first wave device (the pull correction was developed on 1-20)")
     parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {PARTS}")
@@ -294,6 +299,9 @@ def main() -> None:
     parts = [p for p in args.parts.split(",") if p]
     if not parts or set(parts) - set(PARTS):
         parser.error(f"--parts must be a subset of {PARTS}")
+    variant_names = [n for n in args.wave_variants.split(",") if n]
+    if set(variant_names) - set(WAVE_VARIANTS):
+        parser.error(f"--wave-variants must be a subset of {tuple(WAVE_VARIANTS)}")
     torch.set_num_threads(1)
     out = Path(args.out)
     results = json.loads(out.read_text()) if out.exists() and set(parts) != set(PARTS) else {}
@@ -319,9 +327,10 @@ def main() -> None:
             results["wave_device"]["previous"] = earlier.get("previous", []) + [
                 {**{k: earlier[k] for k in keep if k in earlier}, "date": earlier_date}]
     if "wave_variants" in parts:
-        results["wave_device_variants"] = {
-            name: {**wave_devices(args.wave_variant_devices, False, VARIANT_FIRST_SEED, variant)["wave_device"],
-                   "variant": variant} for name, variant in WAVE_VARIANTS.items()}
+        variants = results.setdefault("wave_device_variants", {})
+        for name in variant_names:
+            variants[name] = {**wave_devices(args.wave_variant_devices, False, VARIANT_FIRST_SEED,
+                                             WAVE_VARIANTS[name])["wave_device"], "variant": WAVE_VARIANTS[name]}
     for key, value in results.items():
         if isinstance(value, float):
             print(f"{key:34s} {value:.4g}" if math.isfinite(value) else f"{key:34s} {value}")
