@@ -46,8 +46,8 @@ Measured here (every figure in one run; seeds and magnitudes are not the tests')
 
 Prints a table and, last, one line of JSON; writes benchmarks/results/calibration.json. ``--parts``
 runs only some of the measurements; the keys of the others are kept from the existing JSON.
-Usage: python benchmarks/calibration.py [--realisations 50] [--phase-seeds 5] [--wave-devices 20] [--wave-variant-devices 10]
-       [--parts shift,example,speed,phase,wave,wave_variants]
+Usage: python benchmarks/calibration.py [--realisations 50] [--phase-seeds 5] [--wave-devices 20]
+       [--wave-variant-devices 10] [--wave-variants NAMES] [--parts shift,example,speed,phase,wave,wave_variants]
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ from tests.calibration.benches import example_optics, simulated_bench  # noqa: E
 
 SHIFT_SPEC = {"shift_std_px": 0.5, "brightness_rel_std": 0.1}
 #: What --parts can name: shift accuracy, the example device's fit speed, its reduced chi-square,
-#: phase retrieval, the wave devices.
+#: phase retrieval, the wave devices, the wave devices' variants.
 PARTS = ("shift", "speed", "example", "phase", "wave", "wave_variants")
 
 
