@@ -157,7 +157,6 @@ def sweep_rows(grid: dict, timing: dict) -> list[dict]:
 
 def _sweep_rows(grid: dict, timing: dict) -> list[dict]:
     generator = torch.Generator().manual_seed(0)
-    cpu = torch.device("cpu")
     rows = []
     for dtype_name in ("float32", "float64"):
         dtype = getattr(torch, dtype_name)

@@ -181,7 +181,7 @@ def measure_display_response(bench, *, levels=None, frames: int = 4, sensor: Sen
         raise CalibrationError(f"the sensor calibration is of a {sensor.shape} camera; this camera delivers "
                                f"{tuple(camera.shape)} frames (same camera and ROI needed)")
     limit = float(sensor.linear_range_dn[1]) if sensor is not None else camera.saturation_dn
-    black, white = uniform_image(bench, 0), uniform_image(bench, slm.max_level)
+    white = uniform_image(bench, slm.max_level)
     with exposure_held(camera):
         if exposure_s is None:
             bench.auto_exposure(white, target_fraction=TARGET_FRACTION, percentile=BRIGHT_PERCENTILE, limit_dn=limit)

@@ -39,12 +39,12 @@ import h5py
 
 from onn_core import config as config_io
 
-from .api import STAGES, Calibration, changed_settings
 from .display_response import DisplayCalibration
 from .errors import CalibrationFileError
 from .fit import MismatchFit
 from .geometry import GeometryCalibration
 from .psf import PSFMeasurement
+from .result import STAGES, Calibration, changed_settings
 from .sensor import SensorCalibration
 
 log = logging.getLogger(__name__)

@@ -21,7 +21,7 @@ import numpy as np
 from onn_core.files import atomic_write
 
 from . import display_response, sensor
-from .api import Calibration
+from .result import Calibration
 from .plotting import plot_psfs, plot_registration
 from .verdict import Verdict, tile_residual_over_noise, verdicts
 

@@ -33,7 +33,6 @@ this works on every backend (torch-free).
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -157,7 +156,7 @@ def measure_timing(bench, *, low: int | None = None, high: int | None = None, re
                           f"{int(high_image.max())} (exposure {exposure:g} s): is the light on, the exposure right?")
     threshold = max(MIN_THRESHOLD, 5 * noise)
     interval = max(float(np.median(np.diff([camera.snap().timestamp_s for _ in range(3)]))), exposure) / repeats
-    starts, fractions, shows = [], [], []
+    starts, fractions = [], []
     for k in range(repeats):
         steady(low_image)
         slm.show(high_image)

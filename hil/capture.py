@@ -111,6 +111,20 @@ def stratified_indices(labels, fraction: float, seed: int, *, exclude=()) -> np.
     return rng.permutation(np.concatenate(chosen))
 
 
+def stratified_rows(labels: torch.Tensor, fraction: float, class_counts: dict[int, int]) -> torch.Tensor:
+    """Rows of a capture (in capture order) forming a stratified ``fraction`` of a split whose classes
+    have ``class_counts`` samples: the first ``round(fraction n_c)`` captured rows of every class."""
+    rows = []
+    for label, n in sorted(class_counts.items()):
+        mine = torch.nonzero(labels == label).flatten()
+        take = max(1, round(fraction * n))
+        if take > len(mine):
+            raise InputError(f"the capture holds {len(mine)} samples of class {label}, fewer than the {take} of "
+                             f"fraction {fraction}: capture the largest fraction first")
+        rows.append(mine[:take])
+    return torch.sort(torch.cat(rows)).values
+
+
 def uniform_indices(count: int, fraction: float, seed: int, *, exclude=()) -> np.ndarray:
     """A seeded uniform subset of ``range(count)`` (for targets without classes, e.g. segmentation
     masks): ``round(fraction * count)`` indices (at least one), drawn without the ``exclude`` indices,
@@ -412,4 +426,5 @@ def _versions() -> dict:
 
 
 __all__ = ["DENSE_TARGET", "CaptureFileError", "CaptureSummary", "capture", "check_continuable", "check_design",
-           "design_fingerprint", "design_id_of", "display_image", "row_label", "stratified_indices", "uniform_indices"]
+           "design_fingerprint", "design_id_of", "display_image", "row_label", "stratified_indices", "stratified_rows",
+           "uniform_indices"]

@@ -26,7 +26,7 @@ from .runner import check_run, run_job
 from .state import JobConfigChanged, read_state
 from .steps import (STEP_NAMES, STEPS, JobMismatchError, RunContext, Step, bench_config,
                     calibrate_bench, capture_plan, capture_sets, datasets, design_config, design_identity,
-                    evaluate, export, finetune_all, fraction_key, fraction_rows, load_job_calibration, open_job_bench,
+                    evaluate, export, finetune_all, fraction_key, load_job_calibration, open_job_bench,
                     score_runs, synthetic_set, train_models)
 from .task import Task, job_task
 from .disk import DiskSpaceError
@@ -36,6 +36,6 @@ from .validate import preflight
 __all__ = ["STEPS", "STEP_NAMES", "CaptureStep", "ClippedCaptureError", "DiskSpaceError", "FinetuneStep", "Job",
            "JobConfig", "JobConfigChanged", "JobMismatchError", "RunContext", "Step", "Task", "TrainStep", "bench_config",
            "calibrate_bench", "capture_plan", "check_run", "capture_sets", "datasets", "design_config",
-           "design_identity", "evaluate", "export", "finetune_all", "fraction_key", "fraction_rows", "job_identity", "job_task",
+           "design_identity", "evaluate", "export", "finetune_all", "fraction_key", "job_identity", "job_task",
            "load_job", "load_job_calibration", "open_job_bench", "preflight", "read_state", "report", "run_job",
            "score_runs", "synthetic_set", "train_models"]

@@ -58,7 +58,6 @@ import hashlib
 import json
 import logging
 import time
-from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Callable, NamedTuple
@@ -438,20 +437,6 @@ def capture_perfect(job: Job, design_id: str, exposure_s: float, progress: bool 
 
 
 # ------------------------------------------------------------------------------------------ fine-tuning
-def fraction_rows(labels: torch.Tensor, fraction: float, class_counts: dict[int, int]) -> torch.Tensor:
-    """Rows of a capture (in capture order) forming a stratified ``fraction`` of a split whose classes
-    have ``class_counts`` samples: the first ``round(fraction n_c)`` captured rows of every class."""
-    rows = []
-    for label, n in sorted(class_counts.items()):
-        mine = torch.nonzero(labels == label).flatten()
-        take = max(1, round(fraction * n))
-        if take > len(mine):
-            raise InputError(f"the capture holds {len(mine)} samples of class {label}, fewer than the {take} of "
-                             f"fraction {fraction}: capture the largest fraction first")
-        rows.append(mine[:take])
-    return torch.sort(torch.cat(rows)).values
-
-
 def fraction_key(fraction: float) -> str:
     """The key of a captured fraction in the results (``0.01`` -> ``"0.01"``)."""
     return f"{fraction:g}"
@@ -837,5 +822,5 @@ __all__ = ["CALIBRATION_REPORT_DIR", "LOCATION_FILE", "STEPS", "STEP_NAMES", "Jo
            "check_backend_identity", "check_calibration_design", "feature_kind", "images_digest", "simulated_bench",
            "usable_methods",
            "datasets", "design_config", "design_identity", "evaluate", "export", "finetune_all",
-           "fraction_key", "fraction_rows", "load_job_calibration", "model_sources", "open_job_bench", "score_runs",
+           "fraction_key", "load_job_calibration", "model_sources", "open_job_bench", "score_runs",
            "student_model_config", "synthetic_set", "train_models"]

@@ -13,7 +13,7 @@ in a captures file     ``labels``: the label                        ``labels``: 
 captured samples       stratified by class                          uniform (:func:`hil.capture.uniform_indices`)
                        (:func:`hil.capture.stratified_indices`)
 a captured fraction    the first rows of every class                the first rows of the capture
-                       (:func:`hil.job.steps.fraction_rows`)
+                       (:func:`hil.capture.stratified_rows`)
 metric                 ``accuracy``                                 ``miou`` (mean IoU of object and background
                                                                     over every pixel, :func:`hil.metrics.mean_iou`)
 =====================  ===========================================  ===========================================
@@ -28,7 +28,7 @@ import torch
 
 from onn_core.errors import InputError
 
-from ..capture import stratified_indices, uniform_indices
+from ..capture import stratified_indices, stratified_rows, uniform_indices
 from ..data import TASK_OF
 from ..finetune import TASK_METRIC, CapturedSet, captured_features, score
 from ..metrics import ConfusionAccumulator, predictions
@@ -85,10 +85,8 @@ class Task:
         ``split_targets``: the first ``round(fraction n_c)`` rows of every class, or for masks the first
         ``round(fraction n)`` rows (a capture in a seeded random order: a uniform subset, nested)."""
         if not self.dense:
-            from .steps import fraction_rows
-
             counts = {int(c): int(n) for c, n in zip(*np.unique(split_targets.numpy(), return_counts=True))}
-            return fraction_rows(captured.labels, fraction, counts)
+            return stratified_rows(captured.labels, fraction, counts)
         take = max(1, round(fraction * len(split_targets)))
         if take > len(captured):
             raise InputError(f"the capture holds {len(captured)} samples, fewer than the {take} of fraction {fraction}: "

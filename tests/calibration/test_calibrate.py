@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from calibration import file as calfile
-from calibration.api import STAGES, CalibrationConfig, calibrate
+from calibration.api import STAGES, CalibrationConfig
 from calibration.cli import FILE_NAME
 from calibration.errors import CalibrationFileError
 from calibration.layer import CalibrationLayer, shift_tiles
