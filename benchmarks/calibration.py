@@ -70,7 +70,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.threads import torch_threads  # noqa: E402
-import calibration.fit as fit_module  # noqa: E402
+from calibration import fit_model  # noqa: E402
 from calibration.fit import FitSettings, fit_mismatch  # noqa: E402
 from onn_core import config as config_io  # noqa: E402
 from calibration.psf import measure_psfs  # noqa: E402
@@ -123,7 +123,7 @@ def example_device_fit() -> dict:
 def jacobian_timer():
     """Within the block, seconds and calls of the fit's physical-parameter Jacobians (the part the two
     Jacobian methods do differently; the kernel error's derivatives are forward mode in both)."""
-    original = fit_module._Model.jacobian
+    original = fit_model.FitModel.jacobian
     spent = {"seconds": 0.0, "calls": 0}
 
     def timed(self, *args, **kwargs):
@@ -134,11 +134,11 @@ def jacobian_timer():
             spent["seconds"] += time.perf_counter() - start
             spent["calls"] += 1
 
-    fit_module._Model.jacobian = timed
+    fit_model.FitModel.jacobian = timed
     try:
         yield spent
     finally:
-        fit_module._Model.jacobian = original
+        fit_model.FitModel.jacobian = original
 
 
 def _timed_fits(measurement, settings: FitSettings) -> dict:

@@ -20,18 +20,14 @@ residual        a regularised relative kernel error on the whole PSF window (the
 ==============  ==============================================================================
 
 The first three stages are solved by Levenberg-Marquardt (Marquardt's diagonal scaling, so units do
-not matter) with the Jacobian (``FitSettings.jacobian``) by forward-mode differentiation
-(``"autodiff"``, the default: the image by ``torch.func.jvp`` in one ``vmap``; the PSF shapes, the
-costly block, apart: each PSF's depends on its own blur and Zernike terms only, so one derivative per
-term serves every PSF, the Zernike terms' in closed form, one FFT each: :meth:`_Model.jacobian`), or by
-central differences in float64 (``"finite_differences"``, the reference: two forward passes per
-parameter group, only the perturbed PSFs' shapes recomputed). Both agree to 1e-6 away from the shift
-model's kinks and converge to the same fit (through the optics stage 4e-7 of a sigma apart, tests; the
-example device's full fit, whose L-BFGS stops on a tolerance, within 0.007 sigma); on the example device
-(16 PSFs, Zernike 4-6, residual stage, 2 threads) the full fit takes 9.3 s with autodiff and 19 s
-with differences (one run, 2026-12-06; docs/method.md has the history): the aberration OTFs of the
-Jacobians and trial steps are the larger part of it, the residual stage most of the rest.
-The residual stage minimises chi-square plus ``sum(delta^2) / kernel_error_prior^2`` with L-BFGS
+not matter; one damping per PSF) with the Jacobian of the forward model
+(:meth:`calibration.fit_model.FitModel.jacobian`: forward-mode automatic differentiation by default,
+central differences as the reference, ``FitSettings.jacobian``). Both converge to the same fit
+(through the optics stage 4e-7 of a sigma apart, tests; the example device's full fit, whose L-BFGS
+stops on a tolerance, within 0.007 sigma); benchmarks/calibration.py times them.
+
+The residual stage (:mod:`calibration.kernel_error`) minimises chi-square plus
+``sum(delta^2) / kernel_error_prior^2`` with L-BFGS
 over the kernel error and the geometric parameters (shift, rotation, magnification, brightness: in
 units of their Fisher sigma times the root of a kernel value's chi-square curvature, so that L-BFGS
 moves both kinds alike), the others held fixed; then all physical parameters are refitted (LM) with
@@ -102,7 +98,6 @@ returning noise as a value.
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 from dataclasses import dataclass, field
@@ -113,13 +108,13 @@ import torch
 
 from onn_core import config as config_io
 from onn_core.errors import InputError
-from simulator.fabrication import (AberrationOptics, FabricationErrors, aberration_transfer_derivatives,
-                                   error_shapes, gaussian_transfer, place_psfs, shape_psfs)
-from simulator.validation import is_transformed
+from simulator.fabrication import AberrationOptics, FabricationErrors
 from simulator.system import OpticalSystem
-from simulator.zernike import noll_to_nm
 
+from .fit_model import JACOBIANS, FitModel
 from .hdf5 import read_group, write_group
+from .kernel_error import (effective_parameters_of_gram, fit_kernel_error, kernel_error_curvature,
+                           kernel_error_normal, kernel_error_start, prior_factor)
 from .noise import PixelNoise
 from .psf import PSFMeasurement
 from .sampling import sampling_pull_px, shift_systematic_px
@@ -127,10 +122,6 @@ from .sampling import sampling_pull_px, shift_systematic_px
 log = logging.getLogger(__name__)
 
 STAGES = ("geometry", "photometry", "optics", "residual")
-#: How the Levenberg-Marquardt Jacobian is computed (:meth:`_Model.jacobian`).
-JACOBIANS = ("autodiff", "finite_differences")
-#: The parameter kinds that change a PSF's shape (blur, aberration), before it is placed.
-SHAPE_KINDS = ("blur_variance_px2", "zernike_waves")
 #: Schema name and version of a stored :class:`MismatchFit` (:mod:`calibration.hdf5`).
 SCHEMA, SCHEMA_VERSION = "onn_hil.calibration.fit", 2
 #: Start of even Zernike terms, in waves RMS (their gradient vanishes at 0).
@@ -140,7 +131,6 @@ IDENTIFIABLE_SIGMA = {
     "shift_px": 0.1, "rotation_rad": 0.01, "magnification": 0.01, "brightness": 0.05,
     "crosstalk": 0.005, "vignetting_tan2": 0.05, "blur_variance_px2": 0.1, "zernike_waves": 0.05,
 }
-_BLUR_FLOOR = 1e-12
 #: Rounds of refitting the physical parameters given the kernel error, then the kernel error given
 #: them, after the residual stage's first fit (the kernel error stays regularised and is held fixed
 #: while the physical parameters move, so it cannot take over their physics).
@@ -157,9 +147,6 @@ RESCUE_ITERATIONS = 15
 TOLERANCE_REL, TOLERANCE_CHI2 = 1e-7, 1e-2
 #: Sigmas are scaled by sqrt(reduced chi-square) when it exceeds 1 by more than this many sqrt(2 / dof).
 CHI2_SIGNIFICANCE = 3.0
-#: Finite-difference steps of the Jacobian, per kind (in the kind's fitted unit).
-FD_STEP = {"shift_px": 1e-4, "rotation_rad": 1e-5, "magnification": 1e-5, "brightness": 1e-5, "crosstalk": 1e-6,
-           "vignetting_tan2": 1e-5, "blur_variance_px2": 1e-4, "zernike_waves": 1e-4}
 
 
 @dataclass(frozen=True)
@@ -318,320 +305,12 @@ def _text(value) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-# ----------------------------------------------------------------------------------------- the model
-class _Model:
-    """Measured data, the system to evaluate, and the map from a flat parameter vector to errors.
-
-    Every tensor lives on ``device`` (None: the CPU): the system's copy, the data and every tensor the
-    fit makes (:meth:`tensor` for those built from numpy); results leave it through ``.cpu()``."""
-
-    def __init__(self, measurement: PSFMeasurement, system: OpticalSystem, noise: PixelNoise,
-                 aberration: AberrationOptics, settings: FitSettings, device: torch.device | str | None = None):
-        self.device = torch.device("cpu" if device is None else device)
-        self.system = copy.deepcopy(system).double().to(self.device).eval()
-        self.system.requires_grad_(False)
-        p, self.channels, k, _ = self.system.design.psfs().shape
-        self.p, self.k, self.aberration = p, k, aberration
-        margin = self.system.geometry.psf_margin_px
-        self.kernel_window = k + 2 * margin if settings.kernel_error_window_px is None else settings.kernel_error_window_px
-        if not (k <= self.kernel_window <= k + 2 * margin) or (self.kernel_window - k) % 2:
-            raise InputError(f"fit.kernel_error_window_px must be the design's {k} px plus an even number up to "
-                             f"2 x geometry.psf_margin_px = {2 * margin} (at most {k + 2 * margin}), "
-                             f"got {settings.kernel_error_window_px}")
-        self.method = settings.jacobian
-        self.num_zernike = max(settings.zernike_noll, default=0)
-        self.zernike_index = [j - 1 for j in settings.zernike_noll]
-        self.even = [noll_to_nm(j)[0] % 2 == 0 for j in settings.zernike_noll]  # W(-r) = W(r)
-        mask = self.tensor(measurement.mask)
-        self.mask = mask
-        self.data = self.tensor(measurement.rate)[mask]
-        self.sigma = self.tensor(np.sqrt(measurement.variance))[mask]
-        self.scale = self.system.sensor.quantum_efficiency / noise.e_per_dn  # DN per photon
-        gray = self.tensor(measurement.pattern.astype(np.int64))[None, None]
-        design = self.system.design.psfs()
-        self.radiance = (self.system.relative_radiance(gray, design)
-                         - self.system.relative_radiance(torch.zeros_like(gray), design))
-        self.design_psfs = design
-        self._shaped: tuple | None = None  # (shape parameters, shaped PSFs) of the last remembered call
-        self.kernel_error: torch.Tensor | None = None  # held fixed while the physical parameters refit
-        self.layout = [  # (kind, field, shape)
-            ("shift_px", "shift_px", (p, 2)), ("rotation_rad", "rotation_rad", (p,)),
-            ("magnification", "magnification", (p,)), ("brightness", "brightness", (p,)),
-            ("crosstalk", "crosstalk", ()), ("vignetting_tan2", "vignetting_tan_edge", ()),
-            ("blur_variance_px2", "blur_sigma_px", (p,)), ("zernike_waves", "zernike_m", (p, len(self.zernike_index))),
-        ]
-        self.sizes = [int(np.prod(shape)) for _, _, shape in self.layout]
-        # the (frame-level) errors the fit leaves at identity, on the device (FabricationErrors' own are on the CPU)
-        fitted = {name for _, name, _ in self.layout}
-        self.unfitted = {name: torch.full(shape, value, dtype=torch.float64, device=self.device)
-                         for name, (shape, value) in error_shapes(p, self.num_zernike).items() if name not in fitted}
-        self.offsets = np.cumsum([0] + self.sizes)
-        # which PSF each parameter belongs to (-1: frame-level) and its slot within the PSF
-        self.owner = np.concatenate([np.repeat(np.arange(p), size // p) if shape else [-1]
-                                     for (_, _, shape), size in zip(self.layout, self.sizes)]).astype(np.int64)
-        self.slot = [(kind, i % (size // p) if shape else 0) for (kind, _, shape), size in zip(self.layout, self.sizes)
-                     for i in range(size)]
-        grid_cols = self.system.layout.grid_cols
-        rows, cols = np.divmod(np.arange(p), grid_cols)
-        self.colour = (rows + 2 * cols) % 5  # equal colours are >= 3 grid steps apart
-        tile_of = torch.full(self.system.frame_shape, -1, dtype=torch.int64, device=self.device)
-        for t in range(p):
-            r, c = self.system.layout.tile_slices(t)
-            tile_of[r, c] = t
-        tile_of = tile_of[mask]
-        self.tile_of = tile_of
-        adjacent = self.tensor(np.abs(rows[:, None] - rows[None]) + np.abs(cols[:, None] - cols[None]) <= 1)
-        self.near = torch.stack([adjacent[t][tile_of.clamp(min=0)] & (tile_of >= 0) for t in range(p)]).double()
-
-    def tensor(self, values) -> torch.Tensor:
-        """``values`` (a numpy array, a list) as a tensor on the model's device, dtype kept."""
-        return torch.as_tensor(values, device=self.device)
-
-    def block(self, kind: str) -> slice:
-        i = [entry[0] for entry in self.layout].index(kind)
-        return slice(int(self.offsets[i]), int(self.offsets[i + 1]))
-
-    def identity(self) -> torch.Tensor:
-        theta = torch.zeros(int(self.offsets[-1]), dtype=torch.float64, device=self.device)
-        theta[self.block("magnification")] = 1.0
-        theta[self.block("brightness")] = 1.0
-        return theta
-
-    def errors(self, theta: torch.Tensor, kernel_error: torch.Tensor | None = None,
-               rows: torch.Tensor | None = None) -> FabricationErrors:
-        """The errors of parameter vector ``theta`` (for the PSFs ``rows`` only, when given)."""
-        values = dict(self.unfitted)  # frame-level: the same for any rows
-        for (kind, name, shape), start, size in zip(self.layout, self.offsets, self.sizes):
-            part = theta[int(start):int(start) + size].reshape(shape)
-            if kind in ("vignetting_tan2", "blur_variance_px2"):
-                part = torch.sqrt(part.clamp(min=0) + _BLUR_FLOOR)
-            elif kind == "zernike_waves":
-                full = torch.zeros(self.p, self.num_zernike, dtype=theta.dtype, device=self.device)
-                wavelength = self.aberration.wavelengths_m[0]
-                if self.zernike_index:
-                    full = full.index_copy(1, self.tensor(self.zernike_index), part * wavelength)
-                part = full
-            if rows is not None and shape:
-                part = part[rows]
-            values[name] = part
-        count = self.p if rows is None else len(rows)
-        if rows is not None and kernel_error is not None:
-            kernel_error = kernel_error[rows]
-        return FabricationErrors(count, num_zernike=self.num_zernike, aberration=self.aberration,
-                                 kernel_error=kernel_error, kernel_error_frame="sensor", **values)
-
-    def rate(self, theta: torch.Tensor, kernel_error: torch.Tensor | None = None, remember: bool = True) -> torch.Tensor:
-        """Model signal rate (DN/s), whole frame. The shaped PSFs (blur, aberration: the costly part; the
-        kernel error acts after them, in the sensor frame) are recomputed only for the PSFs whose shape
-        parameters differ from the last remembered call."""
-        kernel_error = self.kernel_error if kernel_error is None else kernel_error
-        shaped = self.shaped(theta, remember)
-        return self._image(theta, shaped, kernel_error)
-
-    def shaped(self, theta: torch.Tensor, remember: bool = True) -> torch.Tensor:
-        """The blurred and aberrated design PSFs (P, C, K', K') of ``theta``, cached (see :meth:`rate`)."""
-        shape_params = torch.cat([theta[self.block("blur_variance_px2")].reshape(self.p, -1),
-                                  theta[self.block("zernike_waves")].reshape(self.p, -1)], dim=1)
-        cached = self._shaped
-        if cached is None or shape_params.requires_grad or is_transformed(shape_params):
-            shaped = self._shape(theta)
-        else:
-            rows = torch.nonzero((shape_params != cached[0]).any(dim=1)).flatten()
-            shaped = cached[1]
-            if len(rows):
-                shaped = shaped.clone()
-                shaped[rows] = shape_psfs(self.design_psfs[rows], self.errors(theta, None, rows),
-                                          self.system.geometry.psf_margin_px)
-        if remember and not (shaped.requires_grad or is_transformed(shaped)):
-            self._shaped = (shape_params.clone(), shaped)
-        return shaped
-
-    def _shape(self, theta: torch.Tensor) -> torch.Tensor:
-        """The blurred and aberrated design PSFs (P, C, K', K') of ``theta``, uncached."""
-        return shape_psfs(self.design_psfs, self.errors(theta), self.system.geometry.psf_margin_px)
-
-    def _image(self, theta: torch.Tensor, shaped: torch.Tensor, kernel_error: torch.Tensor | None) -> torch.Tensor:
-        """Model signal rate (DN/s), whole frame, of ``shaped`` PSFs placed and imaged with ``theta``'s
-        geometry and photometry (linear in ``shaped``)."""
-        errors = self.errors(theta, kernel_error)
-        self.system.errors = errors
-        return self.system.radiance_frame(self.radiance, place_psfs(shaped, errors), clamp=False)[0] * self.scale
-
-    def predicted(self, pattern: np.ndarray, theta: torch.Tensor, kernel_error: torch.Tensor | None) -> torch.Tensor:
-        """Model signal rate (DN/s), whole frame, of another displayed ``pattern`` (gray levels)."""
-        gray = self.tensor(np.asarray(pattern).astype(np.int64))[None, None]
-        radiance, design = self.radiance, self.design_psfs
-        self.radiance = (self.system.relative_radiance(gray, design)
-                         - self.system.relative_radiance(torch.zeros_like(gray), design))
-        try:
-            with torch.no_grad():
-                return self.rate(theta, kernel_error, remember=False)
-        finally:
-            self.radiance = radiance
-
-    def whitened(self, theta: torch.Tensor, kernel_error: torch.Tensor | None = None) -> torch.Tensor:
-        return (self.data - self.rate(theta, kernel_error)[self.mask]) / self.sigma
-
-    def jacobian(self, theta: torch.Tensor, free: np.ndarray) -> torch.Tensor:
-        """d(model/sigma)/d theta over the masked pixels, columns for the ``free`` indices, by
-        forward-mode automatic differentiation (``jacobian="autodiff"``: one ``torch.func.jvp`` per
-        group below, all groups in one ``vmap``) or by central differences (``"finite_differences"``:
-        one-sided at a non-negativity bound and on a whole-pixel shift, steps :data:`FD_STEP` per kind).
-
-        Block structure: a PSF's parameters change only its own tile and, by crosstalk, its 4
-        neighbours; so one tangent (or difference) moves the same parameter of every PSF of a colour
-        class whose tiles are >= 3 grid steps apart, and each PSF's column is read off its own
-        neighbourhood (5 classes instead of P; the few frame-level parameters get one each).
-        """
-        groups: dict[tuple, list[int]] = {}
-        for index in free:
-            owner = self.owner[index]
-            key = (self.slot[index], -1 - int(index) if owner < 0 else self.colour[owner])
-            groups.setdefault(key, []).append(int(index))
-        change = (self._autodiff_changes if self.method == "autodiff" else self._difference_changes)(theta, groups)
-        columns = torch.zeros(int(self.mask.sum()), len(free), dtype=torch.float64, device=self.device)
-        for n, index in enumerate(free):
-            owner = self.owner[index]
-            column = change[int(index)] if owner < 0 else change[int(index)] * self.near[owner]
-            columns[:, n] = column / self.sigma
-        return columns
-
-    def _autodiff_changes(self, theta: torch.Tensor, groups: dict) -> dict[int, torch.Tensor]:
-        """Per index, d rate / d theta along its group's tangent (masked pixels), by ``torch.func``.
-
-        Two blocks: a PSF's shape (blur, aberration: the costly part) depends on its own shape
-        parameters only, so one tangent per shape slot gives every PSF's shape derivative at once
-        (:meth:`_shape_derivatives`); the image is linear in the shaped PSFs, so a shape group's
-        derivative is the image's derivative along those shape derivatives, and every group's is one
-        ``vmap`` of image ``jvp``s."""
-        kernel_error = self.kernel_error
-        keys = list(groups)
-        slots = sorted({key[0] for key in keys if key[0][0] in SHAPE_KINDS})
-        with torch.no_grad():
-            shaped = self.shaped(theta)
-        shape_derivatives = self._shape_derivatives(theta, slots)
-        theta_tangents = torch.zeros(len(keys), theta.numel(), dtype=theta.dtype, device=self.device)
-        shaped_tangents = torch.zeros(len(keys), *shaped.shape, dtype=shaped.dtype, device=self.device)
-        for g, key in enumerate(keys):
-            indices = groups[key]
-            if key[0][0] in SHAPE_KINDS:
-                owners = self.tensor(self.owner[indices])
-                shaped_tangents[g, owners] = shape_derivatives[key[0]][owners]
-            else:
-                theta_tangents[g, indices] = 1.0
-
-        def image(t, psfs):
-            return self._image(t, psfs, kernel_error)[self.mask]
-
-        passes = torch.func.vmap(lambda a, b: torch.func.jvp(image, (theta, shaped), (a, b))[1])(
-            theta_tangents, shaped_tangents)
-        return {index: passes[g] for g, key in enumerate(keys) for index in groups[key]}
-
-    def _shape_derivatives(self, theta: torch.Tensor, slots: list[tuple[str, int]]) -> dict[tuple, torch.Tensor]:
-        """Per shape slot ``(kind, slot)``, every PSF's shaped PSF (P, C, K', K') differentiated by its
-        own parameter in that slot (blur variance per px^2, Zernike term per wave), by forward mode.
-
-        The shaped PSFs are linear in their filter ``T = G H`` (:func:`~simulator.fabrication.shape_psfs`
-        with a given transfer), G the blur's and H the aberration's, so ``d shaped`` is the shaping by
-        ``dG H`` or ``G dH``: the Zernike terms' ``dH`` in closed form, all terms from one aberrated OTF
-        (:func:`~simulator.fabrication.aberration_transfer_derivatives`), the blur's ``dG`` by
-        ``torch.func.jvp`` without differentiating H at all."""
-        if not slots:
-            return {}
-        margin = self.system.geometry.psf_margin_px
-        k = self.k + 2 * margin
-        errors = self.errors(theta)
-
-        def blur(t):
-            return gaussian_transfer(self.errors(t).blur_sigma_px, k)[:, None]
-
-        zernike = [slot for slot in slots if slot[0] == "zernike_waves"]
-        h = dh = None
-        if zernike or bool((errors.zernike_m != 0).any()):
-            modes = tuple(self.zernike_index[slot] for _, slot in zernike)
-            h, dh = aberration_transfer_derivatives(errors.zernike_m, self.aberration, self.channels, k,
-                                                    theta.dtype, modes)
-            dh = dh * self.aberration.wavelengths_m[0]  # per wave (the fit's Zernike unit, errors())
-        g = blur(theta)
-        derivatives = {slot: shape_psfs(self.design_psfs, errors, margin, transfer=g * dh[i])
-                       for i, slot in enumerate(zernike)}
-        if ("blur_variance_px2", 0) in slots:
-            dg = torch.func.jvp(blur, (theta,), (self._slot_tangent(theta, ("blur_variance_px2", 0)),))[1]
-            derivatives[("blur_variance_px2", 0)] = shape_psfs(self.design_psfs, errors, margin,
-                                                               transfer=dg if h is None else dg * h)
-        return derivatives
-
-    def _slot_tangent(self, theta: torch.Tensor, slot: tuple[str, int]) -> torch.Tensor:
-        """The unit tangent moving every PSF's parameter in ``slot`` ``(kind, slot)`` together."""
-        kind, index = slot
-        block = self.block(kind)
-        tangent = torch.zeros_like(theta)
-        tangent[block.start + index:block.stop:(block.stop - block.start) // self.p] = 1.0
-        return tangent
-
-    def _difference_changes(self, theta: torch.Tensor, groups: dict) -> dict[int, torch.Tensor]:
-        """Per index, the finite difference of the rate (masked pixels) along its group's step."""
-        steps = np.zeros(theta.numel())
-        for kind, _, _ in self.layout:
-            steps[self.block(kind)] = FD_STEP[kind]
-        nonneg = self.nonnegative()
-        out = {}
-        with torch.no_grad():
-            centre = self.rate(theta)[self.mask]
-            for indices in groups.values():
-                h = float(steps[indices[0]])
-                up = theta.clone()
-                up[indices] += h
-                high = self.rate(up, remember=False)[self.mask]
-                forward = (high - centre) / h
-                if nonneg[indices[0]] and float(theta[indices].min()) < h:
-                    change = {index: forward for index in indices}
-                else:
-                    down = theta.clone()
-                    down[indices] -= h
-                    low = self.rate(down, remember=False)[self.mask]
-                    central, backward = (high - low) / (2 * h), (centre - low) / h
-                    change = {index: self._difference(theta[index], kind_of=index, h=h, forward=forward,
-                                                      central=central, backward=backward) for index in indices}
-                out.update(change)
-        return out
-
-    def _difference(self, value, *, kind_of: int, h: float, forward, central, backward):
-        """The bilinear model of a shift has kinks at whole pixels: within ``h`` of one, a central
-        difference would mix the slopes of both sides, so take the one-sided difference on the side
-        of the point's own piece."""
-        if self.slot[kind_of][0] != "shift_px":
-            return central
-        fraction = float(value) - math.floor(float(value))
-        return forward if fraction < h else backward if fraction > 1 - h else central
-
-    def nonnegative(self) -> np.ndarray:
-        """Parameters bounded below by 0 (variances, squared tangent, crosstalk)."""
-        mask = np.zeros(int(self.offsets[-1]), dtype=bool)
-        for kind in ("vignetting_tan2", "blur_variance_px2", "crosstalk"):
-            mask[self.block(kind)] = True
-        return mask
-
-
-def _chi2_reduced(model: _Model, theta, kernel_error, nparams: float) -> tuple[float, float]:
+def _chi2_reduced(model: FitModel, theta, kernel_error, nparams: float) -> tuple[float, float]:
     """Reduced chi-square and its degrees of freedom (pixels - ``nparams``, at least 1)."""
     with torch.no_grad():
         r = model.whitened(theta, kernel_error)
     dof = max(r.numel() - nparams, 1.0)
     return float(r.square().sum()) / dof, float(dof)
-
-
-def effective_parameters(jacobian: torch.Tensor, prior: float) -> float:
-    """Effective number of parameters of the regularised least squares ``|r - J d|^2 + |d|^2 / prior^2``
-    (whitened residuals ``r``, Jacobian ``J`` (pixels, values)): the trace of its hat matrix
-    ``J (J^T J + I / prior^2)^-1 J^T``, ``sum(lambda / (lambda + prior^-2))`` over the eigenvalues of ``J^T J``."""
-    return effective_parameters_of_gram(jacobian.T @ jacobian, prior)
-
-
-def effective_parameters_of_gram(gram: torch.Tensor, prior: float) -> float:
-    """:func:`effective_parameters` from ``J^T J`` itself."""
-    eigen = torch.linalg.eigvalsh(gram).clamp(min=0)
-    return float((eigen / (eigen + prior**-2)).sum())
 
 
 def sigma_scale(chi2_reduced: float, dof: float) -> float:
@@ -641,74 +320,7 @@ def sigma_scale(chi2_reduced: float, dof: float) -> float:
     return math.sqrt(chi2_reduced) if excess else 1.0
 
 
-def _kernel_error_rate(model: _Model, theta: torch.Tensor, kernel_error: torch.Tensor):
-    """The model's rate over the masked pixels as a function of the kernel error alone, at ``theta``,
-    for forward-mode differentiation."""
-    with torch.no_grad():
-        shaped = model.shaped(theta)
-
-    def rate(delta):
-        return model._image(theta, shaped, delta)[model.mask]
-
-    return rate
-
-
-def _kernel_error_passes(model: _Model, theta: torch.Tensor, kernel_error: torch.Tensor) -> torch.Tensor:
-    """d rate / d kernel_error over the masked pixels, (5 colour classes, C * K' * K' values, pixels), by
-    forward-mode automatic differentiation: one tangent per kernel value and colour class (PSFs whose
-    tiles are >= 3 grid steps apart move together; PSF ``p``'s column is its class's, on ``near[p]``)."""
-    shape = kernel_error.shape
-    slots = int(np.prod(shape[1:]))
-    tangents = torch.zeros(5, slots, model.p, slots, dtype=torch.float64, device=model.device)
-    diagonal = torch.arange(slots, device=model.device)
-    for p in range(model.p):
-        tangents[model.colour[p], diagonal, p, diagonal] = 1.0
-
-    rate = _kernel_error_rate(model, theta, kernel_error)
-
-    def derivative(tangent):
-        return torch.func.jvp(rate, (kernel_error,), (tangent.reshape(shape),))[1]
-
-    passes = torch.func.vmap(derivative, chunk_size=slots)(tangents.reshape(-1, *shape))
-    return passes.reshape(5, slots, -1)
-
-
-def _kernel_error_jacobian(model: _Model, theta: torch.Tensor, kernel_error: torch.Tensor) -> torch.Tensor:
-    """d(model/sigma)/d kernel_error over the masked pixels (pixels, P * C * K' * K'), dense."""
-    passes = _kernel_error_passes(model, theta, kernel_error)
-    columns = torch.stack([passes[model.colour[p]] * model.near[p] for p in range(model.p)])  # (P, slots, pixels)
-    return columns.reshape(-1, passes.shape[-1]).T / model.sigma[:, None]
-
-
-def _kernel_error_normal(model: _Model, theta: torch.Tensor, kernel_error: torch.Tensor, residual: torch.Tensor,
-                         other: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(J_d^T J_d, J_d^T residual, J_d^T other)`` of the whitened kernel-error Jacobian ``J_d``
-    (:func:`_kernel_error_jacobian`), block by block: PSF ``p``'s columns live on its neighbourhood only,
-    so a block (p, q) is a product over the pixels both neighbourhoods share (none beyond 2 grid steps);
-    no dense (pixels, values) Jacobian is formed (equal to it to float64 rounding, see tests)."""
-    passes = _kernel_error_passes(model, theta, kernel_error)
-    slots = passes.shape[1]
-    near = model.near.bool()
-    whitened = passes / model.sigma
-    gram = torch.zeros(model.p * slots, model.p * slots, dtype=torch.float64, device=model.device)
-    jr = torch.zeros(model.p * slots, dtype=torch.float64, device=model.device)
-    jo = torch.zeros(model.p * slots, other.shape[1], dtype=torch.float64, device=model.device)
-    for p in range(model.p):
-        own = slice(p * slots, (p + 1) * slots)
-        pixels = near[p]
-        jr[own] = whitened[model.colour[p]][:, pixels] @ residual[pixels]
-        jo[own] = whitened[model.colour[p]][:, pixels] @ other[pixels]
-        for q in range(p, model.p):
-            common = pixels & near[q]
-            if not bool(common.any()):
-                continue
-            block = whitened[model.colour[p]][:, common] @ whitened[model.colour[q]][:, common].T
-            gram[own, q * slots:(q + 1) * slots] = block
-            gram[q * slots:(q + 1) * slots, own] = block.T
-    return gram, jr, jo
-
-
-def _levenberg_marquardt(model: _Model, theta: torch.Tensor, free: np.ndarray, max_iterations: int) -> torch.Tensor:
+def _levenberg_marquardt(model: FitModel, theta: torch.Tensor, free: np.ndarray, max_iterations: int) -> torch.Tensor:
     """Levenberg-Marquardt over the ``free`` parameters with one damping per PSF and one for the
     frame-level parameters: a PSF's parameters move (almost only) its own tile, so a PSF whose step
     overshoots (its tile's chi-square rose) is damped harder without holding the others back (with a
@@ -758,18 +370,18 @@ def _levenberg_marquardt(model: _Model, theta: torch.Tensor, free: np.ndarray, m
     return theta
 
 
-def _fisher_sigma(model: _Model, theta: torch.Tensor, free: np.ndarray) -> np.ndarray:
+def _fisher_sigma(model: FitModel, theta: torch.Tensor, free: np.ndarray) -> np.ndarray:
     jac = model.jacobian(theta, free)
     return _sigma_of_fisher((jac.T @ jac).cpu().numpy())
 
 
-def _marginal_sigma(jac: torch.Tensor, gram: torch.Tensor, cross: torch.Tensor, prior: float) -> np.ndarray:
+def _marginal_sigma(jac: torch.Tensor, cross: torch.Tensor, factor: torch.Tensor) -> np.ndarray:
     """Standard deviations of the physical parameters with the kernel error marginalised under its
     Gaussian prior: the inverse of the Schur complement ``J^T J - C^T (G + I / prior^2)^-1 C`` (``J`` the
     whitened Jacobian in the physical parameters, ``G = J_d^T J_d`` and ``C = J_d^T J`` of the kernel
-    error): what the data say about a shift once the kernel error may move light as well."""
-    regularised = gram + torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device) / prior**2
-    factor = torch.linalg.cholesky(regularised)
+    error; ``factor``: the Cholesky factor of ``G + I / prior^2``,
+    :func:`~calibration.kernel_error.prior_factor`): what the data say about a shift once the kernel
+    error may move light as well."""
     explained = cross.T @ torch.cholesky_solve(cross, factor)
     return _sigma_of_fisher((jac.T @ jac - explained).cpu().numpy())
 
@@ -797,7 +409,7 @@ def fit_mismatch(measurement: PSFMeasurement, system: OpticalSystem, *, noise: P
     aberration = settings.aberration
     if measurement.rate.shape != system.frame_shape:
         raise InputError(f"the measurement's frames are {measurement.rate.shape} but the optics' layout is {system.frame_shape}")
-    model = _Model(measurement, system, noise, aberration, settings, device)
+    model = FitModel(measurement, system, noise, aberration, settings, device)
     theta = model.identity()
     chi2, dof = {}, {}
     chi2["design"], dof["design"] = _chi2_reduced(model, theta, None, 0)
@@ -842,23 +454,26 @@ def fit_mismatch(measurement: PSFMeasurement, system: OpticalSystem, *, noise: P
         # in units of their Fisher sigmas times the root of a kernel value's curvature: L-BFGS then sees
         # moves of either kind as equally curved (with the sigmas alone, ~1e3 times flatter: it would
         # hardly move them)
-        curvature = _kernel_error_curvature(model, theta, _kernel_error_start(model, None))
+        curvature = kernel_error_curvature(model, theta, kernel_error_start(model, None))
         steps = model.tensor(np.where(np.isfinite(sigma[joint]), sigma[joint], 1e-3) * math.sqrt(curvature))
         for round_ in range(1 + RESIDUAL_ALTERNATIONS):
             if round_:  # every physical parameter again, given the kernel error (which stays fixed there)
                 model.kernel_error = kernel_error
                 theta = _levenberg_marquardt(model, theta, free, settings.max_iterations)
                 model.kernel_error = None
-            theta, kernel_error = _fit_kernel_error(model, theta, settings, kernel_error, joint, steps)
+            theta, kernel_error = fit_kernel_error(model, theta, kernel_error, joint, steps,
+                                                   prior=settings.kernel_error_prior,
+                                                   max_iterations=settings.max_iterations * 4)
         model.kernel_error = kernel_error
         jac = model.jacobian(theta, free)
         model.kernel_error = None
         pixels = int(model.mask.sum())
         residual = torch.zeros(pixels, dtype=torch.float64, device=model.device)
-        gram, _, cross = _kernel_error_normal(model, theta, kernel_error, residual, jac)
+        gram, _, cross = kernel_error_normal(model, theta, kernel_error, residual, jac)
         sigma[:] = np.inf
-        sigma[free] = _marginal_sigma(jac, gram, cross, settings.kernel_error_prior)
-        kernel_parameters = effective_parameters_of_gram(gram, settings.kernel_error_prior)
+        factor = prior_factor(gram, settings.kernel_error_prior)
+        sigma[free] = _marginal_sigma(jac, cross, factor)
+        kernel_parameters = effective_parameters_of_gram(gram, settings.kernel_error_prior, factor)
         chi2["residual"], dof["residual"] = _chi2_reduced(model, theta, kernel_error, physical + kernel_parameters)
     last = settings.stages[-1]
     scale = sigma_scale(chi2[last], dof[last])
@@ -901,7 +516,7 @@ def holdout_residuals(frames, predicted) -> dict[str, float]:
     return {name: float(np.sqrt(np.concatenate(parts).mean())) for name, parts in pooled.items()}
 
 
-def _tile_chi2(model: _Model, theta: torch.Tensor) -> np.ndarray:
+def _tile_chi2(model: FitModel, theta: torch.Tensor) -> np.ndarray:
     """Chi-square per pixel of every PSF's tile (P,)."""
     with torch.no_grad():
         r2 = model.whitened(theta).square()
@@ -909,7 +524,7 @@ def _tile_chi2(model: _Model, theta: torch.Tensor) -> np.ndarray:
     return ((own * r2).sum(dim=1) / own.sum(dim=1).clamp(min=1)).cpu().numpy()
 
 
-def _rescue_stuck_shifts(model: _Model, theta: torch.Tensor, free: np.ndarray, max_iterations: int) -> torch.Tensor:
+def _rescue_stuck_shifts(model: FitModel, theta: torch.Tensor, free: np.ndarray, max_iterations: int) -> torch.Tensor:
     """A PSF whose tile fits far worse than the others is taken for stuck in a spurious minimum (the
     cost is multimodal at the pixel scale: bilinear resampling has kinks at whole-pixel shifts): try
     its rotation and magnification back at the design with its shift as fitted, moved by
@@ -940,14 +555,14 @@ def _rescue_stuck_shifts(model: _Model, theta: torch.Tensor, free: np.ndarray, m
     return _levenberg_marquardt(model, theta, free, max_iterations)
 
 
-def _mask_of(model: _Model, kinds) -> np.ndarray:
+def _mask_of(model: FitModel, kinds) -> np.ndarray:
     mask = np.zeros(int(model.offsets[-1]), dtype=bool)
     for kind in kinds:
         mask[model.block(kind)] = True
     return mask
 
 
-def _start(model: _Model, design_rate: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _start(model: FitModel, design_rate: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per PSF, a start near the answer (the cost is multimodal in the shift, as the PSFs are
     structured at the pixel scale): brightness = measured over modelled light in its tile, shift =
     the difference of their intensity centroids."""
@@ -971,7 +586,7 @@ def _centroid(image: torch.Tensor) -> torch.Tensor:
     return torch.stack([(image.sum(1) * y).sum() / total, (image.sum(0) * x).sum() / total])
 
 
-def _unidentifiable(model: _Model, sigma: np.ndarray, free: np.ndarray) -> np.ndarray:
+def _unidentifiable(model: FitModel, sigma: np.ndarray, free: np.ndarray) -> np.ndarray:
     """The free parameters whose Fisher sigma exceeds their kind's :data:`IDENTIFIABLE_SIGMA`."""
     limits = np.empty(len(sigma))
     for kind, _, _ in model.layout:
@@ -979,54 +594,7 @@ def _unidentifiable(model: _Model, sigma: np.ndarray, free: np.ndarray) -> np.nd
     return free[~(sigma[free] <= limits[free])].astype(np.int64)
 
 
-def _fit_kernel_error(model: _Model, theta: torch.Tensor, settings: FitSettings, start: torch.Tensor | None,
-                      joint: np.ndarray, steps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The kernel error minimising chi-square + ``sum(delta^2) / kernel_error_prior^2`` (L-BFGS), and
-    with it the parameters ``joint`` of ``theta`` (the geometric ones, in units of ``steps``: see
-    :func:`fit_mismatch`), from ``start`` (None: zero). Returns ``(theta, delta)``."""
-    delta = _kernel_error_start(model, start).requires_grad_(True)
-    index = model.tensor(np.asarray(joint, dtype=np.int64))
-    moves = torch.zeros(len(index), dtype=torch.float64, device=model.device, requires_grad=True)
-    optimiser = torch.optim.LBFGS([delta, moves], max_iter=settings.max_iterations * 4, line_search_fn="strong_wolfe",
-                                  tolerance_grad=1e-9, tolerance_change=1e-12)
-    prior = settings.kernel_error_prior
-    count = model.data.numel()
-
-    with torch.no_grad():
-        shaped = model.shaped(theta)  # blur and aberration: not among the parameters moved here
-
-    def trial():
-        return theta.index_add(0, index, moves * steps) if len(index) else theta
-
-    def closure():  # chi-square + prior, per residual (a well-scaled objective for L-BFGS' tolerances)
-        optimiser.zero_grad()
-        whitened = (model.data - model._image(trial(), shaped, delta)[model.mask]) / model.sigma
-        loss = (whitened.square().sum() + delta.square().sum() / prior**2) / count
-        loss.backward()
-        return loss
-
-    optimiser.step(closure)
-    with torch.no_grad():
-        return trial().detach(), delta.detach()
-
-
-def _kernel_error_start(model: _Model, start: torch.Tensor | None) -> torch.Tensor:
-    window = model.kernel_window
-    return (torch.zeros((model.p, model.channels, window, window), dtype=torch.float64, device=model.device)
-            if start is None else start.clone())
-
-
-def _kernel_error_curvature(model: _Model, theta: torch.Tensor, kernel_error: torch.Tensor) -> float:
-    """The mean diagonal of ``J_d^T W J_d`` (the chi-square's curvature per kernel-error value), by one
-    forward-mode product along a random +-1 tangent (Hutchinson: ``E |J v|^2`` is the trace)."""
-    generator = torch.Generator(device="cpu").manual_seed(0)  # drawn on the CPU: the same tangent on any device
-    signs = torch.randint(0, 2, kernel_error.shape, generator=generator, device="cpu")
-    tangent = (signs.double() * 2 - 1).to(model.device)
-    change = torch.func.jvp(_kernel_error_rate(model, theta, kernel_error), (kernel_error,), (tangent,))[1]
-    return float((change / model.sigma).square().sum()) / kernel_error.numel()
-
-
-def _sampling_systematic(model: _Model, theta: torch.Tensor, settings: FitSettings) -> tuple[np.ndarray, np.ndarray]:
+def _sampling_systematic(model: FitModel, theta: torch.Tensor, settings: FitSettings) -> tuple[np.ndarray, np.ndarray]:
     """Per parameter of ``theta``: the shifts' sampling systematic and pull (px, :mod:`calibration.sampling`)
     of the fitted shapes, 0 elsewhere and with ``settings.sampling_draws`` 0."""
     systematic, pull = np.zeros(theta.numel()), np.zeros(theta.numel())
@@ -1041,7 +609,7 @@ def _sampling_systematic(model: _Model, theta: torch.Tensor, settings: FitSettin
     return systematic, pull
 
 
-def _parameters(model: _Model, theta, sigma, systematic, pull, fixed, active, wavelength) -> list[Parameter]:
+def _parameters(model: FitModel, theta, sigma, systematic, pull, fixed, active, wavelength) -> list[Parameter]:
     out = []
     for kind, _, shape in model.layout:
         if kind not in active:

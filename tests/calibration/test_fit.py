@@ -12,7 +12,9 @@ import torch
 
 from calibration import fit as fit_module
 from calibration.errors import CalibrationError
-from calibration.fit import FitSettings, MismatchFit, effective_parameters, fit_mismatch, sigma_scale
+from calibration import fit_model
+from calibration.fit import FitSettings, MismatchFit, fit_mismatch, sigma_scale
+from calibration.kernel_error import effective_parameters
 from calibration.psf import measure_psfs, point_grid, window_mask
 from drivers.bench_fits import BenchMismatch
 from onn_core.errors import InputError
@@ -173,6 +175,18 @@ def test_effective_parameters_of_a_regularised_fit_is_the_trace_of_its_hat_matri
     assert effective_parameters(jacobian, 1e6) == pytest.approx(2.0)  # a weak prior: the plain count
 
 
+@pytest.mark.parametrize("prior", [0.1, 1.0, 30.0])
+def test_effective_parameters_of_known_singular_values(prior):
+    """J = U diag(s) V^T with singular values over 6 decades and 10 exact zeros: sum s^2 / (s^2 + prior^-2)."""
+    rng = np.random.default_rng(3)
+    singular = np.concatenate([np.logspace(-3, 3, 30), np.zeros(10)])
+    u, _ = np.linalg.qr(rng.normal(size=(80, 40)))
+    v, _ = np.linalg.qr(rng.normal(size=(40, 40)))
+    jacobian = u @ np.diag(singular) @ v.T
+    expected = float(np.sum(singular**2 / (singular**2 + prior**-2)))
+    assert effective_parameters(torch.from_numpy(jacobian), prior) == pytest.approx(expected, rel=1e-6)
+
+
 def test_sigmas_are_scaled_only_by_a_significant_misfit():
     assert sigma_scale(1.02, 10_000) == 1.0  # 1.4 sqrt(2/dof): noise
     assert sigma_scale(4.0, 10_000) == 2.0
@@ -208,10 +222,10 @@ def test_the_autodiff_jacobian_equals_the_finite_difference_one_away_from_the_ki
     where the two sides' slopes differ and each method takes one side). The Zernike step is 1e-5
     waves here: at the default 1e-4 the even modes' columns differ by up to 3e-3 (the difference's
     own error, which falls below 1e-8 at 1e-5)."""
-    monkeypatch.setitem(fit_module.FD_STEP, "zernike_waves", 1e-5)
+    monkeypatch.setitem(fit_model.FD_STEP, "zernike_waves", 1e-5)
     measurement, _ = measure(None, averages=1)
     settings = FitSettings()
-    model = fit_module._Model(measurement, nominal(), fit_module.PixelNoise.from_sensor(nominal().sensor),
+    model = fit_model.FitModel(measurement, nominal(), fit_module.PixelNoise.from_sensor(nominal().sensor),
                               settings.aberration, settings)
     theta = model.identity()
     rng = np.random.default_rng(0)
@@ -221,7 +235,7 @@ def test_the_autodiff_jacobian_equals_the_finite_difference_one_away_from_the_ki
         theta[model.block(kind)] = value
     free = np.arange(theta.numel())
     columns = {}
-    for method in fit_module.JACOBIANS:
+    for method in fit_model.JACOBIANS:
         model.method = method
         columns[method] = model.jacobian(theta, free)
     reference = columns["finite_differences"]

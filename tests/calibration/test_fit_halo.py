@@ -9,7 +9,9 @@ import pytest
 import torch
 
 from calibration import fit as fit_module
-from calibration.fit import FitSettings, MismatchFit, effective_parameters, fit_mismatch
+from calibration import fit_model, kernel_error
+from calibration.fit import FitSettings, MismatchFit, fit_mismatch
+from calibration.kernel_error import effective_parameters
 from calibration.psf import PSFMeasurement
 from tests.calibration.test_fit import measure, nominal
 
@@ -106,11 +108,11 @@ def test_the_dof_counts_every_value_of_the_widened_kernel_error(halo_device):
     exactly the number of values: 16 PSFs x 11 x 11 (the 7 x 7 window's 784 and the 1152 added)."""
     measurement, _ = halo_device
     settings = FitSettings()
-    model = fit_module._Model(measurement, nominal(), fit_module.PixelNoise.from_sensor(nominal().sensor),
+    model = fit_model.FitModel(measurement, nominal(), fit_module.PixelNoise.from_sensor(nominal().sensor),
                               settings.aberration, settings)
     theta = model.identity()
     delta = torch.full((16, 1, 11, 11), 0.05, dtype=torch.float64)
-    jacobian = fit_module._kernel_error_jacobian(model, theta, delta)
+    jacobian = kernel_error.kernel_error_jacobian(model, theta, delta)
     assert jacobian.shape == (measurement.mask.sum(), 16 * 11 * 11)
     assert effective_parameters(jacobian, 1e6) == pytest.approx(16 * 11 * 11, abs=1e-3)
     assert effective_parameters(jacobian[:, :0], 1e6) == 0.0
@@ -119,14 +121,14 @@ def test_the_dof_counts_every_value_of_the_widened_kernel_error(halo_device):
 def test_the_blockwise_normal_matrix_equals_the_dense_one(halo_device):
     measurement, _ = halo_device
     settings = FitSettings()
-    model = fit_module._Model(measurement, nominal(), fit_module.PixelNoise.from_sensor(nominal().sensor),
+    model = fit_model.FitModel(measurement, nominal(), fit_module.PixelNoise.from_sensor(nominal().sensor),
                               settings.aberration, settings)
     theta = model.identity()
     theta[model.block("shift_px")] = 0.3
     delta = torch.full((16, 1, 11, 11), 0.05, dtype=torch.float64)
-    dense = fit_module._kernel_error_jacobian(model, theta, delta)
+    dense = kernel_error.kernel_error_jacobian(model, theta, delta)
     residual = torch.randn(dense.shape[0], generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    gram, jr, jo = fit_module._kernel_error_normal(model, theta, delta, residual, residual[:, None])
+    gram, jr, jo = kernel_error.kernel_error_normal(model, theta, delta, residual, residual[:, None])
     reference = dense.T @ dense
     assert float((gram - reference).abs().max()) <= 1e-12 * float(reference.abs().max())
     torch.testing.assert_close(jr, dense.T @ residual, rtol=1e-10, atol=0)

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from calibration import fit as fit_module
+from calibration import fit_model
 from calibration.fit import FitSettings, fit_mismatch
 from tests.calibration.test_fit import measure, nominal
 
@@ -29,7 +30,7 @@ def measurement():
 def model_at_a_generic_point(measurement, settings):
     """A fit model and a parameter vector with every kind away from its design value (shifts 0.3-0.7 px
     from a whole pixel, different blur and Zernike terms per PSF)."""
-    model = fit_module._Model(measurement, nominal(), fit_module.PixelNoise.from_sensor(nominal().sensor),
+    model = fit_model.FitModel(measurement, nominal(), fit_module.PixelNoise.from_sensor(nominal().sensor),
                               settings.aberration, settings)
     theta = model.identity()
     rng = np.random.default_rng(1)
@@ -75,10 +76,10 @@ def test_an_autodiff_fit_is_the_finite_difference_fit(measurement, monkeypatch):
     Unconverged they differ more (3 iterations a run: 0.04 sigma, optics chi-square 4e-4): the differences
     are one-sided at the blur's lower bound, with an O(step) error the closed form does not have."""
     monkeypatch.setattr(fit_module, "STUCK_CHI2_FACTOR", math.inf)
-    monkeypatch.setitem(fit_module.FD_STEP, "zernike_waves", STEPS["zernike_waves"])
+    monkeypatch.setitem(fit_model.FD_STEP, "zernike_waves", STEPS["zernike_waves"])
     fits = {method: fit_mismatch(measurement, nominal(), settings=FitSettings(
         stages=("geometry", "photometry", "optics"), zernike_noll=(4, 5), jacobian=method))
-        for method in fit_module.JACOBIANS}
+        for method in fit_model.JACOBIANS}
     autodiff, reference = fits["autodiff"], fits["finite_differences"]
     for stage, chi2 in reference.chi2_reduced.items():
         assert autodiff.chi2_reduced[stage] == pytest.approx(chi2, rel=1e-9), stage
