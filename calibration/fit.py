@@ -202,7 +202,9 @@ class Parameter:
     """One fitted quantity: its value, Fisher standard deviation, and whether the data determine it."""
 
     name: str              # e.g. "shift_px[3][0]"
-    kind: str              # key of IDENTIFIABLE_SIGMA
+    #: key of IDENTIFIABLE_SIGMA, or "throughput": derived, a PSF's light over its design's (its sigma from
+    #: the data, which determine the light; brightness and kernel error share it by the prior)
+    kind: str
     value: float           # in the kind's unit (Zernike: metres)
     sigma: float           # same unit: Fisher sigma x MismatchFit.sigma_scale (+ systematic in quadrature); inf where singular
     identifiable: bool
@@ -375,15 +377,52 @@ def _fisher_sigma(model: FitModel, theta: torch.Tensor, free: np.ndarray) -> np.
     return _sigma_of_fisher((jac.T @ jac).cpu().numpy())
 
 
-def _marginal_sigma(jac: torch.Tensor, cross: torch.Tensor, factor: torch.Tensor) -> np.ndarray:
-    """Standard deviations of the physical parameters with the kernel error marginalised under its
-    Gaussian prior: the inverse of the Schur complement ``J^T J - C^T (G + I / prior^2)^-1 C`` (``J`` the
-    whitened Jacobian in the physical parameters, ``G = J_d^T J_d`` and ``C = J_d^T J`` of the kernel
-    error; ``factor``: the Cholesky factor of ``G + I / prior^2``,
-    :func:`~calibration.kernel_error.prior_factor`): what the data say about a shift once the kernel
-    error may move light as well."""
-    explained = cross.T @ torch.cholesky_solve(cross, factor)
-    return _sigma_of_fisher((jac.T @ jac - explained).cpu().numpy())
+def _marginal_information(jac: torch.Tensor, cross: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """The information on the physical parameters with the kernel error marginalised under its Gaussian
+    prior: the Schur complement ``J^T J - C^T (G + I / prior^2)^-1 C`` (``J`` the whitened Jacobian in the
+    physical parameters, ``G = J_d^T J_d`` and ``C = J_d^T J`` of the kernel error; ``factor``: the
+    Cholesky factor of ``G + I / prior^2``, :func:`~calibration.kernel_error.prior_factor`); its inverse
+    is their covariance: what the data say about a shift once the kernel error may move light as well."""
+    return jac.T @ jac - cross.T @ torch.cholesky_solve(cross, factor)
+
+
+def _throughput(model: FitModel, theta: torch.Tensor, kernel_error: torch.Tensor | None, free: np.ndarray,
+                information: torch.Tensor, cross: torch.Tensor | None,
+                factor: torch.Tensor | None) -> tuple[np.ndarray, np.ndarray]:
+    """Each tile's throughput (:meth:`~calibration.fit_model.FitModel.throughput`) and its standard
+    deviation (P,) from the covariance of the free physical parameters and the kernel error
+    (:func:`variance_along`); NaN and inf for a design PSF without light."""
+    lit = model.design_psfs.sum(dim=(1, 2, 3)) > 0
+    if kernel_error is None:
+        grad_theta, grad_delta = torch.func.jacrev(model.throughput)(theta), None
+    else:
+        grad_theta, grad_delta = torch.func.jacrev(model.throughput, argnums=(0, 1))(theta, kernel_error)
+        grad_delta = grad_delta.reshape(model.p, -1).T
+    variance = variance_along(grad_theta[:, free].T, grad_delta, information, cross, factor)
+    with torch.no_grad():
+        value = torch.where(lit, model.throughput(theta, kernel_error), math.nan)
+    sigma = torch.where(lit, variance.clamp(min=0).sqrt(), math.inf)
+    return value.cpu().numpy(), sigma.detach().cpu().numpy()
+
+
+def variance_along(grad_physical: torch.Tensor, grad_kernel: torch.Tensor | None, information: torch.Tensor,
+                   cross: torch.Tensor | None = None, factor: torch.Tensor | None = None) -> torch.Tensor:
+    """Variances (Q,) of Q derived quantities with gradients ``grad_physical`` (free parameters, Q) and
+    ``grad_kernel`` (kernel-error values, Q; None: no kernel error): ``g^T N^-1 g`` for the normal
+    matrix ``N = [[J^T J, C^T], [C, A]]``, ``A = G + I / prior^2`` (``factor``: its Cholesky factor,
+    ``cross``: ``C``), without forming ``N^-1``: ``v^T S^-1 v + g_d^T A^-1 g_d`` with ``v = g_p - C^T
+    A^-1 g_d`` and ``S`` = ``information``, the Schur complement (:func:`_marginal_information`); without
+    a kernel error ``g_p^T information^-1 g_p``. inf where ``information`` is singular."""
+    along, variance = grad_physical, torch.zeros(grad_physical.shape[1], dtype=information.dtype,
+                                                 device=information.device)
+    if grad_kernel is not None:
+        explained = torch.cholesky_solve(grad_kernel, factor)
+        variance = (grad_kernel * explained).sum(dim=0)
+        along = along - cross.T @ explained
+    try:
+        return variance + (along * torch.linalg.solve(information, along)).sum(dim=0)
+    except torch.linalg.LinAlgError:
+        return torch.full_like(variance, math.inf)
 
 
 def _sigma_of_fisher(fisher: np.ndarray) -> np.ndarray:
@@ -445,10 +484,10 @@ def fit_mismatch(measurement: PSFMeasurement, system: OpticalSystem, *, noise: P
             theta[unknown] = model.identity()[unknown]
         chi2[stage], dof[stage] = _chi2_reduced(model, theta, None, len(free))
         log.info("calibration fit, %s stage: reduced chi-square %.3g", stage, chi2[stage])
-    kernel_error, kernel_parameters = None, 0.0
-    physical = len(np.flatnonzero(_mask_of(model, active) & ~fixed))
+    kernel_error, kernel_parameters, cross, factor = None, 0.0, None, None
+    free = np.flatnonzero(_mask_of(model, active) & ~fixed)
+    physical = len(free)
     if "residual" in settings.stages:
-        free = np.flatnonzero(_mask_of(model, active) & ~fixed)
         # the geometric parameters move with the kernel error (a kernel error alone would keep their bias)
         joint = np.intersect1d(free, np.flatnonzero(_mask_of(model, kinds["geometry"])))
         # in units of their Fisher sigmas times the root of a kernel value's curvature: L-BFGS then sees
@@ -472,12 +511,17 @@ def fit_mismatch(measurement: PSFMeasurement, system: OpticalSystem, *, noise: P
         gram, _, cross = kernel_error_normal(model, theta, kernel_error, residual, jac)
         sigma[:] = np.inf
         factor = prior_factor(gram, settings.kernel_error_prior)
-        sigma[free] = _marginal_sigma(jac, cross, factor)
+        information = _marginal_information(jac, cross, factor)
+        sigma[free] = _sigma_of_fisher(information.cpu().numpy())
         kernel_parameters = effective_parameters_of_gram(gram, settings.kernel_error_prior, factor)
         chi2["residual"], dof["residual"] = _chi2_reduced(model, theta, kernel_error, physical + kernel_parameters)
+    else:
+        jac = model.jacobian(theta, free)
+        information = jac.T @ jac
     last = settings.stages[-1]
     scale = sigma_scale(chi2[last], dof[last])
     sigma = sigma * scale
+    throughput = _throughput(model, theta, kernel_error, free, information, cross, factor)
     systematic, pull = np.zeros_like(sigma), np.zeros_like(sigma)
     if "shift_px" in active:
         systematic, pull = _sampling_systematic(model, theta, settings)
@@ -490,6 +534,8 @@ def fit_mismatch(measurement: PSFMeasurement, system: OpticalSystem, *, noise: P
     before = float((design_rate[model.mask] - data).norm()) / norm
     after = float((model_rate[model.mask] - data).norm()) / norm
     params = _parameters(model, theta, sigma, systematic, pull, fixed, active, wavelength)
+    params += [Parameter(name=f"throughput[{p}]", kind="throughput", value=float(value), sigma=float(spread * scale),
+                         identifiable=bool(np.isfinite(value))) for p, (value, spread) in enumerate(zip(*throughput))]
     holdout = {}
     if getattr(measurement, "holdout", None) is not None:
         frames = measurement.holdout

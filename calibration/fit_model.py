@@ -25,7 +25,7 @@ import torch
 
 from onn_core.errors import InputError
 from simulator.fabrication import (AberrationOptics, FabricationErrors, aberration_transfer_derivatives,
-                                   error_shapes, gaussian_transfer, place_psfs, shape_psfs)
+                                   error_shapes, exchanged_light, gaussian_transfer, place_psfs, shape_psfs)
 from simulator.system import OpticalSystem
 from simulator.validation import is_transformed
 from simulator.zernike import noll_to_nm
@@ -176,6 +176,20 @@ class FitModel:
     def _shape(self, theta: torch.Tensor) -> torch.Tensor:
         """The blurred and aberrated design PSFs (P, C, K', K') of ``theta``, uncached."""
         return shape_psfs(self.design_psfs, self.errors(theta), self.system.geometry.psf_margin_px)
+
+    def light(self, theta: torch.Tensor, kernel_error: torch.Tensor | None = None) -> torch.Tensor:
+        """Each placed PSF's light (P,): blurred, aberrated, moved, with the kernel error and brightness
+        (before the frame-level crosstalk and vignetting), summed over its window and channels; in
+        the design PSFs' unit. Differentiable in ``theta`` and ``kernel_error``."""
+        return place_psfs(self._shape(theta), self.errors(theta, kernel_error)).sum(dim=(1, 2, 3))
+
+    def throughput(self, theta: torch.Tensor, kernel_error: torch.Tensor | None = None) -> torch.Tensor:
+        """Per tile (P,), :meth:`light` exchanged with the neighbours' by crosstalk, over the design PSF's
+        light (:meth:`simulator.system.OpticalSystem.throughput` of the fitted errors; inf or NaN for a
+        design PSF without light). Differentiable in ``theta`` and ``kernel_error``."""
+        crosstalk = self.errors(theta).crosstalk
+        light = exchanged_light(self.light(theta, kernel_error), crosstalk, self.system.layout)
+        return light / self.design_psfs.sum(dim=(1, 2, 3))
 
     def image(self, theta: torch.Tensor, shaped: torch.Tensor, kernel_error: torch.Tensor | None) -> torch.Tensor:
         """Model signal rate (DN/s), whole frame, of ``shaped`` PSFs placed and imaged with ``theta``'s

@@ -107,10 +107,12 @@ def markdown(calibration: Calibration, files: dict[str, Path], graded: list[Verd
                " least-squares one, pulled towards whole pixels by that sampling; the physical misregistration"
                " is the value less the pull noted beside it, and the sigma is stated for that."
                if any(p.systematic for p in fit.parameters) else ""),
-            "", "| parameter | value | sigma | note |", "|---|---|---|---|"]
+            *_light_lines(fit), "| parameter | value | sigma | note |", "|---|---|---|---|"]
         for p in fit.parameters:
             note = "not identifiable: fixed at design" if not p.identifiable else (
                 "sign not determined" if p.sign_ambiguous else "")
+            if p.kind == "throughput":
+                note = "derived: tile light over the design's" if p.identifiable else "design PSF without light"
             if p.systematic and p.identifiable:
                 note = f"sampling systematic {p.systematic:.2g}, pull {p.sampling_pull:+.2g}"
             lines.append(f"| {p.name} | {p.value:.5g} | {p.sigma:.2g} | {note} |")
@@ -121,6 +123,18 @@ def markdown(calibration: Calibration, files: dict[str, Path], graded: list[Verd
             caption = [FIGURE_CAPTIONS[name], ""] if name in FIGURE_CAPTIONS else []
             figures += [f"![{name}]({Path(path).name})", ""] + caption
     return "\n".join(lines + ["## Figures", ""] + figures).rstrip("\n") + "\n"
+
+
+def _light_lines(fit) -> list[str]:
+    """What the PSF frames determine of the light (after the residual stage: the throughputs, not how
+    brightness, crosstalk and the kernel error share it)."""
+    if "residual" not in fit.settings.stages:
+        return [""]
+    return ["", "Light: the frames determine how much light each tile receives (`throughput`: its own PSF's "
+            "light, crosstalk exchanged with its neighbours', over the design PSF's; its absolute scale is as "
+            "good as the sensor gain and the nominal photometry), not how brightness, crosstalk and the kernel "
+            "error share it: that split is the kernel-error prior's (zero-mean), and where the device adds "
+            "light the design puts nowhere, brightness and crosstalk read high beyond their sigmas.", ""]
 
 
 def _holdout_lines(holdout: dict) -> list[str]:

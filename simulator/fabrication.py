@@ -767,7 +767,7 @@ def apply_frame_errors(frame: torch.Tensor, errors: FabricationErrors, layout: T
         raise InputError(f"frame has shape {tuple(frame.shape[-2:])} but the layout's frame_shape is {layout.frame_shape}")
     out = frame
     if not _at_identity(errors.crosstalk, 0.0):
-        out = out + layout.assemble(_crosstalk_change(layout.extract(out), errors.crosstalk.to(frame), layout))
+        out = out + layout.assemble(crosstalk_change(layout.extract(out), errors.crosstalk.to(frame), layout))
     poly, tan_edge = errors.vignetting_poly, errors.vignetting_tan_edge
     if not (_at_identity(poly, 0.0) and _at_identity(tan_edge, 0.0)):
         y, x = _centred_axes(frame)
@@ -782,7 +782,7 @@ def apply_frame_errors(frame: torch.Tensor, errors: FabricationErrors, layout: T
     return out
 
 
-def _crosstalk_change(tiles: torch.Tensor, fraction: torch.Tensor, layout: TileLayout) -> torch.Tensor:
+def crosstalk_change(tiles: torch.Tensor, fraction: torch.Tensor, layout: TileLayout) -> torch.Tensor:
     """What crosstalk adds to each tile (N, capacity, h, w): ``c * (sum of 4-neighbours - n * own)``."""
     n, _, h, w = tiles.shape
     grid = tiles.reshape(n, layout.grid_rows, layout.grid_cols, h, w)
@@ -792,6 +792,13 @@ def _crosstalk_change(tiles: torch.Tensor, fraction: torch.Tensor, layout: TileL
     ones = torch.nn.functional.pad(ones, (1, 1, 1, 1))
     count = (ones[:-2, 1:-1] + ones[2:, 1:-1] + ones[1:-1, :-2] + ones[1:-1, 2:])[None, :, :, None, None]
     return (fraction * (neighbours - count * grid)).reshape(n, -1, h, w)
+
+
+def exchanged_light(light: torch.Tensor, crosstalk: torch.Tensor, layout: TileLayout) -> torch.Tensor:
+    """The light (P,) each tile receives when crosstalk exchanges the tiles' images: tile ``p`` keeps
+    ``1 - n c`` of its own PSF's ``light`` (P,) and gains ``c`` of each of its ``n`` grid neighbours'."""
+    tiles = torch.nn.functional.pad(light, (0, layout.capacity - light.shape[0]))[None, :, None, None]
+    return light + crosstalk_change(tiles, crosstalk.to(light), layout)[0, :light.shape[0], 0, 0]
 
 
 def _centred_axes(frame: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

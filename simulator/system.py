@@ -61,6 +61,7 @@ that gradients flow.
 from __future__ import annotations
 
 import logging
+import math
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -79,7 +80,8 @@ from onn_core.validation import check_positive
 from .conv import optical_conv2d
 from .design import KernelDesign, PSFDesign, design_from_config
 from .display import DisplayModel, quantise_intensities
-from .fabrication import AberrationOptics, ErrorSpec, FabricationErrors, apply_frame_errors, apply_psf_errors
+from .fabrication import (AberrationOptics, ErrorSpec, FabricationErrors, apply_frame_errors, apply_psf_errors,
+                          exchanged_light)
 from .layout import TileLayout
 from .sensor import SensorModel
 from .validation import check_tensor, is_transformed
@@ -388,6 +390,16 @@ class OpticalSystem(nn.Module):
             total = wide.sum(dim=(1, 2, 3))
             return torch.where(total > 0, 1 - kept / total.clamp_min(torch.finfo(total.dtype).tiny),
                                torch.zeros_like(total))
+
+    def throughput(self) -> torch.Tensor:
+        """Per tile (P,), the light it receives per unit of displayed light over what the design PSF
+        gives: the fabricated PSF's light, exchanged with its neighbours' by crosstalk
+        (:func:`~simulator.fabrication.exchanged_light`), before vignetting (a property of where in
+        the frame, not of the sub-optic); NaN for a design PSF without light."""
+        with torch.no_grad():
+            design = self.design.psfs().sum(dim=(1, 2, 3))
+            light = exchanged_light(self.fabricated_psfs().sum(dim=(1, 2, 3)), self.errors.crosstalk, self.layout)
+            return torch.where(design > 0, light / design.clamp_min(torch.finfo(design.dtype).tiny), math.nan)
 
     # ------------------------------------------------------------------------------------- light
     def gray_levels(self, images: torch.Tensor) -> torch.Tensor:

@@ -13,8 +13,8 @@ import torch
 from calibration import fit as fit_module
 from calibration.errors import CalibrationError
 from calibration import fit_model
-from calibration.fit import FitSettings, MismatchFit, fit_mismatch, sigma_scale
-from calibration.kernel_error import effective_parameters
+from calibration.fit import FitSettings, MismatchFit, fit_mismatch, sigma_scale, variance_along
+from calibration.kernel_error import effective_parameters, prior_factor
 from calibration.psf import measure_psfs, point_grid, window_mask
 from drivers.bench_fits import BenchMismatch
 from onn_core.errors import InputError
@@ -134,7 +134,7 @@ def test_the_residual_stage_absorbs_a_kernel_error_and_sharpens_the_geometry():
     assert fit.chi2_reduced["residual"] < 0.05 * fit.chi2_reduced["geometry"]
     # every fitted value counts: the physical ones and the kernel error's effective number (< its 16 x 11 x 11
     # values: the kernel error spans the whole PSF window by default, the design's 7 x 7 and a 2 px ring)
-    physical = sum(p.identifiable for p in fit.parameters)
+    physical = sum(p.identifiable for p in fit.parameters if p.kind != "throughput")
     assert 50 < fit.kernel_error_parameters < 16 * 11 * 11
     assert fit.dof["residual"] == pytest.approx(measurement.mask.sum() - physical - fit.kernel_error_parameters)
     inner = fit.errors.kernel_error[..., 2:9, 2:9]  # the design's window, where the injected one lives
@@ -187,6 +187,27 @@ def test_effective_parameters_of_known_singular_values(prior):
     assert effective_parameters(torch.from_numpy(jacobian), prior) == pytest.approx(expected, rel=1e-6)
 
 
+def test_variance_along_derived_quantities_equals_the_dense_inverse():
+    """g^T N^-1 g by the Schur complement (no N^-1 formed) against numpy's inverse of the whole normal
+    matrix [[J^T J, J^T J_d], [J_d^T J, J_d^T J_d + I / prior^2]], with and without a kernel error."""
+    rng = np.random.default_rng(4)
+    jac, jac_d, prior = rng.normal(size=(200, 6)), rng.normal(size=(200, 30)) * 0.3, 0.5
+    grad_p, grad_d = rng.normal(size=(6, 3)), rng.normal(size=(30, 3))
+    normal = np.block([[jac.T @ jac, jac.T @ jac_d], [jac_d.T @ jac, jac_d.T @ jac_d + np.eye(30) / prior**2]])
+    grad = np.concatenate([grad_p, grad_d])
+    expected = np.einsum("iq,ij,jq->q", grad, np.linalg.inv(normal), grad)
+    t = {name: torch.from_numpy(value) for name, value in
+         {"jac": jac, "jac_d": jac_d, "grad_p": grad_p, "grad_d": grad_d}.items()}
+    factor = prior_factor(t["jac_d"].T @ t["jac_d"], prior)
+    cross = t["jac_d"].T @ t["jac"]
+    information = fit_module._marginal_information(t["jac"], cross, factor)
+    got = variance_along(t["grad_p"], t["grad_d"], information, cross, factor)
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-10)
+    plain = variance_along(t["grad_p"], None, t["jac"].T @ t["jac"])
+    np.testing.assert_allclose(plain.numpy(), np.einsum("iq,ij,jq->q", grad_p, np.linalg.inv(jac.T @ jac), grad_p),
+                               rtol=1e-10)
+
+
 def test_sigmas_are_scaled_only_by_a_significant_misfit():
     assert sigma_scale(1.02, 10_000) == 1.0  # 1.4 sqrt(2/dof): noise
     assert sigma_scale(4.0, 10_000) == 2.0
@@ -205,7 +226,7 @@ def test_a_missing_model_term_scales_the_sigmas_and_the_file_keeps_the_scale(mon
     fit = fit_mismatch(measurement, nominal(), settings=FitSettings(stages=("geometry", "photometry"), sampling_draws=0))
     chi2 = fit.chi2_reduced["photometry"]
     assert chi2 > 1.3 and fit.sigma_scale == pytest.approx(math.sqrt(chi2))
-    stated = np.array([p.sigma for p in fit.parameters if p.identifiable])
+    stated = np.array([p.sigma for p in fit.parameters if p.identifiable and p.kind != "throughput"])
     np.testing.assert_allclose(stated, fisher[-1][np.isfinite(fisher[-1])] * fit.sigma_scale, rtol=1e-12)
     assert fit.summary()["sigma_scale"] == fit.sigma_scale
     with h5py.File(tmp_path / "fit.h5", "w") as f:

@@ -79,6 +79,17 @@ def test_the_widened_kernel_error_recovers_a_known_halo(halo_device):
     # how it splits between brightness and the halo is the prior's choice (a kernel error shaped like the PSF
     # is a brightness): the kernel error's prior moves ~1 % of the light, ~10 % of the halo, into brightness
     torch.testing.assert_close(ring_light(fitted_added), ring_light(true_added), rtol=0.15, atol=0)
+    # the light each tile receives, crosstalk exchanged (none here), is stated with its sigma: the calibrated
+    # system's, and the truth's within it
+    throughput = np.array([p.value for p in fit.parameters if p.kind == "throughput"])
+    throughput_sigma = np.array([p.sigma for p in fit.parameters if p.kind == "throughput"])
+    calibrated = nominal().double()
+    calibrated.errors = fit_module.FabricationErrors.from_dict(fit.errors.to_dict())
+    np.testing.assert_allclose(throughput, calibrated.throughput().numpy(), rtol=1e-10)
+    fabricated = nominal().double()
+    fabricated.errors = truth
+    assert np.all(np.abs(throughput - fabricated.throughput().numpy()) < 3 * throughput_sigma)
+    assert np.all(throughput_sigma < 0.005)
     sigma = {p.name: p.sigma for p in fit.parameters}
     brightness_z = (fit.errors.brightness - truth.brightness).abs() / torch.tensor([sigma[f"brightness[{i}]"] for i in range(16)])
     assert float(brightness_z.max()) < 3
@@ -86,7 +97,7 @@ def test_the_widened_kernel_error_recovers_a_known_halo(halo_device):
     correlation = torch.corrcoef(torch.stack([fitted_added.flatten(), true_added.flatten()]))[0, 1]
     assert float(correlation) > 0.9
     # every fitted value is counted: dof = pixels - physical - the kernel error's effective number
-    physical = sum(p.identifiable for p in fit.parameters)
+    physical = sum(p.identifiable for p in fit.parameters if p.kind != "throughput")
     assert fit.dof["residual"] == pytest.approx(measurement.mask.sum() - physical - fit.kernel_error_parameters)
     assert 16 * K * K < fit.kernel_error_parameters <= 16 * (K + 2 * MARGIN) ** 2
     # the calibrated forward model (the errors through their file form: the sensor-frame kernel error on the

@@ -17,6 +17,7 @@ from simulator.fabrication import (
     aberration_transfer_derivatives,
     apply_frame_errors,
     apply_psf_errors,
+    exchanged_light,
     filter_psfs,
 )
 from simulator.field import Grid
@@ -428,3 +429,18 @@ def test_bad_input_names_the_field():
         FabricationErrors.sample(2, ErrorSpec(kernel_error_rms=0.1), seed=0)
     with pytest.raises(InputError, match="rotation_rad"):
         FabricationErrors(2, rotation_rad=torch.zeros(3))
+
+
+def test_exchanged_light_matches_the_frame_crosstalk():
+    """Each tile's light after crosstalk, computed from the PSFs' lights alone, equals the light of the
+    tiles of a frame through apply_frame_errors (a 2 x 3 grid with 5 PSFs: corner, edge, empty slot)."""
+    layout = TileLayout(2, 3, (3, 3), gap_px=1)
+    light = torch.tensor([1.0, 2.0, 0.5, 3.0, 1.5], dtype=D)
+    tiles = torch.zeros((1, 6, 3, 3), dtype=D)
+    tiles[0, :5, 1, 1] = light
+    crosstalk = torch.tensor(0.04, dtype=D)
+    frame = apply_frame_errors(layout.assemble(tiles), FabricationErrors(5, crosstalk=crosstalk), layout)
+    expected = layout.extract(frame)[0, :5].sum(dim=(-2, -1))
+    torch.testing.assert_close(exchanged_light(light, crosstalk, layout), expected)
+    # by hand: tile 0 (neighbours 1 and 3) keeps 1 - 2 c and gains c of each
+    assert float(exchanged_light(light, crosstalk, layout)[0]) == pytest.approx(1.0 * 0.92 + 0.04 * (2.0 + 3.0))

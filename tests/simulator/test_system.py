@@ -314,3 +314,21 @@ def test_display_response_from_a_measured_lut_file(tmp_path):
     with pytest.raises(ConfigError) as info:
         OpticalSystem.from_config({**cfg, "display": {"lut_file": "missing.txt"}}, base_dir=tmp_path)
     assert info.value.path == "optics.display.lut_file"
+
+
+def test_throughput_is_each_tiles_light_over_its_designs():
+    """Brightness b and crosstalk c only (the PSFs otherwise the design's, inside their windows): tile p
+    gets b_p L_p (1 - n_p c) + c sum_q b_q L_q of its design light L_p; a dark design PSF gives NaN."""
+    cfg = reference_config(errors={"num_psfs": 16, "errors": {"brightness": [1 + 0.01 * p for p in range(16)],
+                                                              "crosstalk": 0.02}})
+    system = OpticalSystem.from_config(cfg).double()
+    design = system.design.psfs().sum(dim=(1, 2, 3))
+    bright = design * torch.tensor([1 + 0.01 * p for p in range(16)], dtype=D)
+    rows, cols = divmod(np.arange(16), system.layout.grid_cols)
+    neighbours = np.abs(rows[:, None] - rows[None]) + np.abs(cols[:, None] - cols[None]) == 1
+    exchange = torch.from_numpy(neighbours.astype(np.float64))
+    expected = (bright * (1 - 0.02 * exchange.sum(dim=1)) + 0.02 * exchange @ bright) / design
+    torch.testing.assert_close(system.throughput(), expected)
+    dark = OpticalSystem.from_config(reference_config(errors=None, design={
+        "generator": "inline", "signed": False, "psfs": [[[[0.0] * 3] * 3], [[[1.0] * 3] * 3]]}))
+    assert torch.isnan(dark.throughput()[0]) and float(dark.throughput()[1]) == pytest.approx(1.0)
