@@ -82,8 +82,10 @@ from tests.calibration.benches import example_optics, simulated_bench  # noqa: E
 
 SHIFT_SPEC = {"shift_std_px": 0.5, "brightness_rel_std": 0.1}
 #: What --parts can name: shift accuracy, the example device's fit speed, its reduced chi-square,
-#: phase retrieval, the wave devices, the wave devices' variants.
-PARTS = ("shift", "speed", "example", "phase", "wave", "wave_variants")
+#: phase retrieval, the wave devices, the wave devices' variants, the benches not developed on.
+PARTS = ("shift", "speed", "example", "phase", "wave", "wave_variants", "unseen")
+#: Records under wave_device that a rerun of the wave part keeps (figures of other runs, kept by hand).
+HAND_KEPT = ("development_devices",)
 
 
 def nominal() -> OpticalSystem:
@@ -224,12 +226,15 @@ def wave_devices(count: int, zernike: bool, first_seed: int = WAVE_FIRST_SEED, v
     settings = FitSettings(aberration=aberration, zernike_noll=(4, 5, 6) if zernike else ())
     images = dataset_images()
     errors, least_squares, pulls, sigmas, systematics, chi2, holdout, seconds = [], [], [], [], [], [], [], []
+    light, crosstalk = {"error": [], "sigma": []}, {"fitted": [], "true": [], "sigma": []}
     seeds = range(first_seed, first_seed + count)
     for seed in seeds:
         with simulated_bench({"errors": {**wave["errors"], "seed": seed}, "geometry": {"psf_margin_px": margin},
                               "seed": 500 + seed}) as bench:
             measurement = measure_psfs(bench, system, averages=8, progress=False, holdout_images=images)
             truth = bench.camera.optics.errors.shift_px.clone()
+            true_throughput = bench.camera.optics.throughput().double().numpy()
+            crosstalk["true"].append(float(bench.camera.optics.errors.crosstalk))
         start = time.perf_counter()
         fit = fit_mismatch(measurement, system, settings=settings)
         seconds.append(time.perf_counter() - start)
@@ -241,6 +246,10 @@ def wave_devices(count: int, zernike: bool, first_seed: int = WAVE_FIRST_SEED, v
         systematics += [p.systematic for p in fit.parameters if p.kind == "shift_px"]
         chi2.append(fit.chi2_reduced[settings.stages[-1]])
         holdout.append(fit.holdout_residual_over_noise["all"])
+        light["error"].append(np.array([p.value for p in fit.parameters if p.kind == "throughput"]) - true_throughput)
+        light["sigma"].append(np.array([p.sigma for p in fit.parameters if p.kind == "throughput"]))
+        crosstalk["fitted"].append(float(fit.errors.crosstalk))
+        crosstalk["sigma"].append(sigma["crosstalk"])
         print(f"wave device {seed}: reduced chi2 {chi2[-1]:.3g}, held-out {holdout[-1]:.3g}, "
               f"{seconds[-1]:.0f} s", flush=True)
     errors, least_squares, sigmas = np.stack(errors), np.stack(least_squares), np.stack(sigmas)
@@ -257,6 +266,7 @@ def wave_devices(count: int, zernike: bool, first_seed: int = WAVE_FIRST_SEED, v
         "shift_pull_rms_px": float(np.sqrt(np.mean(np.square(pulls)))),
         "reduced_chi2_per_device": chi2, "holdout_residual_per_device": holdout,
         "shift_sigma_median_px": float(np.median(sigmas)), "shift_systematic_median_px": float(np.median(systematics)),
+        **light_figures(light), **crosstalk_figures(crosstalk),
         "fit_seconds_median": float(np.median(seconds)),
         "holdout_images": "fashion-mnist t10k [0, 1]" if images is not None else "calibration.psf.default_holdout_images",
         "fit": {"stages": list(settings.stages), "zernike_noll": list(settings.zernike_noll),
@@ -265,6 +275,111 @@ def wave_devices(count: int, zernike: bool, first_seed: int = WAVE_FIRST_SEED, v
                 "aberration": dataclasses.asdict(aberration),
                 "note": "faster configuration than the full fit: no Zernike terms (the kernel error holds them)"
                 if not zernike else "full fit"}}}
+
+
+#: A bench the calibration was not developed on, calibrated as a new user would (every stage,
+#: examples/calibrate_sim.yaml's settings): 5 signed 9 x 9 kernels (10 PSFs), 2 x 2 sensor pixels per
+#: display pixel, a 14-bit camera, larger errors than examples/optics.yaml's (a cascade device: its
+#: kernel error acts on the design and is clamped at zero, so it adds light) and a vignetting polynomial
+#: the fit does not model; overrides of examples/optics.yaml.
+UNSEEN_BENCH = {
+    "design": {"generator": "random_signed", "num_kernels": 5, "kernel_size": 9, "channels": 1, "seed": 3},
+    "geometry": {"display_pixel_pitch_m": 6.9e-6, "magnification": 1.0, "sensor_pixel_pitch_m": 3.45e-6,
+                 "gap_px": 6, "psf_margin_px": 3},
+    "photometry": {"photons_per_s": 1.5e6, "exposure_s": 0.01},
+    "sensor": {"bit_depth": 14, "full_well_e": 20000.0, "gain_e_per_dn": 1.25, "read_noise_e": 3.0},
+}
+UNSEEN_ERRORS = {"shift_method": "bilinear",
+                 "aberration": {"wavelengths_m": [532e-9], "f_number": 2.5, "pixel_pitch_m": 3.45e-6},
+                 "spec": {"brightness_rel_std": 0.12, "shift_std_px": 0.6, "rotation_std_rad": 0.02,
+                          "magnification_rel_std": 0.02, "blur_sigma_max_px": 0.7,
+                          "zernike_std_m": [0, 0, 0, 40e-9, 20e-9, 20e-9], "kernel_error_rms": 0.08,
+                          "crosstalk": 0.008, "vignetting_poly": [-0.05, 0.02], "vignetting_tan_edge": 0.25,
+                          "background": 6000.0, "background_gradient_std": 0.1}}
+#: Variants of UNSEEN_ERRORS' spec: as found, and without the unmodelled vignetting polynomial.
+UNSEEN_VARIANTS = {"as_found": {}, "no_vignetting_poly": {"vignetting_poly": [0.0, 0.0]}}
+UNSEEN_FIRST_SEED = 61
+
+
+def unseen_benches(count: int) -> dict:
+    """Calibrate ``count`` devices (seeds UNSEEN_FIRST_SEED..) of each of UNSEEN_VARIANTS on
+    UNSEEN_BENCH with every stage; per variant the shift figures (misregistration and least squares),
+    rotation and magnification coverage, brightness's mean error and coverage, crosstalk and throughput
+    against the truth, the reduced chi-square, held-out residual and the sensor stage's gain error."""
+    from calibration.api import calibrate
+    from tests.calibration.benches import merged
+
+    config = config_io.load_yaml(ROOT / "examples" / "calibrate_sim.yaml")["calibration"]
+    nominal_optics = {**merged(example_optics(), UNSEEN_BENCH), "errors": None}
+    out = {}
+    for name, spec in UNSEEN_VARIANTS.items():
+        rows = {key: [] for key in ("shift", "shift_ls", "shift_z", "shift_ls_z", "rotation_z", "magnification_z",
+                                    "brightness", "brightness_z", "chi2", "holdout", "gain", "seconds")}
+        light, crosstalk = {"error": [], "sigma": []}, {"fitted": [], "true": [], "sigma": []}
+        for seed in range(UNSEEN_FIRST_SEED, UNSEEN_FIRST_SEED + count):
+            errors = {**UNSEEN_ERRORS, "seed": seed, "spec": {**UNSEEN_ERRORS["spec"], **spec}}
+            start = time.perf_counter()
+            with simulated_bench({**UNSEEN_BENCH, "errors": errors}) as bench:
+                result = calibrate(bench, OpticalSystem.from_config(nominal_optics), config, progress=False)
+                truth = bench.camera.optics
+                true_throughput = truth.throughput().double().numpy()
+            rows["seconds"].append(time.perf_counter() - start)
+            fit, true = result.fit, truth.errors
+            sigma = {p.name: p.sigma for p in fit.parameters}
+            p = true.shift_px.shape[0]
+            shift_sigma = np.array([[sigma[f"shift_px[{i}][{a}]"] for a in range(2)] for i in range(p)])
+            misregistration = fit.misregistration_px() - true.shift_px.double().numpy()
+            least_squares = (fit.errors.shift_px - true.shift_px).double().numpy()
+            rows["shift"].append(misregistration)
+            rows["shift_ls"].append(least_squares)
+            rows["shift_z"].append(np.abs(misregistration) / shift_sigma)
+            rows["shift_ls_z"].append(np.abs(least_squares) / shift_sigma)
+            for kind in ("rotation_rad", "magnification", "brightness"):
+                error = (getattr(fit.errors, kind) - getattr(true, kind)).double().numpy()
+                z = np.abs(error) / np.array([sigma[f"{kind}[{i}]"] for i in range(p)])
+                rows[kind.split("_")[0] + "_z"].append(z)
+                if kind == "brightness":
+                    rows["brightness"].append(error)
+            light["error"].append(np.array([q.value for q in fit.parameters if q.kind == "throughput"]) - true_throughput)
+            light["sigma"].append(np.array([q.sigma for q in fit.parameters if q.kind == "throughput"]))
+            crosstalk["fitted"].append(float(fit.errors.crosstalk))
+            crosstalk["true"].append(float(true.crosstalk))
+            crosstalk["sigma"].append(sigma["crosstalk"])
+            rows["chi2"].append(fit.chi2_reduced[fit.settings.stages[-1]])
+            rows["holdout"].append(fit.holdout_residual_over_noise["all"])
+            rows["gain"].append(result.sensor.summary()["conversion_gain_e_per_code"] / UNSEEN_BENCH["sensor"]["gain_e_per_dn"] - 1)
+            print(f"unseen bench {name} {seed}: reduced chi2 {rows['chi2'][-1]:.3g}, {rows['seconds'][-1]:.0f} s", flush=True)
+        pooled = {key: np.concatenate([np.ravel(v) for v in values]) for key, values in rows.items()
+                  if key.endswith("_z") or key in ("shift", "shift_ls", "brightness")}
+        out[name] = {
+            "devices": count, "seeds": [UNSEEN_FIRST_SEED, UNSEEN_FIRST_SEED + count - 1], "spec_changes": spec,
+            "shift_rmse_px": float(np.sqrt(np.mean(pooled["shift"] ** 2))),
+            "shift_rmse_least_squares_px": float(np.sqrt(np.mean(pooled["shift_ls"] ** 2))),
+            **{f"{kind}_coverage_{k}sigma": float(np.mean(pooled[f"{kind}_z"] < k))
+               for kind in ("shift", "shift_ls", "rotation", "magnification", "brightness") for k in (1, 2)},
+            "brightness_mean_error": float(np.mean(pooled["brightness"])),
+            **light_figures(light), **crosstalk_figures(crosstalk),
+            "reduced_chi2": float(np.median(rows["chi2"])), "holdout_residual_over_noise": float(np.median(rows["holdout"])),
+            "gain_rel_error": rows["gain"], "calibrate_seconds_median": float(np.median(rows["seconds"]))}
+    return {"unseen_bench": {"bench": UNSEEN_BENCH, "errors": UNSEEN_ERRORS, "variants": out,
+                             "note": "every stage as examples/calibrate_sim.yaml (a new user's settings)"}}
+
+
+def light_figures(light: dict) -> dict:
+    """Throughput (the tiles' light over the design's, crosstalk exchanged: ``OpticalSystem.throughput``)
+    against the truth: RMSE, mean error and the coverage of its stated sigma, tiles of every device pooled."""
+    error, sigma = np.concatenate(light["error"]), np.concatenate(light["sigma"])
+    z = np.abs(error) / sigma
+    return {"throughput_rmse": float(np.sqrt(np.mean(error**2))), "throughput_mean_error": float(np.mean(error)),
+            "throughput_sigma_median": float(np.median(sigma)),
+            "throughput_coverage_1sigma": float(np.mean(z < 1)), "throughput_coverage_2sigma": float(np.mean(z < 2))}
+
+
+def crosstalk_figures(crosstalk: dict) -> dict:
+    """The fitted crosstalk against the truth, per device, and its error in stated sigmas."""
+    z = (np.array(crosstalk["fitted"]) - np.array(crosstalk["true"])) / np.array(crosstalk["sigma"])
+    return {"crosstalk_fitted": crosstalk["fitted"], "crosstalk_true": crosstalk["true"],
+            "crosstalk_error_over_sigma": z.tolist(), "crosstalk_coverage_2sigma": float(np.mean(np.abs(z) < 2))}
 
 
 def phase_retrieval(seeds: int) -> dict:
@@ -293,6 +408,7 @@ def main() -> None:
                         help=f"comma-separated subset of {tuple(WAVE_VARIANTS)} (the others' results are kept)")
     parser.add_argument("--wave-first-seed", type=int, default=WAVE_FIRST_SEED,
                         help="error seed of the first wave device (the pull correction was developed on 1-20)")
+    parser.add_argument("--unseen-devices", type=int, default=4, help="devices per entry of UNSEEN_VARIANTS")
     parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {PARTS}")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "calibration.json"))
     args = parser.parse_args()
@@ -326,11 +442,16 @@ def main() -> None:
             keep = ("coverage_1sigma", "coverage_2sigma", "shift_rmse_px", "shift_sigma_median_px", "seeds")
             results["wave_device"]["previous"] = earlier.get("previous", []) + [
                 {**{k: earlier[k] for k in keep if k in earlier}, "date": earlier_date}]
+            for key in HAND_KEPT:
+                if key in earlier:
+                    results["wave_device"][key] = earlier[key]
     if "wave_variants" in parts:
         variants = results.setdefault("wave_device_variants", {})
         for name in variant_names:
             variants[name] = {**wave_devices(args.wave_variant_devices, False, VARIANT_FIRST_SEED,
                                              WAVE_VARIANTS[name])["wave_device"], "variant": WAVE_VARIANTS[name]}
+    if "unseen" in parts:
+        results.update(unseen_benches(args.unseen_devices))
     for key, value in results.items():
         if isinstance(value, float):
             print(f"{key:34s} {value:.4g}" if math.isfinite(value) else f"{key:34s} {value}")

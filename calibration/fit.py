@@ -90,7 +90,12 @@ whose structure below the pixel scale is unknown by resampling its pixel values
 and states the pull towards whole pixels that this sampling puts into the fitted shift
 (:attr:`Parameter.sampling_pull`): the sigma is that of the physical misregistration,
 :meth:`MismatchFit.misregistration_px` (the fitted shift less its pull); ``errors.shift_px`` keeps the
-least-squares shifts, which predict frames best. A parameter whose
+least-squares shifts, which predict frames best. Derived: each tile's throughput (``throughput[p]``
+rows: its PSF's light, crosstalk exchanged with its neighbours', over the design PSF's,
+:meth:`calibration.fit_model.FitModel.throughput`), with its sigma from the joint covariance of the
+physical parameters and the kernel error (:func:`variance_along`) and the measured conversion gain's
+error (``PixelNoise.e_per_dn_rel_sigma``): the light the frames determine, which brightness, crosstalk
+and the kernel error share only as their prior has it. A parameter whose
 standard deviation exceeds its :data:`IDENTIFIABLE_SIGMA` (the data cannot tell it from zero at a
 useful level) is flagged, fixed at its design value and the stage refitted without it, instead of
 returning noise as a value.
@@ -534,7 +539,9 @@ def fit_mismatch(measurement: PSFMeasurement, system: OpticalSystem, *, noise: P
     before = float((design_rate[model.mask] - data).norm()) / norm
     after = float((model_rate[model.mask] - data).norm()) / norm
     params = _parameters(model, theta, sigma, systematic, pull, fixed, active, wavelength)
-    params += [Parameter(name=f"throughput[{p}]", kind="throughput", value=float(value), sigma=float(spread * scale),
+    # the light in photons is known no better than the conversion gain that turns the frames' DN into them
+    params += [Parameter(name=f"throughput[{p}]", kind="throughput", value=float(value),
+                         sigma=float(math.hypot(spread * scale, value * noise.e_per_dn_rel_sigma)),
                          identifiable=bool(np.isfinite(value))) for p, (value, spread) in enumerate(zip(*throughput))]
     holdout = {}
     if getattr(measurement, "holdout", None) is not None:

@@ -17,7 +17,9 @@ class PixelNoise:
     offset_dn, 0) / e_per_dn + read_noise_dn**2 + step_dn**2 / 12`` (shot noise, read noise, and the
     quantisation of an ADC step of ``step_dn`` frame DN). ``shot_factor`` is 1 for a camera's own
     pixels and less for frames resampled from them (:mod:`drivers.located`: neighbouring pixels share
-    camera pixels, so a pixel's shot noise is less than its electrons').
+    camera pixels, so a pixel's shot noise is less than its electrons'). ``e_per_dn_rel_sigma``: the
+    relative standard error of ``e_per_dn`` where it was measured (0: taken as known, e.g. nominal); a
+    light measured in DN converts to photons no better than that.
     """
 
     e_per_dn: float
@@ -25,6 +27,7 @@ class PixelNoise:
     read_noise_dn: float
     step_dn: float = 1.0
     shot_factor: float = 1.0
+    e_per_dn_rel_sigma: float = 0.0
 
     @classmethod
     def from_sensor(cls, sensor: SensorModel) -> "PixelNoise":

@@ -113,6 +113,8 @@ def markdown(calibration: Calibration, files: dict[str, Path], graded: list[Verd
                 "sign not determined" if p.sign_ambiguous else "")
             if p.kind == "throughput":
                 note = "derived: tile light over the design's" if p.identifiable else "design PSF without light"
+            elif p.kind in PRIOR_SPLIT and "residual" in fit.settings.stages and p.identifiable:
+                note = "light shared with the kernel error by its prior: read throughput"
             if p.systematic and p.identifiable:
                 note = f"sampling systematic {p.systematic:.2g}, pull {p.sampling_pull:+.2g}"
             lines.append(f"| {p.name} | {p.value:.5g} | {p.sigma:.2g} | {note} |")
@@ -125,6 +127,10 @@ def markdown(calibration: Calibration, files: dict[str, Path], graded: list[Verd
     return "\n".join(lines + ["## Figures", ""] + figures).rstrip("\n") + "\n"
 
 
+#: Parameters whose share of a tile's light the kernel error's prior decides after the residual stage.
+PRIOR_SPLIT = ("brightness", "crosstalk")
+
+
 def _light_lines(fit) -> list[str]:
     """What the PSF frames determine of the light (after the residual stage: the throughputs, not how
     brightness, crosstalk and the kernel error share it)."""
@@ -134,7 +140,8 @@ def _light_lines(fit) -> list[str]:
             "light, crosstalk exchanged with its neighbours', over the design PSF's; its absolute scale is as "
             "good as the sensor gain and the nominal photometry), not how brightness, crosstalk and the kernel "
             "error share it: that split is the kernel-error prior's (zero-mean), and where the device adds "
-            "light the design puts nowhere, brightness and crosstalk read high beyond their sigmas.", ""]
+            "light the design puts nowhere, brightness and crosstalk read high beyond their sigmas (on simulated "
+            "devices of that kind: brightness +3 %, crosstalk 2-3 times the true one).", ""]
 
 
 def _holdout_lines(holdout: dict) -> list[str]:

@@ -203,7 +203,8 @@ class SensorCalibration:
     def pixel_noise(self) -> PixelNoise:
         """The measured noise model of one pixel reading (Poisson-Gaussian, frame DN)."""
         return PixelNoise(e_per_dn=self.conversion_gain_e_per_dn, offset_dn=self.offset_dn,
-                          read_noise_dn=self.read_noise_dn, step_dn=self.adc_step_dn)
+                          read_noise_dn=self.read_noise_dn, step_dn=self.adc_step_dn,
+                          e_per_dn_rel_sigma=self.conversion_gain_err_e_per_dn / self.conversion_gain_e_per_dn)
 
     def variance_dn2(self, mean_dn) -> np.ndarray:
         """Expected temporal variance (DN^2) of one reading whose expectation is ``mean_dn`` (frame DN)."""

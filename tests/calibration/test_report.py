@@ -183,3 +183,24 @@ def test_the_parameter_table_notes_each_shift_sampling_systematic(report):
             assert rows[p.name][3] == expected
         else:
             assert "sampling" not in rows[p.name][3]
+
+
+def test_after_a_residual_stage_the_table_points_from_brightness_and_crosstalk_to_throughput(calibrated, tmp_path):
+    """The frames determine each tile's light, not its split into brightness, crosstalk and kernel error
+    (the prior's after a residual stage): the text says so and those rows point to the throughput rows."""
+    fit = calibrated.fit
+    throughput = [p for p in fit.parameters if p.kind == "throughput"]
+    assert len(throughput) == calibrated.nominal_system().num_psfs and all(p.sigma > 0 for p in throughput)
+    before = write_report(calibrated, tmp_path / "geometry")["markdown"].read_text()
+    residual = dataclasses.replace(fit, settings=dataclasses.replace(fit.settings, stages=(*fit.settings.stages, "residual")),
+                                   chi2_reduced={**fit.chi2_reduced, "residual": 1.0}, dof={**fit.dof, "residual": 1e4})
+    after = write_report(dataclasses.replace(calibrated, fit=residual), tmp_path / "residual")["markdown"].read_text()
+    assert "Light: the frames determine how much light each tile receives" not in before
+    assert "Light: the frames determine how much light each tile receives" in after
+    for text, shared in ((before, False), (after, True)):
+        rows = {row[0]: row for row in table_rows(dict(sections(text))["Mismatch fit"])}
+        for p in fit.parameters:
+            if p.kind in ("brightness", "crosstalk"):
+                assert (rows[p.name][3] == "light shared with the kernel error by its prior: read throughput") == shared
+            if p.kind == "throughput":
+                assert rows[p.name][3] == "derived: tile light over the design's"
