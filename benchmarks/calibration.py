@@ -39,15 +39,28 @@ Measured here (every figure in one run; seeds and magnitudes are not the tests')
   terms in the optics stage unless ``--wave-zernike``: the Zernike OTF makes the full fit ~10x slower on
   the 17 px wave window).
 
+  Also the light: ``throughput_rmse`` / ``throughput_mean_error`` / ``throughput_coverage_{1,2}sigma``
+  (each tile's light over the design's, crosstalk exchanged, ``throughput[p]`` rows, against
+  ``OpticalSystem.throughput()`` of the device) and ``crosstalk_fitted`` / ``crosstalk_true`` /
+  ``crosstalk_error_over_sigma`` (the split of that light the kernel error's prior decides).
+
 - ``wave_device_variants``: the same figures on ``--wave-variant-devices`` wave devices (seeds 41..) of
   each of :data:`WAVE_VARIANTS` (twice the misregistration; an f/6 sub-aperture; no misregistration), to
   see whether the coverage holds away from the configuration it was developed on (``--wave-variants``:
   some of them).
 
+- ``unseen_bench``: ``--unseen-devices`` devices (seeds 61..) of :data:`UNSEEN_BENCH`, a bench the
+  calibration was not developed on (5 signed 9 x 9 kernels, 2 x 2 sensor pixels per display pixel, a
+  14-bit camera, larger cascade errors, a vignetting polynomial the fit does not model), every stage
+  with examples/calibrate_sim.yaml's settings, per variant of :data:`UNSEEN_VARIANTS`: shift, rotation,
+  magnification and brightness coverage, brightness's mean error, throughput and crosstalk as above,
+  reduced chi-square, held-out residual, the sensor stage's gain error.
+
 Prints a table and, last, one line of JSON; writes benchmarks/results/calibration.json. ``--parts``
 runs only some of the measurements; the keys of the others are kept from the existing JSON.
 Usage: python benchmarks/calibration.py [--realisations 50] [--phase-seeds 5] [--wave-devices 20]
-       [--wave-variant-devices 10] [--wave-variants NAMES] [--parts shift,example,speed,phase,wave,wave_variants]
+       [--wave-variant-devices 10] [--wave-variants NAMES] [--unseen-devices 4]
+       [--parts shift,example,speed,phase,wave,wave_variants,unseen]
 """
 
 from __future__ import annotations
