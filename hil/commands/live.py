@@ -117,7 +117,7 @@ def _patterns(slm, system, image) -> dict:
     grid (the geometry stage's first dot pattern), the dots of `hil locate` and ``image``."""
     import numpy as np
 
-    from calibration.api import GeometrySettings
+    from calibration.result import GeometrySettings
     from calibration.geometry.patterns import dot_patterns, minimum_pitch
     from calibration.locate import patterns
 
