@@ -207,8 +207,8 @@ class Parameter:
     """One fitted quantity: its value, Fisher standard deviation, and whether the data determine it."""
 
     name: str              # e.g. "shift_px[3][0]"
-    #: key of IDENTIFIABLE_SIGMA, or "throughput": derived, a PSF's light over its design's (its sigma from
-    #: the data, which determine the light; brightness and kernel error share it by the prior)
+    #: key of IDENTIFIABLE_SIGMA, or "throughput": derived, a tile's light (its PSF's, crosstalk exchanged)
+    #: over its design PSF's; the frames determine it, brightness, crosstalk and kernel error share it by the prior
     kind: str
     value: float           # in the kind's unit (Zernike: metres)
     sigma: float           # same unit: Fisher sigma x MismatchFit.sigma_scale (+ systematic in quadrature); inf where singular

@@ -13,6 +13,7 @@ import torch
 
 from .fit_model import FitModel
 
+
 def kernel_error_rate(model: FitModel, theta: torch.Tensor, kernel_error: torch.Tensor):
     """The model's rate over the masked pixels as a function of the kernel error alone, at ``theta``,
     for forward-mode differentiation."""
