@@ -72,7 +72,7 @@ determined (``sign_ambiguous``); phase diversity (:mod:`calibration.phase_retrie
 Uncertainties: the covariance of the physical parameters is the inverse of the Fisher information
 ``J^T W J`` of the Gaussian noise model at the optimum (the Cramer-Rao bound). After the residual
 stage it is the marginal one, the kernel error integrated out under its Gaussian prior (the inverse
-of the Schur complement ``J^T W J - C^T (G + I / prior^2)^-1 C``, :func:`_marginal_sigma`): the kernel
+of the Schur complement ``J^T W J - C^T (G + I / prior^2)^-1 C``, :func:`_marginal_information`): the kernel
 error can move light as a shift does, so a shift is known only as well as the prior tells the two
 apart (on the in-model test device the geometry stage's sigmas missed the true shifts by a median of
 ~8 sigma; the marginal ones cover them). Degrees of freedom
