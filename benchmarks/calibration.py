@@ -84,6 +84,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.threads import torch_threads  # noqa: E402
 from calibration import fit_model  # noqa: E402
+from calibration.api import calibrate  # noqa: E402
 from calibration.fit import FitSettings, fit_mismatch  # noqa: E402
 from onn_core import config as config_io  # noqa: E402
 from calibration.psf import measure_psfs  # noqa: E402
@@ -91,7 +92,7 @@ from onn_core.files import atomic_write  # noqa: E402
 from simulator.fabrication import AberrationOptics  # noqa: E402
 from simulator.system import OpticalSystem  # noqa: E402
 from tests.calibration import test_phase_retrieval as phase  # noqa: E402
-from tests.calibration.benches import example_optics, simulated_bench  # noqa: E402
+from tests.calibration.benches import example_optics, merged, simulated_bench  # noqa: E402
 
 SHIFT_SPEC = {"shift_std_px": 0.5, "brightness_rel_std": 0.1}
 #: What --parts can name: shift accuracy, the example device's fit speed, its reduced chi-square,
@@ -319,9 +320,6 @@ def unseen_benches(count: int) -> dict:
     UNSEEN_BENCH with every stage; per variant the shift figures (misregistration and least squares),
     rotation and magnification coverage, brightness's mean error and coverage, crosstalk and throughput
     against the truth, the reduced chi-square, held-out residual and the sensor stage's gain error."""
-    from calibration.api import calibrate
-    from tests.calibration.benches import merged
-
     config = config_io.load_yaml(ROOT / "examples" / "calibrate_sim.yaml")["calibration"]
     nominal_optics = {**merged(example_optics(), UNSEEN_BENCH), "errors": None}
     out = {}

@@ -377,9 +377,10 @@ def _levenberg_marquardt(model: FitModel, theta: torch.Tensor, free: np.ndarray,
     return theta
 
 
-def _fisher_sigma(model: FitModel, theta: torch.Tensor, free: np.ndarray) -> np.ndarray:
+def _fisher_information(model: FitModel, theta: torch.Tensor, free: np.ndarray) -> torch.Tensor:
+    """``J^T J`` of the whitened Jacobian in the ``free`` parameters at ``theta``: the Fisher information."""
     jac = model.jacobian(theta, free)
-    return _sigma_of_fisher((jac.T @ jac).cpu().numpy())
+    return jac.T @ jac
 
 
 def _marginal_information(jac: torch.Tensor, cross: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
@@ -466,6 +467,7 @@ def fit_mismatch(measurement: PSFMeasurement, system: OpticalSystem, *, noise: P
              "photometry": ["crosstalk", "vignetting_tan2"], "optics": ["blur_variance_px2", "zernike_waves"]}
     fixed = np.zeros(theta.numel(), dtype=bool)
     sigma = np.full(theta.numel(), np.inf)
+    information, information_free = None, None
     for stage in settings.stages:
         if stage == "residual":
             break
@@ -480,7 +482,8 @@ def fit_mismatch(measurement: PSFMeasurement, system: OpticalSystem, *, noise: P
             if stage == "geometry":
                 theta = _rescue_stuck_shifts(model, theta, free, settings.max_iterations)
             sigma[:] = np.inf
-            sigma[free] = _fisher_sigma(model, theta, free)
+            information, information_free = _fisher_information(model, theta, free), free
+            sigma[free] = _sigma_of_fisher(information.cpu().numpy())
             unknown = _unidentifiable(model, sigma, free)
             log.debug("stage %s: %d free, %d not identifiable", stage, len(free), len(unknown))
             if not len(unknown):
@@ -520,9 +523,8 @@ def fit_mismatch(measurement: PSFMeasurement, system: OpticalSystem, *, noise: P
         sigma[free] = _sigma_of_fisher(information.cpu().numpy())
         kernel_parameters = effective_parameters_of_gram(gram, settings.kernel_error_prior, factor)
         chi2["residual"], dof["residual"] = _chi2_reduced(model, theta, kernel_error, physical + kernel_parameters)
-    else:
-        jac = model.jacobian(theta, free)
-        information = jac.T @ jac
+    elif not np.array_equal(information_free, free):  # the last refit flagged parameters it did not refit without
+        information = _fisher_information(model, theta, free)
     last = settings.stages[-1]
     scale = sigma_scale(chi2[last], dof[last])
     sigma = sigma * scale

@@ -220,8 +220,14 @@ def test_a_missing_model_term_scales_the_sigmas_and_the_file_keeps_the_scale(mon
     spec = {"shift_std_px": 0.3, "brightness_rel_std": 0.1, "vignetting_poly": [0.8, -0.8]}  # brighter outwards
     measurement, _ = measure({"seed": 5, "spec": spec}, averages=2)
     fisher = []
-    original = fit_module._fisher_sigma
-    monkeypatch.setattr(fit_module, "_fisher_sigma", lambda *a: fisher.append(original(*a)) or fisher[-1])
+    original = fit_module._fisher_information
+
+    def recorded(*args):
+        information = original(*args)
+        fisher.append(fit_module._sigma_of_fisher(information.numpy()))
+        return information
+
+    monkeypatch.setattr(fit_module, "_fisher_information", recorded)
     # the scaled Fisher sigmas alone (the sampling systematic adds to the shifts' after the scaling: test_sampling)
     fit = fit_mismatch(measurement, nominal(), settings=FitSettings(stages=("geometry", "photometry"), sampling_draws=0))
     chi2 = fit.chi2_reduced["photometry"]
